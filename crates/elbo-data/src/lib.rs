@@ -1,0 +1,1 @@
+//! Data sets for elbo (work in progress).
