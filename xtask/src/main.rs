@@ -1,1 +1,132 @@
-fn main(){}
+//! The elbo project's automation, run as `cargo xtask <command>` (an alias in
+//! `.cargo/config.toml`). Every subcommand is declared in [`Command`]; its doc comment is
+//! its `--help`.
+//!
+//! The xtask builds into `target/xtask` and does not depend on tch, so it starts in
+//! seconds and never waits for the libtorch build.
+
+mod cargo;
+mod doctor;
+mod install;
+mod libtorch;
+mod pip;
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::libtorch::{Source, Variant};
+
+/// `cargo xtask`: set up libtorch, fetch data, train, benchmark and test elbo.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install libtorch 2.13.0 (from PyPI's torch wheel) into the user's cache and point
+    /// the build at it. Does nothing when it is already installed. A LIBTORCH or
+    /// LIBTORCH_USE_PYTORCH you set is used as it is, after checking its version.
+    Setup {
+        /// The CUDA build: libtorch_cuda.so and every CUDA 13 library (about 4 GB).
+        #[arg(long)]
+        cuda: bool,
+        /// Download and unpack again even when already installed.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print which libtorch the build uses, its version and variant, whether CUDA is
+    /// available, and what is wrong if anything is.
+    Doctor,
+    /// The whole check, as CI runs it: setup (CPU), cargo fmt --check, clippy with
+    /// warnings as errors, and every test of the workspace (doctests included).
+    Test,
+    /// Train the default model on the bundled data set (after setup). Until the first
+    /// model lands this builds the `elbo` binary and prints its version.
+    Train,
+    /// Run the criterion benches (after setup); arguments go to `cargo bench`.
+    Bench {
+        /// Arguments passed on to `cargo bench -p elbo-benches`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the xtask lives one folder below the workspace root")
+        .to_path_buf()
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(err) = run(cli.command) {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    let ws = workspace_root();
+    match command {
+        Command::Setup { cuda, force } => {
+            let variant = if cuda { Variant::Cuda } else { Variant::Cpu };
+            setup::run(&ws, variant, force).map(drop)
+        }
+        Command::Doctor => doctor::run(&ws),
+        Command::Test => test(&ws),
+        Command::Train => {
+            ensure_libtorch(&ws)?;
+            cargo::run(&ws, &["run", "-p", "elbo-cli", "--", "--version"])
+        }
+        Command::Bench { args } => {
+            ensure_libtorch(&ws)?;
+            let mut cargo_args = vec!["bench", "-p", "elbo-benches"];
+            cargo_args.extend(args.iter().map(String::as_str));
+            cargo::run(&ws, &cargo_args)
+        }
+    }
+}
+
+/// Sets up the managed CPU libtorch unless the user chose one (then checks it), keeping
+/// an already-installed CUDA variant when that is what the link points at.
+fn ensure_libtorch(ws: &Path) -> Result<()> {
+    let variant = match Source::current(ws) {
+        Source::Managed => std::fs::read_link(ws.join(libtorch::LINK_NAME))
+            .map(|target| Variant::of_lib_dir(&target.join("lib")))
+            .unwrap_or(Variant::Cpu),
+        _ => Variant::Cpu,
+    };
+    setup::run(ws, variant, false).map(drop)
+}
+
+fn test(ws: &Path) -> Result<()> {
+    let started = Instant::now();
+    ensure_libtorch(ws)?;
+    cargo::run(ws, &["fmt", "--all", "--", "--check"])?;
+    cargo::run(
+        ws,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    cargo::run(ws, &["test", "--workspace", "--no-fail-fast"])?;
+    eprintln!(
+        "cargo xtask test: all checks passed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

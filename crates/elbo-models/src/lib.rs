@@ -1,1 +1,26 @@
-//! x
+//! Models of the evidence lower bound on libtorch (through `tch`): the VAE, the
+//! hierarchical VAE and the DDPM, with the machinery they share.
+//!
+//! Every coefficient and closed form comes from [`elbo_math`], which is also the oracle
+//! the tensor code here is tested against.
+//!
+//! Choosing where tensors live:
+//!
+//! ```
+//! use elbo_models::DeviceSpec;
+//!
+//! let spec: DeviceSpec = "auto".parse().unwrap();
+//! let device = spec.resolve().unwrap(); // CPU on a machine without CUDA
+//! let x = tch::Tensor::ones([2, 3], (tch::Kind::Float, device));
+//! assert_eq!(x.sum(tch::Kind::Float).double_value(&[]), 6.0);
+//! ```
+
+#![warn(missing_docs)]
+
+mod device;
+mod error;
+mod runtime;
+
+pub use device::DeviceSpec;
+pub use error::{Error, Result};
+pub use runtime::RuntimeInfo;
