@@ -7,24 +7,16 @@
 
 /// A short label for an element count, used in bench names (`1000000` -> `"1e6"`).
 pub fn elements_label(n: usize) -> String {
-    if n >= 10 && n.is_power_of_ten() {
-        format!("1e{}", n.ilog10())
+    let mut mantissa = n;
+    let mut exponent = 0;
+    while mantissa >= 10 && mantissa.is_multiple_of(10) {
+        mantissa /= 10;
+        exponent += 1;
+    }
+    if mantissa == 1 && exponent > 0 {
+        format!("1e{exponent}")
     } else {
         n.to_string()
-    }
-}
-
-trait PowerOfTen {
-    fn is_power_of_ten(self) -> bool;
-}
-
-impl PowerOfTen for usize {
-    fn is_power_of_ten(self) -> bool {
-        let mut n = self;
-        while n >= 10 && n % 10 == 0 {
-            n /= 10;
-        }
-        n == 1
     }
 }
 

@@ -6,6 +6,7 @@
 //! seconds and never waits for the libtorch build.
 
 mod cargo;
+mod data;
 mod doctor;
 mod install;
 mod libtorch;
@@ -22,7 +23,7 @@ use crate::libtorch::{Source, Variant};
 
 /// `cargo xtask`: set up libtorch, fetch data, train, benchmark and test elbo.
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", version)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,6 +42,9 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Download a data set (verified by md5 and sha256) into the data folder, or import
+    /// files you already have.
+    Data(data::DataArgs),
     /// Print which libtorch the build uses, its version and variant, whether CUDA is
     /// available, and what is wrong if anything is.
     Doctor,
@@ -80,6 +84,7 @@ fn run(command: Command) -> Result<()> {
             let variant = if cuda { Variant::Cuda } else { Variant::Cpu };
             setup::run(&ws, variant, force).map(drop)
         }
+        Command::Data(args) => data::run(&args),
         Command::Doctor => doctor::run(&ws),
         Command::Test => test(&ws),
         Command::Train => {

@@ -18,6 +18,34 @@ pub enum Error {
         /// What libtorch reports instead.
         found: String,
     },
+    /// A configuration that cannot work (an unknown name, a value out of range).
+    #[error("invalid configuration: {detail}")]
+    Config {
+        /// What was expected and what was found.
+        detail: String,
+    },
+    /// A checkpoint that cannot be used: unreadable, or from another model or config.
+    #[error("checkpoint: {detail}")]
+    Checkpoint {
+        /// What was expected and what was found.
+        detail: String,
+    },
+    /// The loss became NaN or infinite; the run stopped without taking the step.
+    #[error("the loss at step {step} is {value}: training stopped before applying it{}", match last_checkpoint {
+        Some(path) => format!("; the last good checkpoint is {}", path.display()),
+        None => "; no checkpoint had been written yet".to_string(),
+    })]
+    NonFiniteLoss {
+        /// The step (counted from 1) whose loss was not finite.
+        step: u64,
+        /// The loss.
+        value: f64,
+        /// The newest checkpoint, all of whose steps had finite losses.
+        last_checkpoint: Option<std::path::PathBuf>,
+    },
+    /// A file could not be read or written.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
     /// An error from libtorch.
     #[error(transparent)]
     Torch(#[from] tch::TchError),

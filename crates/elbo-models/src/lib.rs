@@ -17,9 +17,19 @@
 
 #![warn(missing_docs)]
 
+pub mod checkpoint;
+pub mod data;
 mod device;
 mod error;
+pub mod eval;
+pub mod gaussian;
+pub mod image;
+pub mod likelihood;
+pub mod model;
+pub mod optim;
 mod runtime;
+pub mod train;
+pub mod vae;
 
 pub use device::DeviceSpec;
 pub use error::{Error, Result};

@@ -5,8 +5,6 @@ use std::fmt;
 /// Facts libtorch reports about itself and the machine at run time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuntimeInfo {
-    /// Whether this libtorch was built with CUDA (libtorch_cuda.so linked and loaded).
-    pub built_with_cuda: bool,
     /// Whether a CUDA device can be used now.
     pub cuda_available: bool,
     /// How many CUDA devices libtorch sees.
@@ -25,7 +23,6 @@ impl RuntimeInfo {
     /// Asks the loaded libtorch.
     pub fn current() -> RuntimeInfo {
         RuntimeInfo {
-            built_with_cuda: tch::utils::has_cuda(),
             cuda_available: tch::Cuda::is_available(),
             cuda_devices: tch::Cuda::device_count(),
             cudnn_available: tch::Cuda::cudnn_is_available(),
@@ -39,7 +36,6 @@ impl RuntimeInfo {
 impl fmt::Display for RuntimeInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let yes_no = |b: bool| if b { "yes" } else { "no" };
-        writeln!(f, "built with CUDA  {}", yes_no(self.built_with_cuda))?;
         writeln!(
             f,
             "CUDA available  {} ({} device(s))",
@@ -67,7 +63,7 @@ mod tests {
         assert!(info.threads >= 1, "{info:?}");
         assert_eq!(info.cuda_available, info.cuda_devices > 0, "{info:?}");
         if info.cuda_available {
-            assert!(info.built_with_cuda);
+            assert!(tch::utils::has_cuda());
         }
         let text = info.to_string();
         assert!(text.contains("CUDA available"), "{text}");

@@ -1,0 +1,171 @@
+//! Files written under a temporary name and moved into place only once verified.
+//!
+//! A staged file lives in the destination folder as `.<name>.<random>.part`, is
+//! hashed as it is written, and on commit is checked against the manifest, flushed to
+//! disk (`fsync`), renamed to its final name (atomic within one folder) and the
+//! folder flushed too. A failed check, an error or a panic drops the staged file,
+//! which deletes it: nothing half-written ever sits under a final name.
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use tempfile::NamedTempFile;
+
+use crate::checksum::{Digests, Hasher, verify};
+use crate::error::{DataError, Result};
+use crate::manifest::RemoteFile;
+
+/// A file being written under a temporary name.
+pub(crate) struct Staged {
+    file: NamedTempFile,
+    hasher: Hasher,
+    written: u64,
+}
+
+/// Why copying into a staged file stopped.
+pub(crate) enum CopyError {
+    /// Reading the source failed (for a download: worth retrying).
+    Read(io::Error),
+    /// Writing the staged file failed.
+    Local(DataError),
+}
+
+impl Staged {
+    /// A new, empty staged file for `name` in `dir`.
+    pub(crate) fn create(dir: &Path, name: &str) -> Result<Self> {
+        let file = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".part")
+            .tempfile_in(dir)
+            .map_err(|e| DataError::io(dir, "creating a temporary file in", e))?;
+        Ok(Staged {
+            file,
+            hasher: Hasher::default(),
+            written: 0,
+        })
+    }
+
+    /// The temporary path.
+    #[cfg(test)]
+    pub(crate) fn path(&self) -> std::path::PathBuf {
+        self.file.path().to_owned()
+    }
+
+    /// Copies all of `source` in, calling `progress` with the running byte count.
+    pub(crate) fn copy_from(
+        &mut self,
+        source: &mut dyn Read,
+        progress: &mut dyn FnMut(u64),
+    ) -> std::result::Result<u64, CopyError> {
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = match source.read(&mut buf) {
+                Ok(0) => return Ok(self.written),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(CopyError::Read(e)),
+            };
+            self.file
+                .write_all(&buf[..n])
+                .map_err(|e| CopyError::Local(DataError::io(self.file.path(), "writing", e)))?;
+            self.hasher.update(&buf[..n]);
+            self.written += n as u64;
+            progress(self.written);
+        }
+    }
+
+    /// Checks the digests against `expected` and moves the file to `dest`; on a
+    /// mismatch the staged file is deleted and the error (with `consequence`) returned.
+    pub(crate) fn commit(
+        self,
+        expected: &RemoteFile,
+        dest: &Path,
+        consequence: &'static str,
+    ) -> Result<Digests> {
+        let Staged { file, hasher, .. } = self;
+        let digests = hasher.finish();
+        verify(&dest.display().to_string(), expected, &digests, consequence)?;
+        file.as_file()
+            .sync_all()
+            .map_err(|e| DataError::io(file.path(), "flushing", e))?;
+        file.persist(dest)
+            .map_err(|e| DataError::io(dest, "moving the verified file to", e.error))?;
+        sync_parent(dest)?;
+        Ok(digests)
+    }
+}
+
+/// Flushes the folder holding `path`, so that a rename survives a crash.
+fn sync_parent(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| DataError::io(dir, "flushing", e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+    use crate::checksum::digest_bytes;
+
+    fn entry(bytes: &[u8]) -> RemoteFile {
+        let d = digest_bytes(bytes);
+        RemoteFile {
+            name: Cow::Borrowed("f.bin"),
+            md5: Cow::Owned(d.md5),
+            sha256: Some(Cow::Owned(d.sha256)),
+        }
+    }
+
+    #[test]
+    fn a_verified_file_is_moved_into_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut staged = Staged::create(dir.path(), "f.bin").unwrap();
+        let temp = staged.path();
+        assert!(
+            temp.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with(".f.bin.")
+        );
+        let mut seen = 0;
+        staged
+            .copy_from(&mut &b"hello"[..], &mut |n| seen = n)
+            .ok()
+            .unwrap();
+        assert_eq!(seen, 5);
+        let dest = dir.path().join("f.bin");
+        staged.commit(&entry(b"hello"), &dest, "deleted").unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"hello");
+        assert!(!temp.exists());
+    }
+
+    #[test]
+    fn a_mismatch_deletes_the_staged_file_and_reports_both_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut staged = Staged::create(dir.path(), "f.bin").unwrap();
+        let temp = staged.path();
+        staged
+            .copy_from(&mut &b"hellO"[..], &mut |_| {})
+            .ok()
+            .unwrap();
+        let dest = dir.path().join("f.bin");
+        let expected = entry(b"hello");
+        let err = staged
+            .commit(&expected, &dest, "the file was deleted")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected.md5.as_ref()), "{err}");
+        assert!(err.contains(&digest_bytes(b"hellO").md5), "{err}");
+        assert!(!temp.exists() && !dest.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,323 @@
+//! Checkpoints: the tensors (weights, optimiser moments, EMA) in one safetensors file and
+//! what they belong to (model, config, step, seed) in a small JSON file beside it.
+//!
+//! Both are written to temporary names in the checkpoint folder, synced, and renamed into
+//! place, the JSON last: a checkpoint whose JSON exists is complete. The last `keep`
+//! checkpoints are kept.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::error::{Error, Result};
+
+/// The version of the checkpoint format this code writes and reads.
+pub const FORMAT: u32 = 1;
+
+/// What a checkpoint belongs to: enough to refuse it for another model, and to resume.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    /// [`FORMAT`] when written.
+    pub format: u32,
+    /// The elbo version that wrote it.
+    pub elbo_version: String,
+    /// The model family (`vae`, ...).
+    pub model: String,
+    /// The model's configuration: what determines the shapes of its weights.
+    pub model_config: serde_json::Value,
+    /// The training configuration of the run.
+    pub train_config: serde_json::Value,
+    /// Optimiser steps taken.
+    pub step: u64,
+    /// The run's seed.
+    pub seed: u64,
+    /// The safetensors file, relative to the JSON file's folder.
+    pub tensors: String,
+}
+
+impl CheckpointMeta {
+    /// Refuses a checkpoint of another model family or model configuration, naming each
+    /// field that differs.
+    pub fn check_compatible(&self, model: &str, model_config: &serde_json::Value) -> Result<()> {
+        if self.format != FORMAT {
+            return Err(Error::Checkpoint {
+                detail: format!(
+                    "format {} was written by another elbo version ({}); this one reads format \
+                     {FORMAT}",
+                    self.format, self.elbo_version
+                ),
+            });
+        }
+        if self.model != model {
+            return Err(Error::Checkpoint {
+                detail: format!("it holds a {} model, this run is a {model}", self.model),
+            });
+        }
+        let differences = json_differences("", &self.model_config, model_config);
+        if differences.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Checkpoint {
+                detail: format!(
+                    "it was made with another {model} configuration: {}",
+                    differences.join("; ")
+                ),
+            })
+        }
+    }
+}
+
+/// `field: checkpoint X, asked Y` for every leaf where two JSON values differ.
+fn json_differences(
+    path: &str,
+    saved: &serde_json::Value,
+    asked: &serde_json::Value,
+) -> Vec<String> {
+    use serde_json::Value;
+    match (saved, asked) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter()
+                .flat_map(|k| {
+                    let child = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    json_differences(
+                        &child,
+                        a.get(k).unwrap_or(&Value::Null),
+                        b.get(k).unwrap_or(&Value::Null),
+                    )
+                })
+                .collect()
+        }
+        _ if saved == asked => Vec::new(),
+        _ => vec![format!("{path}: checkpoint {saved}, asked {asked}")],
+    }
+}
+
+/// The file names of the checkpoint at `step`.
+fn names(step: u64) -> (String, String) {
+    let stem = format!("step-{step:09}");
+    (format!("{stem}.safetensors"), format!("{stem}.json"))
+}
+
+/// Writes `path` through a synced temporary file in the same folder, then renames it.
+pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let folder = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let temp = folder.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = write(&temp).and_then(|()| {
+        fs::File::open(&temp)?.sync_all()?;
+        fs::rename(&temp, path)?;
+        Ok(())
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+/// Saves a checkpoint into `dir` (created if needed), then removes all but the newest
+/// `keep` checkpoints. Returns the JSON file's path.
+pub fn save(
+    dir: &Path,
+    mut meta: CheckpointMeta,
+    tensors: &[(String, Tensor)],
+    keep: usize,
+) -> Result<PathBuf> {
+    fs::create_dir_all(dir)?;
+    let (tensor_name, json_name) = names(meta.step);
+    meta.tensors = tensor_name.clone();
+    write_atomically(&dir.join(&tensor_name), |temp| {
+        Tensor::write_safetensors(tensors, temp)?;
+        Ok(())
+    })?;
+    let json_path = dir.join(&json_name);
+    write_atomically(&json_path, |temp| {
+        let mut file = fs::File::create(temp)?;
+        serde_json::to_writer_pretty(&mut file, &meta).map_err(std::io::Error::from)?;
+        file.write_all(b"\n")?;
+        Ok(())
+    })?;
+    prune(dir, keep.max(1))?;
+    Ok(json_path)
+}
+
+/// The complete checkpoints in `dir`, oldest first.
+pub fn list(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(found);
+    };
+    for entry in entries {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.starts_with("step-") && name.ends_with(".json") {
+            found.push(path);
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn prune(dir: &Path, keep: usize) -> Result<()> {
+    let all = list(dir)?;
+    for json in &all[..all.len().saturating_sub(keep)] {
+        // JSON first: a checkpoint is gone as soon as its JSON is.
+        fs::remove_file(json)?;
+        let _ = fs::remove_file(json.with_extension("safetensors"));
+    }
+    Ok(())
+}
+
+/// A checkpoint read back.
+pub struct Loaded {
+    /// What it belongs to.
+    pub meta: CheckpointMeta,
+    /// Its tensors by name.
+    pub tensors: BTreeMap<String, Tensor>,
+}
+
+/// Reads the checkpoint whose JSON file is `json`, or the newest in `json` when it is a
+/// folder.
+pub fn load(json: &Path) -> Result<Loaded> {
+    let json = if json.is_dir() {
+        list(json)?.pop().ok_or_else(|| Error::Checkpoint {
+            detail: format!("no checkpoint (step-*.json) in {}", json.display()),
+        })?
+    } else {
+        json.to_path_buf()
+    };
+    let text = fs::read_to_string(&json).map_err(|e| Error::Checkpoint {
+        detail: format!("cannot read {}: {e}", json.display()),
+    })?;
+    let meta: CheckpointMeta = serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
+        detail: format!("{} is not an elbo checkpoint: {e}", json.display()),
+    })?;
+    let tensor_path = json.parent().unwrap_or(Path::new(".")).join(&meta.tensors);
+    let tensors = Tensor::read_safetensors(&tensor_path).map_err(|e| Error::Checkpoint {
+        detail: format!("cannot read the tensors {}: {e}", tensor_path.display()),
+    })?;
+    Ok(Loaded {
+        meta,
+        tensors: tensors.into_iter().collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn meta(step: u64) -> CheckpointMeta {
+        CheckpointMeta {
+            format: FORMAT,
+            elbo_version: "test".into(),
+            model: "vae".into(),
+            model_config: json!({"latent_dim": 20, "hidden": [400]}),
+            train_config: json!({"lr": 1e-3}),
+            step,
+            seed: 1,
+            tensors: String::new(),
+        }
+    }
+
+    #[test]
+    fn saves_loads_and_keeps_the_last_n() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
+        for step in [10, 20, 30] {
+            save(dir.path(), meta(step), &[("w".into(), &w * step as f64)], 2).unwrap();
+        }
+        let kept: Vec<String> = list(dir.path())
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(kept, ["step-000000020.json", "step-000000030.json"]);
+        assert!(!dir.path().join("step-000000010.safetensors").exists());
+        let loaded = load(dir.path()).unwrap();
+        assert_eq!(loaded.meta.step, 30);
+        assert!(loaded.tensors["w"].equal(&(&w * 30.0)));
+        let leftovers = fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains(".tmp-")
+            })
+            .count();
+        assert_eq!(leftovers, 0);
+    }
+
+    #[test]
+    fn another_model_or_config_is_refused_naming_the_difference() {
+        let m = meta(1);
+        m.check_compatible("vae", &json!({"latent_dim": 20, "hidden": [400]}))
+            .unwrap();
+        let err = m
+            .check_compatible("ddpm", &m.model_config)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("holds a vae model, this run is a ddpm"),
+            "{err}"
+        );
+        let err = m
+            .check_compatible("vae", &json!({"latent_dim": 32, "hidden": [400]}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("latent_dim: checkpoint 20, asked 32"), "{err}");
+    }
+
+    #[test]
+    fn garbage_and_missing_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("no checkpoint"), "{err}");
+        let json = dir.path().join("step-000000001.json");
+        fs::write(&json, "{not json").unwrap();
+        let err = load(&json).err().unwrap().to_string();
+        assert!(err.contains("is not an elbo checkpoint"), "{err}");
+        save(
+            dir.path(),
+            meta(2),
+            &[("w".into(), Tensor::from_slice(&[1.0f32]))],
+            5,
+        )
+        .unwrap();
+        fs::write(dir.path().join("step-000000002.safetensors"), b"truncated").unwrap();
+        let err = load(&dir.path().join("step-000000002.json"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("cannot read the tensors"), "{err}");
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_file_under_either_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.bin");
+        let err = write_atomically(&target, |temp| {
+            fs::write(temp, b"half")?;
+            Err(Error::Config {
+                detail: "interrupted".into(),
+            })
+        });
+        assert!(err.is_err());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,100 @@
+//! From elbo-data's arrays to tensors, with the transform each likelihood needs.
+
+use elbo_data::{Dataset, EpochSeed, Pixels, Scale, Transform};
+use ndarray::Array4;
+use tch::{Device, Tensor};
+
+use crate::error::{Error, Result};
+use crate::likelihood::Likelihood;
+
+/// The seed of the one fixed binarisation of a test set (so every evaluation of every
+/// run sees the same binary test images).
+pub const TEST_BINARISATION_SEED: u64 = 0x7e57_b1a5;
+
+/// What the pixels become for a likelihood: dynamic binarisation for Bernoulli, grey
+/// levels in [0, 1] for pytorch/examples' continuous BCE, [-1, 1] for the discretized
+/// Gaussian.
+pub fn transform_for(likelihood: Likelihood, horizontal_flip: bool) -> Transform {
+    let pixels = match likelihood {
+        Likelihood::Bernoulli => Pixels::DynamicBinarised,
+        Likelihood::ContinuousBce => Pixels::Scaled(Scale::Unit),
+        Likelihood::DiscretizedGaussian => Pixels::Scaled(Scale::Symmetric),
+    };
+    Transform {
+        pixels,
+        horizontal_flip,
+    }
+}
+
+/// Maps model-scale images to [0, 1] for pictures.
+pub fn to_unit_range(likelihood: Likelihood, images: &Tensor) -> Tensor {
+    match likelihood {
+        Likelihood::DiscretizedGaussian => (images + 1.0) * 0.5,
+        Likelihood::Bernoulli | Likelihood::ContinuousBce => images.shallow_clone(),
+    }
+}
+
+/// A (B, C, H, W) `f32` array as a tensor on `device`.
+pub fn to_tensor(images: &Array4<f32>, device: Device) -> Tensor {
+    let shape: Vec<i64> = images.shape().iter().map(|&d| d as i64).collect();
+    let contiguous = images.as_standard_layout();
+    let flat = contiguous.as_slice().unwrap_or(&[]);
+    Tensor::from_slice(flat).reshape(shape).to_device(device)
+}
+
+/// The whole `dataset` (or its first `limit` examples), transformed once with a fixed
+/// seed, as a tensor: the evaluation set.
+pub fn fixed_tensor(
+    dataset: &Dataset,
+    likelihood: Likelihood,
+    limit: Option<usize>,
+    device: Device,
+) -> Result<Tensor> {
+    let n = limit.map_or(dataset.len(), |l| l.min(dataset.len()));
+    if n == 0 {
+        return Err(Error::Config {
+            detail: "the evaluation set is empty".to_string(),
+        });
+    }
+    let indices: Vec<usize> = (0..n).collect();
+    let key = EpochSeed {
+        seed: TEST_BINARISATION_SEED,
+        epoch: 0,
+    };
+    let images = transform_for(likelihood, false)
+        .apply(dataset, &indices, key)
+        .map_err(|e| Error::Config {
+            detail: format!("evaluation data: {e}"),
+        })?;
+    Ok(to_tensor(&images, device))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array1;
+
+    #[test]
+    fn arrays_become_tensors_of_the_same_shape_and_values() {
+        let a = Array4::from_shape_fn((2, 1, 2, 3), |(n, _, h, w)| (n * 6 + h * 3 + w) as f32);
+        let t = to_tensor(&a, Device::Cpu);
+        assert_eq!(t.size(), [2, 1, 2, 3]);
+        assert_eq!(t.double_value(&[1, 0, 1, 2]), 11.0);
+    }
+
+    #[test]
+    fn the_fixed_test_set_is_the_same_every_time_and_binary_for_bernoulli() {
+        let images =
+            Array4::from_shape_fn((4, 1, 3, 3), |(n, _, h, w)| (n * 60 + h * 20 + w * 7) as u8);
+        let dataset = Dataset::new(images, Array1::zeros(4)).unwrap();
+        let a = fixed_tensor(&dataset, Likelihood::Bernoulli, Some(3), Device::Cpu).unwrap();
+        let b = fixed_tensor(&dataset, Likelihood::Bernoulli, None, Device::Cpu).unwrap();
+        assert_eq!(a.size(), [3, 1, 3, 3]);
+        assert!(a.equal(&b.narrow(0, 0, 3)));
+        let binary = a.eq(0.0).logical_or(&a.eq(1.0)).all().int64_value(&[]);
+        assert_eq!(binary, 1);
+        let dg =
+            fixed_tensor(&dataset, Likelihood::DiscretizedGaussian, None, Device::Cpu).unwrap();
+        assert_eq!(dg.min().double_value(&[]), -1.0, "pixel 0 maps to -1");
+    }
+}

@@ -1,0 +1,79 @@
+//! What every model of this crate offers the shared training, evaluation and sampling
+//! code: its ELBO, term by term, per example.
+
+use tch::{Kind, Tensor};
+
+/// The terms of a (single-sample) ELBO estimate, each of shape (batch,), in nats:
+/// `ELBO = reconstruction - prior_matching - sum of layers`.
+pub struct ElboTerms {
+    /// `E_q[log p(x | z)]`, estimated.
+    pub reconstruction: Tensor,
+    /// `KL(q(z_top | x) || p(z_top))`.
+    pub prior_matching: Tensor,
+    /// Further KL terms by name: a hierarchical VAE's consistency terms, a diffusion
+    /// model's denoising-matching terms.
+    pub layers: Vec<(String, Tensor)>,
+}
+
+impl ElboTerms {
+    /// The ELBO per example.
+    pub fn elbo(&self) -> Tensor {
+        let mut elbo = &self.reconstruction - &self.prior_matching;
+        for (_, term) in &self.layers {
+            elbo -= term;
+        }
+        elbo
+    }
+
+    /// The batch means of every term, in f64, named as in metrics: `reconstruction`,
+    /// `prior_matching`, then the layers, then `elbo`.
+    pub fn means(&self) -> Vec<(String, f64)> {
+        let mean = |t: &Tensor| t.mean(Kind::Float).double_value(&[]);
+        let mut out = vec![
+            ("reconstruction".to_string(), mean(&self.reconstruction)),
+            ("prior_matching".to_string(), mean(&self.prior_matching)),
+        ];
+        out.extend(self.layers.iter().map(|(name, t)| (name.clone(), mean(t))));
+        out.push(("elbo".to_string(), mean(&self.elbo())));
+        out
+    }
+}
+
+/// A latent-variable model trained by maximising its ELBO.
+pub trait ElboModel {
+    /// The model family, as recorded in checkpoints (`vae`, ...).
+    fn family(&self) -> &'static str;
+    /// The configuration that fixes the shapes of its weights, as recorded in checkpoints.
+    fn config_json(&self) -> serde_json::Value;
+    /// The ELBO terms of a batch `x` (in the model's data scale), one sample each.
+    fn elbo_terms(&self, x: &Tensor) -> ElboTerms;
+    /// `log p(x, z_k) - log q(z_k | x)` for `k` draws per example, shape (k, batch).
+    fn log_importance_weights(&self, x: &Tensor, k: i64) -> Tensor;
+    /// `n` samples, as images in the data scale.
+    fn sample(&self, n: i64) -> Tensor;
+    /// Reconstructions of `x` through the posterior mean, as images in the data scale.
+    fn reconstruct(&self, x: &Tensor) -> Tensor;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elbo_subtracts_every_kl_term() {
+        let terms = ElboTerms {
+            reconstruction: Tensor::from_slice(&[-10.0f32, -20.0]),
+            prior_matching: Tensor::from_slice(&[1.0f32, 2.0]),
+            layers: vec![("layer_1".into(), Tensor::from_slice(&[0.5f32, 0.25]))],
+        };
+        let elbo = Vec::<f32>::try_from(terms.elbo()).unwrap();
+        assert_eq!(elbo, [-11.5, -22.25]);
+        let means = terms.means();
+        let names: Vec<&str> = means.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["reconstruction", "prior_matching", "layer_1", "elbo"]
+        );
+        assert!((means[3].1 - (-16.875)).abs() < 1e-6);
+    }
+}
