@@ -51,9 +51,15 @@ enum Command {
     /// The whole check, as CI runs it: setup (CPU), cargo fmt --check, clippy with
     /// warnings as errors, and every test of the workspace (doctests included).
     Test,
-    /// Train the default model on the bundled data set (after setup). Until the first
-    /// model lands this builds the `elbo` binary and prints its version.
-    Train,
+    /// Train (after setup). With no arguments, the default job: vae-mlp on the bundled
+    /// MNIST sample for 100 epochs (one to two minutes on 2 CPU cores), then the test
+    /// ELBO, the IWAE-1000 bound and the sample grid. Arguments go to `elbo train`
+    /// (for example `cargo xtask train vae --epochs 3 --likelihood continuous-bce`).
+    Train {
+        /// Arguments passed on to `elbo train`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run the criterion benches (after setup); arguments go to `cargo bench`.
     Bench {
         /// Arguments passed on to `cargo bench -p elbo-benches`.
@@ -87,9 +93,16 @@ fn run(command: Command) -> Result<()> {
         Command::Data(args) => data::run(&args),
         Command::Doctor => doctor::run(&ws),
         Command::Test => test(&ws),
-        Command::Train => {
+        Command::Train { args } => {
             ensure_libtorch(&ws)?;
-            cargo::run(&ws, &["run", "-p", "elbo-cli", "--", "--version"])
+            // The dev profile: dependencies are optimised in it (see Cargo.toml), the work
+            // is in libtorch, and it shares the build of `cargo xtask test`.
+            let mut cargo_args = vec!["run", "-p", "elbo-cli", "--", "train"];
+            if args.is_empty() {
+                cargo_args.extend(["vae", "--epochs", "100"]);
+            }
+            cargo_args.extend(args.iter().map(String::as_str));
+            cargo::run(&ws, &cargo_args)
         }
         Command::Bench { args } => {
             ensure_libtorch(&ws)?;

@@ -1,7 +1,19 @@
 //! `elbo`: train, evaluate and sample the evidence-lower-bound models of this workspace.
-//! Thin by design: it parses arguments and calls into `elbo-models`.
+//! Thin by design: it parses arguments, draws progress, and calls into `elbo-models`.
 
-use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use elbo_models::DeviceSpec;
+use elbo_models::eval::EvalReport;
+use elbo_models::likelihood::Likelihood;
+use elbo_models::session::{self, DataSpec, VaeJob};
+use elbo_models::train::{Control, Finished, LrDecay, Progress, TrainConfig};
 
 /// Latent-variable generative models (VAE, hierarchical VAE, DDPM) on libtorch.
 #[derive(Debug, Parser)]
@@ -15,15 +27,425 @@ struct Cli {
 enum Command {
     /// What the loaded libtorch can do: CUDA, cuDNN, threads.
     Info,
+    /// Train a model.
+    Train {
+        #[command(subcommand)]
+        model: TrainModel,
+    },
+    /// Evaluate a run or checkpoint on its test split: the ELBO with its terms and the
+    /// importance-weighted bound, in nats per image and bits per dimension.
+    Eval {
+        /// A run folder, its checkpoints/ folder, or a step-*.json checkpoint.
+        checkpoint: PathBuf,
+        /// Samples of the importance-weighted bound (IWAE); 0 for none.
+        #[arg(long, default_value_t = 1000)]
+        iw: i64,
+        /// Evaluate on this data instead of the run's own.
+        #[arg(long)]
+        data: Option<String>,
+        /// Only the first N test examples.
+        #[arg(long)]
+        examples: Option<usize>,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
+    /// Draw samples from a run or checkpoint as a PNG grid.
+    Sample {
+        /// A run folder, its checkpoints/ folder, or a step-*.json checkpoint.
+        checkpoint: PathBuf,
+        /// How many samples.
+        #[arg(long, default_value_t = 64)]
+        n: i64,
+        /// The PNG to write.
+        #[arg(long, default_value = "samples.png")]
+        out: PathBuf,
+        /// Also write latent interpolation strips of this many steps.
+        #[arg(long)]
+        interpolate: Option<i64>,
+        /// The seed of the draws.
+        #[arg(long, default_value_t = 0)]
+        seed: i64,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Debug, Subcommand)]
+enum TrainModel {
+    /// A VAE: `vae-mlp` (pytorch/examples' architecture) or `vae-conv`.
+    Vae(VaeArgs),
+}
+
+#[derive(Debug, Args)]
+struct DeviceArgs {
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// CPU threads libtorch may use (default: libtorch's choice).
+    #[arg(long)]
+    threads: Option<i32>,
+}
+
+impl DeviceArgs {
+    fn apply(&self) -> Result<tch::Device> {
+        if let Some(threads) = self.threads {
+            if threads < 1 {
+                bail!("--threads must be at least 1, found {threads}");
+            }
+            tch::set_num_threads(threads);
+        }
+        Ok(self.device.parse::<DeviceSpec>()?.resolve()?)
+    }
+}
+
+#[derive(Debug, Args)]
+struct VaeArgs {
+    /// vae-mlp or vae-conv.
+    #[arg(long, default_value = "vae-mlp")]
+    preset: String,
+    /// bernoulli (dynamically binarised data), continuous-bce (pytorch/examples; not a
+    /// likelihood) or discretized-gaussian (8-bit data in [-1, 1]).
+    #[arg(long, default_value = "bernoulli")]
+    likelihood: String,
+    /// mnist-sample (bundled, the default), mnist, fashion-mnist, cifar10 (fetched with
+    /// `cargo xtask data`), or a folder.
+    #[arg(long, default_value = "mnist-sample")]
+    data: String,
+    /// The run folder (default: runs/<preset>-<UTC time>).
+    #[arg(long)]
+    run: Option<PathBuf>,
+    /// Continue the run in --run from its newest checkpoint.
+    #[arg(long, requires = "run")]
+    resume: bool,
+    /// Epochs of training (ignored when --steps is given).
+    #[arg(long, default_value_t = 10)]
+    epochs: u64,
+    /// Optimiser steps of training.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Examples per step.
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Peak learning rate (Adam).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Linear warm-up steps.
+    #[arg(long, default_value_t = 0)]
+    warmup: u64,
+    /// Cosine decay to this fraction of the peak learning rate at the last step.
+    #[arg(long)]
+    cosine_to: Option<f64>,
+    /// AdamW's decoupled weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Clip the global gradient norm.
+    #[arg(long)]
+    clip: Option<f64>,
+    /// Keep an EMA of the weights with this decay (used by eval and sample).
+    #[arg(long)]
+    ema: Option<f64>,
+    /// The run's seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Checkpoint every N steps (and at the end).
+    #[arg(long, default_value_t = 1000)]
+    checkpoint_every: u64,
+    /// Checkpoints to keep.
+    #[arg(long, default_value_t = 3)]
+    keep: usize,
+    /// IWAE samples for the final evaluation on the test split; 0 for none.
+    #[arg(long, default_value_t = 1000)]
+    iw: i64,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
         Command::Info => {
             println!("elbo {}", env!("CARGO_PKG_VERSION"));
             println!("{}", elbo_models::RuntimeInfo::current());
         }
+        Command::Train {
+            model: TrainModel::Vae(args),
+        } => return train_vae(args),
+        Command::Eval {
+            checkpoint,
+            iw,
+            data,
+            examples,
+            device,
+        } => {
+            let device = device.apply()?;
+            let data = data.map(|d| d.parse::<DataSpec>()).transpose()?;
+            let (restored, report) = session::evaluate_checkpoint(
+                &checkpoint,
+                data.as_ref(),
+                (iw > 0).then_some(iw),
+                examples,
+                device,
+            )?;
+            println!(
+                "checkpoint {} (step {})",
+                restored.path.display(),
+                restored.meta.step
+            );
+            print_eval(&report);
+        }
+        Command::Sample {
+            checkpoint,
+            n,
+            out,
+            interpolate,
+            seed,
+            device,
+        } => {
+            let device = device.apply()?;
+            if n < 1 {
+                bail!("--n must be at least 1, found {n}");
+            }
+            let restored = session::restore(&checkpoint, device, true)?;
+            tch::manual_seed(seed);
+            for path in session::write_samples(&restored, n, &out, interpolate)? {
+                println!("wrote {}", path.display());
+            }
+        }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+fn train_vae(args: VaeArgs) -> Result<ExitCode> {
+    let device = args.device.apply()?;
+    let likelihood: Likelihood = args.likelihood.parse()?;
+    let data: DataSpec = args.data.parse()?;
+    let defaults = TrainConfig::default();
+    let config = TrainConfig {
+        steps: args.steps.unwrap_or(0),
+        batch_size: args.batch_size,
+        lr: args.lr,
+        warmup_steps: args.warmup,
+        decay: match args.cosine_to {
+            Some(final_fraction) => LrDecay::Cosine { final_fraction },
+            None => LrDecay::Constant,
+        },
+        adam: elbo_models::train::AdamConfigSerde {
+            weight_decay: args.weight_decay,
+            ..defaults.adam
+        },
+        clip_grad_norm: args.clip,
+        ema_decay: args.ema,
+        seed: args.seed,
+        checkpoint_every: args.checkpoint_every,
+        keep_checkpoints: args.keep,
+        ..defaults
+    };
+    let run = args
+        .run
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{}", args.preset, utc_stamp())));
+    let job = VaeJob {
+        preset: args.preset.clone(),
+        likelihood,
+        data,
+        run: run.clone(),
+        config,
+        device,
+        final_iw: (args.iw > 0).then_some(args.iw),
+        epochs: args.steps.is_none().then_some(args.epochs),
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                // A second Ctrl-C: the user wants out now.
+                std::process::exit(130);
+            }
+            eprintln!("\nstopping after this step (Ctrl-C again to quit at once)...");
+        })
+        .context("installing the Ctrl-C handler")?;
+    }
+    eprintln!(
+        "training {} on {} into {}",
+        args.preset,
+        job.data,
+        run.display()
+    );
+    let mut progress = ProgressView::new();
+    let report = session::train_vae(
+        &job,
+        Control {
+            resume: args.resume,
+            stop: &stop,
+        },
+        &mut |p| progress.update(p),
+    )?;
+    progress.finish();
+    match report.train.finished {
+        Finished::Interrupted { step } => {
+            eprintln!(
+                "interrupted after step {step}; checkpoint {}\nresume with: elbo train vae --run {} --resume (and the same options)",
+                report.train.checkpoint.display(),
+                run.display()
+            );
+            return Ok(ExitCode::from(130));
+        }
+        Finished::Completed => {
+            println!("checkpoint {}", report.train.checkpoint.display());
+        }
+    }
+    if let Some(eval) = &report.eval {
+        print_eval(eval);
+    }
+    if let Some(samples) = &report.samples {
+        println!("samples {}", samples.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_eval(report: &EvalReport) {
+    println!(
+        "test set: {} examples, {} dimensions each",
+        report.examples, report.dims
+    );
+    for (name, value) in &report.terms {
+        println!("  {name:<16} {value:>12.3} nats");
+    }
+    println!(
+        "  ELBO             {:>12.3} nats  ({:.4} bits/dim)",
+        report.elbo(),
+        report.bits_per_dim(report.elbo())
+    );
+    if let Some((k, bound)) = report.iwae {
+        println!(
+            "  IWAE-{k:<10} {bound:>12.3} nats  (NLL <= {:.3} nats, {:.4} bits/dim)",
+            -bound,
+            report.bits_per_dim(bound)
+        );
+    }
+}
+
+/// A progress bar on a terminal; plain lines otherwise (CI, logs).
+struct ProgressView {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl ProgressView {
+    fn new() -> ProgressView {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} steps {msg} [{elapsed_precise} < {eta_precise}]",
+            ) {
+                bar.set_style(style);
+            }
+            bar
+        });
+        ProgressView { bar }
+    }
+
+    fn update(&mut self, p: &Progress) {
+        let terms: Vec<String> = p
+            .terms
+            .iter()
+            .map(|(name, value)| format!("{name} {value:.2}"))
+            .collect();
+        let mut message = format!("{} | {:.1} it/s", terms.join(" "), p.steps_per_second);
+        if let Some(test) = p.test_elbo {
+            message.push_str(&format!(" | test elbo {test:.2}"));
+        }
+        match &self.bar {
+            Some(bar) => {
+                bar.set_length(p.steps);
+                bar.set_position(p.step);
+                bar.set_message(message);
+                if let Some(test) = p.test_elbo {
+                    bar.println(format!("epoch {}: test elbo {test:.3}", p.epoch + 1));
+                }
+            }
+            None if p.test_elbo.is_some() || p.step.is_multiple_of(100) || p.step == p.steps => {
+                eprintln!(
+                    "step {}/{} (epoch {}): {message}",
+                    p.step,
+                    p.steps,
+                    p.epoch + 1
+                );
+            }
+            None => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// The current UTC time as `YYYYMMDD-HHMMSS`, for run folder names.
+fn utc_stamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stamp_is_a_utc_date_and_time() {
+        let stamp = utc_stamp();
+        assert_eq!(stamp.len(), 15, "{stamp}");
+        let year: i32 = stamp[..4].parse().unwrap();
+        assert!((2024..2200).contains(&year), "{stamp}");
+        assert_eq!(&stamp[8..9], "-");
+    }
+
+    #[test]
+    fn the_command_line_parses() {
+        Cli::command_for_test().debug_assert();
+        let cli = Cli::try_parse_from(["elbo", "train", "vae", "--epochs", "2", "--device", "cpu"])
+            .unwrap();
+        assert!(matches!(cli.command, Command::Train { .. }));
+        let err = Cli::try_parse_from(["elbo", "train", "vae", "--resume"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--run"), "{err}");
+    }
+
+    impl Cli {
+        fn command_for_test() -> clap::Command {
+            <Cli as clap::CommandFactory>::command()
+        }
+    }
 }

@@ -84,7 +84,12 @@ pub fn compose_chain(steps: &[GaussianTransition]) -> Result<GaussianTransition>
 pub fn forward_chain(schedule: &NoiseSchedule, t: usize) -> Result<GaussianTransition> {
     schedule.check_timestep("forward_chain", t, 1)?;
     let steps = (1..=t)
-        .map(|s| GaussianTransition::diffusion_step(schedule.alpha(s)?))
+        // From beta directly: 1 - alpha would cancel when beta is small.
+        .map(|s| {
+            schedule
+                .beta(s)
+                .and_then(|b| GaussianTransition::new((1.0 - b).sqrt(), b))
+        })
         .collect::<Result<Vec<_>>>()?;
     compose_chain(&steps)
 }

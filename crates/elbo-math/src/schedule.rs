@@ -296,8 +296,10 @@ pub fn evenly_spaced_timesteps(num_steps: usize, count: usize) -> Result<Vec<usi
             index: None,
         });
     }
+    // In f64 so that i * T cannot overflow; step >= 1, so the rounded values rise strictly.
+    let step = t as f64 / count as f64;
     Ok((1..=count)
-        .map(|i| ((i * t) as f64 / count as f64).round() as usize)
+        .map(|i| (i as f64 * step).round() as usize)
         .collect())
 }
 
@@ -466,6 +468,17 @@ mod tests {
                 // up to ~60 is 1e-12 relative on alpha_bar.
                 prop_assert!((log_prod - s.log_alpha_bar(t).unwrap()).abs() < 1e-12 * (1.0 + log_prod.abs()));
             }
+        }
+
+        /// Evenly spaced timesteps rise strictly from >= 1 and end at T, for any count.
+        #[test]
+        fn evenly_spaced_timesteps_are_valid(t in 1usize..5000, fraction in 0.0..1.0f64) {
+            let count = 1 + ((t - 1) as f64 * fraction) as usize;
+            let kept = evenly_spaced_timesteps(t, count).unwrap();
+            prop_assert_eq!(kept.len(), count);
+            prop_assert!(kept[0] >= 1);
+            prop_assert_eq!(kept[count - 1], t);
+            prop_assert!(kept.windows(2).all(|w| w[0] < w[1]));
         }
 
         /// alpha_bar is strictly decreasing and 1 - alpha_bar consistent for any valid betas.

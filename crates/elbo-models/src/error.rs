@@ -43,6 +43,12 @@ pub enum Error {
         /// The newest checkpoint, all of whose steps had finite losses.
         last_checkpoint: Option<std::path::PathBuf>,
     },
+    /// A data set could not be loaded.
+    #[error("data: {detail}")]
+    Data {
+        /// What elbo-data reported.
+        detail: String,
+    },
     /// A file could not be read or written.
     #[error(transparent)]
     Io(#[from] std::io::Error),

@@ -28,6 +28,7 @@ pub mod likelihood;
 pub mod model;
 pub mod optim;
 mod runtime;
+pub mod session;
 pub mod train;
 pub mod vae;
 

@@ -45,12 +45,20 @@ pub trait ElboModel {
     fn family(&self) -> &'static str;
     /// The configuration that fixes the shapes of its weights, as recorded in checkpoints.
     fn config_json(&self) -> serde_json::Value;
+    /// The observation model (it decides how pixels are transformed for this model).
+    fn likelihood(&self) -> crate::likelihood::Likelihood;
     /// The ELBO terms of a batch `x` (in the model's data scale), one sample each.
     fn elbo_terms(&self, x: &Tensor) -> ElboTerms;
     /// `log p(x, z_k) - log q(z_k | x)` for `k` draws per example, shape (k, batch).
     fn log_importance_weights(&self, x: &Tensor, k: i64) -> Tensor;
     /// `n` samples, as images in the data scale.
     fn sample(&self, n: i64) -> Tensor;
+    /// `rows` strips of `steps` images each, decoded along straight lines between two
+    /// latent draws from the prior, for models with one latent space (`None` otherwise).
+    fn interpolations(&self, rows: i64, steps: i64) -> Option<Tensor> {
+        let _ = (rows, steps);
+        None
+    }
     /// Reconstructions of `x` through the posterior mean, as images in the data scale.
     fn reconstruct(&self, x: &Tensor) -> Tensor;
 }

@@ -71,6 +71,9 @@ pub struct TrainConfig {
     pub eval_examples: usize,
     /// Random horizontal flips of training images (CIFAR-10).
     pub horizontal_flip: bool,
+    /// The data set, as named on the command line (recorded so that evaluation finds
+    /// the same test split).
+    pub data: String,
 }
 
 /// [`AdamConfig`] as it is written in run configurations.
@@ -122,6 +125,7 @@ impl Default for TrainConfig {
             log_every: 10,
             eval_examples: 1000,
             horizontal_flip: false,
+            data: "mnist-sample".to_string(),
         }
     }
 }
@@ -172,8 +176,6 @@ pub struct TrainData<'a> {
     pub train: &'a Dataset,
     /// Test examples (evaluated at each epoch's end).
     pub test: &'a Dataset,
-    /// The likelihood the model uses (decides the pixel transform).
-    pub likelihood: Likelihood,
 }
 
 /// What the loop reports as it goes (for a progress bar or log lines).
@@ -276,6 +278,7 @@ pub fn train(
     observer: &mut dyn FnMut(&Progress),
 ) -> Result<TrainReport> {
     let Control { resume, stop } = control;
+    let likelihood = model.likelihood();
     config.validate()?;
     let device = vs.device();
     let batching = Batching {
@@ -288,7 +291,7 @@ pub fn train(
             batching,
             shuffle: true,
             seed: config.seed,
-            transform: data::transform_for(data.likelihood, config.horizontal_flip),
+            transform: data::transform_for(likelihood, config.horizontal_flip),
         },
     );
     let steps_per_epoch = loader.batches_per_epoch().max(1) as u64;
@@ -368,7 +371,7 @@ pub fn train(
     let test_set = if config.eval_examples > 0 {
         Some(data::fixed_tensor(
             data.test,
-            data.likelihood,
+            likelihood,
             Some(config.eval_examples),
             device,
         )?)
@@ -441,7 +444,7 @@ pub fn train(
                     "kind": "epoch", "step": step, "epoch": epoch + 1, "test_elbo": value,
                 }))?;
             }
-            write_pictures(model, data.likelihood, run, epoch + 1, test_set.as_ref())?;
+            write_pictures(model, likelihood, run, epoch + 1, test_set.as_ref())?;
         }
         if log_now {
             let mut line = serde_json::json!({

@@ -288,6 +288,10 @@ impl ElboModel for Vae {
         serde_json::to_value(&self.config).unwrap_or(serde_json::Value::Null)
     }
 
+    fn likelihood(&self) -> Likelihood {
+        self.config.likelihood
+    }
+
     fn elbo_terms(&self, x: &Tensor) -> ElboTerms {
         let (mean, log_var) = self.encode(x);
         let z = gaussian::reparameterise(&mean, &log_var);
@@ -304,6 +308,19 @@ impl ElboModel for Vae {
 
     fn sample(&self, n: i64) -> Tensor {
         Vae::sample(self, n)
+    }
+
+    fn interpolations(&self, rows: i64, steps: i64) -> Option<Tensor> {
+        let device = self.mean_head.ws.device();
+        let latent = self.config.latent_dim;
+        let ends = Tensor::randn([2, rows, 1, latent], (Kind::Float, device));
+        let t = Tensor::linspace(0.0, 1.0, steps.max(2), (Kind::Float, device)).reshape([1, -1, 1]);
+        let z: Tensor = ends.get(0) * (t.ones_like() - &t) + ends.get(1) * &t;
+        let images = self
+            .config
+            .likelihood
+            .mean(&self.decode(&z.reshape([-1, latent])));
+        Some(images)
     }
 
     fn reconstruct(&self, x: &Tensor) -> Tensor {

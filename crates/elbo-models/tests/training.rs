@@ -63,11 +63,7 @@ fn run(
     test: &Dataset,
 ) -> (VarStore, train::TrainReport) {
     let (mut vs, model) = vae(5);
-    let data = TrainData {
-        train,
-        test,
-        likelihood: Likelihood::Bernoulli,
-    };
+    let data = TrainData { train, test };
     let report = train::train(
         &model,
         &mut vs,
@@ -101,7 +97,6 @@ fn resume_is_bit_exact() {
         let data = TrainData {
             train: &train_set,
             test: &test_set,
-            likelihood: Likelihood::Bernoulli,
         };
         let report = train::train(
             &model,
@@ -144,7 +139,6 @@ fn a_run_folder_is_not_overwritten_and_foreign_checkpoints_are_refused() {
     let data = TrainData {
         train: &train_set,
         test: &test_set,
-        likelihood: Likelihood::Bernoulli,
     };
     let stop = AtomicBool::new(false);
 
@@ -217,7 +211,6 @@ fn raising_the_stop_flag_checkpoints_and_reports_the_step() {
     let data = TrainData {
         train: &train_set,
         test: &test_set,
-        likelihood: Likelihood::Bernoulli,
     };
     let stop = AtomicBool::new(true);
     let report = train::train(
@@ -248,7 +241,6 @@ fn a_nan_loss_stops_the_run_naming_the_step_and_keeping_the_last_checkpoint() {
     let data = TrainData {
         train: &train_set,
         test: &test_set,
-        likelihood: Likelihood::Bernoulli,
     };
     let mut cfg = config(6, 5);
     cfg.checkpoint_every = 2;
@@ -301,7 +293,6 @@ fn vae_mlp_learns_on_the_bundled_sample() {
     let data = TrainData {
         train: &train_set,
         test: &test_set,
-        likelihood: Likelihood::Bernoulli,
     };
     let mut cfg = config(150, 11);
     cfg.batch_size = 64;

@@ -24,8 +24,10 @@ use ndarray::ArrayRef1;
 /// The variance of the model's reverse steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReverseStepVariance {
-    /// The true reverse variance `Var_q(x_{t-1} | x_t) = beta_t v_{t-1} / v_t` (the
-    /// ELBO-optimal choice; with it the model is the exact reverse process up to the prior).
+    /// The true reverse variance `Var_q(x_{t-1} | x_t) = beta_t v_{t-1} / v_t`, where
+    /// `v_t` is the variance of `q(x_t)`: the variance that maximises the ELBO averaged
+    /// over the data (Bao et al.'s Analytic-DPM); with it the model is the exact reverse
+    /// process up to the prior.
     Exact,
     /// `beta_tilde_t`, the posterior variance; at t = 1, where it is 0, `beta_tilde_2` is used
     /// (`beta_1` if T = 1), as in Ho et al.'s code.

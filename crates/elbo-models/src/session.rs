@@ -1,0 +1,332 @@
+//! What the `elbo` commands do, as library calls: naming data, and bringing a trained
+//! model back from a run folder or checkpoint.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use elbo_data::{DatasetKind, Splits};
+use tch::{Device, nn::VarStore};
+
+use crate::checkpoint::{self, CheckpointMeta};
+use crate::data;
+use crate::error::{Error, Result};
+use crate::eval::{self, EvalReport};
+use crate::likelihood::Likelihood;
+use crate::model::ElboModel;
+use crate::train::{self, Control, Progress, RunDir, TrainConfig, TrainData, TrainReport};
+use crate::vae::{Vae, VaeConfig};
+
+/// A data set as a user names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataSpec {
+    /// The MNIST sample bundled with elbo (the default).
+    Bundled,
+    /// A data set fetched with `cargo xtask data`, in the default data folder.
+    Named(DatasetKind),
+    /// A folder of MNIST-layout IDX files, or a CIFAR-10 folder or archive.
+    Path(PathBuf),
+}
+
+impl FromStr for DataSpec {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        if text == "mnist-sample" {
+            return Ok(DataSpec::Bundled);
+        }
+        if let Ok(kind) = text.parse::<DatasetKind>() {
+            return Ok(DataSpec::Named(kind));
+        }
+        let path = PathBuf::from(text);
+        if path.exists() {
+            Ok(DataSpec::Path(path))
+        } else {
+            Err(Error::Config {
+                detail: format!(
+                    "data {text:?} is neither mnist-sample, mnist, fashion-mnist, cifar10 nor \
+                     an existing folder or file"
+                ),
+            })
+        }
+    }
+}
+
+impl fmt::Display for DataSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DataSpec::Bundled => f.write_str("mnist-sample"),
+            DataSpec::Named(kind) => f.write_str(kind.name()),
+            DataSpec::Path(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl DataSpec {
+    /// Loads the training and test splits.
+    pub fn load(&self) -> Result<Splits> {
+        let data_error = |e: elbo_data::DataError| Error::Data {
+            detail: e.to_string(),
+        };
+        match self {
+            DataSpec::Bundled => elbo_data::load_bundled().map_err(data_error),
+            DataSpec::Named(kind) => {
+                let dir = elbo_data::dataset_dir(*kind).map_err(data_error)?;
+                elbo_data::load(*kind, &dir).map_err(data_error)
+            }
+            DataSpec::Path(path) => {
+                let looks_like_cifar = path.extension().is_some_and(|e| e == "gz")
+                    || path.join(elbo_data::CIFAR10_FOLDER).exists()
+                    || path.join("data_batch_1.bin").exists();
+                if looks_like_cifar {
+                    elbo_data::load_cifar10(path).map_err(data_error)
+                } else {
+                    elbo_data::load_idx_dir(path, 10).map_err(data_error)
+                }
+            }
+        }
+    }
+}
+
+/// A trained model brought back from a checkpoint.
+pub struct Restored {
+    /// Its variables.
+    pub vs: VarStore,
+    /// The model.
+    pub model: Box<dyn ElboModel>,
+    /// What the checkpoint says about itself.
+    pub meta: CheckpointMeta,
+    /// The checkpoint's JSON file.
+    pub path: PathBuf,
+}
+
+/// Finds the checkpoint meant by `path`: a checkpoint's JSON file, a run folder (its
+/// newest checkpoint), or a run's `checkpoints/` folder.
+pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let folder = if path.join("checkpoints").is_dir() {
+        path.join("checkpoints")
+    } else {
+        path.to_path_buf()
+    };
+    checkpoint::list(&folder)?
+        .pop()
+        .ok_or_else(|| Error::Checkpoint {
+            detail: format!(
+                "{} holds no checkpoint: expected a run folder, its checkpoints/ folder, or a \
+             step-*.json file",
+                path.display()
+            ),
+        })
+}
+
+/// Rebuilds the model of the checkpoint at `path` (see [`resolve_checkpoint`]) on
+/// `device`, with its weights, or its EMA weights when `use_ema` and present.
+pub fn restore(path: &Path, device: Device, use_ema: bool) -> Result<Restored> {
+    let json = resolve_checkpoint(path)?;
+    let loaded = checkpoint::load(&json)?;
+    let mut vs = train::var_store(loaded.meta.seed, device);
+    let model: Box<dyn ElboModel> = match loaded.meta.model.as_str() {
+        "vae" => {
+            let config: VaeConfig = serde_json::from_value(loaded.meta.model_config.clone())
+                .map_err(|e| Error::Checkpoint {
+                    detail: format!(
+                        "{}: its VAE configuration does not parse: {e}",
+                        json.display()
+                    ),
+                })?;
+            Box::new(Vae::new(&vs.root(), config)?)
+        }
+        other => {
+            return Err(Error::Checkpoint {
+                detail: format!(
+                    "{} holds a {other:?} model, which this elbo does not know",
+                    json.display()
+                ),
+            });
+        }
+    };
+    train::load_weights(&mut vs, &loaded.tensors, use_ema)?;
+    Ok(Restored {
+        vs,
+        model,
+        meta: loaded.meta,
+        path: json,
+    })
+}
+
+/// A VAE training job as `elbo train vae` describes it.
+#[derive(Clone, Debug)]
+pub struct VaeJob {
+    /// `vae-mlp` or `vae-conv`.
+    pub preset: String,
+    /// The decoder likelihood.
+    pub likelihood: Likelihood,
+    /// The data.
+    pub data: DataSpec,
+    /// The run folder.
+    pub run: PathBuf,
+    /// Everything about the training but the model.
+    pub config: TrainConfig,
+    /// Where to train.
+    pub device: Device,
+    /// After training, evaluate the whole test split with the IWAE bound of this many
+    /// samples.
+    pub final_iw: Option<i64>,
+    /// Train this many epochs of the training split (overrides `config.steps`).
+    pub epochs: Option<u64>,
+}
+
+/// What a finished (or interrupted) job reports.
+pub struct JobReport {
+    /// The training loop's report.
+    pub train: TrainReport,
+    /// The final evaluation on the whole test split, when the run completed.
+    pub eval: Option<EvalReport>,
+    /// The newest sample grid.
+    pub samples: Option<PathBuf>,
+}
+
+/// Runs a VAE job: loads the data, builds (or, with `control.resume`, restores) the
+/// model, trains, and evaluates on the test split.
+pub fn train_vae(
+    job: &VaeJob,
+    control: Control<'_>,
+    observer: &mut dyn FnMut(&Progress),
+) -> Result<JobReport> {
+    let splits = job.data.load()?;
+    let [c, h, w] = splits.train.image_shape().map(|d| d as i64);
+    let model_config = VaeConfig::preset(&job.preset, [c, h, w], job.likelihood)?;
+    let mut vs = train::var_store(job.config.seed, job.device);
+    let vae = Vae::new(&vs.root(), model_config)?;
+    let mut config = job.config.clone();
+    config.data = job.data.to_string();
+    if let Some(epochs) = job.epochs {
+        let per_epoch = splits.train.len().div_ceil(config.batch_size.max(1)) as u64;
+        config.steps = epochs * per_epoch;
+    }
+    let data = TrainData {
+        train: &splits.train,
+        test: &splits.test,
+    };
+    let run = RunDir::new(&job.run);
+    let report = train::train(&vae, &mut vs, &data, &config, &run, control, observer)?;
+    let eval = match (&report.finished, job.final_iw) {
+        (train::Finished::Completed, iw) => {
+            let test = data::fixed_tensor(&splits.test, job.likelihood, None, job.device)?;
+            Some(eval::evaluate(&vae, &test, iw, 100))
+        }
+        _ => None,
+    };
+    let samples = std::fs::read_dir(run.samples()).ok().and_then(|entries| {
+        entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("epoch-"))
+            })
+            .max()
+    });
+    Ok(JobReport {
+        train: report,
+        eval,
+        samples,
+    })
+}
+
+/// Evaluates the checkpoint at `path` on the test split of `data` (by default the data
+/// the run was trained on), on its first `limit` examples when given.
+pub fn evaluate_checkpoint(
+    path: &Path,
+    data: Option<&DataSpec>,
+    iw: Option<i64>,
+    limit: Option<usize>,
+    device: Device,
+) -> Result<(Restored, EvalReport)> {
+    let restored = restore(path, device, true)?;
+    let recorded = restored.meta.train_config["data"]
+        .as_str()
+        .unwrap_or("mnist-sample")
+        .parse::<DataSpec>();
+    let spec = match data {
+        Some(spec) => spec.clone(),
+        None => recorded?,
+    };
+    let splits = spec.load()?;
+    let test = data::fixed_tensor(&splits.test, restored.model.likelihood(), limit, device)?;
+    let report = eval::evaluate(restored.model.as_ref(), &test, iw, 100);
+    Ok((restored, report))
+}
+
+/// Writes `n` samples of a restored model as a PNG grid at `out` (8 columns), and, with
+/// `interpolation_steps`, latent interpolation strips beside it (`<out>-interpolations.png`).
+/// Returns the files written.
+pub fn write_samples(
+    restored: &Restored,
+    n: i64,
+    out: &Path,
+    interpolation_steps: Option<i64>,
+) -> Result<Vec<PathBuf>> {
+    let likelihood = restored.model.likelihood();
+    let samples = tch::no_grad(|| restored.model.sample(n));
+    crate::image::save_grid(&data::to_unit_range(likelihood, &samples), 8, out)?;
+    let mut written = vec![out.to_path_buf()];
+    if let Some(steps) = interpolation_steps {
+        let strips = tch::no_grad(|| restored.model.interpolations(8, steps)).ok_or_else(|| {
+            Error::Config {
+                detail: format!(
+                    "a {} model has no single latent space to interpolate in",
+                    restored.meta.model
+                ),
+            }
+        })?;
+        let stem = out
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let path = out.with_file_name(format!("{stem}-interpolations.png"));
+        crate::image::save_grid(&data::to_unit_range(likelihood, &strips), steps, &path)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_names_parse_and_unknown_ones_are_refused() {
+        assert_eq!(
+            "mnist-sample".parse::<DataSpec>().unwrap(),
+            DataSpec::Bundled
+        );
+        assert_eq!(
+            "cifar10".parse::<DataSpec>().unwrap(),
+            DataSpec::Named(DatasetKind::Cifar10)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().display().to_string();
+        assert_eq!(
+            text.parse::<DataSpec>().unwrap(),
+            DataSpec::Path(dir.path().into())
+        );
+        let err = "imagenet".parse::<DataSpec>().unwrap_err().to_string();
+        assert!(err.contains("neither mnist-sample"), "{err}");
+        assert_eq!(DataSpec::Bundled.to_string(), "mnist-sample");
+    }
+
+    #[test]
+    fn a_folder_without_checkpoints_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = resolve_checkpoint(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("holds no checkpoint"), "{err}");
+        let err = restore(dir.path(), Device::Cpu, false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("holds no checkpoint"), "{err}");
+    }
+}
