@@ -10,9 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use elbo_models::DeviceSpec;
+use elbo_models::aids::TrainingAids;
 use elbo_models::eval::EvalReport;
+use elbo_models::hvae::HvaeVariant;
 use elbo_models::likelihood::Likelihood;
-use elbo_models::session::{self, DataSpec, VaeJob};
+use elbo_models::session::{self, DataSpec, HvaeJob, JobReport, VaeJob};
 use elbo_models::train::{Control, Finished, LrDecay, Progress, TrainConfig};
 
 /// Latent-variable generative models (VAE, hierarchical VAE, DDPM) on libtorch.
@@ -73,7 +75,9 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum TrainModel {
     /// A VAE: `vae-mlp` (pytorch/examples' architecture) or `vae-conv`.
-    Vae(VaeArgs),
+    Vae(Box<VaeArgs>),
+    /// A hierarchical VAE: the seeds' Markovian HVAE or a top-down ladder HVAE.
+    Hvae(Box<HvaeArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -103,6 +107,36 @@ struct VaeArgs {
     /// vae-mlp or vae-conv.
     #[arg(long, default_value = "vae-mlp")]
     preset: String,
+    #[command(flatten)]
+    common: TrainArgs,
+}
+
+#[derive(Debug, Args)]
+struct HvaeArgs {
+    /// markov (the seeds' Markovian HVAE) or ladder (top-down, LVAE/NVAE/VDVAE-style).
+    #[arg(long, default_value = "ladder")]
+    variant: String,
+    /// Latent layers.
+    #[arg(long, default_value_t = 2)]
+    layers: usize,
+    /// Latent sizes, bottom (z_1) first, comma-separated (default: markov 20 per layer;
+    /// ladder mlp 32,16,8,...; ladder conv 4,2,1,... channels per position).
+    #[arg(long, value_delimiter = ',')]
+    latent_dims: Option<Vec<i64>>,
+    /// mlp or conv (default: mlp for markov, conv for ladder).
+    #[arg(long)]
+    arch: Option<String>,
+    /// Width of the networks (default: markov transitions 200 units; ladder mlp 256
+    /// units, conv 64 channels).
+    #[arg(long)]
+    width: Option<i64>,
+    #[command(flatten)]
+    common: TrainArgs,
+}
+
+/// The options every `elbo train` model shares.
+#[derive(Debug, Args)]
+struct TrainArgs {
     /// bernoulli (dynamically binarised data), continuous-bce (pytorch/examples; not a
     /// likelihood) or discretized-gaussian (8-bit data in [-1, 1]).
     #[arg(long, default_value = "bernoulli")]
@@ -156,6 +190,17 @@ struct VaeArgs {
     /// IWAE samples for the final evaluation on the test split; 0 for none.
     #[arg(long, default_value_t = 1000)]
     iw: i64,
+    /// KL warm-up: the KL terms' weight in the loss rises linearly to 1 over this many
+    /// steps (0: off). The reported ELBO is always the true bound.
+    #[arg(long, default_value_t = 0)]
+    kl_warmup: u64,
+    /// Free bits: nats per KL term (prior matching, each layer) below which it is not
+    /// penalised, on the batch mean (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    free_bits: f64,
+    /// Skip updates whose gradient norm exceeds this (off by default).
+    #[arg(long)]
+    skip_grad_norm: Option<f64>,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -179,7 +224,10 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Train {
             model: TrainModel::Vae(args),
-        } => return train_vae(args),
+        } => return train_vae(*args),
+        Command::Train {
+            model: TrainModel::Hvae(args),
+        } => return train_hvae(*args),
         Command::Eval {
             checkpoint,
             iw,
@@ -226,45 +274,115 @@ fn run(command: Command) -> Result<ExitCode> {
 }
 
 fn train_vae(args: VaeArgs) -> Result<ExitCode> {
-    let device = args.device.apply()?;
-    let likelihood: Likelihood = args.likelihood.parse()?;
-    let data: DataSpec = args.data.parse()?;
-    let defaults = TrainConfig::default();
-    let config = TrainConfig {
-        steps: args.steps.unwrap_or(0),
-        batch_size: args.batch_size,
-        lr: args.lr,
-        warmup_steps: args.warmup,
-        decay: match args.cosine_to {
-            Some(final_fraction) => LrDecay::Cosine { final_fraction },
-            None => LrDecay::Constant,
-        },
-        adam: elbo_models::train::AdamConfigSerde {
-            weight_decay: args.weight_decay,
-            ..defaults.adam
-        },
-        clip_grad_norm: args.clip,
-        ema_decay: args.ema,
-        seed: args.seed,
-        checkpoint_every: args.checkpoint_every,
-        keep_checkpoints: args.keep,
-        ..defaults
-    };
-    let run = args
-        .run
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{}", args.preset, utc_stamp())));
+    let common = args.common.resolve(&args.preset)?;
     let job = VaeJob {
         preset: args.preset.clone(),
-        likelihood,
-        data,
-        run: run.clone(),
-        config,
-        device,
-        final_iw: (args.iw > 0).then_some(args.iw),
-        epochs: args.steps.is_none().then_some(args.epochs),
+        likelihood: common.likelihood,
+        data: common.data.clone(),
+        run: common.run.clone(),
+        config: common.config.clone(),
+        device: common.device,
+        final_iw: common.final_iw,
+        epochs: common.epochs,
     };
+    run_training(
+        &args.common,
+        &common,
+        "vae",
+        &args.preset,
+        |control, observer| session::train_vae(&job, control, observer),
+    )
+}
 
+fn train_hvae(args: HvaeArgs) -> Result<ExitCode> {
+    let variant: HvaeVariant = args.variant.parse()?;
+    let name = format!("hvae-{variant}");
+    let common = args.common.resolve(&name)?;
+    let job = HvaeJob {
+        variant,
+        layers: args.layers,
+        latent_dims: args.latent_dims.clone(),
+        arch: args.arch.clone(),
+        width: args.width,
+        likelihood: common.likelihood,
+        data: common.data.clone(),
+        run: common.run.clone(),
+        config: common.config.clone(),
+        device: common.device,
+        final_iw: common.final_iw,
+        epochs: common.epochs,
+    };
+    run_training(&args.common, &common, "hvae", &name, |control, observer| {
+        session::train_hvae(&job, control, observer)
+    })
+}
+
+/// [`TrainArgs`] turned into what a job needs.
+struct Resolved {
+    likelihood: Likelihood,
+    data: DataSpec,
+    run: PathBuf,
+    config: TrainConfig,
+    device: tch::Device,
+    final_iw: Option<i64>,
+    epochs: Option<u64>,
+}
+
+impl TrainArgs {
+    fn resolve(&self, name: &str) -> Result<Resolved> {
+        let device = self.device.apply()?;
+        let likelihood: Likelihood = self.likelihood.parse()?;
+        let data: DataSpec = self.data.parse()?;
+        let defaults = TrainConfig::default();
+        let config = TrainConfig {
+            steps: self.steps.unwrap_or(0),
+            batch_size: self.batch_size,
+            lr: self.lr,
+            warmup_steps: self.warmup,
+            decay: match self.cosine_to {
+                Some(final_fraction) => LrDecay::Cosine { final_fraction },
+                None => LrDecay::Constant,
+            },
+            adam: elbo_models::train::AdamConfigSerde {
+                weight_decay: self.weight_decay,
+                ..defaults.adam
+            },
+            clip_grad_norm: self.clip,
+            ema_decay: self.ema,
+            seed: self.seed,
+            checkpoint_every: self.checkpoint_every,
+            keep_checkpoints: self.keep,
+            aids: TrainingAids {
+                kl_warmup_steps: self.kl_warmup,
+                free_bits: self.free_bits,
+                skip_grad_norm: self.skip_grad_norm,
+            },
+            ..defaults
+        };
+        let run = self
+            .run
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("runs").join(format!("{name}-{}", utc_stamp())));
+        Ok(Resolved {
+            likelihood,
+            data,
+            run,
+            config,
+            device,
+            final_iw: (self.iw > 0).then_some(self.iw),
+            epochs: self.steps.is_none().then_some(self.epochs),
+        })
+    }
+}
+
+/// Trains with a Ctrl-C handler and a progress view, then prints the outcome.
+fn run_training(
+    args: &TrainArgs,
+    job: &Resolved,
+    command: &str,
+    name: &str,
+    train: impl FnOnce(Control<'_>, &mut dyn FnMut(&Progress)) -> elbo_models::Result<JobReport>,
+) -> Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = Arc::clone(&stop);
@@ -277,15 +395,9 @@ fn train_vae(args: VaeArgs) -> Result<ExitCode> {
         })
         .context("installing the Ctrl-C handler")?;
     }
-    eprintln!(
-        "training {} on {} into {}",
-        args.preset,
-        job.data,
-        run.display()
-    );
+    eprintln!("training {name} on {} into {}", job.data, job.run.display());
     let mut progress = ProgressView::new();
-    let report = session::train_vae(
-        &job,
+    let report = train(
         Control {
             resume: args.resume,
             stop: &stop,
@@ -296,9 +408,9 @@ fn train_vae(args: VaeArgs) -> Result<ExitCode> {
     match report.train.finished {
         Finished::Interrupted { step } => {
             eprintln!(
-                "interrupted after step {step}; checkpoint {}\nresume with: elbo train vae --run {} --resume (and the same options)",
+                "interrupted after step {step}; checkpoint {}\nresume with: elbo train {command} --run {} --resume (and the same options)",
                 report.train.checkpoint.display(),
-                run.display()
+                job.run.display()
             );
             return Ok(ExitCode::from(130));
         }
@@ -334,6 +446,18 @@ fn print_eval(report: &EvalReport) {
             -bound,
             report.bits_per_dim(bound)
         );
+    }
+    if !report.active_units.is_empty() {
+        println!(
+            "active units (posterior-mean variance over the test set > {}):",
+            elbo_models::eval::ACTIVE_UNIT_THRESHOLD
+        );
+        for units in &report.active_units {
+            println!(
+                "  {:<16} {:>5} of {}",
+                units.layer, units.active, units.dims
+            );
+        }
     }
 }
 
@@ -441,6 +565,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--run"), "{err}");
+    }
+
+    #[test]
+    fn train_hvae_parses_its_options_and_the_shared_ones() {
+        let cli = Cli::try_parse_from([
+            "elbo",
+            "train",
+            "hvae",
+            "--variant",
+            "markov",
+            "--layers",
+            "3",
+            "--latent-dims",
+            "20,10,5",
+            "--kl-warmup",
+            "500",
+            "--free-bits",
+            "0.25",
+            "--epochs",
+            "2",
+        ])
+        .unwrap();
+        let Command::Train {
+            model: TrainModel::Hvae(args),
+        } = cli.command
+        else {
+            panic!("expected train hvae");
+        };
+        assert_eq!(args.layers, 3);
+        assert_eq!(args.latent_dims, Some(vec![20, 10, 5]));
+        assert_eq!(args.common.kl_warmup, 500);
+        assert_eq!(args.common.free_bits, 0.25);
+        assert_eq!(args.common.epochs, 2);
+        assert_eq!(args.common.skip_grad_norm, None);
+        let resolved = args.common.resolve("hvae-markov").unwrap();
+        assert_eq!(resolved.config.aids.kl_warmup_steps, 500);
+        let err = Cli::try_parse_from(["elbo", "train", "hvae", "--latent-dims", "a,b"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--latent-dims"), "{err}");
     }
 
     impl Cli {

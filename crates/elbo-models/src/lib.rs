@@ -17,12 +17,14 @@
 
 #![warn(missing_docs)]
 
+pub mod aids;
 pub mod checkpoint;
 pub mod data;
 mod device;
 mod error;
 pub mod eval;
 pub mod gaussian;
+pub mod hvae;
 pub mod image;
 pub mod likelihood;
 pub mod model;

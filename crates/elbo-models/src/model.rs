@@ -61,6 +61,26 @@ pub trait ElboModel {
     }
     /// Reconstructions of `x` through the posterior mean, as images in the data scale.
     fn reconstruct(&self, x: &Tensor) -> Tensor;
+    /// One draw of the posterior mean of every latent layer, bottom (`z_1`) first, each
+    /// flattened to (batch, dims): the mean of `q(z_l | x, ...)` given one sample of the
+    /// layers it is conditioned on. Averaged over draws and examples it gives the active
+    /// units ([`crate::eval::active_units`]). Models without latents return nothing.
+    fn posterior_means(&self, x: &Tensor) -> Vec<(String, Tensor)> {
+        let _ = x;
+        Vec::new()
+    }
+    /// How many latent layers the model stacks (1 for a VAE).
+    fn latent_layers(&self) -> usize {
+        1
+    }
+    /// `rows * columns` images, row after row: each row shares one draw of the top
+    /// `fixed` latent layers and redraws the layers below from the prior, which shows
+    /// what each level of a hierarchy encodes. `None` unless `1 <= fixed <
+    /// latent_layers()`.
+    fn fixed_top_samples(&self, fixed: usize, rows: i64, columns: i64) -> Option<Tensor> {
+        let _ = (fixed, rows, columns);
+        None
+    }
 }
 
 #[cfg(test)]

@@ -112,6 +112,13 @@ impl Adam {
         norm
     }
 
+    /// Counts a step without updating anything (a skipped update), so that the step
+    /// count, and with it the bias correction, stays that of the training loop and a
+    /// resumed run continues exactly.
+    pub fn skip_step(&mut self) {
+        self.steps += 1;
+    }
+
     /// One Adam step at learning rate `lr`, from the current gradients.
     pub fn step(&mut self, lr: f64) {
         self.steps += 1;

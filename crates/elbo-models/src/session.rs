@@ -6,12 +6,16 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use elbo_data::{DatasetKind, Splits};
-use tch::{Device, nn::VarStore};
+use tch::{
+    Device,
+    nn::{self, VarStore},
+};
 
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::data;
 use crate::error::{Error, Result};
 use crate::eval::{self, EvalReport};
+use crate::hvae::{self, HvaeConfig, HvaeVariant};
 use crate::likelihood::Likelihood;
 use crate::model::ElboModel;
 use crate::train::{self, Control, Progress, RunDir, TrainConfig, TrainData, TrainReport};
@@ -139,6 +143,16 @@ pub fn restore(path: &Path, device: Device, use_ema: bool) -> Result<Restored> {
                 })?;
             Box::new(Vae::new(&vs.root(), config)?)
         }
+        hvae::FAMILY => {
+            let config: HvaeConfig = serde_json::from_value(loaded.meta.model_config.clone())
+                .map_err(|e| Error::Checkpoint {
+                    detail: format!(
+                        "{}: its HVAE configuration does not parse: {e}",
+                        json.display()
+                    ),
+                })?;
+            config.build(&vs.root())?
+        }
         other => {
             return Err(Error::Checkpoint {
                 detail: format!(
@@ -196,11 +210,116 @@ pub fn train_vae(
     control: Control<'_>,
     observer: &mut dyn FnMut(&Progress),
 ) -> Result<JobReport> {
+    let parts = JobParts {
+        likelihood: job.likelihood,
+        data: &job.data,
+        run: &job.run,
+        config: &job.config,
+        device: job.device,
+        final_iw: job.final_iw,
+        epochs: job.epochs,
+    };
+    run_job(
+        &parts,
+        &|path, image| {
+            let config = VaeConfig::preset(&job.preset, image, job.likelihood)?;
+            Ok(Box::new(Vae::new(path, config)?))
+        },
+        control,
+        observer,
+    )
+}
+
+/// A hierarchical VAE training job as `elbo train hvae` describes it.
+#[derive(Clone, Debug)]
+pub struct HvaeJob {
+    /// Markov or ladder.
+    pub variant: HvaeVariant,
+    /// Latent layers.
+    pub layers: usize,
+    /// Latent sizes, bottom first (default [`hvae::default_latent_dims`]).
+    pub latent_dims: Option<Vec<i64>>,
+    /// `mlp` or `conv` (default: `mlp` for the Markov HVAE, `conv` for the ladder).
+    pub arch: Option<String>,
+    /// Width of the deterministic networks (default: the variant's).
+    pub width: Option<i64>,
+    /// The decoder likelihood.
+    pub likelihood: Likelihood,
+    /// The data.
+    pub data: DataSpec,
+    /// The run folder.
+    pub run: PathBuf,
+    /// Everything about the training but the model (training aids in `config.aids`).
+    pub config: TrainConfig,
+    /// Where to train.
+    pub device: Device,
+    /// After training, evaluate the whole test split with the IWAE bound of this many
+    /// samples.
+    pub final_iw: Option<i64>,
+    /// Train this many epochs of the training split (overrides `config.steps`).
+    pub epochs: Option<u64>,
+}
+
+/// Runs an HVAE job, as [`train_vae`] runs a VAE job.
+pub fn train_hvae(
+    job: &HvaeJob,
+    control: Control<'_>,
+    observer: &mut dyn FnMut(&Progress),
+) -> Result<JobReport> {
+    let parts = JobParts {
+        likelihood: job.likelihood,
+        data: &job.data,
+        run: &job.run,
+        config: &job.config,
+        device: job.device,
+        final_iw: job.final_iw,
+        epochs: job.epochs,
+    };
+    run_job(
+        &parts,
+        &|path, image| {
+            HvaeConfig::new(
+                job.variant,
+                image,
+                job.layers,
+                job.latent_dims.clone(),
+                job.arch.as_deref(),
+                job.width,
+                job.likelihood,
+            )?
+            .build(path)
+        },
+        control,
+        observer,
+    )
+}
+
+/// What every training job has besides its model.
+struct JobParts<'a> {
+    likelihood: Likelihood,
+    data: &'a DataSpec,
+    run: &'a Path,
+    config: &'a TrainConfig,
+    device: Device,
+    final_iw: Option<i64>,
+    epochs: Option<u64>,
+}
+
+/// Builds a model under a path for images of a shape.
+type Build<'a> = dyn Fn(&nn::Path<'_>, [i64; 3]) -> Result<Box<dyn ElboModel>> + 'a;
+
+/// The body of every job: loads the data, builds the model with `build` (or, with
+/// `control.resume`, restores it), trains, and evaluates on the test split.
+fn run_job(
+    job: &JobParts<'_>,
+    build: &Build<'_>,
+    control: Control<'_>,
+    observer: &mut dyn FnMut(&Progress),
+) -> Result<JobReport> {
     let splits = job.data.load()?;
     let [c, h, w] = splits.train.image_shape().map(|d| d as i64);
-    let model_config = VaeConfig::preset(&job.preset, [c, h, w], job.likelihood)?;
     let mut vs = train::var_store(job.config.seed, job.device);
-    let vae = Vae::new(&vs.root(), model_config)?;
+    let model = build(&vs.root(), [c, h, w])?;
     let mut config = job.config.clone();
     config.data = job.data.to_string();
     if let Some(epochs) = job.epochs {
@@ -211,12 +330,20 @@ pub fn train_vae(
         train: &splits.train,
         test: &splits.test,
     };
-    let run = RunDir::new(&job.run);
-    let report = train::train(&vae, &mut vs, &data, &config, &run, control, observer)?;
+    let run = RunDir::new(job.run);
+    let report = train::train(
+        model.as_ref(),
+        &mut vs,
+        &data,
+        &config,
+        &run,
+        control,
+        observer,
+    )?;
     let eval = match (&report.finished, job.final_iw) {
         (train::Finished::Completed, iw) => {
             let test = data::fixed_tensor(&splits.test, job.likelihood, None, job.device)?;
-            Some(eval::evaluate(&vae, &test, iw, 100))
+            Some(eval::evaluate(model.as_ref(), &test, iw, 100))
         }
         _ => None,
     };
@@ -262,6 +389,9 @@ pub fn evaluate_checkpoint(
 
 /// Writes `n` samples of a restored model as a PNG grid at `out` (8 columns), and, with
 /// `interpolation_steps`, latent interpolation strips beside it (`<out>-interpolations.png`).
+/// For a hierarchical model it also writes, for each `k` from 1 to the number of layers
+/// minus 1, `<out>-fixed-top-<k>.png`: rows of 8 that share a draw of the top `k` layers
+/// and redraw the layers below (as many rows as `n` fills, at least one).
 /// Returns the files written.
 pub fn write_samples(
     restored: &Restored,
@@ -273,6 +403,18 @@ pub fn write_samples(
     let samples = tch::no_grad(|| restored.model.sample(n));
     crate::image::save_grid(&data::to_unit_range(likelihood, &samples), 8, out)?;
     let mut written = vec![out.to_path_buf()];
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for fixed in 1..restored.model.latent_layers() {
+        let rows = (n / 8).max(1);
+        if let Some(images) = tch::no_grad(|| restored.model.fixed_top_samples(fixed, rows, 8)) {
+            let path = out.with_file_name(format!("{stem}-fixed-top-{fixed}.png"));
+            crate::image::save_grid(&data::to_unit_range(likelihood, &images), 8, &path)?;
+            written.push(path);
+        }
+    }
     if let Some(steps) = interpolation_steps {
         let strips = tch::no_grad(|| restored.model.interpolations(8, steps)).ok_or_else(|| {
             Error::Config {
@@ -282,10 +424,6 @@ pub fn write_samples(
                 ),
             }
         })?;
-        let stem = out
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
         let path = out.with_file_name(format!("{stem}-interpolations.png"));
         crate::image::save_grid(&data::to_unit_range(likelihood, &strips), steps, &path)?;
         written.push(path);

@@ -18,9 +18,11 @@ use elbo_data::{Batching, Dataset, EpochSeed, Loader, LoaderConfig};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn::VarStore};
 
+use crate::aids::TrainingAids;
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::data;
 use crate::error::{Error, Result};
+use crate::eval;
 use crate::image;
 use crate::likelihood::Likelihood;
 use crate::model::ElboModel;
@@ -74,6 +76,10 @@ pub struct TrainConfig {
     /// The data set, as named on the command line (recorded so that evaluation finds
     /// the same test split).
     pub data: String,
+    /// KL warm-up, free bits and gradient skipping (all off by default): they change
+    /// the loss and the updates, never the reported ELBO.
+    #[serde(default)]
+    pub aids: TrainingAids,
 }
 
 /// [`AdamConfig`] as it is written in run configurations.
@@ -126,6 +132,7 @@ impl Default for TrainConfig {
             eval_examples: 1000,
             horizontal_flip: false,
             data: "mnist-sample".to_string(),
+            aids: TrainingAids::default(),
         }
     }
 }
@@ -166,7 +173,7 @@ impl TrainConfig {
         {
             return bad(format!("clip_grad_norm must be positive, found {c}"));
         }
-        Ok(())
+        self.aids.validate()
     }
 }
 
@@ -384,6 +391,7 @@ pub fn train(
     let mut order_epoch = u64::MAX;
     let mut order = loader.order(0);
     let mut metrics = MetricsLog::open(&run.metrics())?;
+    let mut skipped = 0u64;
     while step < config.steps {
         let epoch = step / steps_per_epoch;
         let index = (step % steps_per_epoch) as usize;
@@ -412,7 +420,7 @@ pub fn train(
 
         tch::manual_seed(step_seed(config.seed, step));
         let terms = model.elbo_terms(&x);
-        let loss = -terms.elbo().mean(Kind::Float);
+        let loss = config.aids.loss(&terms, step);
         let loss_value = loss.double_value(&[]);
         if !loss_value.is_finite() {
             return Err(Error::NonFiniteLoss {
@@ -425,11 +433,20 @@ pub fn train(
         }
         adam.zero_grad();
         loss.backward();
-        let grad_norm = config.clip_grad_norm.map(|max| adam.clip_grad_norm(max));
+        let grad_norm = match (config.clip_grad_norm, config.aids.skip_grad_norm) {
+            (None, None) => None,
+            (clip, _) => Some(adam.clip_grad_norm(clip.unwrap_or(f64::INFINITY))),
+        };
+        let skip = grad_norm.is_some_and(|norm| config.aids.skips(norm));
+        skipped += u64::from(skip);
         let lr = config.lr_at(step);
-        adam.step(lr);
-        if let (Some(ema), Some(decay)) = (ema.as_mut(), config.ema_decay) {
-            ema.update(vs, decay);
+        if skip {
+            adam.skip_step();
+        } else {
+            adam.step(lr);
+            if let (Some(ema), Some(decay)) = (ema.as_mut(), config.ema_decay) {
+                ema.update(vs, decay);
+            }
         }
         step += 1;
 
@@ -440,9 +457,14 @@ pub fn train(
             if let Some(test) = &test_set {
                 let value = tch::no_grad(|| mean_elbo(model, test, 500));
                 test_elbo = Some(value);
-                metrics.write(&serde_json::json!({
+                let mut line = serde_json::json!({
                     "kind": "epoch", "step": step, "epoch": epoch + 1, "test_elbo": value,
-                }))?;
+                });
+                let active = eval::active_units(model, test, 500);
+                if !active.is_empty() {
+                    line["active_units"] = eval::active_units_json(&active);
+                }
+                metrics.write(&line)?;
             }
             write_pictures(model, likelihood, run, epoch + 1, test_set.as_ref())?;
         }
@@ -455,6 +477,12 @@ pub fn train(
             }
             if let Some(norm) = grad_norm {
                 line["grad_norm"] = norm.into();
+            }
+            if config.aids.kl_warmup_steps > 0 {
+                line["kl_weight"] = config.aids.kl_weight(step - 1).into();
+            }
+            if config.aids.skip_grad_norm.is_some() {
+                line["skipped_updates"] = skipped.into();
             }
             metrics.write(&line)?;
             let elapsed = started.elapsed().as_secs_f64().max(1e-9);

@@ -327,6 +327,10 @@ impl ElboModel for Vae {
         let (mean, _) = self.encode(x);
         self.config.likelihood.mean(&self.decode(&mean))
     }
+
+    fn posterior_means(&self, x: &Tensor) -> Vec<(String, Tensor)> {
+        vec![("z_1".to_string(), self.encode(x).0)]
+    }
 }
 
 #[cfg(test)]

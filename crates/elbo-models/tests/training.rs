@@ -48,6 +48,26 @@ fn config(steps: u64, seed: u64) -> TrainConfig {
     }
 }
 
+/// Trains with no progress observer, into the run folder `dir`.
+fn fit(
+    model: &Vae,
+    vs: &mut VarStore,
+    data: &TrainData<'_>,
+    config: &TrainConfig,
+    dir: &std::path::Path,
+    control: Control<'_>,
+) -> elbo_models::Result<train::TrainReport> {
+    train::train(
+        model,
+        vs,
+        data,
+        config,
+        &RunDir::new(dir),
+        control,
+        &mut |_| {},
+    )
+}
+
 fn vae(seed: u64) -> (VarStore, Vae) {
     let vs = train::var_store(seed, Device::Cpu);
     let config = VaeConfig::preset("vae-mlp", [1, 28, 28], Likelihood::Bernoulli).unwrap();
@@ -64,17 +84,16 @@ fn run(
 ) -> (VarStore, train::TrainReport) {
     let (mut vs, model) = vae(5);
     let data = TrainData { train, test };
-    let report = train::train(
+    let report = fit(
         &model,
         &mut vs,
         &data,
         &config(steps, 5),
-        &RunDir::new(dir),
+        dir,
         Control {
             resume,
             stop: &AtomicBool::new(false),
         },
-        &mut |_| {},
     )
     .unwrap();
     (vs, report)
@@ -98,17 +117,16 @@ fn resume_is_bit_exact() {
             train: &train_set,
             test: &test_set,
         };
-        let report = train::train(
+        let report = fit(
             &model,
             &mut vs,
             &data,
             &config(18, 5),
-            &RunDir::new(split.path()),
+            split.path(),
             Control {
                 resume: true,
                 stop: &AtomicBool::new(false),
             },
-            &mut |_| {},
         )
         .unwrap();
         assert_eq!(report.steps_taken, 9);
@@ -143,17 +161,16 @@ fn a_run_folder_is_not_overwritten_and_foreign_checkpoints_are_refused() {
     let stop = AtomicBool::new(false);
 
     let (mut vs, model) = vae(5);
-    let err = train::train(
+    let err = fit(
         &model,
         &mut vs,
         &data,
         &config(4, 5),
-        &RunDir::new(dir.path()),
+        dir.path(),
         Control {
             resume: false,
             stop: &stop,
         },
-        &mut |_| {},
     )
     .unwrap_err()
     .to_string();
@@ -166,17 +183,16 @@ fn a_run_folder_is_not_overwritten_and_foreign_checkpoints_are_refused() {
     let other = VaeConfig::preset("vae-conv", [1, 28, 28], Likelihood::Bernoulli).unwrap();
     let conv = Vae::new(&vs2.root(), other).unwrap();
     let mut vs2 = vs2;
-    let err = train::train(
+    let err = fit(
         &conv,
         &mut vs2,
         &data,
         &config(4, 5),
-        &RunDir::new(dir.path()),
+        dir.path(),
         Control {
             resume: true,
             stop: &stop,
         },
-        &mut |_| {},
     )
     .unwrap_err()
     .to_string();
@@ -185,17 +201,16 @@ fn a_run_folder_is_not_overwritten_and_foreign_checkpoints_are_refused() {
         "{err}"
     );
 
-    let err = train::train(
+    let err = fit(
         &model,
         &mut vs,
         &data,
         &config(4, 6),
-        &RunDir::new(dir.path()),
+        dir.path(),
         Control {
             resume: true,
             stop: &stop,
         },
-        &mut |_| {},
     )
     .unwrap_err()
     .to_string();
@@ -213,17 +228,16 @@ fn raising_the_stop_flag_checkpoints_and_reports_the_step() {
         test: &test_set,
     };
     let stop = AtomicBool::new(true);
-    let report = train::train(
+    let report = fit(
         &model,
         &mut vs,
         &data,
         &config(10, 5),
-        &RunDir::new(dir.path()),
+        dir.path(),
         Control {
             resume: false,
             stop: &stop,
         },
-        &mut |_| {},
     )
     .unwrap();
     assert_eq!(report.finished, Finished::Interrupted { step: 1 });
@@ -246,17 +260,16 @@ fn a_nan_loss_stops_the_run_naming_the_step_and_keeping_the_last_checkpoint() {
     cfg.checkpoint_every = 2;
     // A learning rate this large blows the weights up within a few steps.
     cfg.lr = 1e30;
-    let err = train::train(
+    let err = fit(
         &model,
         &mut vs,
         &data,
         &cfg,
-        &RunDir::new(dir.path()),
+        dir.path(),
         Control {
             resume: false,
             stop: &AtomicBool::new(false),
         },
-        &mut |_| {},
     )
     .unwrap_err();
     let text = err.to_string();
@@ -296,17 +309,16 @@ fn vae_mlp_learns_on_the_bundled_sample() {
     };
     let mut cfg = config(150, 11);
     cfg.batch_size = 64;
-    train::train(
+    fit(
         &model,
         &mut vs,
         &data,
         &cfg,
-        &RunDir::new(dir.path()),
+        dir.path(),
         Control {
             resume: false,
             stop: &AtomicBool::new(false),
         },
-        &mut |_| {},
     )
     .unwrap();
     let after = eval::evaluate(&model, &test, None, 200).elbo();

@@ -1,0 +1,52 @@
+//! GPU tests: compiled always (clippy checks them with `--all-features`), run only with
+//! `cargo test -p elbo-models --features cuda-tests` on a machine with a CUDA device and
+//! a CUDA libtorch (`cargo xtask setup --cuda`).
+#![cfg(feature = "cuda-tests")]
+
+use elbo_models::likelihood::Likelihood;
+use elbo_models::model::ElboModel;
+use elbo_models::optim::{Adam, AdamConfig};
+use elbo_models::vae::{Vae, VaeConfig};
+use elbo_models::{DeviceSpec, gaussian};
+use tch::{Device, Kind, Tensor, nn::VarStore};
+
+#[test]
+fn cuda_is_visible_and_resolvable() {
+    assert!(
+        tch::Cuda::is_available(),
+        "the cuda-tests feature needs a CUDA device and a CUDA libtorch"
+    );
+    assert_eq!(DeviceSpec::Auto.resolve().unwrap(), Device::Cuda(0));
+}
+
+/// The tensor formulas give the same numbers on the GPU as on the CPU (f32: 1e-5
+/// relative, the accumulated rounding of different reduction orders).
+#[test]
+fn kl_on_cuda_matches_cpu() {
+    let mean = Tensor::randn([64, 20], (Kind::Float, Device::Cpu));
+    let log_var = Tensor::randn([64, 20], (Kind::Float, Device::Cpu));
+    let cpu = gaussian::kl_to_standard_normal(&mean, &log_var);
+    let gpu =
+        gaussian::kl_to_standard_normal(&mean.to(Device::Cuda(0)), &log_var.to(Device::Cuda(0)));
+    let diff = (cpu - gpu.to(Device::Cpu)).abs().max().double_value(&[]);
+    assert!(diff < 1e-3, "{diff}");
+}
+
+#[test]
+fn a_vae_trains_on_cuda() {
+    let vs = VarStore::new(Device::Cuda(0));
+    let config = VaeConfig::preset("vae-mlp", [1, 28, 28], Likelihood::Bernoulli).unwrap();
+    let vae = Vae::new(&vs.root(), config).unwrap();
+    let mut adam = Adam::new(&vs, AdamConfig::default());
+    let x = Tensor::rand([128, 1, 28, 28], (Kind::Float, Device::Cuda(0))).round();
+    let mut losses = Vec::new();
+    for _ in 0..20 {
+        let loss = -vae.elbo_terms(&x).elbo().mean(Kind::Float);
+        adam.zero_grad();
+        loss.backward();
+        adam.step(1e-3);
+        losses.push(loss.double_value(&[]));
+    }
+    assert!(losses.iter().all(|l| l.is_finite()));
+    assert!(losses[19] < losses[0], "{losses:?}");
+}
