@@ -14,7 +14,7 @@ use elbo_models::aids::TrainingAids;
 use elbo_models::eval::EvalReport;
 use elbo_models::hvae::HvaeVariant;
 use elbo_models::likelihood::Likelihood;
-use elbo_models::session::{self, DataSpec, HvaeJob, JobReport, VaeJob};
+use elbo_models::session::{self, DataSpec, HvaeJob, JobReport, JobSpec, VaeJob};
 use elbo_models::train::{Control, Finished, LrDecay, Progress, TrainConfig};
 
 /// Latent-variable generative models (VAE, hierarchical VAE, DDPM) on libtorch.
@@ -277,13 +277,7 @@ fn train_vae(args: VaeArgs) -> Result<ExitCode> {
     let common = args.common.resolve(&args.preset)?;
     let job = VaeJob {
         preset: args.preset.clone(),
-        likelihood: common.likelihood,
-        data: common.data.clone(),
-        run: common.run.clone(),
-        config: common.config.clone(),
-        device: common.device,
-        final_iw: common.final_iw,
-        epochs: common.epochs,
+        spec: common.clone(),
     };
     run_training(
         &args.common,
@@ -304,32 +298,16 @@ fn train_hvae(args: HvaeArgs) -> Result<ExitCode> {
         latent_dims: args.latent_dims.clone(),
         arch: args.arch.clone(),
         width: args.width,
-        likelihood: common.likelihood,
-        data: common.data.clone(),
-        run: common.run.clone(),
-        config: common.config.clone(),
-        device: common.device,
-        final_iw: common.final_iw,
-        epochs: common.epochs,
+        spec: common.clone(),
     };
     run_training(&args.common, &common, "hvae", &name, |control, observer| {
         session::train_hvae(&job, control, observer)
     })
 }
 
-/// [`TrainArgs`] turned into what a job needs.
-struct Resolved {
-    likelihood: Likelihood,
-    data: DataSpec,
-    run: PathBuf,
-    config: TrainConfig,
-    device: tch::Device,
-    final_iw: Option<i64>,
-    epochs: Option<u64>,
-}
-
 impl TrainArgs {
-    fn resolve(&self, name: &str) -> Result<Resolved> {
+    /// What a job needs besides its model.
+    fn resolve(&self, name: &str) -> Result<JobSpec> {
         let device = self.device.apply()?;
         let likelihood: Likelihood = self.likelihood.parse()?;
         let data: DataSpec = self.data.parse()?;
@@ -363,7 +341,7 @@ impl TrainArgs {
             .run
             .clone()
             .unwrap_or_else(|| PathBuf::from("runs").join(format!("{name}-{}", utc_stamp())));
-        Ok(Resolved {
+        Ok(JobSpec {
             likelihood,
             data,
             run,
@@ -378,7 +356,7 @@ impl TrainArgs {
 /// Trains with a Ctrl-C handler and a progress view, then prints the outcome.
 fn run_training(
     args: &TrainArgs,
-    job: &Resolved,
+    job: &JobSpec,
     command: &str,
     name: &str,
     train: impl FnOnce(Control<'_>, &mut dyn FnMut(&Progress)) -> elbo_models::Result<JobReport>,

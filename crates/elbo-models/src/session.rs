@@ -176,6 +176,13 @@ pub fn restore(path: &Path, device: Device, use_ema: bool) -> Result<Restored> {
 pub struct VaeJob {
     /// `vae-mlp` or `vae-conv`.
     pub preset: String,
+    /// Data, run folder, training and evaluation settings.
+    pub spec: JobSpec,
+}
+
+/// What every training job has besides its model.
+#[derive(Clone, Debug)]
+pub struct JobSpec {
     /// The decoder likelihood.
     pub likelihood: Likelihood,
     /// The data.
@@ -210,19 +217,10 @@ pub fn train_vae(
     control: Control<'_>,
     observer: &mut dyn FnMut(&Progress),
 ) -> Result<JobReport> {
-    let parts = JobParts {
-        likelihood: job.likelihood,
-        data: &job.data,
-        run: &job.run,
-        config: &job.config,
-        device: job.device,
-        final_iw: job.final_iw,
-        epochs: job.epochs,
-    };
     run_job(
-        &parts,
+        &job.spec,
         &|path, image| {
-            let config = VaeConfig::preset(&job.preset, image, job.likelihood)?;
+            let config = VaeConfig::preset(&job.preset, image, job.spec.likelihood)?;
             Ok(Box::new(Vae::new(path, config)?))
         },
         control,
@@ -243,21 +241,8 @@ pub struct HvaeJob {
     pub arch: Option<String>,
     /// Width of the deterministic networks (default: the variant's).
     pub width: Option<i64>,
-    /// The decoder likelihood.
-    pub likelihood: Likelihood,
-    /// The data.
-    pub data: DataSpec,
-    /// The run folder.
-    pub run: PathBuf,
-    /// Everything about the training but the model (training aids in `config.aids`).
-    pub config: TrainConfig,
-    /// Where to train.
-    pub device: Device,
-    /// After training, evaluate the whole test split with the IWAE bound of this many
-    /// samples.
-    pub final_iw: Option<i64>,
-    /// Train this many epochs of the training split (overrides `config.steps`).
-    pub epochs: Option<u64>,
+    /// Data, run folder, training (aids in `spec.config.aids`) and evaluation settings.
+    pub spec: JobSpec,
 }
 
 /// Runs an HVAE job, as [`train_vae`] runs a VAE job.
@@ -266,17 +251,8 @@ pub fn train_hvae(
     control: Control<'_>,
     observer: &mut dyn FnMut(&Progress),
 ) -> Result<JobReport> {
-    let parts = JobParts {
-        likelihood: job.likelihood,
-        data: &job.data,
-        run: &job.run,
-        config: &job.config,
-        device: job.device,
-        final_iw: job.final_iw,
-        epochs: job.epochs,
-    };
     run_job(
-        &parts,
+        &job.spec,
         &|path, image| {
             HvaeConfig::new(
                 job.variant,
@@ -285,7 +261,7 @@ pub fn train_hvae(
                 job.latent_dims.clone(),
                 job.arch.as_deref(),
                 job.width,
-                job.likelihood,
+                job.spec.likelihood,
             )?
             .build(path)
         },
@@ -294,24 +270,13 @@ pub fn train_hvae(
     )
 }
 
-/// What every training job has besides its model.
-struct JobParts<'a> {
-    likelihood: Likelihood,
-    data: &'a DataSpec,
-    run: &'a Path,
-    config: &'a TrainConfig,
-    device: Device,
-    final_iw: Option<i64>,
-    epochs: Option<u64>,
-}
-
 /// Builds a model under a path for images of a shape.
 type Build<'a> = dyn Fn(&nn::Path<'_>, [i64; 3]) -> Result<Box<dyn ElboModel>> + 'a;
 
 /// The body of every job: loads the data, builds the model with `build` (or, with
 /// `control.resume`, restores it), trains, and evaluates on the test split.
 fn run_job(
-    job: &JobParts<'_>,
+    job: &JobSpec,
     build: &Build<'_>,
     control: Control<'_>,
     observer: &mut dyn FnMut(&Progress),
@@ -330,7 +295,7 @@ fn run_job(
         train: &splits.train,
         test: &splits.test,
     };
-    let run = RunDir::new(job.run);
+    let run = RunDir::new(&job.run);
     let report = train::train(
         model.as_ref(),
         &mut vs,

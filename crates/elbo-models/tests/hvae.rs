@@ -4,7 +4,6 @@
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Mutex, MutexGuard};
 
 use elbo_data::Dataset;
 use elbo_models::aids::TrainingAids;
@@ -14,30 +13,10 @@ use elbo_models::model::ElboModel;
 use elbo_models::train::{self, Control, RunDir, TrainConfig, TrainData};
 use elbo_models::vae::{Vae, VaeConfig};
 use elbo_models::{data, eval, session};
-use ndarray::{Axis, s};
 use tch::{Device, Kind, Tensor, nn::VarStore};
 
-/// libtorch's generator is process-global and tests run on parallel threads: every test
-/// that seeds it and relies on the draws that follow holds this lock.
-static GENERATOR: Mutex<()> = Mutex::new(());
-
-fn exclusive() -> MutexGuard<'static, ()> {
-    GENERATOR
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn subset(train_n: usize, test_n: usize) -> (Dataset, Dataset) {
-    let splits = elbo_data::load_bundled().expect("the bundled MNIST sample loads");
-    let cut = |d: &Dataset, n: usize| {
-        Dataset::new(
-            d.images().slice_axis(Axis(0), (0..n).into()).to_owned(),
-            d.labels().slice(s![..n]).to_owned(),
-        )
-        .unwrap()
-    };
-    (cut(&splits.train, train_n), cut(&splits.test, test_n))
-}
+mod common;
+use common::{exclusive, subset};
 
 fn hvae(
     seed: u64,

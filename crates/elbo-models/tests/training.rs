@@ -2,39 +2,16 @@
 //! resume, interruption, refusal of foreign checkpoints, and NaN handling.
 
 use std::sync::atomic::AtomicBool;
-use std::sync::{Mutex, MutexGuard};
 
 use elbo_data::Dataset;
 use elbo_models::likelihood::Likelihood;
 use elbo_models::train::{self, Control, Finished, RunDir, TrainConfig, TrainData};
 use elbo_models::vae::{Vae, VaeConfig};
 use elbo_models::{checkpoint, data, eval};
-use ndarray::{Axis, s};
 use tch::{Device, nn::VarStore};
 
-/// libtorch's random generator is process-global, and the test harness runs tests on
-/// parallel threads: each test here holds this lock so that no other test draws from the
-/// generator between its seeding and its use.
-static GENERATOR: Mutex<()> = Mutex::new(());
-
-fn exclusive() -> MutexGuard<'static, ()> {
-    GENERATOR
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The first `train_n` training and `test_n` test images of the bundled sample.
-fn subset(train_n: usize, test_n: usize) -> (Dataset, Dataset) {
-    let splits = elbo_data::load_bundled().expect("the bundled MNIST sample loads");
-    let cut = |d: &Dataset, n: usize| {
-        Dataset::new(
-            d.images().slice_axis(Axis(0), (0..n).into()).to_owned(),
-            d.labels().slice(s![..n]).to_owned(),
-        )
-        .unwrap()
-    };
-    (cut(&splits.train, train_n), cut(&splits.test, test_n))
-}
+mod common;
+use common::{exclusive, subset};
 
 fn config(steps: u64, seed: u64) -> TrainConfig {
     TrainConfig {
