@@ -118,6 +118,33 @@ pub enum MathError {
         /// The row at which the factorisation failed.
         row: usize,
     },
+    /// Too few observations for a statistic (a covariance needs at least two rows).
+    #[error("{what} needs at least {expected_at_least} samples, found {found}")]
+    TooFewSamples {
+        /// The statistic and its input, e.g. `"covariance of features"`.
+        what: &'static str,
+        /// The smallest number of samples that works.
+        expected_at_least: usize,
+        /// The number given.
+        found: usize,
+    },
+    /// A matrix that must be symmetric was not.
+    #[error(
+        "{what} must be symmetric, found entry ({row}, {col}) = {found} against its mirror \
+         {mirror}"
+    )]
+    NotSymmetric {
+        /// The name of the matrix.
+        what: &'static str,
+        /// The row of the first offending entry.
+        row: usize,
+        /// Its column.
+        col: usize,
+        /// The entry at (row, col).
+        found: f64,
+        /// The entry at (col, row).
+        mirror: f64,
+    },
     /// A value given as 8-bit data scaled to `[-1, 1]` was not one of the 256 grid points
     /// `2k/255 - 1`.
     #[error(

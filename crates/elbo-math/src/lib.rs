@@ -1,6 +1,7 @@
 //! Exact f64 mathematics of the evidence lower bound: Gaussians and their KL divergences,
 //! noise schedules, forward and posterior diffusion kernels, ELBO bookkeeping, the
-//! discretized Gaussian decoder, and closed-form test beds.
+//! discretized Gaussian decoder, closed-form test beds, and the Fréchet distance between
+//! Gaussians that scores samples in a feature space ([`frechet`]).
 //!
 //! This crate is the oracle the tensor code in `elbo-models` is tested against. It is
 //! pure Rust on `ndarray` and `statrs`, does no IO, and never panics on bad input:
@@ -167,6 +168,7 @@ pub mod diffusion;
 pub mod discretized;
 pub mod elbo;
 pub mod error;
+pub mod frechet;
 pub mod gaussian;
 mod linalg;
 pub mod normal_cdf;
