@@ -5,6 +5,7 @@
 //! The xtask builds into `target/xtask` and does not depend on tch, so it starts in
 //! seconds and never waits for the libtorch build.
 
+mod bench;
 mod cargo;
 mod data;
 mod doctor;
@@ -60,12 +61,10 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run the criterion benches (after setup); arguments go to `cargo bench`.
-    Bench {
-        /// Arguments passed on to `cargo bench -p elbo-benches`.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
+    /// Run the criterion benches (after setup) and, with --with-pytorch, the
+    /// side-by-side comparison with PyTorch eager on the same libtorch, written to
+    /// target/bench-report/ (report.md, report.json, ratios.png).
+    Bench(bench::BenchArgs),
 }
 
 fn workspace_root() -> PathBuf {
@@ -104,11 +103,9 @@ fn run(command: Command) -> Result<()> {
             cargo_args.extend(args.iter().map(String::as_str));
             cargo::run(&ws, &cargo_args)
         }
-        Command::Bench { args } => {
+        Command::Bench(args) => {
             ensure_libtorch(&ws)?;
-            let mut cargo_args = vec!["bench", "-p", "elbo-benches"];
-            cargo_args.extend(args.iter().map(String::as_str));
-            cargo::run(&ws, &cargo_args)
+            bench::run(&ws, &args)
         }
     }
 }

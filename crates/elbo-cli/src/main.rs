@@ -11,7 +11,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use elbo_models::DeviceSpec;
 use elbo_models::aids::TrainingAids;
+use elbo_models::classifier::{self, ClassifierJob, ClassifierTrainConfig};
 use elbo_models::eval::EvalReport;
+use elbo_models::frechet::FrechetConfig;
 use elbo_models::hvae::HvaeVariant;
 use elbo_models::likelihood::Likelihood;
 use elbo_models::session::{self, DataSpec, HvaeJob, JobReport, JobSpec, VaeJob};
@@ -48,6 +50,22 @@ enum Command {
         /// Only the first N test examples.
         #[arg(long)]
         examples: Option<usize>,
+        /// Measure sample quality instead of the bound: the Fréchet distance between N
+        /// samples and the whole test split in the features of --classifier, with the
+        /// floor of N training images.
+        #[arg(long, value_name = "N", requires = "classifier")]
+        frechet: Option<usize>,
+        /// The classifier (run folder or checkpoint of `elbo train classifier`) whose
+        /// features --frechet compares.
+        #[arg(
+            long,
+            value_name = "CLASSIFIER_RUN_OR_CHECKPOINT",
+            requires = "frechet"
+        )]
+        classifier: Option<PathBuf>,
+        /// The seed of --frechet's draws and of its choice of training images.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
         #[command(flatten)]
         device: DeviceArgs,
     },
@@ -78,6 +96,32 @@ enum TrainModel {
     Vae(Box<VaeArgs>),
     /// A hierarchical VAE: the seeds' Markovian HVAE or a top-down ladder HVAE.
     Hvae(Box<HvaeArgs>),
+    /// The small image classifier whose features `elbo eval --frechet` compares.
+    Classifier(Box<ClassifierArgs>),
+}
+
+#[derive(Debug, Args)]
+struct ClassifierArgs {
+    /// mnist-sample (bundled, the default), mnist, fashion-mnist, cifar10, or a folder.
+    #[arg(long, default_value = "mnist-sample")]
+    data: String,
+    /// The run folder (default: runs/classifier-<UTC time>).
+    #[arg(long)]
+    run: Option<PathBuf>,
+    /// Epochs of training.
+    #[arg(long, default_value_t = 5)]
+    epochs: u64,
+    /// Examples per step.
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Adam's learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// The run's seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 #[derive(Debug, Args)]
@@ -228,12 +272,55 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Train {
             model: TrainModel::Hvae(args),
         } => return train_hvae(*args),
+        Command::Train {
+            model: TrainModel::Classifier(args),
+        } => train_classifier(*args)?,
+        Command::Eval {
+            checkpoint,
+            iw,
+            data,
+            examples,
+            frechet: Some(samples),
+            classifier: Some(classifier),
+            seed,
+            device,
+        } => {
+            let _ = (iw, examples);
+            let device = device.apply()?;
+            let data = data.map(|d| d.parse::<DataSpec>()).transpose()?;
+            let config = FrechetConfig {
+                samples,
+                seed,
+                ..FrechetConfig::default()
+            };
+            let (restored, report) = session::frechet_of_checkpoint(
+                &checkpoint,
+                &classifier,
+                data.as_ref(),
+                &config,
+                device,
+            )?;
+            println!(
+                "checkpoint {} (step {})",
+                restored.path.display(),
+                restored.meta.step
+            );
+            println!(
+                "Fréchet distance (classifier features, {} samples vs {} test images): {:.3}",
+                report.samples, report.test_images, report.distance
+            );
+            println!(
+                "  floor: {} training images vs the same {} test images: {:.3} ({} features)",
+                report.samples, report.test_images, report.train_floor, report.features
+            );
+        }
         Command::Eval {
             checkpoint,
             iw,
             data,
             examples,
             device,
+            ..
         } => {
             let device = device.apply()?;
             let data = data.map(|d| d.parse::<DataSpec>()).transpose()?;
@@ -271,6 +358,47 @@ fn run(command: Command) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn train_classifier(args: ClassifierArgs) -> Result<()> {
+    let device = args.device.apply()?;
+    let data: DataSpec = args.data.parse()?;
+    let run = args
+        .run
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("classifier-{}", utc_stamp())));
+    let job = ClassifierJob {
+        data,
+        run,
+        config: ClassifierTrainConfig {
+            epochs: args.epochs,
+            batch_size: args.batch_size,
+            lr: args.lr,
+            seed: args.seed,
+            ..ClassifierTrainConfig::default()
+        },
+        device,
+    };
+    eprintln!(
+        "training the classifier on {} into {}",
+        job.data,
+        job.run.display()
+    );
+    let report = classifier::run_job(&job, &mut |e| {
+        eprintln!(
+            "epoch {} (step {}): train loss {:.4}, test accuracy {:.4}",
+            e.epoch, e.step, e.train_loss, e.test_accuracy
+        );
+    })?;
+    println!("checkpoint {}", report.checkpoint.display());
+    println!(
+        "test accuracy {:.4} on {} test images after {} epochs ({} steps, {:.1} s)",
+        report.last.test_accuracy,
+        report.test_examples,
+        report.last.epoch,
+        report.last.step,
+        report.seconds
+    );
+    Ok(())
 }
 
 fn train_vae(args: VaeArgs) -> Result<ExitCode> {
@@ -583,6 +711,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--latent-dims"), "{err}");
+    }
+
+    #[test]
+    fn eval_frechet_needs_a_classifier_and_train_classifier_parses() {
+        let cli = Cli::try_parse_from([
+            "elbo",
+            "eval",
+            "runs/x",
+            "--frechet",
+            "1000",
+            "--classifier",
+            "runs/c",
+        ])
+        .unwrap();
+        let Command::Eval {
+            frechet,
+            classifier,
+            seed,
+            ..
+        } = cli.command
+        else {
+            panic!("expected eval");
+        };
+        assert_eq!(frechet, Some(1000));
+        assert_eq!(classifier, Some(PathBuf::from("runs/c")));
+        assert_eq!(seed, 0);
+        let err = Cli::try_parse_from(["elbo", "eval", "runs/x", "--frechet", "10"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--classifier"), "{err}");
+        let cli = Cli::try_parse_from(["elbo", "train", "classifier", "--epochs", "3"]).unwrap();
+        let Command::Train {
+            model: TrainModel::Classifier(args),
+        } = cli.command
+        else {
+            panic!("expected train classifier");
+        };
+        assert_eq!((args.epochs, args.batch_size, args.seed), (3, 128, 0));
     }
 
     impl Cli {

@@ -49,6 +49,9 @@ pub enum Error {
         /// What elbo-data reported.
         detail: String,
     },
+    /// A computation of elbo-math refused its input (a statistic of too few samples, ...).
+    #[error(transparent)]
+    Math(#[from] elbo_math::MathError),
     /// A file could not be read or written.
     #[error(transparent)]
     Io(#[from] std::io::Error),

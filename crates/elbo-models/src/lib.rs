@@ -26,6 +26,7 @@ pub mod eval;
 pub mod gaussian;
 pub mod hvae;
 pub mod image;
+pub mod init;
 pub mod likelihood;
 pub mod model;
 pub mod optim;

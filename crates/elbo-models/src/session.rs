@@ -153,6 +153,15 @@ pub fn restore(path: &Path, device: Device, use_ema: bool) -> Result<Restored> {
                 })?;
             config.build(&vs.root())?
         }
+        crate::classifier::FAMILY => {
+            return Err(Error::Checkpoint {
+                detail: format!(
+                    "{} holds a classifier (from `elbo train classifier`), expected a \
+                     generative model; a classifier is passed to `elbo eval` as --classifier",
+                    json.display()
+                ),
+            });
+        }
         other => {
             return Err(Error::Checkpoint {
                 detail: format!(
@@ -349,6 +358,38 @@ pub fn evaluate_checkpoint(
     let splits = spec.load()?;
     let test = data::fixed_tensor(&splits.test, restored.model.likelihood(), limit, device)?;
     let report = eval::evaluate(restored.model.as_ref(), &test, iw, 100);
+    Ok((restored, report))
+}
+
+/// The sample quality of the checkpoint at `path`: the Fréchet distance between
+/// `config.samples` of its samples and the whole test split of `data` (by default the
+/// data the run was trained on), in the features of the classifier at `classifier` (a
+/// run folder or checkpoint of `elbo train classifier`), with the floor of as many
+/// training images. Uses the EMA weights when the run kept them.
+pub fn frechet_of_checkpoint(
+    path: &Path,
+    classifier: &Path,
+    data: Option<&DataSpec>,
+    config: &crate::frechet::FrechetConfig,
+    device: Device,
+) -> Result<(Restored, crate::frechet::FrechetReport)> {
+    let restored = restore(path, device, true)?;
+    let features = crate::classifier::restore(classifier, device)?;
+    let spec = match data {
+        Some(spec) => spec.clone(),
+        None => restored.meta.train_config["data"]
+            .as_str()
+            .unwrap_or("mnist-sample")
+            .parse::<DataSpec>()?,
+    };
+    let splits = spec.load()?;
+    let report = crate::frechet::frechet_of_model(
+        restored.model.as_ref(),
+        &features.model,
+        &splits,
+        config,
+        device,
+    )?;
     Ok((restored, report))
 }
 

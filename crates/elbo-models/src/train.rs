@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::eval;
 use crate::image;
 use crate::likelihood::Likelihood;
-use crate::model::ElboModel;
+use crate::model::{ElboModel, ElboTerms};
 use crate::optim::{Adam, AdamConfig};
 
 /// How the learning rate changes after warm-up.
@@ -418,35 +418,17 @@ pub fn train(
             })?;
         let x = data::to_tensor(&images, device);
 
-        tch::manual_seed(step_seed(config.seed, step));
-        let terms = model.elbo_terms(&x);
-        let loss = config.aids.loss(&terms, step);
-        let loss_value = loss.double_value(&[]);
-        if !loss_value.is_finite() {
-            return Err(Error::NonFiniteLoss {
+        let outcome =
+            optimise(model, &mut adam, &x, config, step).map_err(|value| Error::NonFiniteLoss {
                 step: step + 1,
-                value: loss_value,
+                value,
                 last_checkpoint: last_checkpoint
                     .clone()
                     .or_else(|| checkpoint::list(&run.checkpoints()).ok()?.pop()),
-            });
-        }
-        adam.zero_grad();
-        loss.backward();
-        let grad_norm = match (config.clip_grad_norm, config.aids.skip_grad_norm) {
-            (None, None) => None,
-            (clip, _) => Some(adam.clip_grad_norm(clip.unwrap_or(f64::INFINITY))),
-        };
-        let skip = grad_norm.is_some_and(|norm| config.aids.skips(norm));
-        skipped += u64::from(skip);
-        let lr = config.lr_at(step);
-        if skip {
-            adam.skip_step();
-        } else {
-            adam.step(lr);
-            if let (Some(ema), Some(decay)) = (ema.as_mut(), config.ema_decay) {
-                ema.update(vs, decay);
-            }
+            })?;
+        skipped += u64::from(outcome.skipped);
+        if let (false, Some(ema), Some(decay)) = (outcome.skipped, ema.as_mut(), config.ema_decay) {
+            ema.update(vs, decay);
         }
         step += 1;
 
@@ -470,12 +452,12 @@ pub fn train(
         }
         if log_now {
             let mut line = serde_json::json!({
-                "kind": "step", "step": step, "epoch": epoch, "loss": loss_value, "lr": lr,
+                "kind": "step", "step": step, "epoch": epoch, "loss": outcome.loss, "lr": outcome.lr,
             });
-            for (name, value) in terms.means() {
+            for (name, value) in outcome.terms.means() {
                 line[name] = value.into();
             }
-            if let Some(norm) = grad_norm {
+            if let Some(norm) = outcome.grad_norm {
                 line["grad_norm"] = norm.into();
             }
             if config.aids.kl_warmup_steps > 0 {
@@ -490,7 +472,7 @@ pub fn train(
                 step,
                 steps: config.steps,
                 epoch,
-                terms: terms.means(),
+                terms: outcome.terms.means(),
                 steps_per_second: (step - start) as f64 / elapsed,
                 test_elbo,
             });
@@ -518,6 +500,62 @@ pub fn train(
         finished: Finished::Completed,
         checkpoint,
         steps_taken: step - start,
+    })
+}
+
+/// What one optimiser step did.
+pub struct StepOutcome {
+    /// The batch's ELBO terms (for logging; their graph is spent).
+    pub terms: ElboTerms,
+    /// The loss the optimiser saw (the negative mean ELBO unless training aids are on).
+    pub loss: f64,
+    /// The learning rate of the step.
+    pub lr: f64,
+    /// The global gradient norm before clipping, when clipping or skipping asked for it.
+    pub grad_norm: Option<f64>,
+    /// Whether the update was skipped (`aids.skip_grad_norm`).
+    pub skipped: bool,
+}
+
+/// One optimiser step of `model` on the batch `x`, the training loop's step `step`
+/// (counted from 0): seeds libtorch's generator from (seed, step), computes the loss,
+/// back-propagates, clips or skips as `config` says and updates the weights at the
+/// scheduled learning rate. The EMA, if any, is the caller's.
+///
+/// A non-finite loss is returned as `Err(loss)` before anything is updated.
+pub fn optimise(
+    model: &dyn ElboModel,
+    adam: &mut Adam,
+    x: &Tensor,
+    config: &TrainConfig,
+    step: u64,
+) -> std::result::Result<StepOutcome, f64> {
+    tch::manual_seed(step_seed(config.seed, step));
+    let terms = model.elbo_terms(x);
+    let loss = config.aids.loss(&terms, step);
+    let loss_value = loss.double_value(&[]);
+    if !loss_value.is_finite() {
+        return Err(loss_value);
+    }
+    adam.zero_grad();
+    loss.backward();
+    let grad_norm = match (config.clip_grad_norm, config.aids.skip_grad_norm) {
+        (None, None) => None,
+        (clip, _) => Some(adam.clip_grad_norm(clip.unwrap_or(f64::INFINITY))),
+    };
+    let skipped = grad_norm.is_some_and(|norm| config.aids.skips(norm));
+    let lr = config.lr_at(step);
+    if skipped {
+        adam.skip_step();
+    } else {
+        adam.step(lr);
+    }
+    Ok(StepOutcome {
+        terms,
+        loss: loss_value,
+        lr,
+        grad_norm,
+        skipped,
     })
 }
 

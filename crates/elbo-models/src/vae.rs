@@ -15,6 +15,7 @@ use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::gaussian;
+use crate::init::torch_linear;
 use crate::likelihood::Likelihood;
 use crate::model::{ElboModel, ElboTerms};
 
@@ -130,12 +131,7 @@ impl Vae {
                 let mut width = c * h * w;
                 for (i, &next) in hidden.iter().enumerate() {
                     enc = enc
-                        .add(nn::linear(
-                            path / format!("enc{i}"),
-                            width,
-                            next,
-                            Default::default(),
-                        ))
+                        .add(torch_linear(path / format!("enc{i}"), width, next))
                         .add_fn(Tensor::relu);
                     width = next;
                 }
@@ -143,22 +139,16 @@ impl Vae {
                 let mut width_in = latent;
                 for (i, &next) in hidden.iter().rev().enumerate() {
                     dec = dec
-                        .add(nn::linear(
-                            path / format!("dec{i}"),
-                            width_in,
-                            next,
-                            Default::default(),
-                        ))
+                        .add(torch_linear(path / format!("dec{i}"), width_in, next))
                         .add_fn(Tensor::relu);
                     width_in = next;
                 }
                 let shape = [-1, out_channels, h, w];
                 dec = dec
-                    .add(nn::linear(
+                    .add(torch_linear(
                         path / "dec_out",
                         width_in,
                         out_channels * h * w,
-                        Default::default(),
                     ))
                     .add_fn(move |x| x.reshape(shape));
                 (enc, width, dec)
@@ -218,9 +208,14 @@ impl Vae {
                 (enc, features, dec)
             }
         };
+        // The MLP VAE is pytorch/examples' model, initialised as PyTorch initialises it.
+        let head = |name: &str| match config.arch {
+            VaeArch::Mlp { .. } => torch_linear(path / name, features, latent),
+            VaeArch::Conv { .. } => nn::linear(path / name, features, latent, Default::default()),
+        };
         Ok(Vae {
-            mean_head: nn::linear(path / "mean", features, latent, Default::default()),
-            log_var_head: nn::linear(path / "log_var", features, latent, Default::default()),
+            mean_head: head("mean"),
+            log_var_head: head("log_var"),
             encoder,
             decoder,
             config,

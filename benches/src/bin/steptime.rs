@@ -1,0 +1,198 @@
+//! `steptime`: elbo's side of the PyTorch comparison (`cargo xtask bench --with-pytorch`).
+//!
+//! Times training steps of a preset on one fixed batch, with the protocol that
+//! `benches/reference/steptime.py` follows for PyTorch: `--warmup` steps, then `--reps`
+//! repetitions of `--steps` consecutive steps, each timed as a whole; prints one JSON
+//! line with the mean milliseconds per step of each repetition and the process's peak
+//! resident memory. The step is the training loop's own (`elbo_models::train::optimise`):
+//! forward, loss, backward, Adam.
+
+use std::time::Instant;
+
+use clap::Parser;
+use elbo_models::hvae::{HvaeConfig, HvaeVariant};
+use elbo_models::likelihood::Likelihood;
+use elbo_models::model::ElboModel;
+use elbo_models::optim::Adam;
+use elbo_models::train::{self, TrainConfig};
+use elbo_models::vae::{Vae, VaeConfig};
+use tch::nn::{self, VarStore};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Parser, Debug)]
+#[command(about = "Time elbo's training step of a preset (JSON on stdout)")]
+struct Args {
+    /// vae-mlp or hvae-ladder (`--task train`); `matmul` (`--task matmul`).
+    #[arg(long)]
+    model: String,
+    /// `train` (one training step) or `matmul` (an fp32 `batch` x `batch` matrix
+    /// product, the machine's peak for the compute-efficiency ratio).
+    #[arg(long, default_value = "train")]
+    task: String,
+    /// Examples per step.
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// libtorch intra-op threads.
+    #[arg(long, default_value_t = 1)]
+    threads: i32,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 20)]
+    warmup: u64,
+    /// Timed repetitions.
+    #[arg(long, default_value_t = 10)]
+    reps: u64,
+    /// Steps per repetition.
+    #[arg(long, default_value_t = 20)]
+    steps: u64,
+    /// Seed of the weights and of the step's noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn build(name: &str, path: &nn::Path<'_>) -> Result<Box<dyn ElboModel>, String> {
+    let image = [1, 28, 28];
+    let likelihood = Likelihood::Bernoulli;
+    let model: Box<dyn ElboModel> = match name {
+        "vae-mlp" => Box::new(
+            Vae::new(
+                path,
+                VaeConfig::preset("vae-mlp", image, likelihood).map_err(|e| e.to_string())?,
+            )
+            .map_err(|e| e.to_string())?,
+        ),
+        "hvae-ladder" => {
+            HvaeConfig::new(HvaeVariant::Ladder, image, 2, None, None, None, likelihood)
+                .and_then(|c| c.build(path))
+                .map_err(|e| e.to_string())?
+        }
+        other => {
+            return Err(format!(
+                "unknown --model {other:?}: expected vae-mlp or hvae-ladder"
+            ));
+        }
+    };
+    Ok(model)
+}
+
+/// The process's peak resident set (VmHWM), in MiB, on Linux.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn run(args: &Args) -> Result<serde_json::Value, String> {
+    if args.batch == 0 || args.reps == 0 || args.steps == 0 || args.threads < 1 {
+        return Err("--batch, --reps, --steps and --threads must be at least 1".into());
+    }
+    tch::set_num_threads(args.threads);
+    tch::set_num_interop_threads(1);
+    match (args.task.as_str(), args.model.as_str()) {
+        ("train", _) => train_steps(args),
+        ("matmul", "matmul") => matmul(args),
+        (task, model) => Err(format!(
+            "unknown --task {task:?} for --model {model:?}: expected train with a model, or \
+             matmul with --model matmul"
+        )),
+    }
+}
+
+/// Times `steps` fp32 products of two `batch` x `batch` matrices per repetition.
+fn matmul(args: &Args) -> Result<serde_json::Value, String> {
+    let n = args.batch as i64;
+    let a = Tensor::randn([n, n], (Kind::Float, Device::Cpu));
+    let b = Tensor::randn([n, n], (Kind::Float, Device::Cpu));
+    let c = Tensor::zeros([n, n], (Kind::Float, Device::Cpu));
+    for _ in 0..args.warmup {
+        let _ = Tensor::mm_out(&c, &a, &b);
+    }
+    let step_ms = timed(args, |_| {
+        let _ = Tensor::mm_out(&c, &a, &b);
+        Ok(())
+    })?;
+    let flops = 2.0 * (n as f64).powi(3);
+    let best = step_ms.iter().copied().fold(f64::INFINITY, f64::min);
+    Ok(serde_json::json!({
+        "side": "elbo", "model": "matmul", "task": "matmul", "size": n,
+        "threads": args.threads, "step_ms": step_ms,
+        "gflops": flops / (best * 1e-3) / 1e9,
+        "peak_rss_mib": peak_rss_mib(),
+    }))
+}
+
+/// `reps` timings of `steps` calls of `one`, in mean milliseconds per call; `one` gets
+/// the index of the call among all timed calls.
+fn timed(args: &Args, mut one: impl FnMut(u64) -> Result<(), String>) -> Result<Vec<f64>, String> {
+    let mut step_ms = Vec::with_capacity(args.reps as usize);
+    let mut index = 0;
+    for _ in 0..args.reps {
+        let start = Instant::now();
+        for _ in 0..args.steps {
+            one(index)?;
+            index += 1;
+        }
+        step_ms.push(start.elapsed().as_secs_f64() * 1e3 / args.steps as f64);
+    }
+    Ok(step_ms)
+}
+
+/// Times training steps of `args.model`.
+fn train_steps(args: &Args) -> Result<serde_json::Value, String> {
+    let vs: VarStore = train::var_store(args.seed, Device::Cpu);
+    let model = build(&args.model, &vs.root())?;
+    let params: i64 = vs
+        .trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum();
+    let splits = elbo_data::load_bundled().map_err(|e| e.to_string())?;
+    let x = elbo_models::data::fixed_tensor(
+        &splits.train,
+        model.likelihood(),
+        Some(args.batch),
+        Device::Cpu,
+    )
+    .map_err(|e| e.to_string())?;
+    let config = TrainConfig {
+        seed: args.seed,
+        ..TrainConfig::default()
+    };
+    let mut adam = Adam::new(&vs, config.adam.into());
+    let mut one = |step: u64| {
+        train::optimise(model.as_ref(), &mut adam, &x, &config, step)
+            .map(|_| ())
+            .map_err(|loss| format!("non-finite loss {loss} at step {}", step + 1))
+    };
+    for step in 0..args.warmup {
+        one(step)?;
+    }
+    let step_ms = timed(args, |i| one(args.warmup + i))?;
+    Ok(serde_json::json!({
+        "side": "elbo",
+        "model": args.model,
+        "task": "train",
+        "params": params,
+        "batch": args.batch,
+        "threads": args.threads,
+        "warmup": args.warmup,
+        "reps": args.reps,
+        "steps_per_rep": args.steps,
+        "step_ms": step_ms,
+        "peak_rss_mib": peak_rss_mib(),
+    }))
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(report) => {
+            println!("{report}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("steptime: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Sample quality: the Fréchet distance between generated and test images in the
+//! feature space of the project's own classifier ([`crate::classifier`]), FID's
+//! statistic with a small MNIST network in place of Inception.
+//!
+//! Generated images are mapped to [0, 1] whatever the model's data scale (Bernoulli
+//! means are already there; discretized-Gaussian images in [-1, 1] become `(x + 1) / 2`),
+//! the scale the classifier was trained on. The number only means something beside its
+//! floor: the same distance between as many *training* images and the test images,
+//! which is what a model that reproduced the data distribution would get with that
+//! many samples. [`FrechetReport`] carries both.
+
+use elbo_data::{EpochOrder, EpochSeed, Splits};
+use elbo_math::frechet::{GaussianFit, frechet_distance};
+use tch::{Device, Tensor};
+
+use crate::classifier::{self, Classifier};
+use crate::data;
+use crate::error::{Error, Result};
+use crate::model::ElboModel;
+
+/// How the distance is measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrechetConfig {
+    /// N: generated images (and training images for the floor).
+    pub samples: usize,
+    /// Images generated (and classified) per batch.
+    pub batch: i64,
+    /// The seed of the generator's draws and of the choice of training images.
+    pub seed: u64,
+}
+
+impl Default for FrechetConfig {
+    /// 1,000 samples in batches of 250, seed 0.
+    fn default() -> Self {
+        FrechetConfig {
+            samples: 1000,
+            batch: 250,
+            seed: 0,
+        }
+    }
+}
+
+/// The distances, with the sizes they were measured at.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FrechetReport {
+    /// N: generated images.
+    pub samples: usize,
+    /// M: test images (the whole test split).
+    pub test_images: usize,
+    /// The dimension of the feature space.
+    pub features: usize,
+    /// The squared Fréchet distance between the generated and the test images' features.
+    pub distance: f64,
+    /// The same between N training images (a seeded random choice) and the test images:
+    /// the floor for N samples.
+    pub train_floor: f64,
+}
+
+/// `n` samples of `model`, drawn in batches of `batch` after seeding libtorch's
+/// generator with `seed`, mapped to [0, 1] (and clamped there).
+pub fn unit_samples(model: &dyn ElboModel, n: usize, batch: i64, seed: u64) -> Tensor {
+    tch::manual_seed((seed & i64::MAX as u64) as i64);
+    let mut parts = Vec::new();
+    let mut left = n as i64;
+    while left > 0 {
+        let size = left.min(batch.max(1));
+        let images = tch::no_grad(|| model.sample(size));
+        parts.push(data::to_unit_range(model.likelihood(), &images).clamp(0.0, 1.0));
+        left -= size;
+    }
+    Tensor::cat(&parts, 0)
+}
+
+/// The Gaussian fitted to the classifier features of `images` (in [0, 1]).
+pub fn feature_fit(classifier: &Classifier, images: &Tensor, batch: i64) -> Result<GaussianFit> {
+    let expected = classifier.config().image;
+    let found = &images.size()[1..];
+    if found != expected {
+        return Err(Error::Config {
+            detail: format!(
+                "the classifier reads images of shape {expected:?}, these have shape {found:?}"
+            ),
+        });
+    }
+    let features = classifier::feature_array(classifier, images, batch)?;
+    Ok(GaussianFit::from_samples(&features)?)
+}
+
+/// The Fréchet distance between `images` (in [0, 1]) and the test split of `splits`, and
+/// the floor of as many training images, in the features of `classifier`.
+pub fn frechet_of_images(
+    classifier: &Classifier,
+    images: &Tensor,
+    splits: &Splits,
+    config: &FrechetConfig,
+    device: Device,
+) -> Result<FrechetReport> {
+    let n = images.size()[0] as usize;
+    if n > splits.train.len() {
+        return Err(Error::Config {
+            detail: format!(
+                "the floor needs as many training images as samples: expected at most {} \
+                 samples, found {n}",
+                splits.train.len()
+            ),
+        });
+    }
+    let batch = config.batch.max(1);
+    let all_test: Vec<usize> = (0..splits.test.len()).collect();
+    let test = feature_fit(
+        classifier,
+        &classifier::unit_images(&splits.test, &all_test, device)?,
+        batch,
+    )?;
+    let generated = feature_fit(classifier, &images.to_device(device), batch)?;
+    let order = EpochOrder::shuffled(
+        splits.train.len(),
+        EpochSeed {
+            seed: config.seed,
+            epoch: 0,
+        },
+    );
+    let chosen = &order.indices()[..n];
+    let train = feature_fit(
+        classifier,
+        &classifier::unit_images(&splits.train, chosen, device)?,
+        batch,
+    )?;
+    Ok(FrechetReport {
+        samples: n,
+        test_images: splits.test.len(),
+        features: test.dims(),
+        distance: frechet_distance(&generated, &test)?,
+        train_floor: frechet_distance(&train, &test)?,
+    })
+}
+
+/// Draws `config.samples` images from `model` and measures them with
+/// [`frechet_of_images`].
+pub fn frechet_of_model(
+    model: &dyn ElboModel,
+    classifier: &Classifier,
+    splits: &Splits,
+    config: &FrechetConfig,
+    device: Device,
+) -> Result<FrechetReport> {
+    if config.samples < 2 {
+        return Err(Error::Config {
+            detail: format!(
+                "a Fréchet distance needs at least 2 samples, found {}",
+                config.samples
+            ),
+        });
+    }
+    let images = unit_samples(model, config.samples, config.batch, config.seed);
+    frechet_of_images(classifier, &images, splits, config, device)
+}

@@ -1,0 +1,363 @@
+//! `cargo xtask bench`: the criterion benches, and the side-by-side comparison with
+//! PyTorch eager on the same libtorch (`--with-pytorch`).
+//!
+//! The comparison runs elbo's `steptime` (benches/src/bin/steptime.rs) and PyTorch's
+//! `benches/reference/steptime.py` with the same case, batch, threads, warm-up and
+//! repetitions, alternating the two sides `--rounds` times so that a change in the
+//! machine's load hits both, and writes `target/bench-report/report.{md,json}` and
+//! `ratios.png`.
+
+pub mod chart;
+pub mod stats;
+mod venv;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::cargo;
+use stats::Summary;
+
+/// The arguments of `cargo xtask bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Also compare with PyTorch 2.13.0 eager (installed into a venv under the cache
+    /// if missing, about 5 GB); without it the comparison is skipped.
+    #[arg(long)]
+    pub with_pytorch: bool,
+    /// Only the comparison, not the criterion benches.
+    #[arg(long)]
+    pub compare_only: bool,
+    /// Thread counts to compare at, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub threads: Vec<u32>,
+    /// Alternations of the two sides per case.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// Untimed steps before timing, in each process.
+    #[arg(long, default_value_t = 10)]
+    pub warmup: u32,
+    /// Timed repetitions per process.
+    #[arg(long, default_value_t = 5)]
+    pub reps: u32,
+    /// Steps per timed repetition.
+    #[arg(long, default_value_t = 10)]
+    pub steps: u32,
+    /// Arguments passed on to `cargo bench -p elbo-benches` (after `--`).
+    #[arg(last = true)]
+    pub criterion: Vec<String>,
+}
+
+/// One thing both sides time.
+#[derive(Clone, Copy, Debug)]
+pub struct Case {
+    /// The model as both harnesses name it.
+    pub model: &'static str,
+    /// Examples per step.
+    pub batch: u32,
+    /// What is timed (`train`: one training step).
+    pub task: &'static str,
+    /// The speed-up issue 8 asks of elbo.
+    pub target: f64,
+}
+
+/// The cases compared, in the report's order.
+pub const CASES: &[Case] = &[
+    Case {
+        model: "vae-mlp",
+        batch: 128,
+        task: "train",
+        target: 1.25,
+    },
+    Case {
+        model: "hvae-ladder",
+        batch: 128,
+        task: "train",
+        target: 1.2,
+    },
+];
+
+/// Runs the benches and, with `--with-pytorch`, the comparison.
+pub fn run(ws: &Path, args: &BenchArgs) -> Result<()> {
+    if !args.compare_only {
+        let mut cargo_args = vec!["bench", "-p", "elbo-benches"];
+        if !args.criterion.is_empty() {
+            cargo_args.push("--");
+            cargo_args.extend(args.criterion.iter().map(String::as_str));
+        }
+        cargo::run(ws, &cargo_args)?;
+    }
+    if !args.with_pytorch {
+        eprintln!(
+            "the comparison with PyTorch is skipped: pass --with-pytorch (installs torch \
+             2.13.0 into a venv under the cache if it is missing)"
+        );
+        return Ok(());
+    }
+    if args.threads.is_empty() || args.threads.contains(&0) || args.rounds == 0 {
+        bail!("--threads needs counts of at least 1 and --rounds at least 1");
+    }
+    let python = venv::ensure(ws)?;
+    cargo::run(
+        ws,
+        &[
+            "build",
+            "--release",
+            "-p",
+            "elbo-benches",
+            "--bin",
+            "steptime",
+        ],
+    )?;
+    let steptime = ws.join("target/release/steptime");
+    let out = ws.join("target/bench-report");
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let report = compare(ws, &steptime, &python, args)?;
+    write_report(&out, &report)
+}
+
+/// One side's process for a case: its command line.
+fn side_command(
+    ws: &Path,
+    program: &Path,
+    prefix: &[&str],
+    case: &Case,
+    threads: u32,
+    args: &BenchArgs,
+) -> Command {
+    let mut command = Command::new(program);
+    command
+        .current_dir(ws)
+        .args(prefix)
+        .args(["--model", case.model, "--task", case.task])
+        .args(["--batch", &case.batch.to_string()])
+        .args(["--threads", &threads.to_string()])
+        .args(["--warmup", &args.warmup.to_string()])
+        .args(["--reps", &args.reps.to_string()])
+        .args(["--steps", &args.steps.to_string()]);
+    command
+}
+
+/// Runs `command` and parses the one JSON line it prints.
+fn run_json(mut command: Command, label: &str) -> Result<Value> {
+    let output = command
+        .output()
+        .with_context(|| format!("could not start {label}"))?;
+    if !output.status.success() {
+        bail!(
+            "{label} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .with_context(|| format!("{label} printed no JSON line: {stdout:?}"))?;
+    serde_json::from_str(line).with_context(|| format!("{label} printed invalid JSON: {line}"))
+}
+
+fn step_ms(value: &Value) -> Vec<f64> {
+    value["step_ms"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default()
+}
+
+/// Both sides of every case at every thread count, alternating `rounds` times.
+fn compare(ws: &Path, steptime: &Path, python: &Path, args: &BenchArgs) -> Result<Value> {
+    let script = ws.join("benches/reference/steptime.py");
+    let script = script.to_str().context("the workspace path is not UTF-8")?;
+    let mut rows = Vec::new();
+    for &threads in &args.threads {
+        let matmul = run_json(
+            side_command(
+                ws,
+                steptime,
+                &[],
+                &Case {
+                    model: "matmul",
+                    batch: 1024,
+                    task: "matmul",
+                    target: 0.0,
+                },
+                threads,
+                args,
+            ),
+            "steptime matmul",
+        )?;
+        rows.push(json!({"kind": "matmul", "threads": threads, "elbo": matmul}));
+        for case in CASES {
+            let mut ours = Vec::new();
+            let mut theirs = Vec::new();
+            for round in 0..args.rounds {
+                eprintln!(
+                    "==> {} {} batch {} threads {threads}: round {}/{}",
+                    case.model,
+                    case.task,
+                    case.batch,
+                    round + 1,
+                    args.rounds
+                );
+                ours.push(run_json(
+                    side_command(ws, steptime, &[], case, threads, args),
+                    "steptime",
+                )?);
+                theirs.push(run_json(
+                    side_command(ws, python, &[script], case, threads, args),
+                    "steptime.py",
+                )?);
+            }
+            rows.push(case_row(case, threads, &ours, &theirs)?);
+        }
+    }
+    Ok(json!({
+        "machine": machine(),
+        "command": std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "protocol": {"rounds": args.rounds, "warmup": args.warmup, "reps": args.reps, "steps": args.steps},
+        "rows": rows,
+    }))
+}
+
+/// The comparison of one case: every repetition of every round of each side.
+fn case_row(case: &Case, threads: u32, ours: &[Value], theirs: &[Value]) -> Result<Value> {
+    let summary = |runs: &[Value], side: &str| {
+        let all: Vec<f64> = runs.iter().flat_map(step_ms).collect();
+        Summary::of(&all)
+            .with_context(|| format!("{side} reported no usable times for {}", case.model))
+    };
+    let (o, t) = (summary(ours, "elbo")?, summary(theirs, "PyTorch")?);
+    let params = |runs: &[Value]| runs.first().and_then(|r| r["params"].as_i64());
+    if params(ours) != params(theirs) {
+        bail!(
+            "{}: elbo has {:?} parameters and the PyTorch reference {:?}: the two must be the \
+             same model",
+            case.model,
+            params(ours),
+            params(theirs)
+        );
+    }
+    let peak = |runs: &[Value]| {
+        runs.iter()
+            .filter_map(|r| r["peak_rss_mib"].as_f64())
+            .fold(0.0, f64::max)
+    };
+    let (ratio, low, high) = stats::speedup(o, t);
+    Ok(json!({
+        "kind": "case", "model": case.model, "task": case.task, "batch": case.batch,
+        "threads": threads, "params": params(ours), "target": case.target,
+        "elbo_ms": o.to_json(), "pytorch_ms": t.to_json(),
+        "speedup": ratio, "speedup_range": [low, high],
+        "elbo_peak_rss_mib": peak(ours), "pytorch_peak_rss_mib": peak(theirs),
+    }))
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    json!({"cpu": cpu, "cores": cores, "loadavg_at_end": load.trim()})
+}
+
+/// The markdown table of a report.
+pub fn markdown(report: &Value) -> String {
+    let mut md = String::new();
+    let machine = &report["machine"];
+    md.push_str(&format!(
+        "Machine: {} ({} cores), load at the end {}; `cargo xtask {}`; {} rounds x {} reps x {} steps after {} warm-up steps.\n\n",
+        machine["cpu"].as_str().unwrap_or("?"),
+        machine["cores"],
+        machine["loadavg_at_end"].as_str().unwrap_or("?"),
+        report["command"].as_str().unwrap_or("bench --with-pytorch"),
+        report["protocol"]["rounds"], report["protocol"]["reps"], report["protocol"]["steps"], report["protocol"]["warmup"],
+    ));
+    md.push_str("| case | threads | elbo ms/step (median, min-max) | PyTorch ms/step | speed-up | target | peak RSS elbo / PyTorch (MiB) |\n");
+    md.push_str("| --- | --- | --- | --- | --- | --- | --- |\n");
+    let rows = report["rows"].as_array().cloned().unwrap_or_default();
+    for row in rows.iter().filter(|r| r["kind"] == "case") {
+        let ms = |v: &Value| {
+            format!(
+                "{:.2} ({:.2}-{:.2})",
+                v["median"].as_f64().unwrap_or(f64::NAN),
+                v["min"].as_f64().unwrap_or(f64::NAN),
+                v["max"].as_f64().unwrap_or(f64::NAN)
+            )
+        };
+        let ratio = row["speedup"].as_f64().unwrap_or(f64::NAN);
+        let target = row["target"].as_f64().unwrap_or(f64::NAN);
+        md.push_str(&format!(
+            "| {} {} (batch {}) | {} | {} | {} | **{:.2}x** ({:.2}-{:.2}) | {:.2}x {} | {:.0} / {:.0} |\n",
+            row["model"].as_str().unwrap_or("?"), row["task"].as_str().unwrap_or("?"), row["batch"], row["threads"],
+            ms(&row["elbo_ms"]), ms(&row["pytorch_ms"]), ratio,
+            row["speedup_range"][0].as_f64().unwrap_or(f64::NAN), row["speedup_range"][1].as_f64().unwrap_or(f64::NAN),
+            target, if ratio >= target { "met" } else { "missed" },
+            row["elbo_peak_rss_mib"].as_f64().unwrap_or(f64::NAN), row["pytorch_peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
+        ));
+    }
+    for row in rows.iter().filter(|r| r["kind"] == "matmul") {
+        md.push_str(&format!(
+            "\nfp32 matmul peak of libtorch here ({} threads): {:.1} GFLOP/s.",
+            row["threads"],
+            row["elbo"]["gflops"].as_f64().unwrap_or(f64::NAN)
+        ));
+    }
+    md.push('\n');
+    md
+}
+
+fn write_report(out: &Path, report: &Value) -> Result<()> {
+    let write = |name: &str, bytes: &[u8]| -> Result<PathBuf> {
+        let path = out.join(name);
+        let tmp = out.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path)
+            .with_context(|| format!("renaming into {}", path.display()))?;
+        Ok(path)
+    };
+    let json_path = write(
+        "report.json",
+        serde_json::to_string_pretty(report)?.as_bytes(),
+    )?;
+    let md = markdown(report);
+    let md_path = write("report.md", md.as_bytes())?;
+    let bars: Vec<chart::Bar> = report["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["kind"] == "case")
+        .map(|r| chart::Bar {
+            label: format!(
+                "{} {} {}T",
+                r["model"].as_str().unwrap_or("?"),
+                r["task"].as_str().unwrap_or("?"),
+                r["threads"]
+            ),
+            ratio: r["speedup"].as_f64().unwrap_or(f64::NAN),
+            target: r["target"].as_f64(),
+        })
+        .collect();
+    let png_path = out.join("ratios.png");
+    chart::write(&png_path, "elbo vs PyTorch eager, same libtorch", &bars)?;
+    println!("{md}");
+    println!(
+        "wrote {}, {} and {}",
+        md_path.display(),
+        json_path.display(),
+        png_path.display()
+    );
+    Ok(())
+}
