@@ -19,10 +19,12 @@
 
 pub mod aids;
 pub mod checkpoint;
+pub mod classifier;
 pub mod data;
 mod device;
 mod error;
 pub mod eval;
+pub mod frechet;
 pub mod gaussian;
 pub mod hvae;
 pub mod image;
