@@ -5,6 +5,50 @@
 //! assert_eq!(elbo_benches::elements_label(1_000_000), "1e6");
 //! ```
 
+use elbo_models::hvae::{HvaeConfig, HvaeVariant};
+use elbo_models::likelihood::Likelihood;
+use elbo_models::model::ElboModel;
+use elbo_models::vae::{Vae, VaeConfig};
+use tch::nn;
+use tch::{Device, Tensor};
+
+/// The models the benches time, by the names the PyTorch comparison uses:
+/// `vae-mlp` and `hvae-ladder` (the ladder HVAE's defaults), for 1x28x28 images with a
+/// Bernoulli likelihood, built under `path`.
+pub fn preset_model(name: &str, path: &nn::Path<'_>) -> Result<Box<dyn ElboModel>, String> {
+    let image = [1, 28, 28];
+    let likelihood = Likelihood::Bernoulli;
+    let model: Box<dyn ElboModel> = match name {
+        "vae-mlp" => VaeConfig::preset("vae-mlp", image, likelihood)
+            .and_then(|config| Vae::new(path, config))
+            .map(|vae| Box::new(vae) as Box<dyn ElboModel>)
+            .map_err(|e| e.to_string())?,
+        "hvae-ladder" => {
+            HvaeConfig::new(HvaeVariant::Ladder, image, 2, None, None, None, likelihood)
+                .and_then(|config| config.build(path))
+                .map_err(|e| e.to_string())?
+        }
+        other => {
+            return Err(format!(
+                "unknown model {other:?}: expected vae-mlp or hvae-ladder"
+            ));
+        }
+    };
+    Ok(model)
+}
+
+/// The first `batch` training images of the bundled MNIST sample, transformed for
+/// `model` once with a fixed seed: a batch whose preparation is not part of a timing.
+pub fn training_batch(
+    model: &dyn ElboModel,
+    batch: usize,
+    device: Device,
+) -> Result<Tensor, String> {
+    let splits = elbo_data::load_bundled().map_err(|e| e.to_string())?;
+    elbo_models::data::fixed_tensor(&splits.train, model.likelihood(), Some(batch), device)
+        .map_err(|e| e.to_string())
+}
+
 /// A short label for an element count, used in bench names (`1000000` -> `"1e6"`).
 pub fn elements_label(n: usize) -> String {
     let mut mantissa = n;

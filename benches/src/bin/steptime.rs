@@ -10,13 +10,9 @@
 use std::time::Instant;
 
 use clap::Parser;
-use elbo_models::hvae::{HvaeConfig, HvaeVariant};
-use elbo_models::likelihood::Likelihood;
-use elbo_models::model::ElboModel;
 use elbo_models::optim::Adam;
 use elbo_models::train::{self, TrainConfig};
-use elbo_models::vae::{Vae, VaeConfig};
-use tch::nn::{self, VarStore};
+use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 #[derive(Parser, Debug)]
@@ -47,31 +43,6 @@ struct Args {
     /// Seed of the weights and of the step's noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-}
-
-fn build(name: &str, path: &nn::Path<'_>) -> Result<Box<dyn ElboModel>, String> {
-    let image = [1, 28, 28];
-    let likelihood = Likelihood::Bernoulli;
-    let model: Box<dyn ElboModel> = match name {
-        "vae-mlp" => Box::new(
-            Vae::new(
-                path,
-                VaeConfig::preset("vae-mlp", image, likelihood).map_err(|e| e.to_string())?,
-            )
-            .map_err(|e| e.to_string())?,
-        ),
-        "hvae-ladder" => {
-            HvaeConfig::new(HvaeVariant::Ladder, image, 2, None, None, None, likelihood)
-                .and_then(|c| c.build(path))
-                .map_err(|e| e.to_string())?
-        }
-        other => {
-            return Err(format!(
-                "unknown --model {other:?}: expected vae-mlp or hvae-ladder"
-            ));
-        }
-    };
-    Ok(model)
 }
 
 /// The process's peak resident set (VmHWM), in MiB, on Linux.
@@ -140,20 +111,13 @@ fn timed(args: &Args, mut one: impl FnMut(u64) -> Result<(), String>) -> Result<
 /// Times training steps of `args.model`.
 fn train_steps(args: &Args) -> Result<serde_json::Value, String> {
     let vs: VarStore = train::var_store(args.seed, Device::Cpu);
-    let model = build(&args.model, &vs.root())?;
+    let model = elbo_benches::preset_model(&args.model, &vs.root())?;
     let params: i64 = vs
         .trainable_variables()
         .iter()
         .map(|t| t.numel() as i64)
         .sum();
-    let splits = elbo_data::load_bundled().map_err(|e| e.to_string())?;
-    let x = elbo_models::data::fixed_tensor(
-        &splits.train,
-        model.likelihood(),
-        Some(args.batch),
-        Device::Cpu,
-    )
-    .map_err(|e| e.to_string())?;
+    let x = elbo_benches::training_batch(model.as_ref(), args.batch, Device::Cpu)?;
     let config = TrainConfig {
         seed: args.seed,
         ..TrainConfig::default()

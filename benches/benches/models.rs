@@ -1,0 +1,48 @@
+//! Benches for `elbo-models`: one training step of each preset (forward, loss,
+//! backward, Adam: the training loop's own `train::optimise`) on one fixed batch of the
+//! bundled MNIST sample, on the CPU with 1 and 2 libtorch threads. On the CPU the work
+//! is synchronous, so the timed closure ends when the step has finished.
+//!
+//! Run: `cargo bench -p elbo-benches --bench models -- --warm-up-time 2 --measurement-time 5`.
+
+use criterion::{Criterion, Throughput, criterion_main};
+use elbo_models::optim::Adam;
+use elbo_models::train::{self, TrainConfig};
+use tch::Device;
+
+const BATCH: usize = 128;
+
+fn training_steps(c: &mut Criterion) {
+    let mut group = c.benchmark_group("train_step");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    for model_name in ["vae-mlp", "hvae-ladder"] {
+        for threads in [1, 2] {
+            tch::set_num_threads(threads);
+            let vs = train::var_store(0, Device::Cpu);
+            let model = elbo_benches::preset_model(model_name, &vs.root()).expect("a preset");
+            let x = elbo_benches::training_batch(model.as_ref(), BATCH, Device::Cpu)
+                .expect("the bundled sample loads");
+            let config = TrainConfig::default();
+            let mut adam = Adam::new(&vs, config.adam.into());
+            let mut step = 0u64;
+            group.bench_function(
+                format!("{model_name}/batch{BATCH}/cpu/threads{threads}"),
+                |b| {
+                    b.iter(|| {
+                        train::optimise(model.as_ref(), &mut adam, &x, &config, step)
+                            .expect("a finite loss");
+                        step += 1;
+                    })
+                },
+            );
+        }
+    }
+    group.finish();
+}
+
+fn benches() {
+    let mut criterion = Criterion::default().configure_from_args();
+    training_steps(&mut criterion);
+}
+
+criterion_main!(benches);
