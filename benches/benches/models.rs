@@ -20,8 +20,8 @@ fn training_steps(c: &mut Criterion) {
             tch::set_num_threads(threads);
             let vs = train::var_store(0, Device::Cpu);
             let model = elbo_benches::preset_model(model_name, &vs.root()).expect("a preset");
-            let x = elbo_benches::training_batch(model.as_ref(), BATCH, Device::Cpu)
-                .expect("the bundled sample loads");
+            let x =
+                elbo_benches::training_batch(BATCH, Device::Cpu).expect("the bundled sample loads");
             let config = TrainConfig::default();
             let mut adam = Adam::new(&vs, config.adam.into());
             let mut step = 0u64;

@@ -111,6 +111,7 @@ def adam_implementation(opt):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(MODELS), required=True)
+    parser.add_argument("--task", choices=["train"], default="train", help="what is timed")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=20)

@@ -10,7 +10,7 @@ use elbo_models::likelihood::Likelihood;
 use elbo_models::model::ElboModel;
 use elbo_models::vae::{Vae, VaeConfig};
 use tch::nn;
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// The models the benches time, by the names the PyTorch comparison uses:
 /// `vae-mlp` and `hvae-ladder` (the ladder HVAE's defaults), for 1x28x28 images with a
@@ -37,16 +37,28 @@ pub fn preset_model(name: &str, path: &nn::Path<'_>) -> Result<Box<dyn ElboModel
     Ok(model)
 }
 
-/// The first `batch` training images of the bundled MNIST sample, transformed for
-/// `model` once with a fixed seed: a batch whose preparation is not part of a timing.
-pub fn training_batch(
-    model: &dyn ElboModel,
-    batch: usize,
-    device: Device,
-) -> Result<Tensor, String> {
+/// The first `batch` training images of the bundled MNIST sample as a float tensor of
+/// shape (batch, 1, 28, 28), binarised at a fixed threshold (pixel >= 128 is 1), as
+/// `benches/reference/steptime.py` prepares them: a batch whose preparation is not part
+/// of a timing.
+pub fn training_batch(batch: usize, device: Device) -> Result<Tensor, String> {
     let splits = elbo_data::load_bundled().map_err(|e| e.to_string())?;
-    elbo_models::data::fixed_tensor(&splits.train, model.likelihood(), Some(batch), device)
-        .map_err(|e| e.to_string())
+    let images = splits.train.images();
+    let n = batch.min(images.shape()[0]);
+    if n == 0 {
+        return Err("the batch is empty".into());
+    }
+    let pixels = images.slice_axis(ndarray::Axis(0), (0..n).into());
+    let flat: Vec<u8> = pixels.iter().copied().collect();
+    let (h, w) = (
+        images.shape()[images.ndim() - 2],
+        images.shape()[images.ndim() - 1],
+    );
+    Ok(Tensor::from_slice(&flat)
+        .reshape([n as i64, 1, h as i64, w as i64])
+        .ge(128)
+        .to_kind(Kind::Float)
+        .to_device(device))
 }
 
 /// A short label for an element count, used in bench names (`1000000` -> `"1e6"`).

@@ -117,7 +117,7 @@ fn train_steps(args: &Args) -> Result<serde_json::Value, String> {
         .iter()
         .map(|t| t.numel() as i64)
         .sum();
-    let x = elbo_benches::training_batch(model.as_ref(), args.batch, Device::Cpu)?;
+    let x = elbo_benches::training_batch(args.batch, Device::Cpu)?;
     let config = TrainConfig {
         seed: args.seed,
         ..TrainConfig::default()

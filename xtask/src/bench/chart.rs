@@ -179,7 +179,8 @@ pub fn render(title: &str, bars: &[Bar]) -> Result<Vec<u8>> {
         } else {
             "N/A".to_string()
         };
-        canvas.text(x0 + length + 3 * SCALE + 4, y + 8, &value, INK);
+        let tick = bar.target.map_or(0, to_px);
+        canvas.text(x0 + length.max(tick) + 3 * SCALE + 4, y + 8, &value, INK);
     }
     // Parity line, and the axis labels 0, 1, ..., top.
     let axis_y = y_bars + bars.len() * ROW + 4;

@@ -193,7 +193,8 @@ fn compare(ws: &Path, steptime: &Path, python: &Path, args: &BenchArgs) -> Resul
         rows.push(json!({"kind": "matmul", "threads": threads, "elbo": matmul}));
         for case in CASES {
             let mut ours = Vec::new();
-            let mut theirs = Vec::new();
+            let mut default_adam = Vec::new();
+            let mut fused_adam = Vec::new();
             for round in 0..args.rounds {
                 eprintln!(
                     "==> {} {} batch {} threads {threads}: round {}/{}",
@@ -207,12 +208,15 @@ fn compare(ws: &Path, steptime: &Path, python: &Path, args: &BenchArgs) -> Resul
                     side_command(ws, steptime, &[], case, threads, args),
                     "steptime",
                 )?);
-                theirs.push(run_json(
-                    side_command(ws, python, &[script], case, threads, args),
-                    "steptime.py",
-                )?);
+                for (adam, runs) in [("default", &mut default_adam), ("fused", &mut fused_adam)] {
+                    let prefix = [script, "--adam", adam];
+                    runs.push(run_json(
+                        side_command(ws, python, &prefix, case, threads, args),
+                        "steptime.py",
+                    )?);
+                }
             }
-            rows.push(case_row(case, threads, &ours, &theirs)?);
+            rows.push(case_row(case, threads, &ours, &default_adam, &fused_adam)?);
         }
     }
     Ok(json!({
@@ -224,22 +228,32 @@ fn compare(ws: &Path, steptime: &Path, python: &Path, args: &BenchArgs) -> Resul
     }))
 }
 
-/// The comparison of one case: every repetition of every round of each side.
-fn case_row(case: &Case, threads: u32, ours: &[Value], theirs: &[Value]) -> Result<Value> {
+/// The comparison of one case: every repetition of every round of each side, PyTorch
+/// with its default Adam (what `torch.optim.Adam` does on the CPU: per parameter) and
+/// with `fused=True`. The target is judged against the default.
+fn case_row(
+    case: &Case,
+    threads: u32,
+    ours: &[Value],
+    default_adam: &[Value],
+    fused_adam: &[Value],
+) -> Result<Value> {
     let summary = |runs: &[Value], side: &str| {
         let all: Vec<f64> = runs.iter().flat_map(step_ms).collect();
         Summary::of(&all)
             .with_context(|| format!("{side} reported no usable times for {}", case.model))
     };
-    let (o, t) = (summary(ours, "elbo")?, summary(theirs, "PyTorch")?);
+    let o = summary(ours, "elbo")?;
+    let d = summary(default_adam, "PyTorch")?;
+    let f = summary(fused_adam, "PyTorch (fused Adam)")?;
     let params = |runs: &[Value]| runs.first().and_then(|r| r["params"].as_i64());
-    if params(ours) != params(theirs) {
+    if params(ours) != params(default_adam) {
         bail!(
             "{}: elbo has {:?} parameters and the PyTorch reference {:?}: the two must be the \
              same model",
             case.model,
             params(ours),
-            params(theirs)
+            params(default_adam)
         );
     }
     let peak = |runs: &[Value]| {
@@ -247,13 +261,15 @@ fn case_row(case: &Case, threads: u32, ours: &[Value], theirs: &[Value]) -> Resu
             .filter_map(|r| r["peak_rss_mib"].as_f64())
             .fold(0.0, f64::max)
     };
-    let (ratio, low, high) = stats::speedup(o, t);
+    let (ratio, low, high) = stats::speedup(o, d);
+    let (fused_ratio, fused_low, fused_high) = stats::speedup(o, f);
     Ok(json!({
         "kind": "case", "model": case.model, "task": case.task, "batch": case.batch,
         "threads": threads, "params": params(ours), "target": case.target,
-        "elbo_ms": o.to_json(), "pytorch_ms": t.to_json(),
+        "elbo_ms": o.to_json(), "pytorch_ms": d.to_json(), "pytorch_fused_ms": f.to_json(),
         "speedup": ratio, "speedup_range": [low, high],
-        "elbo_peak_rss_mib": peak(ours), "pytorch_peak_rss_mib": peak(theirs),
+        "speedup_vs_fused": fused_ratio, "speedup_vs_fused_range": [fused_low, fused_high],
+        "elbo_peak_rss_mib": peak(ours), "pytorch_peak_rss_mib": peak(default_adam),
     }))
 }
 
@@ -285,32 +301,46 @@ pub fn markdown(report: &Value) -> String {
         report["command"].as_str().unwrap_or("bench --with-pytorch"),
         report["protocol"]["rounds"], report["protocol"]["reps"], report["protocol"]["steps"], report["protocol"]["warmup"],
     ));
-    md.push_str("| case | threads | elbo ms/step (median, min-max) | PyTorch ms/step | speed-up | target | peak RSS elbo / PyTorch (MiB) |\n");
-    md.push_str("| --- | --- | --- | --- | --- | --- | --- |\n");
+    md.push_str(
+        "| case | threads | elbo ms/step (median, min-max) | PyTorch ms/step | speed-up | \
+         target | PyTorch, fused Adam | speed-up over it | peak RSS elbo / PyTorch (MiB) |\n",
+    );
+    md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     let rows = report["rows"].as_array().cloned().unwrap_or_default();
+    let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    let ms = |v: &Value| {
+        format!(
+            "{:.2} ({:.2}-{:.2})",
+            num(&v["median"]),
+            num(&v["min"]),
+            num(&v["max"])
+        )
+    };
     for row in rows.iter().filter(|r| r["kind"] == "case") {
-        let ms = |v: &Value| {
-            format!(
-                "{:.2} ({:.2}-{:.2})",
-                v["median"].as_f64().unwrap_or(f64::NAN),
-                v["min"].as_f64().unwrap_or(f64::NAN),
-                v["max"].as_f64().unwrap_or(f64::NAN)
-            )
-        };
-        let ratio = row["speedup"].as_f64().unwrap_or(f64::NAN);
-        let target = row["target"].as_f64().unwrap_or(f64::NAN);
+        let ratio = num(&row["speedup"]);
+        let target = num(&row["target"]);
         md.push_str(&format!(
-            "| {} {} (batch {}) | {} | {} | {} | **{:.2}x** ({:.2}-{:.2}) | {:.2}x {} | {:.0} / {:.0} |\n",
-            row["model"].as_str().unwrap_or("?"), row["task"].as_str().unwrap_or("?"), row["batch"], row["threads"],
-            ms(&row["elbo_ms"]), ms(&row["pytorch_ms"]), ratio,
-            row["speedup_range"][0].as_f64().unwrap_or(f64::NAN), row["speedup_range"][1].as_f64().unwrap_or(f64::NAN),
-            target, if ratio >= target { "met" } else { "missed" },
-            row["elbo_peak_rss_mib"].as_f64().unwrap_or(f64::NAN), row["pytorch_peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
+            "| {} {} (batch {}) | {} | {} | {} | **{:.2}x** ({:.2}-{:.2}) | {:.2}x {} | {} | {:.2}x | {:.0} / {:.0} |\n",
+            row["model"].as_str().unwrap_or("?"),
+            row["task"].as_str().unwrap_or("?"),
+            row["batch"],
+            row["threads"],
+            ms(&row["elbo_ms"]),
+            ms(&row["pytorch_ms"]),
+            ratio,
+            num(&row["speedup_range"][0]),
+            num(&row["speedup_range"][1]),
+            target,
+            if ratio >= target { "met" } else { "missed" },
+            ms(&row["pytorch_fused_ms"]),
+            num(&row["speedup_vs_fused"]),
+            num(&row["elbo_peak_rss_mib"]),
+            num(&row["pytorch_peak_rss_mib"]),
         ));
     }
     for row in rows.iter().filter(|r| r["kind"] == "matmul") {
         md.push_str(&format!(
-            "\nfp32 matmul peak of libtorch here ({} threads): {:.1} GFLOP/s.",
+            "\nfp32 matmul peak of libtorch here ({} thread(s), 1024 x 1024): {:.1} GFLOP/s.",
             row["threads"],
             row["elbo"]["gflops"].as_f64().unwrap_or(f64::NAN)
         ));
@@ -360,4 +390,46 @@ fn write_report(out: &Path, report: &Value) -> Result<()> {
         png_path.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(side: &str, params: i64, ms: &[f64], rss: f64) -> Value {
+        json!({"side": side, "params": params, "step_ms": ms, "peak_rss_mib": rss})
+    }
+
+    #[test]
+    fn a_case_row_compares_medians_and_the_table_says_whether_the_target_is_met() {
+        let case = CASES[0];
+        let ours = [
+            run("elbo", 10, &[4.0, 4.0], 100.0),
+            run("elbo", 10, &[5.0], 120.0),
+        ];
+        let default = [run("pytorch", 10, &[6.0, 5.0, 7.0], 600.0)];
+        let fused = [run("pytorch", 10, &[4.0], 610.0)];
+        let row = case_row(&case, 1, &ours, &default, &fused).unwrap();
+        assert_eq!(row["speedup"], 1.5);
+        assert_eq!(row["speedup_vs_fused"], 1.0);
+        assert_eq!(row["elbo_peak_rss_mib"], 120.0);
+        let report = json!({
+            "machine": {"cpu": "test cpu", "cores": 2, "loadavg_at_end": "0.1"},
+            "command": "bench --with-pytorch",
+            "protocol": {"rounds": 1, "warmup": 1, "reps": 1, "steps": 1},
+            "rows": [row, {"kind": "matmul", "threads": 1, "elbo": {"gflops": 90.0}}],
+        });
+        let md = markdown(&report);
+        assert!(md.contains("**1.50x**"), "{md}");
+        assert!(md.contains("1.25x met"), "{md}");
+        assert!(md.contains("90.0 GFLOP/s"), "{md}");
+    }
+
+    #[test]
+    fn different_parameter_counts_are_refused() {
+        let ours = [run("elbo", 10, &[4.0], 1.0)];
+        let theirs = [run("pytorch", 11, &[4.0], 1.0)];
+        let err = case_row(&CASES[0], 1, &ours, &theirs, &theirs).unwrap_err();
+        assert!(err.to_string().contains("must be the same model"), "{err}");
+    }
 }
