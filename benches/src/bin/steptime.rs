@@ -21,8 +21,10 @@ struct Args {
     /// vae-mlp or hvae-ladder (`--task train`); `matmul` (`--task matmul`).
     #[arg(long)]
     model: String,
-    /// `train` (one training step) or `matmul` (an fp32 `batch` x `batch` matrix
-    /// product, the machine's peak for the compute-efficiency ratio).
+    /// `train` (one training step), `data` (preparing one batch as the training loop
+    /// does: the model's pixel transform of `batch` images, then a tensor) or `matmul`
+    /// (an fp32 `batch` x `batch` matrix product, the machine's peak for the
+    /// compute-efficiency ratio).
     #[arg(long, default_value = "train")]
     task: String,
     /// Examples per step.
@@ -61,6 +63,7 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
     tch::set_num_interop_threads(1);
     match (args.task.as_str(), args.model.as_str()) {
         ("train", _) => train_steps(args),
+        ("data", _) => data_batches(args),
         ("matmul", "matmul") => matmul(args),
         (task, model) => Err(format!(
             "unknown --task {task:?} for --model {model:?}: expected train with a model, or \
@@ -89,6 +92,38 @@ fn matmul(args: &Args) -> Result<serde_json::Value, String> {
         "threads": args.threads, "step_ms": step_ms,
         "gflops": flops / (best * 1e-3) / 1e9,
         "peak_rss_mib": peak_rss_mib(),
+    }))
+}
+
+/// Times the data pipeline of the training loop for `args.model`: each call transforms
+/// the next `batch` images of the bundled training split (for the Bernoulli presets a
+/// dynamic binarisation keyed by (seed, epoch, image)) and makes the tensor.
+fn data_batches(args: &Args) -> Result<serde_json::Value, String> {
+    let vs = train::var_store(args.seed, Device::Cpu);
+    let model = elbo_benches::preset_model(&args.model, &vs.root())?;
+    let splits = elbo_data::load_bundled().map_err(|e| e.to_string())?;
+    let n = splits.train.len();
+    let transform = elbo_models::data::transform_for(model.likelihood(), false);
+    let one = |i: u64| {
+        let start = (i as usize * args.batch) % n;
+        let indices: Vec<usize> = (start..start + args.batch).map(|j| j % n).collect();
+        let key = elbo_data::EpochSeed {
+            seed: args.seed,
+            epoch: i,
+        };
+        let images = transform
+            .apply(&splits.train, &indices, key)
+            .map_err(|e| e.to_string())?;
+        let _ = elbo_models::data::to_tensor(&images, Device::Cpu);
+        Ok(())
+    };
+    for i in 0..args.warmup {
+        one(i)?;
+    }
+    let step_ms = timed(args, |i| one(args.warmup + i))?;
+    Ok(serde_json::json!({
+        "side": "elbo", "model": args.model, "task": "data", "batch": args.batch,
+        "threads": args.threads, "step_ms": step_ms, "peak_rss_mib": peak_rss_mib(),
     }))
 }
 

@@ -216,7 +216,23 @@ fn compare(ws: &Path, steptime: &Path, python: &Path, args: &BenchArgs) -> Resul
                     )?);
                 }
             }
-            rows.push(case_row(case, threads, &ours, &default_adam, &fused_adam)?);
+            let mut row = case_row(case, threads, &ours, &default_adam, &fused_adam)?;
+            let data_case = Case {
+                task: "data",
+                ..*case
+            };
+            let data = run_json(
+                side_command(ws, steptime, &[], &data_case, threads, args),
+                "steptime data",
+            )?;
+            if let (Some(data), Some(step)) = (
+                Summary::of(&step_ms(&data)),
+                row["elbo_ms"]["median"].as_f64(),
+            ) {
+                row["elbo_data_ms"] = data.median.into();
+                row["data_share"] = (data.median / (data.median + step)).into();
+            }
+            rows.push(row);
         }
     }
     Ok(json!({
@@ -338,6 +354,20 @@ pub fn markdown(report: &Value) -> String {
             num(&row["pytorch_peak_rss_mib"]),
         ));
     }
+    for row in rows
+        .iter()
+        .filter(|r| r["kind"] == "case" && r["data_share"].is_number())
+    {
+        md.push_str(&format!(
+            "\nData pipeline, {} (threads {}): {:.3} ms per batch of {}, {:.1}% of a training step plus its batch.",
+            row["model"].as_str().unwrap_or("?"),
+            row["threads"],
+            num(&row["elbo_data_ms"]),
+            row["batch"],
+            100.0 * num(&row["data_share"]),
+        ));
+    }
+    md.push('\n');
     for row in rows.iter().filter(|r| r["kind"] == "matmul") {
         md.push_str(&format!(
             "\nfp32 matmul peak of libtorch here ({} thread(s), 1024 x 1024): {:.1} GFLOP/s.",
