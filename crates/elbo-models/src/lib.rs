@@ -24,6 +24,7 @@ pub mod data;
 mod device;
 mod error;
 pub mod eval;
+pub mod ffi;
 pub mod frechet;
 pub mod gaussian;
 pub mod hvae;

@@ -1,0 +1,91 @@
+// The few libtorch operations that tch 0.26 does not expose and elbo needs, behind a C
+// ABI (see src/ffi.rs). A tensor handle here is what tch passes to libtorch: an
+// at::Tensor*. Every function catches C++ exceptions and returns them as a message
+// (allocated with malloc; free it with elbo_free_message), or nullptr on success.
+
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+namespace {
+
+char* message(const std::string& text) {
+  char* out = static_cast<char*>(std::malloc(text.size() + 1));
+  if (out != nullptr) {
+    std::memcpy(out, text.c_str(), text.size() + 1);
+  }
+  return out;
+}
+
+std::vector<at::Tensor> gather(at::Tensor** handles, int64_t n) {
+  std::vector<at::Tensor> tensors;
+  tensors.reserve(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    tensors.push_back(*handles[i]);
+  }
+  return tensors;
+}
+
+}  // namespace
+
+extern "C" {
+
+void elbo_free_message(char* text) { std::free(text); }
+
+// One step of Adam (decoupled = 0) or AdamW (decoupled = 1) over n parameters with
+// libtorch's fused kernel (aten::_fused_adam_ / _fused_adamw_): one pass over each
+// parameter's memory instead of one per elementary operation. `step` is a float tensor
+// holding the step number t (from 1), which the kernel uses for the bias corrections.
+char* elbo_fused_adam(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_avgs,
+                      at::Tensor** exp_avg_sqs, int64_t n, at::Tensor* step, double lr,
+                      double beta1, double beta2, double weight_decay, double eps,
+                      int decoupled) {
+  try {
+    std::vector<at::Tensor> p = gather(params, n);
+    std::vector<at::Tensor> g = gather(grads, n);
+    std::vector<at::Tensor> m = gather(exp_avgs, n);
+    std::vector<at::Tensor> v = gather(exp_avg_sqs, n);
+    std::vector<at::Tensor> steps(static_cast<size_t>(n), *step);
+    std::vector<at::Tensor> no_max;
+    at::NoGradGuard no_grad;
+    if (decoupled != 0) {
+      at::_fused_adamw_(p, g, m, v, no_max, steps, lr, beta1, beta2, weight_decay, eps,
+                        /*amsgrad=*/false, /*maximize=*/false);
+    } else {
+      at::_fused_adam_(p, g, m, v, no_max, steps, lr, beta1, beta2, weight_decay, eps,
+                       /*amsgrad=*/false, /*maximize=*/false);
+    }
+    return nullptr;
+  } catch (const std::exception& e) {
+    return message(e.what());
+  } catch (...) {
+    return message("unknown C++ exception in elbo_fused_adam");
+  }
+}
+
+// Makes CUDA autocast regions (tch::autocast) compute in bfloat16 instead of libtorch's
+// default float16.
+char* elbo_set_cuda_autocast_bf16() {
+  try {
+    at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+    return nullptr;
+  } catch (const std::exception& e) {
+    return message(e.what());
+  }
+}
+
+// The dtype CUDA autocast regions use, as libtorch names it (for tests).
+char* elbo_cuda_autocast_dtype() {
+  try {
+    return message(c10::toString(at::autocast::get_autocast_dtype(at::kCUDA)));
+  } catch (const std::exception& e) {
+    return message(std::string("error: ") + e.what());
+  }
+}
+
+}  // extern "C"

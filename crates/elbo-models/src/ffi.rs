@@ -1,0 +1,181 @@
+//! The libtorch operations tch 0.26 does not expose, compiled from `csrc/elbo_ops.cpp`
+//! by the build script: the fused Adam/AdamW kernel and the CUDA autocast dtype.
+//!
+//! The only `unsafe` of the workspace is here: each call passes tch's tensor handles
+//! (which are `at::Tensor*`) to a C function that reads them during the call only, and
+//! frees the message it may return. When the crate was built without libtorch (a
+//! documentation build), [`fused_adam`] reports that it is unavailable and callers use
+//! tch's operations.
+#![allow(unsafe_code)]
+
+use tch::Tensor;
+
+/// Hyper-parameters of one fused Adam step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FusedAdamStep {
+    /// Learning rate.
+    pub lr: f64,
+    /// First-moment decay.
+    pub beta1: f64,
+    /// Second-moment decay.
+    pub beta2: f64,
+    /// Weight decay: decoupled (AdamW) when `decoupled`, else added to the gradient.
+    pub weight_decay: f64,
+    /// Added to the root of the second moment.
+    pub eps: f64,
+    /// AdamW's decoupled weight decay rather than Adam's L2 term.
+    pub decoupled: bool,
+}
+
+#[cfg(elbo_ops)]
+mod sys {
+    use std::os::raw::{c_char, c_int};
+    use torch_sys::C_tensor;
+
+    unsafe extern "C" {
+        pub fn elbo_free_message(text: *mut c_char);
+        pub fn elbo_fused_adam(
+            params: *const *mut C_tensor,
+            grads: *const *mut C_tensor,
+            exp_avgs: *const *mut C_tensor,
+            exp_avg_sqs: *const *mut C_tensor,
+            n: i64,
+            step: *mut C_tensor,
+            lr: f64,
+            beta1: f64,
+            beta2: f64,
+            weight_decay: f64,
+            eps: f64,
+            decoupled: c_int,
+        ) -> *mut c_char;
+        pub fn elbo_set_cuda_autocast_bf16() -> *mut c_char;
+        pub fn elbo_cuda_autocast_dtype() -> *mut c_char;
+    }
+
+    /// Turns a returned message into `Err` (and frees it), nullptr into `Ok`.
+    pub fn check(message: *mut c_char) -> Result<(), String> {
+        if message.is_null() {
+            return Ok(());
+        }
+        // SAFETY: a non-null return is a NUL-terminated string from malloc, ours to free.
+        let text = unsafe { std::ffi::CStr::from_ptr(message) }
+            .to_string_lossy()
+            .into_owned();
+        unsafe { elbo_free_message(message) };
+        Err(text)
+    }
+}
+
+/// One fused Adam step over `params` with their `grads` and moments `m`, `v` (all the
+/// same length, every tensor defined, each parameter's companions of its shape), at
+/// step `t` (counted from 1). `Err` carries libtorch's message (for example a kind or
+/// device it does not support), or says the kernel was not built.
+pub fn fused_adam(
+    params: &[Tensor],
+    grads: &[Tensor],
+    m: &[Tensor],
+    v: &[Tensor],
+    t: i64,
+    hyper: FusedAdamStep,
+) -> Result<(), String> {
+    let n = params.len();
+    if grads.len() != n || m.len() != n || v.len() != n {
+        return Err(format!(
+            "fused Adam needs one gradient and two moments per parameter: {n} parameters, \
+             {} gradients, {} and {} moments",
+            grads.len(),
+            m.len(),
+            v.len()
+        ));
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    #[cfg(elbo_ops)]
+    {
+        let device = params[0].device();
+        let step = Tensor::from_slice(&[t as f32]).to_device(device);
+        let handles = |ts: &[Tensor]| -> Vec<*mut torch_sys::C_tensor> {
+            ts.iter().map(|t| t.as_ptr() as *mut _).collect()
+        };
+        let (p, g, mm, vv) = (handles(params), handles(grads), handles(m), handles(v));
+        // SAFETY: every pointer is a live tensor handle borrowed for the call; the C side
+        // copies the handles (reference-counted) and does not keep them.
+        let message = unsafe {
+            sys::elbo_fused_adam(
+                p.as_ptr(),
+                g.as_ptr(),
+                mm.as_ptr(),
+                vv.as_ptr(),
+                n as i64,
+                step.as_ptr() as *mut _,
+                hyper.lr,
+                hyper.beta1,
+                hyper.beta2,
+                hyper.weight_decay,
+                hyper.eps,
+                i32::from(hyper.decoupled),
+            )
+        };
+        sys::check(message)
+    }
+    #[cfg(not(elbo_ops))]
+    {
+        let _ = (t, hyper);
+        Err("elbo-models was built without libtorch: no fused Adam".to_string())
+    }
+}
+
+/// Makes CUDA autocast regions ([`tch::autocast`]) compute in bfloat16 rather than
+/// libtorch's default float16 (a process-wide setting of libtorch).
+pub fn set_cuda_autocast_bf16() -> Result<(), String> {
+    #[cfg(elbo_ops)]
+    {
+        // SAFETY: no arguments; a returned message is freed by `check`.
+        sys::check(unsafe { sys::elbo_set_cuda_autocast_bf16() })
+    }
+    #[cfg(not(elbo_ops))]
+    Err("elbo-models was built without libtorch".to_string())
+}
+
+/// The dtype of CUDA autocast regions, as libtorch names it (`BFloat16`, `Half`).
+pub fn cuda_autocast_dtype() -> Result<String, String> {
+    #[cfg(elbo_ops)]
+    {
+        // SAFETY: no arguments; the returned string is ours and freed by `check`.
+        let message = unsafe { sys::elbo_cuda_autocast_dtype() };
+        match sys::check(message) {
+            Err(name) if !name.starts_with("error: ") => Ok(name),
+            Err(error) => Err(error),
+            Ok(()) => Err("libtorch returned no dtype".to_string()),
+        }
+    }
+    #[cfg(not(elbo_ops))]
+    Err("elbo-models was built without libtorch".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn autocast_dtype_can_be_set_to_bfloat16() {
+        set_cuda_autocast_bf16().unwrap();
+        assert_eq!(cuda_autocast_dtype().unwrap(), "BFloat16");
+    }
+
+    #[test]
+    fn mismatched_lists_are_refused_before_libtorch_sees_them() {
+        let p = [Tensor::zeros([2], (tch::Kind::Float, tch::Device::Cpu))];
+        let hyper = FusedAdamStep {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.999,
+            weight_decay: 0.0,
+            eps: 1e-8,
+            decoupled: false,
+        };
+        let err = fused_adam(&p, &[], &p, &p, 1, hyper).unwrap_err();
+        assert!(err.contains("1 parameters, 0 gradients"), "{err}");
+    }
+}
