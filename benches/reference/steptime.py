@@ -3,8 +3,9 @@
 side-by-side comparison. elbo's Rust harness follows the same protocol and prints the
 same JSON line, so the two can be put in one table.
 
-    python steptime.py --model vae-mlp|hvae-ladder --batch 128 --threads 1 \
-        --warmup 20 --reps 10 --steps 20 [--seed 0] [--adam default|fused|foreach]
+    python steptime.py --model vae-mlp|hvae-ladder|ddpm-mnist [--task train|sample] \
+        --batch 128 --threads 1 --warmup 20 --reps 10 --steps 20 [--seed 0] \
+        [--adam default|fused|foreach] [--ddim-steps 50]
 
 Protocol:
 1. torch.set_num_interop_threads(1), torch.set_num_threads(--threads), before any work.
@@ -17,21 +18,29 @@ Protocol:
 4. Optimiser torch.optim.Adam(lr=1e-3, betas (0.9, 0.999), eps 1e-8, no weight decay):
    `default` leaves foreach/fused unset (on CPU that is the single-tensor, per-parameter
    implementation), `foreach` sets foreach=True, `fused` sets fused=True.
-5. One step = zero_grad(set_to_none=True); loss = model's loss (for the VAEs minus the
+5. `--task train` (default). One step = zero_grad(set_to_none=True); loss = model's loss (for the VAEs minus the
    batch-mean ELBO with one reparameterised sample); loss.backward(); opt.step().
    --warmup steps untimed, then --reps repetitions, each timing --steps consecutive
    steps with time.perf_counter(); step_ms[r] = rep time / steps * 1000.
+   `--task sample` (models with `ddim_sample`, i.e. ddpm-mnist): the same loop, but one
+   "step" is one DDIM sampling of --batch images (`ddim_sample(batch, --ddim-steps,
+   eta=0)`: uniform timesteps, x0 clipped, as elbo's DDIM-50 bench) under
+   torch.no_grad() in eval mode; no optimiser step (Adam is still built, unused). Keep
+   --warmup and --steps small: a sampling is --ddim-steps network calls.
 6. One JSON line on stdout:
-   {"side": "pytorch", "model", "params", "batch", "threads", "warmup", "reps",
+   {"side": "pytorch", "model", "task", "params", "batch", "threads", "warmup", "reps",
     "steps_per_rep", "step_ms": [reps floats], "peak_rss_mib", "torch_version", "adam"}
+   plus, for ddpm-mnist, "forward_flops_per_example" (ddpm_unet.unet_flops: one UNet
+   evaluation; a training step is about 3x that, a DDIM-S sampling S x) and, for
+   --task sample, "ddim_steps" and "eta".
    peak_rss_mib = resource.getrusage(RUSAGE_SELF).ru_maxrss / 1024 (Linux: KiB -> MiB),
    of the whole process (interpreter and torch's libraries included).
 Diagnostics (median, the final loss, which Adam implementation ran) go to stderr.
 
-Adding a model (e.g. the ddpm-mnist UNet): write its twin in its own module with a
-`loss(x)` method, then add one `ModelSpec` to MODELS below (its builder, the expected
-parameter count of elbo's model, and `prepare`, which turns the (N, 28, 28) uint8 images
-into the model's input, e.g. scaled to [-1, 1] for DDPM).
+Adding a model: write its twin in its own module with a `loss(x)` method (and
+`ddim_sample(n, steps, eta)` for --task sample), then add one `ModelSpec` to MODELS below
+(its builder, the expected parameter count of elbo's model, `prepare`, which turns the
+(N, 28, 28) uint8 images into the model's input, optionally `forward_flops` and `tasks`).
 """
 
 import argparse
@@ -42,7 +51,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -51,6 +60,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import elbo_compat  # noqa: E402
+import ddpm_unet  # noqa: E402
 import ladder_hvae  # noqa: E402
 import vae_mlp  # noqa: E402
 
@@ -77,13 +87,25 @@ class ModelSpec:
     build: Callable[[], torch.nn.Module]  # a module with .loss(x) -> scalar
     params: int  # elbo's parameter count, asserted
     prepare: Callable[[np.ndarray], torch.Tensor]  # uint8 (N, 28, 28) -> model input
+    # Analytic forward FLOPs of one example (reported when known).
+    forward_flops: Optional[Callable[[], int]] = None
+    # Tasks besides `train` (a `sample` model has ddim_sample(n, steps, eta)).
+    tasks: tuple = ("train",)
 
 
 # The extension point: one entry per elbo preset compared.
 MODELS = {
     "vae-mlp": ModelSpec(VaeMlpLoss, vae_mlp.PARAMS, binarise_fixed),
     "hvae-ladder": ModelSpec(ladder_hvae.LadderHVAE, ladder_hvae.PARAMS, binarise_fixed),
-    # "ddpm-mnist": ModelSpec(ddpm_unet.UNet, ddpm_unet.PARAMS, scale_to_pm1),
+    # elbo's ddpm-mnist preset (linear schedule, T = 1000, eps, L_simple); the input is
+    # elbo's symmetric pixel scaling (2 p - 255) / 255 in [-1, 1].
+    "ddpm-mnist": ModelSpec(
+        ddpm_unet.DDPM,
+        ddpm_unet.PARAMS,
+        ddpm_unet.scale_to_pm1,
+        forward_flops=ddpm_unet.unet_flops,
+        tasks=("train", "sample"),
+    ),
 }
 
 
@@ -111,7 +133,13 @@ def adam_implementation(opt):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(MODELS), required=True)
-    parser.add_argument("--task", choices=["train"], default="train", help="what is timed")
+    parser.add_argument(
+        "--task",
+        choices=["train", "sample"],
+        default="train",
+        help="what is timed: a training step, or (ddpm-mnist) one DDIM sampling of --batch "
+        "images",
+    )
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=20)
@@ -120,6 +148,8 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--adam", choices=["default", "fused", "foreach"], default="default")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--ddim-steps", type=int, default=50, help="--task sample: DDIM steps")
+    parser.add_argument("--eta", type=float, default=0.0, help="--task sample: DDIM eta")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MNIST IDX folder")
     parser.add_argument(
         "--profile",
@@ -137,10 +167,12 @@ def main():
     torch.manual_seed(args.seed)
 
     spec = MODELS[args.model]
+    if args.task not in spec.tasks:
+        raise SystemExit(f"--model {args.model} supports --task {'|'.join(spec.tasks)}")
     model = spec.build()
     params = sum(p.numel() for p in model.parameters())
     assert params == spec.params, f"{args.model}: {params} parameters, elbo has {spec.params}"
-    model.train()
+    model.train(args.task == "train")
 
     train_images = elbo_compat.read_idx_gz(args.data / "train-images-idx3-ubyte.gz")
     if args.batch > train_images.shape[0]:
@@ -155,6 +187,14 @@ def main():
         loss.backward()
         opt.step()
         return loss
+
+    if args.task == "sample":
+
+        def step():  # noqa: F811
+            with torch.no_grad():
+                images = model.ddim_sample(args.batch, steps=args.ddim_steps, eta=args.eta)
+            # A stand-in "loss" for the finiteness check below.
+            return images.abs().mean()
 
     for _ in range(args.warmup):
         loss = step()
@@ -171,6 +211,7 @@ def main():
     report = {
         "side": "pytorch",
         "model": args.model,
+        "task": args.task,
         "params": params,
         "batch": args.batch,
         "threads": torch.get_num_threads(),
@@ -182,8 +223,14 @@ def main():
         "torch_version": torch.__version__.split("+")[0],
         "adam": args.adam,
     }
+    if spec.forward_flops is not None:
+        report["forward_flops_per_example"] = spec.forward_flops()
+    if args.task == "sample":
+        report["ddim_steps"] = args.ddim_steps
+        report["eta"] = args.eta
+    what = "sampling" if args.task == "sample" else "step"
     print(
-        f"{args.model}: median {statistics.median(step_ms):.3f} ms/step "
+        f"{args.model} {args.task}: median {statistics.median(step_ms):.3f} ms/{what} "
         f"(min {min(step_ms):.3f}, max {max(step_ms):.3f}); final loss {final_loss:.3f}; "
         f"adam {args.adam} -> {adam_implementation(opt)}; torch {torch.__version__}",
         file=sys.stderr,

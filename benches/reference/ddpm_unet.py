@@ -1,0 +1,547 @@
+#!/usr/bin/env python3
+"""PyTorch twin of elbo's `ddpm-mnist` DDPM (UNet noise predictor, linear schedule,
+T = 1000, eps objective, L_simple), for the speed comparison of issue 8.
+
+    python ddpm_unet.py check-checkpoint RUN_OR_CHECKPOINT [--threads 1]
+    python ddpm_unet.py flops [--batch 4]
+
+`check-checkpoint` loads an elbo `ddpm` checkpoint into the twin (`load_state_dict`
+with strict=True after asserting every name, shape and the count), then evaluates
+L_simple on the first 256 training images with the raw and the EMA weights, and draws a
+few DDIM-50 samples. `flops` prints the analytic forward FLOPs of one UNet evaluation
+(`unet_flops`) beside torch.utils.flop_counter.FlopCounterMode's count. Both print JSON.
+
+The module mirrors crates/elbo-models/src/ddpm/{unet.rs,embedding.rs,model.rs,
+schedule.rs,sampler.rs,vlb.rs} (branch `ddpm`) op for op:
+
+- Time embedding (embedding.rs): for `dim = 2h` base channels, `[sin(t w), cos(t w)]`
+  with `w_k = exp(-k ln(10000) / (h - 1))`, then `time2(silu(time1(.)))` to 4x base.
+- ResBlock (unet.rs): `h = conv1(silu(norm1(x))) + time(silu(temb))[..., None, None]`,
+  `h = conv2(dropout(silu(norm2(h))))`, output `skip(x) + h` (1x1 `skip` only when the
+  channels change). `conv2` weights start at zero.
+- Attention: GroupNorm, 1x1 q/k/v, single head, softmax(q^T k / sqrt(C)), 1x1 `out`
+  (zero-initialised weights), residual.
+- Down path: per level `res_blocks` blocks (+ attention where the side is in
+  `attention_resolutions`), then a stride-2 3x3 conv except at the last level; every
+  activation (the input conv's too) is pushed on the skip stack. Middle: res, attn, res.
+  Up path: per level `res_blocks + 1` blocks on cat[h, skip.pop()] (+ attention), then
+  nearest 2x upsampling and a 3x3 conv except at level 0; a crop restores odd sides.
+  Out: conv(silu(GroupNorm(h))), weights zero-initialised.
+- Parameter names are elbo's VarStore paths (`unet.down.0_0.res.conv1.weight`,
+  `unet.up.1_up.weight`, `unet.time1.bias`, ...), so the `model.*` tensors of an elbo
+  checkpoint (prefix stripped) load with strict=True. ddpm-mnist: 1,623,169 parameters.
+
+Initialisation: PyTorch's Conv2d/Linear/GroupNorm defaults, with the zero-initialised
+weights elbo zeroes. tch's default convolution init differs (matters for training
+curves only, not for step time or loaded weights).
+"""
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import elbo_compat  # noqa: E402
+
+DEFAULT_DATA = HERE.parent.parent / "data" / "mnist"
+# elbo-models/tests/ddpm.rs DDPM_MNIST_PARAMETERS (and the README's preset table).
+PARAMS = 1_623_169
+
+
+@dataclass
+class UnetConfig:
+    """unet.rs `UnetConfig`; the defaults are the `ddpm-mnist` preset on 1x28x28."""
+
+    in_channels: int = 1
+    image_size: int = 28
+    base_channels: int = 32
+    channel_mults: list = field(default_factory=lambda: [1, 2, 2])
+    res_blocks: int = 2
+    attention_resolutions: list = field(default_factory=lambda: [7])
+    dropout: float = 0.0
+    norm_groups: int = 8
+
+
+def ddpm_mnist_config():
+    return UnetConfig()
+
+
+def timestep_embedding(t, dim):
+    """embedding.rs `timestep_embedding`: (B,) timesteps -> (B, dim) float32."""
+    half = dim // 2
+    scale = math.log(10_000.0) / max(half - 1, 1)
+    k = torch.arange(half, dtype=torch.float32, device=t.device)
+    freqs = (k * -scale).exp()
+    angles = t.to(torch.float32).unsqueeze(1) * freqs.unsqueeze(0)
+    return torch.cat([angles.sin(), angles.cos()], 1)
+
+
+def conv3(c_in, c_out, stride=1, zero=False):
+    conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)
+    if zero:
+        nn.init.zeros_(conv.weight)
+    return conv
+
+
+def conv1(c_in, c_out, zero=False):
+    conv = nn.Conv2d(c_in, c_out, 1)
+    if zero:
+        nn.init.zeros_(conv.weight)
+    return conv
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c_in, c_out, temb, config):
+        super().__init__()
+        g = config.norm_groups
+        self.norm1 = nn.GroupNorm(g, c_in)
+        self.conv1 = conv3(c_in, c_out)
+        self.time = nn.Linear(temb, c_out)
+        self.norm2 = nn.GroupNorm(g, c_out)
+        self.conv2 = conv3(c_out, c_out, zero=True)
+        self.skip = conv1(c_in, c_out) if c_in != c_out else None
+        self.dropout = config.dropout
+
+    def forward(self, x, temb, train):
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.time(F.silu(temb)).unsqueeze(-1).unsqueeze(-1)
+        h = self.conv2(F.dropout(F.silu(self.norm2(h)), self.dropout, train))
+        if self.skip is not None:
+            return self.skip(x) + h
+        return x + h
+
+
+class Attention(nn.Module):
+    def __init__(self, channels, groups):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels)
+        self.q = conv1(channels, channels)
+        self.k = conv1(channels, channels)
+        self.v = conv1(channels, channels)
+        self.out = conv1(channels, channels, zero=True)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        n = self.norm(x)
+        q = self.q(n).reshape(b, c, h * w).transpose(1, 2)
+        k = self.k(n).reshape(b, c, h * w)
+        v = self.v(n).reshape(b, c, h * w).transpose(1, 2)
+        weights = (torch.bmm(q, k) * c ** -0.5).softmax(-1)
+        attended = torch.bmm(weights, v).transpose(1, 2).reshape(b, c, h, w)
+        return x + self.out(attended)
+
+
+class Stage(nn.Module):
+    """One entry of the down or up path: a residual block, optionally attention
+    (named `res` and `attn` as in elbo)."""
+
+    def __init__(self, res, attn=None):
+        super().__init__()
+        self.res = res
+        self.attn = attn
+
+    def forward(self, h, temb, train):
+        h = self.res(h, temb, train)
+        if self.attn is not None:
+            h = self.attn(h)
+        return h
+
+
+class UNet(nn.Module):
+    """unet.rs `Unet`; `forward(x, t, train)` has the shape of x."""
+
+    def __init__(self, config=None):
+        super().__init__()
+        config = config or ddpm_mnist_config()
+        self.config = config
+        ch = config.base_channels
+        temb = 4 * ch
+        g = config.norm_groups
+        self.time1 = nn.Linear(ch, temb)
+        self.time2 = nn.Linear(temb, temb)
+        self.input = conv3(config.in_channels, ch)
+        levels = len(config.channel_mults)
+        # (name, kind) in forward order; kind "stage", "down" or "up".
+        self.down = nn.ModuleDict()
+        self.down_order = []
+        skip_channels = [ch]
+        c = ch
+        side = config.image_size
+        for level, mult in enumerate(config.channel_mults):
+            c_out = ch * mult
+            for block in range(config.res_blocks):
+                res = ResBlock(c, c_out, temb, config)
+                c = c_out
+                attn = Attention(c, g) if side in config.attention_resolutions else None
+                name = f"{level}_{block}"
+                self.down[name] = Stage(res, attn)
+                self.down_order.append((name, "stage"))
+                skip_channels.append(c)
+            if level + 1 < levels:
+                name = f"{level}_down"
+                self.down[name] = conv3(c, c, stride=2)
+                self.down_order.append((name, "down"))
+                skip_channels.append(c)
+                side = (side + 1) // 2
+        self.middle = nn.ModuleDict(
+            {
+                "res1": ResBlock(c, c, temb, config),
+                "attn": Attention(c, g),
+                "res2": ResBlock(c, c, temb, config),
+            }
+        )
+        self.up = nn.ModuleDict()
+        self.up_order = []
+        for level in reversed(range(levels)):
+            c_out = ch * config.channel_mults[level]
+            for block in range(config.res_blocks + 1):
+                skip = skip_channels.pop() if skip_channels else 0
+                res = ResBlock(c + skip, c_out, temb, config)
+                c = c_out
+                attn = Attention(c, g) if side in config.attention_resolutions else None
+                name = f"{level}_{block}"
+                self.up[name] = Stage(res, attn)
+                self.up_order.append((name, "stage"))
+            if level > 0:
+                name = f"{level}_up"
+                self.up[name] = conv3(c, c)
+                self.up_order.append((name, "up"))
+                side *= 2
+        self.out_norm = nn.GroupNorm(g, c)
+        self.output = conv3(c, config.in_channels, zero=True)
+
+    def forward(self, x, t, train):
+        temb = self.time2(F.silu(self.time1(timestep_embedding(t, self.config.base_channels))))
+        h = self.input(x)
+        skips = [h]
+        for name, kind in self.down_order:
+            layer = self.down[name]
+            h = layer(h) if kind == "down" else layer(h, temb, train)
+            skips.append(h)
+        h = self.middle["res1"](h, temb, train)
+        h = self.middle["attn"](h)
+        h = self.middle["res2"](h, temb, train)
+        for name, kind in self.up_order:
+            layer = self.up[name]
+            if kind == "up":
+                size = h.shape
+                h = layer(F.interpolate(h, size=(size[2] * 2, size[3] * 2), mode="nearest"))
+                continue
+            skip = skips.pop() if skips else torch.zeros_like(h)
+            sh, sw = skip.shape[2], skip.shape[3]
+            if h.shape[2] != sh or h.shape[3] != sw:
+                h = h.narrow(2, 0, sh).narrow(3, 0, sw)
+            h = layer(torch.cat([h, skip], 1), temb, train)
+        return self.output(F.silu(self.out_norm(h)))
+
+
+# --- The schedule (elbo-math's NoiseSchedule::linear, in float64, as schedule.rs does).
+
+
+def linear_betas(timesteps=1000):
+    """schedule.rs `ScheduleKind::Linear.build(T)`: NoiseSchedule::linear(T, 1e-4 s,
+    min(0.02 s, 0.999)) with s = 1000 / T; betas evenly spaced, f64."""
+    scale = 1000.0 / max(timesteps, 1)
+    start, end = 1e-4 * scale, min(0.02 * scale, 0.999)
+    step = (end - start) / (timesteps - 1) if timesteps > 1 else 0.0
+    return np.array([start + step * i for i in range(timesteps)], dtype=np.float64)
+
+
+def log_alpha_bar(betas):
+    """elbo-math: a running sum of ln(1 - beta) (index t - 1 for step t)."""
+    return np.cumsum(np.log1p(-betas))
+
+
+def ddim_timesteps(big_t, steps):
+    """elbo_math::schedule::evenly_spaced_timesteps: round(i T / S), i = 1..=S (Rust's
+    round, half away from zero)."""
+    if not 1 <= steps <= big_t:
+        raise ValueError(f"DDIM steps must be in 1..={big_t}, found {steps}")
+    step = big_t / steps
+    return [int(math.floor(i * step + 0.5)) for i in range(1, steps + 1)]
+
+
+class DDPM(nn.Module):
+    """model.rs `Ddpm` with the ddpm-mnist defaults (linear schedule, T = 1000, eps
+    objective, L_simple). State-dict names: `unet.*` (an elbo checkpoint's `model.*`)."""
+
+    def __init__(self, config=None, timesteps=1000):
+        super().__init__()
+        self.unet = UNet(config)
+        self.timesteps = timesteps
+        self.image = (self.unet.config.in_channels, self.unet.config.image_size,
+                      self.unet.config.image_size)
+        self.lab = log_alpha_bar(linear_betas(timesteps))  # f64, index t - 1
+        # schedule.rs DiffusionTensors, entry t for timestep t (entry 0: no noise).
+        signal = np.concatenate([[1.0], np.sqrt(np.exp(self.lab))])
+        noise = np.concatenate([[0.0], np.sqrt(-np.expm1(self.lab))])
+        self.register_buffer("signal", torch.tensor(signal).float(), persistent=False)
+        self.register_buffer("noise", torch.tensor(noise).float(), persistent=False)
+
+    @staticmethod
+    def at(coef, t, like):
+        """schedule.rs `at`: coef[t] shaped (B, 1, ..., 1)."""
+        return coef.index_select(0, t).reshape([-1] + [1] * (like.dim() - 1))
+
+    def loss(self, x0):
+        """model.rs `Ddpm::loss`, LossKind::Simple, Objective::Eps: t ~ U{1..T}, eps ~
+        N(0, I), mean over every element of (eps_theta(x_t, t) - eps)^2."""
+        b = x0.shape[0]
+        t = torch.randint(1, self.timesteps + 1, (b,), dtype=torch.int64, device=x0.device)
+        eps = torch.randn_like(x0)
+        x_t = self.at(self.signal, t, x0) * x0 + self.at(self.noise, t, x0) * eps
+        prediction = self.unet(x_t, t, self.training)
+        return (prediction - eps).square().mean()
+
+    def alpha_bar(self, timesteps, i):
+        """The respaced schedule's alpha_bar(i) (NoiseSchedule::respace): 1 at i = 0."""
+        return 1.0 if i == 0 else math.exp(self.lab[timesteps[i - 1] - 1])
+
+    def respaced_posterior_variance(self, timesteps, i):
+        """The respaced schedule's beta_tilde_i (0 at i = 1)."""
+        l_i = self.lab[timesteps[i - 1] - 1]
+        l_prev = self.lab[timesteps[i - 2] - 1] if i >= 2 else 0.0
+        beta = -math.expm1(l_i - l_prev)
+        return beta * (-math.expm1(l_prev)) / (-math.expm1(l_i))
+
+    @torch.no_grad()
+    def ddim_sample(self, n, steps=50, eta=0.0, clip_x0=True):
+        """sampler.rs `sample` with SamplerKind::Ddim { steps, eta, Spacing::Uniform }
+        and clip_x0 (the preview / bench setting): x_T ~ N(0, I), then for i = S..1 one
+        network call at t = round(i T / S), a standard normal z drawn every step (also
+        when eta = 0, as elbo does), x0 clipped to [-1, 1] and eps recomputed from it.
+        Returns the final x (not clamped again; with clipping it is the clipped x0)."""
+        c, h, w = self.image
+        device = self.signal.device
+        x = torch.randn(n, c, h, w, device=device)
+        timesteps = ddim_timesteps(self.timesteps, steps)
+        for i in range(len(timesteps), 0, -1):
+            t = torch.full((n,), timesteps[i - 1], dtype=torch.int64, device=device)
+            prediction = self.unet(x, t, False)
+            z = torch.randn_like(x)
+            s, nz = self.at(self.signal, t, x), self.at(self.noise, t, x)
+            x0 = (x - nz * prediction) / s
+            eps = prediction
+            ab, ab_prev = self.alpha_bar(timesteps, i), self.alpha_bar(timesteps, i - 1)
+            if clip_x0:
+                x0 = x0.clamp(-1.0, 1.0)
+                eps = (x - x0 * math.sqrt(ab)) / math.sqrt(1.0 - ab)
+            variance = eta * eta * self.respaced_posterior_variance(timesteps, i)
+            direction = math.sqrt(max(1.0 - ab_prev - variance, 0.0))
+            x = x0 * math.sqrt(ab_prev) + eps * direction + z * math.sqrt(variance)
+        return x
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+# --- FLOPs.
+
+
+def unet_flops(config=None):
+    """Forward FLOPs of one UNet evaluation on one example, counted analytically:
+    2 FLOPs per multiply-add of every convolution (k*k*C_in*C_out per output position),
+    linear layer (in*out; the time MLP and each block's time projection) and attention
+    matmul (q^T k and weights v: 2 x (HW)^2 C each). Biases, GroupNorm, SiLU, softmax,
+    additions, upsampling and concatenation are ignored. A training step costs about
+    3x this (forward + backward of the inputs and of the weights)."""
+    config = config or ddpm_mnist_config()
+    if isinstance(config, dict):
+        config = UnetConfig(**config)
+    ch = config.base_channels
+    temb = 4 * ch
+
+    def conv(c_in, c_out, k, side_out):
+        return 2 * c_in * c_out * k * k * side_out * side_out
+
+    def linear(i, o):
+        return 2 * i * o
+
+    def res(c_in, c_out, side):
+        f = conv(c_in, c_out, 3, side) + linear(temb, c_out) + conv(c_out, c_out, 3, side)
+        if c_in != c_out:
+            f += conv(c_in, c_out, 1, side)
+        return f
+
+    def attn(c, side):
+        n = side * side
+        return 4 * conv(c, c, 1, side) + 2 * (2 * n * n * c)
+
+    side = config.image_size
+    total = linear(ch, temb) + linear(temb, temb) + conv(config.in_channels, ch, 3, side)
+    levels = len(config.channel_mults)
+    skips = [(ch, side)]
+    c = ch
+    for level, mult in enumerate(config.channel_mults):
+        c_out = ch * mult
+        for _ in range(config.res_blocks):
+            total += res(c, c_out, side)
+            c = c_out
+            if side in config.attention_resolutions:
+                total += attn(c, side)
+            skips.append((c, side))
+        if level + 1 < levels:
+            side = (side + 1) // 2  # stride 2, padding 1, kernel 3
+            total += conv(c, c, 3, side)
+            skips.append((c, side))
+    total += 2 * res(c, c, side) + attn(c, side)
+    # `built` is the side unet.rs's constructor tracks on the way up (doubled at each
+    # upsampling, never cropped): it decides where attention goes, as in elbo; `side`
+    # is the real one (cropped back to the skip's side when the doubling overshoots).
+    built = side
+    for level in reversed(range(levels)):
+        c_out = ch * config.channel_mults[level]
+        for _ in range(config.res_blocks + 1):
+            skip_c, skip_side = skips.pop()
+            side = skip_side  # the crop
+            total += res(c + skip_c, c_out, side)
+            c = c_out
+            if built in config.attention_resolutions:
+                total += attn(c, side)
+        if level > 0:
+            side *= 2
+            built *= 2
+            total += conv(c, c, 3, side)
+    total += conv(c, config.in_channels, 3, side)
+    return total
+
+
+def flop_counter_flops(model, batch=4):
+    """torch.utils.flop_counter.FlopCounterMode's total for one forward at `batch`,
+    per example, and its per-operator breakdown."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    c, h, w = model.image
+    x = torch.randn(batch, c, h, w)
+    t = torch.randint(1, model.timesteps + 1, (batch,))
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model.unet(x, t, False)
+    by_op = {str(k): v // batch for k, v in counter.get_flop_counts()["Global"].items()}
+    return counter.get_total_flops() / batch, by_op
+
+
+# --- Loading elbo checkpoints.
+
+
+def load_elbo_checkpoint(path, weights_prefix="model."):
+    """An elbo `ddpm` checkpoint (run folder or step-*.json) as a DDPM twin with its
+    `weights_prefix` tensors (`model.` raw, `ema.` the EMA weights); asserts the
+    configuration, every name and shape, and the count, then loads with strict=True."""
+    path = Path(path)
+    if path.is_dir():
+        folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        candidates = sorted(folder.glob("step-*.json"))
+        if not candidates:
+            raise FileNotFoundError(f"{path}: no step-*.json checkpoint")
+        path = candidates[-1]
+    meta = json.loads(path.read_text())
+    tensors = elbo_compat.read_safetensors(path.parent / meta["tensors"])
+    cfg = meta["model_config"]
+    if meta["model"] != "ddpm":
+        raise SystemExit(f"{path}: not a ddpm checkpoint ({meta['model']})")
+    expected = {"schedule": "linear", "objective": "eps", "loss": "simple",
+                "variance": "fixed-large"}
+    for key, value in expected.items():
+        if cfg[key] != value:
+            raise SystemExit(f"{path}: {key} {cfg[key]}, the twin has {value}")
+    model = DDPM(UnetConfig(**cfg["unet"]), cfg["timesteps"])
+    weights = {k[len(weights_prefix):]: v for k, v in tensors.items()
+               if k.startswith(weights_prefix)}
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    assert not missing and not extra, f"missing {missing[:5]}, extra {extra[:5]}"
+    for name, array in weights.items():
+        assert tuple(own[name].shape) == array.shape, (name, own[name].shape, array.shape)
+    result = model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()},
+                                   strict=True)
+    n_elbo = int(sum(v.size for v in weights.values()))
+    assert count_params(model) == n_elbo, (count_params(model), n_elbo)
+    return meta, model, {
+        "params": n_elbo,
+        "tensors": len(weights),
+        "prefix": weights_prefix,
+        "strict_load": str(result),
+    }
+
+
+def scale_to_pm1(images_u8):
+    """elbo-data's Pixels::Scaled(Scale::Symmetric): (2 p - 255) / 255 in f32, as
+    (N, 1, 28, 28)."""
+    x = (2.0 * images_u8.astype(np.float32) - 255.0) / 255.0
+    return torch.from_numpy(x.astype(np.float32)).unsqueeze(1).contiguous()
+
+
+def check_checkpoint(args):
+    torch.set_num_threads(args.threads)
+    images = elbo_compat.read_idx_gz(args.data / "train-images-idx3-ubyte.gz")
+    x = scale_to_pm1(images[: args.examples])
+    out = {"checkpoint": str(args.checkpoint)}
+    for prefix in ["model.", "ema."]:
+        try:
+            meta, model, info = load_elbo_checkpoint(args.checkpoint, prefix)
+        except AssertionError as e:
+            out[prefix] = {"error": str(e)}
+            continue
+        model.eval()
+        torch.manual_seed(args.seed)
+        with torch.no_grad():
+            losses = [model.loss(x).item() for _ in range(args.repeats)]
+            torch.manual_seed(args.seed)
+            samples = model.ddim_sample(args.samples, steps=50)
+        info.update(
+            step=meta["step"],
+            l_simple_mean=float(np.mean(losses)),
+            l_simple_sd=float(np.std(losses, ddof=1)) if len(losses) > 1 else None,
+            ddim50_samples={"n": args.samples, "mean": samples.mean().item(),
+                            "std": samples.std().item(), "min": samples.min().item(),
+                            "max": samples.max().item(),
+                            "fraction_below_0": (samples < 0).float().mean().item()},
+        )
+        out[prefix] = info
+    out["data_pixels"] = {"mean": x.mean().item(), "fraction_below_0": (x < 0).float().mean().item()}
+    print(json.dumps(out))
+
+
+def flops_command(args):
+    torch.manual_seed(0)
+    model = DDPM()
+    assert count_params(model) == PARAMS, count_params(model)
+    analytic = unet_flops(model.unet.config)
+    counted, by_op = flop_counter_flops(model, args.batch)
+    print(json.dumps({"analytic_forward_flops_per_example": analytic,
+                      "flop_counter_forward_flops_per_example": counted,
+                      "flop_counter_by_op": by_op,
+                      "relative_difference": (counted - analytic) / analytic}))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check-checkpoint", help="load an elbo ddpm checkpoint (strict)")
+    c.add_argument("checkpoint", type=Path)
+    c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--examples", type=int, default=256)
+    c.add_argument("--repeats", type=int, default=5)
+    c.add_argument("--samples", type=int, default=16)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    f = sub.add_parser("flops", help="analytic vs FlopCounterMode forward FLOPs")
+    f.add_argument("--batch", type=int, default=4)
+    args = parser.parse_args()
+    {"check-checkpoint": check_checkpoint, "flops": flops_command}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
