@@ -5,6 +5,7 @@
 //! assert_eq!(elbo_benches::elements_label(1_000_000), "1e6");
 //! ```
 
+use elbo_models::ddpm::{Ddpm, DdpmConfig};
 use elbo_models::hvae::{HvaeConfig, HvaeVariant};
 use elbo_models::likelihood::Likelihood;
 use elbo_models::model::ElboModel;
@@ -13,8 +14,8 @@ use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 /// The models the benches time, by the names the PyTorch comparison uses:
-/// `vae-mlp` and `hvae-ladder` (the ladder HVAE's defaults), for 1x28x28 images with a
-/// Bernoulli likelihood, built under `path`.
+/// `vae-mlp` and `hvae-ladder` (the ladder HVAE's defaults) with a Bernoulli likelihood,
+/// and `ddpm-mnist` (the DDPM preset), for 1x28x28 images, built under `path`.
 pub fn preset_model(name: &str, path: &nn::Path<'_>) -> Result<Box<dyn ElboModel>, String> {
     let image = [1, 28, 28];
     let likelihood = Likelihood::Bernoulli;
@@ -28,9 +29,13 @@ pub fn preset_model(name: &str, path: &nn::Path<'_>) -> Result<Box<dyn ElboModel
                 .and_then(|config| config.build(path))
                 .map_err(|e| e.to_string())?
         }
+        "ddpm-mnist" => DdpmConfig::preset("ddpm-mnist", image)
+            .and_then(|config| Ddpm::new(path, config))
+            .map(|ddpm| Box::new(ddpm) as Box<dyn ElboModel>)
+            .map_err(|e| e.to_string())?,
         other => {
             return Err(format!(
-                "unknown model {other:?}: expected vae-mlp or hvae-ladder"
+                "unknown model {other:?}: expected vae-mlp, hvae-ladder or ddpm-mnist"
             ));
         }
     };
@@ -38,10 +43,15 @@ pub fn preset_model(name: &str, path: &nn::Path<'_>) -> Result<Box<dyn ElboModel
 }
 
 /// The first `batch` training images of the bundled MNIST sample as a float tensor of
-/// shape (batch, 1, 28, 28), binarised at a fixed threshold (pixel >= 128 is 1), as
-/// `benches/reference/steptime.py` prepares them: a batch whose preparation is not part
-/// of a timing.
-pub fn training_batch(batch: usize, device: Device) -> Result<Tensor, String> {
+/// shape (batch, 1, 28, 28) in `model`'s data scale, as `benches/reference/steptime.py`
+/// prepares them (a batch whose preparation is not part of a timing): binarised at a
+/// fixed threshold (pixel >= 128 is 1) for the Bernoulli models, `(2 p - 255) / 255` for
+/// the discretized Gaussian (the DDPM).
+pub fn training_batch(
+    model: &dyn ElboModel,
+    batch: usize,
+    device: Device,
+) -> Result<Tensor, String> {
     let splits = elbo_data::load_bundled().map_err(|e| e.to_string())?;
     let images = splits.train.images();
     let n = batch.min(images.shape()[0]);
@@ -54,11 +64,12 @@ pub fn training_batch(batch: usize, device: Device) -> Result<Tensor, String> {
         images.shape()[images.ndim() - 2],
         images.shape()[images.ndim() - 1],
     );
-    Ok(Tensor::from_slice(&flat)
-        .reshape([n as i64, 1, h as i64, w as i64])
-        .ge(128)
-        .to_kind(Kind::Float)
-        .to_device(device))
+    let pixels = Tensor::from_slice(&flat).reshape([n as i64, 1, h as i64, w as i64]);
+    let x = match model.likelihood() {
+        Likelihood::DiscretizedGaussian => (pixels.to_kind(Kind::Float) * 2.0 - 255.0) / 255.0,
+        Likelihood::Bernoulli | Likelihood::ContinuousBce => pixels.ge(128).to_kind(Kind::Float),
+    };
+    Ok(x.to_device(device))
 }
 
 /// A short label for an element count, used in bench names (`1000000` -> `"1e6"`).

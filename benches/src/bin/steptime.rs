@@ -5,7 +5,7 @@
 //! repetitions of `--steps` consecutive steps, each timed as a whole; prints one JSON
 //! line with the mean milliseconds per step of each repetition and the process's peak
 //! resident memory. The step is the training loop's own (`elbo_models::train::optimise`):
-//! forward, loss, backward, Adam.
+//! forward, loss, backward, Adam; `--task sample` times a DDPM's DDIM sampling instead.
 
 use std::time::Instant;
 
@@ -18,11 +18,14 @@ use tch::{Device, Kind, Tensor};
 #[derive(Parser, Debug)]
 #[command(about = "Time elbo's training step of a preset (JSON on stdout)")]
 struct Args {
-    /// vae-mlp or hvae-ladder (`--task train`); `matmul` (`--task matmul`).
+    /// vae-mlp, hvae-ladder or ddpm-mnist (`--task train`, `data`); ddpm-mnist
+    /// (`--task sample`); `matmul` (`--task matmul`).
     #[arg(long)]
     model: String,
-    /// `train` (one training step), `data` (preparing one batch as the training loop
-    /// does: the model's pixel transform of `batch` images, then a tensor) or `matmul`
+    /// `train` (one training step), `sample` (one DDIM sampling of `batch` images with
+    /// `--ddim-steps`, eta 0, x_0 clipped: what `elbo sample` does by default), `data`
+    /// (preparing one batch as the training loop does: the model's pixel transform of
+    /// `batch` images, then a tensor) or `matmul`
     /// (an fp32 `batch` x `batch` matrix product, the machine's peak for the
     /// compute-efficiency ratio).
     #[arg(long, default_value = "train")]
@@ -45,6 +48,9 @@ struct Args {
     /// Seed of the weights and of the step's noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// `--task sample`: DDIM steps.
+    #[arg(long, default_value_t = 50)]
+    ddim_steps: usize,
 }
 
 /// The process's peak resident set (VmHWM), in MiB, on Linux.
@@ -63,11 +69,12 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
     tch::set_num_interop_threads(1);
     match (args.task.as_str(), args.model.as_str()) {
         ("train", _) => train_steps(args),
+        ("sample", _) => samplings(args),
         ("data", _) => data_batches(args),
         ("matmul", "matmul") => matmul(args),
         (task, model) => Err(format!(
-            "unknown --task {task:?} for --model {model:?}: expected train with a model, or \
-             matmul with --model matmul"
+            "unknown --task {task:?} for --model {model:?}: expected train, sample or data \
+             with a model, or matmul with --model matmul"
         )),
     }
 }
@@ -143,6 +150,42 @@ fn timed(args: &Args, mut one: impl FnMut(u64) -> Result<(), String>) -> Result<
     Ok(step_ms)
 }
 
+/// Times DDIM samplings of `args.batch` images from `args.model` (untrained weights:
+/// the work per step does not depend on them).
+fn samplings(args: &Args) -> Result<serde_json::Value, String> {
+    let vs: VarStore = train::var_store(args.seed, Device::Cpu);
+    let mut model = elbo_benches::preset_model(&args.model, &vs.root())?;
+    model
+        .configure_sampler(&format!("ddim-{}", args.ddim_steps), true)
+        .map_err(|e| e.to_string())?;
+    let params: i64 = vs
+        .trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum();
+    let batch = args.batch as i64;
+    let one = |i: u64| {
+        tch::manual_seed(train::step_seed(args.seed, i));
+        let images = tch::no_grad(|| model.sample(batch));
+        let finite = images.isfinite().all().int64_value(&[]) == 1;
+        if finite {
+            Ok(())
+        } else {
+            Err(format!("non-finite samples at sampling {}", i + 1))
+        }
+    };
+    for i in 0..args.warmup {
+        one(i)?;
+    }
+    let step_ms = timed(args, |i| one(args.warmup + i))?;
+    Ok(serde_json::json!({
+        "side": "elbo", "model": args.model, "task": "sample", "params": params,
+        "batch": args.batch, "threads": args.threads, "warmup": args.warmup,
+        "reps": args.reps, "steps_per_rep": args.steps, "step_ms": step_ms,
+        "ddim_steps": args.ddim_steps, "eta": 0.0, "peak_rss_mib": peak_rss_mib(),
+    }))
+}
+
 /// Times training steps of `args.model`.
 fn train_steps(args: &Args) -> Result<serde_json::Value, String> {
     let vs: VarStore = train::var_store(args.seed, Device::Cpu);
@@ -152,7 +195,7 @@ fn train_steps(args: &Args) -> Result<serde_json::Value, String> {
         .iter()
         .map(|t| t.numel() as i64)
         .sum();
-    let x = elbo_benches::training_batch(args.batch, Device::Cpu)?;
+    let x = elbo_benches::training_batch(model.as_ref(), args.batch, Device::Cpu)?;
     let config = TrainConfig {
         seed: args.seed,
         ..TrainConfig::default()

@@ -8,15 +8,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use elbo_models::DeviceSpec;
 use elbo_models::aids::TrainingAids;
 use elbo_models::classifier::{self, ClassifierJob, ClassifierTrainConfig};
+use elbo_models::ddpm::Recipe;
 use elbo_models::eval::EvalReport;
 use elbo_models::frechet::FrechetConfig;
 use elbo_models::hvae::HvaeVariant;
 use elbo_models::likelihood::Likelihood;
-use elbo_models::session::{self, DataSpec, HvaeJob, JobReport, JobSpec, VaeJob};
+use elbo_models::session::{
+    self, DataSpec, DdpmJob, DdpmOverrides, HvaeJob, JobReport, JobSpec, VaeJob,
+};
 use elbo_models::train::{Control, Finished, LrDecay, Progress, TrainConfig};
 
 /// Latent-variable generative models (VAE, hierarchical VAE, DDPM) on libtorch.
@@ -41,9 +45,10 @@ enum Command {
     Eval {
         /// A run folder, its checkpoints/ folder, or a step-*.json checkpoint.
         checkpoint: PathBuf,
-        /// Samples of the importance-weighted bound (IWAE); 0 for none.
-        #[arg(long, default_value_t = 1000)]
-        iw: i64,
+        /// Samples of the importance-weighted bound (IWAE); 0 for none (default 1000 for
+        /// the VAEs, none for a DDPM, where one sample costs T network calls).
+        #[arg(long)]
+        iw: Option<i64>,
         /// Evaluate on this data instead of the run's own.
         #[arg(long)]
         data: Option<String>,
@@ -66,6 +71,10 @@ enum Command {
         /// The seed of --frechet's draws and of its choice of training images.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// A DDPM's sampler for --frechet: ancestral, or ddim-S[-eta=E][-quadratic]
+        /// (default ddim-50).
+        #[arg(long, requires = "frechet")]
+        sampler: Option<String>,
         #[command(flatten)]
         device: DeviceArgs,
     },
@@ -85,6 +94,13 @@ enum Command {
         /// The seed of the draws.
         #[arg(long, default_value_t = 0)]
         seed: i64,
+        /// A DDPM's sampler: ancestral (Ho et al.'s algorithm 2, T steps), or
+        /// ddim-S[-eta=E][-quadratic] (default ddim-50: 50 steps, eta 0, uniform).
+        #[arg(long)]
+        sampler: Option<String>,
+        /// With --sampler: do not clip each step's prediction of x_0 to [-1, 1].
+        #[arg(long)]
+        no_clip: bool,
         #[command(flatten)]
         device: DeviceArgs,
     },
@@ -96,8 +112,46 @@ enum TrainModel {
     Vae(Box<VaeArgs>),
     /// A hierarchical VAE: the seeds' Markovian HVAE or a top-down ladder HVAE.
     Hvae(Box<HvaeArgs>),
+    /// A denoising diffusion model (DDPM) with a UNet.
+    Ddpm(Box<DdpmArgs>),
     /// The small image classifier whose features `elbo eval --frechet` compares.
     Classifier(Box<ClassifierArgs>),
+}
+
+#[derive(Debug, Args)]
+struct DdpmArgs {
+    /// ddpm-mnist (1.6 M parameters) or ddpm-cifar10 (Ho et al.'s 35.7 M).
+    #[arg(long, default_value = "ddpm-mnist")]
+    preset: String,
+    /// Training settings: mnist (2,000 steps of 64, lr 5e-4, warm-up 200, clip 1, EMA
+    /// 0.995) or ho-cifar10 (Ho et al.: 800k steps of 128, lr 2e-4, warm-up 5,000, clip 1,
+    /// EMA 0.9999, flips). Options given explicitly win over the recipe.
+    #[arg(long, default_value = "mnist")]
+    recipe: String,
+    /// linear, cosine or sigmoid (default: the preset's linear).
+    #[arg(long)]
+    schedule: Option<String>,
+    /// T (default 1000).
+    #[arg(long)]
+    timesteps: Option<usize>,
+    /// What the network predicts: eps (default), x0 or v.
+    #[arg(long)]
+    objective: Option<String>,
+    /// simple (L_simple, default) or vlb (the bound's own weighting).
+    #[arg(long)]
+    loss: Option<String>,
+    /// The reverse variance: fixed-large (beta, default) or fixed-small (beta-tilde).
+    #[arg(long)]
+    variance: Option<String>,
+    /// Dropout in the residual blocks (default: the preset's).
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// After training, evaluate the full bound on this many test images (T network
+    /// calls each); `elbo eval --examples N` measures more.
+    #[arg(long, default_value_t = 100)]
+    final_examples: usize,
+    #[command(flatten)]
+    common: TrainArgs,
 }
 
 #[derive(Debug, Args)]
@@ -250,8 +304,13 @@ struct TrainArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli.command) {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
+    let given = explicit_train_options(&matches);
+    match run(cli.command, &given) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -260,7 +319,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> Result<ExitCode> {
+/// The ids of the `elbo train <model>` options given on the command line (not
+/// defaulted), so that a recipe fills in only the others.
+fn explicit_train_options(matches: &ArgMatches) -> Vec<String> {
+    let Some((_, train)) = matches.subcommand() else {
+        return Vec::new();
+    };
+    let Some((_, model)) = train.subcommand() else {
+        return Vec::new();
+    };
+    model
+        .ids()
+        .filter(|id| model.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+        .map(|id| id.to_string())
+        .collect()
+}
+
+fn run(command: Command, given: &[String]) -> Result<ExitCode> {
     match command {
         Command::Info => {
             println!("elbo {}", env!("CARGO_PKG_VERSION"));
@@ -273,6 +348,9 @@ fn run(command: Command) -> Result<ExitCode> {
             model: TrainModel::Hvae(args),
         } => return train_hvae(*args),
         Command::Train {
+            model: TrainModel::Ddpm(args),
+        } => return train_ddpm(*args, given),
+        Command::Train {
             model: TrainModel::Classifier(args),
         } => train_classifier(*args)?,
         Command::Eval {
@@ -283,6 +361,7 @@ fn run(command: Command) -> Result<ExitCode> {
             frechet: Some(samples),
             classifier: Some(classifier),
             seed,
+            sampler,
             device,
         } => {
             let _ = (iw, examples);
@@ -298,6 +377,7 @@ fn run(command: Command) -> Result<ExitCode> {
                 &classifier,
                 data.as_ref(),
                 &config,
+                sampler.as_deref(),
                 device,
             )?;
             println!(
@@ -305,8 +385,11 @@ fn run(command: Command) -> Result<ExitCode> {
                 restored.path.display(),
                 restored.meta.step
             );
+            let how = sampler
+                .map(|s| format!(", sampler {s}"))
+                .unwrap_or_default();
             println!(
-                "Fréchet distance (classifier features, {} samples vs {} test images): {:.3}",
+                "Fréchet distance (classifier features, {} samples{how} vs {} test images): {:.3}",
                 report.samples, report.test_images, report.distance
             );
             println!(
@@ -324,13 +407,8 @@ fn run(command: Command) -> Result<ExitCode> {
         } => {
             let device = device.apply()?;
             let data = data.map(|d| d.parse::<DataSpec>()).transpose()?;
-            let (restored, report) = session::evaluate_checkpoint(
-                &checkpoint,
-                data.as_ref(),
-                (iw > 0).then_some(iw),
-                examples,
-                device,
-            )?;
+            let (restored, report) =
+                session::evaluate_checkpoint(&checkpoint, data.as_ref(), iw, examples, device)?;
             println!(
                 "checkpoint {} (step {})",
                 restored.path.display(),
@@ -344,13 +422,20 @@ fn run(command: Command) -> Result<ExitCode> {
             out,
             interpolate,
             seed,
+            sampler,
+            no_clip,
             device,
         } => {
             let device = device.apply()?;
             if n < 1 {
                 bail!("--n must be at least 1, found {n}");
             }
-            let restored = session::restore(&checkpoint, device, true)?;
+            let mut restored = session::restore(&checkpoint, device, true)?;
+            match (&sampler, no_clip) {
+                (Some(s), _) => restored.model.configure_sampler(s, !no_clip)?,
+                (None, true) => restored.model.configure_sampler("ddim-50", false)?,
+                (None, false) => {}
+            }
             tch::manual_seed(seed);
             for path in session::write_samples(&restored, n, &out, interpolate)? {
                 println!("wrote {}", path.display());
@@ -433,6 +518,82 @@ fn train_hvae(args: HvaeArgs) -> Result<ExitCode> {
     })
 }
 
+fn train_ddpm(args: DdpmArgs, given: &[String]) -> Result<ExitCode> {
+    let recipe = Recipe::named(&args.recipe)?;
+    let name = args.preset.clone();
+    let mut common = args.common.resolve(&name)?;
+    let is_given = |id: &str| given.iter().any(|g| g == id);
+    if !is_given("likelihood") {
+        common.likelihood = Likelihood::DiscretizedGaussian;
+    }
+    let config = &mut common.config;
+    if !is_given("steps") && !is_given("epochs") {
+        config.steps = recipe.steps;
+        common.epochs = None;
+    }
+    if !is_given("batch_size") {
+        config.batch_size = recipe.batch_size;
+    }
+    if !is_given("lr") {
+        config.lr = recipe.lr;
+    }
+    if !is_given("warmup") {
+        config.warmup_steps = recipe.warmup_steps;
+    }
+    if !is_given("clip") {
+        config.clip_grad_norm = Some(recipe.clip_grad_norm);
+    }
+    if !is_given("ema") {
+        config.ema_decay = Some(recipe.ema_decay);
+    }
+    config.horizontal_flip = recipe.horizontal_flip;
+    // The per-epoch check of the bound costs 2 network calls per image.
+    config.eval_examples = 100;
+    common.final_examples = Some(args.final_examples);
+    if !is_given("iw") {
+        common.final_iw = None;
+    }
+    let overrides = DdpmOverrides {
+        schedule: args
+            .schedule
+            .as_deref()
+            .map(|s| kebab("--schedule", s))
+            .transpose()?,
+        timesteps: args.timesteps,
+        objective: args
+            .objective
+            .as_deref()
+            .map(|s| kebab("--objective", s))
+            .transpose()?,
+        loss: args
+            .loss
+            .as_deref()
+            .map(|s| kebab("--loss", s))
+            .transpose()?,
+        variance: args
+            .variance
+            .as_deref()
+            .map(|s| kebab("--variance", s))
+            .transpose()?,
+        dropout: args.dropout,
+    };
+    let job = DdpmJob {
+        preset: name.clone(),
+        overrides,
+        spec: common.clone(),
+    };
+    run_training(&args.common, &common, "ddpm", &name, |control, observer| {
+        session::train_ddpm(&job, control, observer)
+    })
+}
+
+/// One of the library's kebab-case option values (`fixed-large`, `x0`, ...), by its
+/// serde name.
+fn kebab<T: serde::de::DeserializeOwned>(flag: &str, text: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(text.to_string()))
+        .map_err(|e| anyhow::anyhow!("{flag} {text:?}: {e}"))
+}
+
 impl TrainArgs {
     /// What a job needs besides its model.
     fn resolve(&self, name: &str) -> Result<JobSpec> {
@@ -477,6 +638,7 @@ impl TrainArgs {
             device,
             final_iw: (self.iw > 0).then_some(self.iw),
             epochs: self.steps.is_none().then_some(self.epochs),
+            final_examples: None,
         })
     }
 }

@@ -43,7 +43,10 @@ pub fn evaluate(model: &dyn ElboModel, x: &Tensor, iw_k: Option<i64>, batch: i64
         let mut sums: Vec<(String, f64)> = Vec::new();
         for chunk in x.split(batch.max(1), 0) {
             let n = chunk.size()[0] as f64;
-            for (i, (name, mean)) in model.elbo_terms(&chunk).means().into_iter().enumerate() {
+            let terms = model
+                .exact_bound(&chunk)
+                .unwrap_or_else(|| model.elbo_terms(&chunk));
+            for (i, (name, mean)) in terms.means().into_iter().enumerate() {
                 match sums.get_mut(i) {
                     Some((_, total)) => *total += mean * n,
                     None => sums.push((name, mean * n)),

@@ -1,5 +1,5 @@
 //! Models of the evidence lower bound on libtorch (through `tch`): the VAE, the
-//! hierarchical VAE and the DDPM, with the machinery they share.
+//! hierarchical VAE and the DDPM ([`ddpm`]), with the machinery they share.
 //!
 //! Every coefficient and closed form comes from [`elbo_math`], which is also the oracle
 //! the tensor code here is tested against.
@@ -21,6 +21,7 @@ pub mod aids;
 pub mod checkpoint;
 pub mod classifier;
 pub mod data;
+pub mod ddpm;
 mod device;
 mod error;
 pub mod eval;

@@ -39,6 +39,15 @@ impl ElboTerms {
     }
 }
 
+/// What a training step minimises when it is not the negative ELBO (a diffusion
+/// model's `L_simple`), with the values to log.
+pub struct TrainingLoss {
+    /// The scalar to minimise.
+    pub loss: Tensor,
+    /// Scalars to log by name (detached).
+    pub reported: Vec<(String, Tensor)>,
+}
+
 /// A latent-variable model trained by maximising its ELBO.
 pub trait ElboModel {
     /// The model family, as recorded in checkpoints (`vae`, ...).
@@ -79,6 +88,40 @@ pub trait ElboModel {
     /// latent_layers()`.
     fn fixed_top_samples(&self, fixed: usize, rows: i64, columns: i64) -> Option<Tensor> {
         let _ = (fixed, rows, columns);
+        None
+    }
+    /// The loss training minimises instead of the negative ELBO of [`Self::elbo_terms`]
+    /// (`None`: the ELBO, with the training aids).
+    fn training_loss(&self, x: &Tensor) -> Option<TrainingLoss> {
+        let _ = x;
+        None
+    }
+    /// The bound with every term evaluated rather than sampled, when
+    /// [`Self::elbo_terms`] is a sampled estimate (a diffusion model's T terms).
+    fn exact_bound(&self, x: &Tensor) -> Option<ElboTerms> {
+        let _ = x;
+        None
+    }
+    /// How many importance samples `elbo eval` uses when none are asked for (`None`:
+    /// no IWAE bound, for models where one sample costs T network calls).
+    fn default_iw_samples(&self) -> Option<i64> {
+        Some(1000)
+    }
+    /// Chooses the sampler by name (a diffusion model's `ancestral` or `ddim-50`), and
+    /// whether predictions of `x_0` are clipped; an error for models with one sampler.
+    fn configure_sampler(&mut self, sampler: &str, clip_x0: bool) -> crate::Result<()> {
+        let _ = clip_x0;
+        Err(crate::Error::Config {
+            detail: format!(
+                "a {} model has a single sampler; --sampler {sampler:?} applies to DDPMs",
+                self.family()
+            ),
+        })
+    }
+    /// `rows` sampling runs, each as `frames` states from `x_T` to `x_0`, row after row
+    /// (models that sample in steps).
+    fn trajectory(&self, rows: i64, frames: usize) -> Option<Tensor> {
+        let _ = (rows, frames);
         None
     }
 }

@@ -13,6 +13,7 @@ use tch::{
 
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::data;
+use crate::ddpm::{Ddpm, DdpmConfig};
 use crate::error::{Error, Result};
 use crate::eval::{self, EvalReport};
 use crate::hvae::{self, HvaeConfig, HvaeVariant};
@@ -153,6 +154,16 @@ pub fn restore(path: &Path, device: Device, use_ema: bool) -> Result<Restored> {
                 })?;
             config.build(&vs.root())?
         }
+        crate::ddpm::FAMILY => {
+            let config: DdpmConfig = serde_json::from_value(loaded.meta.model_config.clone())
+                .map_err(|e| Error::Checkpoint {
+                    detail: format!(
+                        "{}: its DDPM configuration does not parse: {e}",
+                        json.display()
+                    ),
+                })?;
+            Box::new(Ddpm::new(&vs.root(), config)?)
+        }
         crate::classifier::FAMILY => {
             return Err(Error::Checkpoint {
                 detail: format!(
@@ -207,6 +218,8 @@ pub struct JobSpec {
     pub final_iw: Option<i64>,
     /// Train this many epochs of the training split (overrides `config.steps`).
     pub epochs: Option<u64>,
+    /// Evaluate only the first this many test examples after training (`None`: all).
+    pub final_examples: Option<usize>,
 }
 
 /// What a finished (or interrupted) job reports.
@@ -279,6 +292,102 @@ pub fn train_hvae(
     )
 }
 
+/// A DDPM training job as `elbo train ddpm` describes it.
+#[derive(Clone, Debug)]
+pub struct DdpmJob {
+    /// `ddpm-mnist` or `ddpm-cifar10`.
+    pub preset: String,
+    /// Changes to the preset: schedule, T, objective, loss, variance, dropout.
+    pub overrides: DdpmOverrides,
+    /// Data, run folder, training and evaluation settings (`spec.likelihood` must be the
+    /// discretized Gaussian, the DDPM's decoder).
+    pub spec: JobSpec,
+}
+
+/// What `elbo train ddpm` may change in a preset.
+#[derive(Clone, Debug, Default)]
+pub struct DdpmOverrides {
+    /// The noise schedule.
+    pub schedule: Option<crate::ddpm::ScheduleKind>,
+    /// T.
+    pub timesteps: Option<usize>,
+    /// What the network predicts.
+    pub objective: Option<crate::ddpm::Objective>,
+    /// What training minimises.
+    pub loss: Option<crate::ddpm::LossKind>,
+    /// The reverse variance.
+    pub variance: Option<crate::ddpm::VarianceKind>,
+    /// Dropout in the residual blocks.
+    pub dropout: Option<f64>,
+}
+
+impl DdpmOverrides {
+    /// The preset `name` for `image` with these changes.
+    pub fn apply(&self, name: &str, image: [i64; 3]) -> Result<DdpmConfig> {
+        let mut config = DdpmConfig::preset(name, image)?;
+        if let Some(v) = self.schedule {
+            config.schedule = v;
+        }
+        if let Some(v) = self.timesteps {
+            if v == 0 {
+                return Err(Error::Config {
+                    detail: "a diffusion needs at least 1 timestep, found 0".into(),
+                });
+            }
+            config.timesteps = v;
+        }
+        if let Some(v) = self.objective {
+            config.objective = v;
+        }
+        if let Some(v) = self.loss {
+            config.loss = v;
+        }
+        if let Some(v) = self.variance {
+            config.variance = v;
+        }
+        if let Some(v) = self.dropout {
+            config.unet.dropout = v;
+        }
+        config.unet.validate()?;
+        Ok(config)
+    }
+}
+
+/// Runs a DDPM job, as [`train_vae`] runs a VAE job. Training aids (KL warm-up, free
+/// bits) belong to the VAEs and are refused here.
+pub fn train_ddpm(
+    job: &DdpmJob,
+    control: Control<'_>,
+    observer: &mut dyn FnMut(&Progress),
+) -> Result<JobReport> {
+    let aids = &job.spec.config.aids;
+    if aids.kl_warmup_steps > 0 || aids.free_bits > 0.0 {
+        return Err(Error::Config {
+            detail: format!(
+                "KL warm-up and free bits shape a VAE's KL terms; a DDPM has no such term                  to weigh (found kl_warmup {}, free_bits {})",
+                aids.kl_warmup_steps, aids.free_bits
+            ),
+        });
+    }
+    if job.spec.likelihood != Likelihood::DiscretizedGaussian {
+        return Err(Error::Config {
+            detail: format!(
+                "a DDPM's decoder is the discretized Gaussian on [-1, 1], found likelihood {}",
+                job.spec.likelihood
+            ),
+        });
+    }
+    run_job(
+        &job.spec,
+        &|path, image| {
+            let config = job.overrides.apply(&job.preset, image)?;
+            Ok(Box::new(Ddpm::new(path, config)?))
+        },
+        control,
+        observer,
+    )
+}
+
 /// Builds a model under a path for images of a shape.
 type Build<'a> = dyn Fn(&nn::Path<'_>, [i64; 3]) -> Result<Box<dyn ElboModel>> + 'a;
 
@@ -316,7 +425,12 @@ fn run_job(
     )?;
     let eval = match (&report.finished, job.final_iw) {
         (train::Finished::Completed, iw) => {
-            let test = data::fixed_tensor(&splits.test, job.likelihood, None, job.device)?;
+            let test = data::fixed_tensor(
+                &splits.test,
+                model.likelihood(),
+                job.final_examples,
+                job.device,
+            )?;
             Some(eval::evaluate(model.as_ref(), &test, iw, 100))
         }
         _ => None,
@@ -338,7 +452,9 @@ fn run_job(
 }
 
 /// Evaluates the checkpoint at `path` on the test split of `data` (by default the data
-/// the run was trained on), on its first `limit` examples when given.
+/// the run was trained on), on its first `limit` examples when given, with `iw`
+/// importance samples (`None`: the model's default, [`ElboModel::default_iw_samples`];
+/// `Some(0)`: no IWAE bound).
 pub fn evaluate_checkpoint(
     path: &Path,
     data: Option<&DataSpec>,
@@ -357,6 +473,10 @@ pub fn evaluate_checkpoint(
     };
     let splits = spec.load()?;
     let test = data::fixed_tensor(&splits.test, restored.model.likelihood(), limit, device)?;
+    let iw = match iw {
+        None => restored.model.default_iw_samples(),
+        Some(k) => (k > 0).then_some(k),
+    };
     let report = eval::evaluate(restored.model.as_ref(), &test, iw, 100);
     Ok((restored, report))
 }
@@ -365,15 +485,20 @@ pub fn evaluate_checkpoint(
 /// `config.samples` of its samples and the whole test split of `data` (by default the
 /// data the run was trained on), in the features of the classifier at `classifier` (a
 /// run folder or checkpoint of `elbo train classifier`), with the floor of as many
-/// training images. Uses the EMA weights when the run kept them.
+/// training images. Uses the EMA weights when the run kept them, and `sampler` (a
+/// DDPM's `ancestral` or `ddim-50`; `None`: the model's default).
 pub fn frechet_of_checkpoint(
     path: &Path,
     classifier: &Path,
     data: Option<&DataSpec>,
     config: &crate::frechet::FrechetConfig,
+    sampler: Option<&str>,
     device: Device,
 ) -> Result<(Restored, crate::frechet::FrechetReport)> {
-    let restored = restore(path, device, true)?;
+    let mut restored = restore(path, device, true)?;
+    if let Some(sampler) = sampler {
+        restored.model.configure_sampler(sampler, true)?;
+    }
     let features = crate::classifier::restore(classifier, device)?;
     let spec = match data {
         Some(spec) => spec.clone(),
@@ -397,7 +522,9 @@ pub fn frechet_of_checkpoint(
 /// `interpolation_steps`, latent interpolation strips beside it (`<out>-interpolations.png`).
 /// For a hierarchical model it also writes, for each `k` from 1 to the number of layers
 /// minus 1, `<out>-fixed-top-<k>.png`: rows of 8 that share a draw of the top `k` layers
-/// and redraw the layers below (as many rows as `n` fills, at least one).
+/// and redraw the layers below (as many rows as `n` fills, at least one). For a model
+/// that samples in steps (a DDPM) it writes `<out>-trajectory.png`: up to 8 rows of 10
+/// states from `x_T` (left) to `x_0` (right).
 /// Returns the files written.
 pub fn write_samples(
     restored: &Restored,
@@ -420,6 +547,12 @@ pub fn write_samples(
             crate::image::save_grid(&data::to_unit_range(likelihood, &images), 8, &path)?;
             written.push(path);
         }
+    }
+    let rows = n.clamp(1, 8);
+    if let Some(strip) = tch::no_grad(|| restored.model.trajectory(rows, 10)) {
+        let path = out.with_file_name(format!("{stem}-trajectory.png"));
+        crate::image::save_grid(&data::to_unit_range(likelihood, &strip), 10, &path)?;
+        written.push(path);
     }
     if let Some(steps) = interpolation_steps {
         let strips = tch::no_grad(|| restored.model.interpolations(8, steps)).ok_or_else(|| {

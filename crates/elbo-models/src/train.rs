@@ -454,7 +454,7 @@ pub fn train(
             let mut line = serde_json::json!({
                 "kind": "step", "step": step, "epoch": epoch, "loss": outcome.loss, "lr": outcome.lr,
             });
-            for (name, value) in outcome.terms.means() {
+            for (name, value) in outcome.reported.means() {
                 line[name] = value.into();
             }
             if let Some(norm) = outcome.grad_norm {
@@ -472,7 +472,7 @@ pub fn train(
                 step,
                 steps: config.steps,
                 epoch,
-                terms: outcome.terms.means(),
+                terms: outcome.reported.means(),
                 steps_per_second: (step - start) as f64 / elapsed,
                 test_elbo,
             });
@@ -503,10 +503,31 @@ pub fn train(
     })
 }
 
+/// What a step reports about its batch.
+pub enum Reported {
+    /// The ELBO terms (models trained on their ELBO).
+    Elbo(ElboTerms),
+    /// The named scalars of a [`crate::model::TrainingLoss`] (a DDPM's `L_simple`).
+    Loss(Vec<(String, Tensor)>),
+}
+
+impl Reported {
+    /// The batch means by name, as written to metrics.
+    pub fn means(&self) -> Vec<(String, f64)> {
+        match self {
+            Reported::Elbo(terms) => terms.means(),
+            Reported::Loss(values) => values
+                .iter()
+                .map(|(name, t)| (name.clone(), t.double_value(&[])))
+                .collect(),
+        }
+    }
+}
+
 /// What one optimiser step did.
 pub struct StepOutcome {
-    /// The batch's ELBO terms (for logging; their graph is spent).
-    pub terms: ElboTerms,
+    /// The batch's ELBO terms or loss values (for logging; their graph is spent).
+    pub reported: Reported,
     /// The loss the optimiser saw (the negative mean ELBO unless training aids are on).
     pub loss: f64,
     /// The learning rate of the step.
@@ -531,8 +552,13 @@ pub fn optimise(
     step: u64,
 ) -> std::result::Result<StepOutcome, f64> {
     tch::manual_seed(step_seed(config.seed, step));
-    let terms = model.elbo_terms(x);
-    let loss = config.aids.loss(&terms, step);
+    let (loss, reported) = match model.training_loss(x) {
+        Some(own) => (own.loss, Reported::Loss(own.reported)),
+        None => {
+            let terms = model.elbo_terms(x);
+            (config.aids.loss(&terms, step), Reported::Elbo(terms))
+        }
+    };
     let loss_value = loss.double_value(&[]);
     if !loss_value.is_finite() {
         return Err(loss_value);
@@ -551,7 +577,7 @@ pub fn optimise(
         adam.step(lr);
     }
     Ok(StepOutcome {
-        terms,
+        reported,
         loss: loss_value,
         lr,
         grad_norm,

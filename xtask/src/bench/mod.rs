@@ -61,6 +61,9 @@ pub struct Case {
     pub task: &'static str,
     /// The speed-up issue 8 asks of elbo.
     pub target: f64,
+    /// (warm-up, repetitions, steps per repetition) for cases whose step takes seconds
+    /// (the DDPM's), instead of `--warmup/--reps/--steps`.
+    pub protocol: Option<[u32; 3]>,
 }
 
 /// The cases compared, in the report's order.
@@ -70,12 +73,28 @@ pub const CASES: &[Case] = &[
         batch: 128,
         task: "train",
         target: 1.25,
+        protocol: None,
     },
     Case {
         model: "hvae-ladder",
         batch: 128,
         task: "train",
         target: 1.2,
+        protocol: None,
+    },
+    Case {
+        model: "ddpm-mnist",
+        batch: 64,
+        task: "train",
+        target: 1.05,
+        protocol: Some([2, 3, 2]),
+    },
+    Case {
+        model: "ddpm-mnist",
+        batch: 64,
+        task: "sample",
+        target: 1.05,
+        protocol: Some([1, 2, 1]),
     },
 ];
 
@@ -127,6 +146,9 @@ fn side_command(
     threads: u32,
     args: &BenchArgs,
 ) -> Command {
+    let [warmup, reps, steps] = case
+        .protocol
+        .unwrap_or([args.warmup, args.reps, args.steps]);
     let mut command = Command::new(program);
     command
         .current_dir(ws)
@@ -134,9 +156,9 @@ fn side_command(
         .args(["--model", case.model, "--task", case.task])
         .args(["--batch", &case.batch.to_string()])
         .args(["--threads", &threads.to_string()])
-        .args(["--warmup", &args.warmup.to_string()])
-        .args(["--reps", &args.reps.to_string()])
-        .args(["--steps", &args.steps.to_string()]);
+        .args(["--warmup", &warmup.to_string()])
+        .args(["--reps", &reps.to_string()])
+        .args(["--steps", &steps.to_string()]);
     command
 }
 
@@ -184,6 +206,7 @@ fn compare(ws: &Path, steptime: &Path, python: &Path, args: &BenchArgs) -> Resul
                     batch: 1024,
                     task: "matmul",
                     target: 0.0,
+                    protocol: None,
                 },
                 threads,
                 args,
@@ -217,6 +240,11 @@ fn compare(ws: &Path, steptime: &Path, python: &Path, args: &BenchArgs) -> Resul
                 }
             }
             let mut row = case_row(case, threads, &ours, &default_adam, &fused_adam)?;
+            efficiency(&mut row, &default_adam, &matmul);
+            if case.task != "train" {
+                rows.push(row);
+                continue;
+            }
             let data_case = Case {
                 task: "data",
                 ..*case
@@ -242,6 +270,32 @@ fn compare(ws: &Path, steptime: &Path, python: &Path, args: &BenchArgs) -> Resul
         "protocol": {"rounds": args.rounds, "warmup": args.warmup, "reps": args.reps, "steps": args.steps},
         "rows": rows,
     }))
+}
+
+/// For a training step whose model reports its analytic forward FLOPs per example
+/// (the UNet), adds elbo's achieved GFLOP/s (a step is counted as 3 forwards: forward,
+/// and the backward's two products per layer) and its ratio to the machine's fp32 matmul
+/// peak measured in the same run.
+fn efficiency(row: &mut Value, reference: &[Value], matmul: &Value) {
+    let flops = reference
+        .first()
+        .and_then(|r| r["forward_flops_per_example"].as_f64());
+    let (Some(flops), Some(ms), Some(peak), Some(batch)) = (
+        flops,
+        row["elbo_ms"]["median"].as_f64(),
+        matmul["gflops"].as_f64(),
+        row["batch"].as_f64(),
+    ) else {
+        return;
+    };
+    if row["task"] != "train" {
+        return;
+    }
+    let gflops = 3.0 * flops * batch / (ms * 1e-3) / 1e9;
+    row["forward_flops_per_example"] = flops.into();
+    row["elbo_gflops"] = gflops.into();
+    row["matmul_peak_gflops"] = peak.into();
+    row["efficiency"] = (gflops / peak).into();
 }
 
 /// The comparison of one case: every repetition of every round of each side, PyTorch
@@ -367,6 +421,24 @@ pub fn markdown(report: &Value) -> String {
             100.0 * num(&row["data_share"]),
         ));
     }
+    for row in rows.iter().filter(|r| r["efficiency"].is_number()) {
+        md.push_str(&format!(
+            "\nCompute efficiency, {} train step (threads {}): {:.1} GFLOP/s ({:.3} GFLOP \
+             forward per example, x3 for a step) = {:.2} of the matmul peak {:.1} GFLOP/s \
+             (target 0.5: {}).",
+            row["model"].as_str().unwrap_or("?"),
+            row["threads"],
+            num(&row["elbo_gflops"]),
+            num(&row["forward_flops_per_example"]) / 1e9,
+            num(&row["efficiency"]),
+            num(&row["matmul_peak_gflops"]),
+            if num(&row["efficiency"]) >= 0.5 {
+                "met"
+            } else {
+                "missed"
+            },
+        ));
+    }
     md.push('\n');
     for row in rows.iter().filter(|r| r["kind"] == "matmul") {
         md.push_str(&format!(
@@ -453,6 +525,22 @@ mod tests {
         assert!(md.contains("**1.50x**"), "{md}");
         assert!(md.contains("1.25x met"), "{md}");
         assert!(md.contains("90.0 GFLOP/s"), "{md}");
+    }
+
+    #[test]
+    fn the_unet_step_efficiency_is_three_forwards_over_the_matmul_peak() {
+        let mut row = json!({
+            "kind": "case", "model": "ddpm-mnist", "task": "train", "batch": 64,
+            "threads": 1, "elbo_ms": {"median": 1000.0},
+        });
+        let reference = [json!({"forward_flops_per_example": 5e8})];
+        efficiency(&mut row, &reference, &json!({"gflops": 192.0}));
+        // 3 x 5e8 x 64 FLOPs in 1 s = 96 GFLOP/s, half of 192.
+        assert_eq!(row["elbo_gflops"], 96.0);
+        assert_eq!(row["efficiency"], 0.5);
+        let mut sample = json!({"task": "sample", "batch": 64, "elbo_ms": {"median": 1.0}});
+        efficiency(&mut sample, &reference, &json!({"gflops": 1.0}));
+        assert!(sample.get("efficiency").is_none());
     }
 
     #[test]

@@ -1,0 +1,344 @@
+//! The noise-prediction UNet of Ho et al. (2020): residual blocks with GroupNorm, SiLU,
+//! dropout and a sinusoidal time embedding through an MLP, self-attention at chosen
+//! resolutions, stride-2 convolutions down and nearest-neighbour upsampling up, with
+//! skip connections from every level of the way down.
+//!
+//! Variable names (`down.0_0.res.conv1.weight`, `middle.attn.q.bias`, `up.1_up.weight`,
+//! ...) are the state-dict names of the PyTorch twin in `benches/reference/ddpm_unet.py`,
+//! which loads elbo's checkpoints with `strict=True`.
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+
+/// The shape of a UNet.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UnetConfig {
+    /// Image channels (in and out).
+    pub in_channels: i64,
+    /// Image side (square images).
+    pub image_size: i64,
+    /// Channels of the first level; the time embedding has 4 times as many.
+    pub base_channels: i64,
+    /// Channels of each level as multiples of `base_channels`; each level after the
+    /// first halves the side.
+    pub channel_mults: Vec<i64>,
+    /// Residual blocks per level (the way up has one more).
+    pub res_blocks: usize,
+    /// Sides at which self-attention follows each residual block.
+    pub attention_resolutions: Vec<i64>,
+    /// Dropout inside the residual blocks while training.
+    pub dropout: f64,
+    /// GroupNorm groups.
+    pub norm_groups: i64,
+}
+
+impl UnetConfig {
+    /// Checks that the network can be built.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |detail: String| Err(Error::Config { detail });
+        if self.in_channels < 1 || self.image_size < 1 || self.base_channels < 2 {
+            return bad(format!(
+                "UNet needs positive channels and side and at least 2 base channels, found \
+                 {} channels, side {}, {} base channels",
+                self.in_channels, self.image_size, self.base_channels
+            ));
+        }
+        if self.base_channels % 2 != 0 {
+            return bad(format!(
+                "the time embedding needs an even number of base channels, found {}",
+                self.base_channels
+            ));
+        }
+        if self.channel_mults.is_empty() || self.channel_mults.iter().any(|&m| m < 1) {
+            return bad(format!(
+                "channel multipliers must be at least 1, one per level, found {:?}",
+                self.channel_mults
+            ));
+        }
+        if self.res_blocks == 0 {
+            return bad("the UNet needs at least 1 residual block per level, found 0".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout must be in [0, 1), found {}", self.dropout));
+        }
+        for &m in &self.channel_mults {
+            let c = self.base_channels * m;
+            if self.norm_groups < 1 || c % self.norm_groups != 0 {
+                return bad(format!(
+                    "GroupNorm with {} groups needs channel counts divisible by it, found {c}",
+                    self.norm_groups
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The sinusoidal embedding of timesteps `t` (shape (B,), integers): `[sin(t w_k),
+/// cos(t w_k)]` with `w_k = exp(-k ln(10000) / (h - 1))` for `k < h = dim / 2`.
+pub fn timestep_embedding(t: &Tensor, dim: i64) -> Tensor {
+    let half = dim / 2;
+    let scale = (10_000f64).ln() / ((half - 1).max(1) as f64);
+    let k = Tensor::arange(half, (Kind::Float, t.device()));
+    let freqs = (k * -scale).exp();
+    let angles = t.to_kind(Kind::Float).unsqueeze(1) * freqs.unsqueeze(0);
+    Tensor::cat(&[angles.sin(), angles.cos()], 1)
+}
+
+fn conv3(path: nn::Path<'_>, c_in: i64, c_out: i64, stride: i64, zero: bool) -> nn::Conv2D {
+    let mut config = nn::ConvConfig {
+        stride,
+        padding: 1,
+        ..Default::default()
+    };
+    if zero {
+        config.ws_init = nn::Init::Const(0.0);
+    }
+    nn::conv2d(path, c_in, c_out, 3, config)
+}
+
+fn conv1(path: nn::Path<'_>, c_in: i64, c_out: i64, zero: bool) -> nn::Conv2D {
+    let mut config = nn::ConvConfig::default();
+    if zero {
+        config.ws_init = nn::Init::Const(0.0);
+    }
+    nn::conv2d(path, c_in, c_out, 1, config)
+}
+
+fn group_norm(path: nn::Path<'_>, groups: i64, channels: i64) -> nn::GroupNorm {
+    nn::group_norm(path, groups, channels, Default::default())
+}
+
+/// A residual block conditioned on the time embedding.
+#[derive(Debug)]
+struct ResBlock {
+    norm1: nn::GroupNorm,
+    conv1: nn::Conv2D,
+    time: nn::Linear,
+    norm2: nn::GroupNorm,
+    conv2: nn::Conv2D,
+    skip: Option<nn::Conv2D>,
+    dropout: f64,
+}
+
+impl ResBlock {
+    fn new(p: nn::Path<'_>, c_in: i64, c_out: i64, temb: i64, config: &UnetConfig) -> ResBlock {
+        let g = config.norm_groups;
+        ResBlock {
+            norm1: group_norm(&p / "norm1", g, c_in),
+            conv1: conv3(&p / "conv1", c_in, c_out, 1, false),
+            time: nn::linear(&p / "time", temb, c_out, Default::default()),
+            norm2: group_norm(&p / "norm2", g, c_out),
+            conv2: conv3(&p / "conv2", c_out, c_out, 1, true),
+            skip: (c_in != c_out).then(|| conv1(&p / "skip", c_in, c_out, false)),
+            dropout: config.dropout,
+        }
+    }
+
+    fn forward(&self, x: &Tensor, temb: &Tensor, train: bool) -> Tensor {
+        let h = self.conv1.forward(&self.norm1.forward(x).silu());
+        let h = h + self.time.forward(&temb.silu()).unsqueeze(-1).unsqueeze(-1);
+        let h = self.norm2.forward(&h).silu().dropout(self.dropout, train);
+        let h = self.conv2.forward(&h);
+        match &self.skip {
+            Some(skip) => skip.forward(x) + h,
+            None => x + h,
+        }
+    }
+}
+
+/// Single-head self-attention over the positions of a feature map, with a residual.
+#[derive(Debug)]
+struct Attention {
+    norm: nn::GroupNorm,
+    q: nn::Conv2D,
+    k: nn::Conv2D,
+    v: nn::Conv2D,
+    out: nn::Conv2D,
+}
+
+impl Attention {
+    fn new(p: nn::Path<'_>, channels: i64, groups: i64) -> Attention {
+        Attention {
+            norm: group_norm(&p / "norm", groups, channels),
+            q: conv1(&p / "q", channels, channels, false),
+            k: conv1(&p / "k", channels, channels, false),
+            v: conv1(&p / "v", channels, channels, false),
+            out: conv1(&p / "out", channels, channels, true),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let (b, c, h, w) = x.size4().unwrap_or((0, 0, 0, 0));
+        let n = self.norm.forward(x);
+        let q = self.q.forward(&n).reshape([b, c, h * w]).transpose(1, 2);
+        let k = self.k.forward(&n).reshape([b, c, h * w]);
+        let v = self.v.forward(&n).reshape([b, c, h * w]).transpose(1, 2);
+        let weights = (q.bmm(&k) * (c as f64).powf(-0.5)).softmax(-1, Kind::Float);
+        let attended = weights.bmm(&v).transpose(1, 2).reshape([b, c, h, w]);
+        x + self.out.forward(&attended)
+    }
+}
+
+/// One stage of the way down or up: a residual block, then attention where asked.
+#[derive(Debug)]
+struct Stage {
+    res: ResBlock,
+    attn: Option<Attention>,
+}
+
+impl Stage {
+    fn forward(&self, h: &Tensor, temb: &Tensor, train: bool) -> Tensor {
+        let h = self.res.forward(h, temb, train);
+        match &self.attn {
+            Some(attn) => attn.forward(&h),
+            None => h,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Layer {
+    Stage(Box<Stage>),
+    Down(nn::Conv2D),
+    Up(nn::Conv2D),
+}
+
+/// The UNet `eps_theta(x_t, t)` (or whatever the objective predicts): output shaped as
+/// the input.
+#[derive(Debug)]
+pub struct Unet {
+    config: UnetConfig,
+    time1: nn::Linear,
+    time2: nn::Linear,
+    input: nn::Conv2D,
+    down: Vec<Layer>,
+    middle: (ResBlock, Attention, ResBlock),
+    up: Vec<Layer>,
+    out_norm: nn::GroupNorm,
+    output: nn::Conv2D,
+}
+
+impl Unet {
+    /// A UNet under `p` (variables named as in the module docs).
+    pub fn new(p: &nn::Path<'_>, config: &UnetConfig) -> Result<Unet> {
+        config.validate()?;
+        let ch = config.base_channels;
+        let temb = 4 * ch;
+        let g = config.norm_groups;
+        let levels = config.channel_mults.len();
+        let attn_at = |side: i64| config.attention_resolutions.contains(&side);
+        let (pd, pu) = (p / "down", p / "up");
+        let mut down = Vec::new();
+        let mut skip_channels = vec![ch];
+        let (mut c, mut side) = (ch, config.image_size);
+        for (level, &mult) in config.channel_mults.iter().enumerate() {
+            let c_out = ch * mult;
+            for block in 0..config.res_blocks {
+                let path = &pd / format!("{level}_{block}");
+                let res = ResBlock::new(&path / "res", c, c_out, temb, config);
+                c = c_out;
+                let attn = attn_at(side).then(|| Attention::new(&path / "attn", c, g));
+                down.push(Layer::Stage(Box::new(Stage { res, attn })));
+                skip_channels.push(c);
+            }
+            if level + 1 < levels {
+                down.push(Layer::Down(conv3(
+                    &pd / format!("{level}_down"),
+                    c,
+                    c,
+                    2,
+                    false,
+                )));
+                skip_channels.push(c);
+                side = (side + 1) / 2;
+            }
+        }
+        let pm = p / "middle";
+        let middle = (
+            ResBlock::new(&pm / "res1", c, c, temb, config),
+            Attention::new(&pm / "attn", c, g),
+            ResBlock::new(&pm / "res2", c, c, temb, config),
+        );
+        let mut up = Vec::new();
+        for level in (0..levels).rev() {
+            let c_out = ch * config.channel_mults[level];
+            for block in 0..=config.res_blocks {
+                let skip = skip_channels.pop().unwrap_or(0);
+                let path = &pu / format!("{level}_{block}");
+                let res = ResBlock::new(&path / "res", c + skip, c_out, temb, config);
+                c = c_out;
+                let attn = attn_at(side).then(|| Attention::new(&path / "attn", c, g));
+                up.push(Layer::Stage(Box::new(Stage { res, attn })));
+            }
+            if level > 0 {
+                up.push(Layer::Up(conv3(
+                    &pu / format!("{level}_up"),
+                    c,
+                    c,
+                    1,
+                    false,
+                )));
+                side *= 2;
+            }
+        }
+        Ok(Unet {
+            config: config.clone(),
+            time1: nn::linear(p / "time1", ch, temb, Default::default()),
+            time2: nn::linear(p / "time2", temb, temb, Default::default()),
+            input: conv3(p / "input", config.in_channels, ch, 1, false),
+            down,
+            middle,
+            up,
+            out_norm: group_norm(p / "out_norm", g, c),
+            output: conv3(p / "output", c, config.in_channels, 1, true),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &UnetConfig {
+        &self.config
+    }
+
+    /// The network at images `x` (B, C, H, W) and integer timesteps `t` (B,); dropout
+    /// only when `train`.
+    pub fn forward(&self, x: &Tensor, t: &Tensor, train: bool) -> Tensor {
+        let emb = timestep_embedding(t, self.config.base_channels);
+        let temb = self.time2.forward(&self.time1.forward(&emb).silu());
+        let mut h = self.input.forward(x);
+        let mut skips = vec![h.shallow_clone()];
+        for layer in &self.down {
+            h = match layer {
+                Layer::Stage(stage) => stage.forward(&h, &temb, train),
+                Layer::Down(conv) | Layer::Up(conv) => conv.forward(&h),
+            };
+            skips.push(h.shallow_clone());
+        }
+        h = self.middle.0.forward(&h, &temb, train);
+        h = self.middle.1.forward(&h);
+        h = self.middle.2.forward(&h, &temb, train);
+        for layer in &self.up {
+            h = match layer {
+                Layer::Up(conv) | Layer::Down(conv) => {
+                    let size = h.size();
+                    let doubled = h.upsample_nearest2d([size[2] * 2, size[3] * 2], None, None);
+                    conv.forward(&doubled)
+                }
+                Layer::Stage(stage) => {
+                    let skip = skips.pop().unwrap_or_else(|| h.zeros_like());
+                    let (sh, sw) = (skip.size()[2], skip.size()[3]);
+                    let cropped = if h.size()[2] != sh || h.size()[3] != sw {
+                        h.narrow(2, 0, sh).narrow(3, 0, sw)
+                    } else {
+                        h
+                    };
+                    stage.forward(&Tensor::cat(&[cropped, skip], 1), &temb, train)
+                }
+            };
+        }
+        self.output.forward(&self.out_norm.forward(&h).silu())
+    }
+}
