@@ -700,8 +700,18 @@ fn print_eval(report: &EvalReport) {
         "test set: {} examples, {} dimensions each",
         report.examples, report.dims
     );
+    let width = report
+        .terms
+        .iter()
+        .map(|(n, _)| n.len())
+        .max()
+        .unwrap_or(0)
+        .max(16);
     for (name, value) in &report.terms {
-        println!("  {name:<16} {value:>12.3} nats");
+        println!(
+            "  {name:<width$} {value:>12.3} nats  ({:.4} bits/dim)",
+            report.bits_per_dim(-value.abs())
+        );
     }
     println!(
         "  ELBO             {:>12.3} nats  ({:.4} bits/dim)",
@@ -911,6 +921,52 @@ mod tests {
             panic!("expected train classifier");
         };
         assert_eq!((args.epochs, args.batch_size, args.seed), (3, 128, 0));
+    }
+
+    #[test]
+    fn train_ddpm_parses_and_a_recipe_fills_only_the_options_not_given() {
+        let argv = [
+            "elbo",
+            "train",
+            "ddpm",
+            "--objective",
+            "v",
+            "--lr",
+            "1e-4",
+            "--timesteps",
+            "500",
+        ];
+        let matches = Cli::command().try_get_matches_from(argv).unwrap();
+        let given = explicit_train_options(&matches);
+        assert!(given.contains(&"lr".to_string()), "{given:?}");
+        assert!(given.contains(&"objective".to_string()), "{given:?}");
+        assert!(!given.contains(&"batch_size".to_string()), "{given:?}");
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        let Command::Train {
+            model: TrainModel::Ddpm(args),
+        } = cli.command
+        else {
+            panic!("expected train ddpm");
+        };
+        assert_eq!(args.preset, "ddpm-mnist");
+        assert_eq!(args.recipe, "mnist");
+        assert_eq!(args.timesteps, Some(500));
+        let objective: elbo_models::ddpm::Objective = kebab("--objective", "v").unwrap();
+        assert_eq!(objective, elbo_models::ddpm::Objective::V);
+        let err = kebab::<elbo_models::ddpm::VarianceKind>("--variance", "learned")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--variance \"learned\""), "{err}");
+        assert!(err.contains("fixed-large"), "{err}");
+        let cli =
+            Cli::try_parse_from(["elbo", "sample", "runs/x", "--sampler", "ddim-20"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Sample {
+                sampler: Some(_),
+                ..
+            }
+        ));
     }
 
     impl Cli {

@@ -127,6 +127,20 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
         })
 }
 
+/// The model configuration recorded in a checkpoint's metadata, as `T`.
+fn parse_config<T: serde::de::DeserializeOwned>(
+    meta: &CheckpointMeta,
+    json: &Path,
+    what: &str,
+) -> Result<T> {
+    serde_json::from_value(meta.model_config.clone()).map_err(|e| Error::Checkpoint {
+        detail: format!(
+            "{}: its {what} configuration does not parse: {e}",
+            json.display()
+        ),
+    })
+}
+
 /// Rebuilds the model of the checkpoint at `path` (see [`resolve_checkpoint`]) on
 /// `device`, with its weights, or its EMA weights when `use_ema` and present.
 pub fn restore(path: &Path, device: Device, use_ema: bool) -> Result<Restored> {
@@ -135,33 +149,15 @@ pub fn restore(path: &Path, device: Device, use_ema: bool) -> Result<Restored> {
     let mut vs = train::var_store(loaded.meta.seed, device);
     let model: Box<dyn ElboModel> = match loaded.meta.model.as_str() {
         "vae" => {
-            let config: VaeConfig = serde_json::from_value(loaded.meta.model_config.clone())
-                .map_err(|e| Error::Checkpoint {
-                    detail: format!(
-                        "{}: its VAE configuration does not parse: {e}",
-                        json.display()
-                    ),
-                })?;
+            let config: VaeConfig = parse_config(&loaded.meta, &json, "VAE")?;
             Box::new(Vae::new(&vs.root(), config)?)
         }
         hvae::FAMILY => {
-            let config: HvaeConfig = serde_json::from_value(loaded.meta.model_config.clone())
-                .map_err(|e| Error::Checkpoint {
-                    detail: format!(
-                        "{}: its HVAE configuration does not parse: {e}",
-                        json.display()
-                    ),
-                })?;
+            let config: HvaeConfig = parse_config(&loaded.meta, &json, "HVAE")?;
             config.build(&vs.root())?
         }
         crate::ddpm::FAMILY => {
-            let config: DdpmConfig = serde_json::from_value(loaded.meta.model_config.clone())
-                .map_err(|e| Error::Checkpoint {
-                    detail: format!(
-                        "{}: its DDPM configuration does not parse: {e}",
-                        json.display()
-                    ),
-                })?;
+            let config: DdpmConfig = parse_config(&loaded.meta, &json, "DDPM")?;
             Box::new(Ddpm::new(&vs.root(), config)?)
         }
         crate::classifier::FAMILY => {

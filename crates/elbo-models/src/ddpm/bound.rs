@@ -42,25 +42,38 @@ pub fn bound_terms(
     let big_t = diffusion.timesteps();
     let b = x0.size()[0];
     let device = x0.device();
-    let at = |t: usize| Tensor::full([b], t as i64, (Kind::Int64, device));
-    let draw = |t: &Tensor| {
-        let eps = x0.randn_like();
-        let x_t = diffusion.q_sample(x0, t, &eps);
-        let (x0_hat, _) = diffusion.predictions(&network(&x_t, t), &x_t, t, false);
-        (x_t, x0_hat)
-    };
     let mut layers = Vec::new();
     for (lo, hi) in term_groups(big_t) {
         let mut total = Tensor::zeros([b], (Kind::Float, device));
         for t in lo..=hi {
-            let tt = at(t);
-            let (x_t, x0_hat) = draw(&tt);
+            let tt = Tensor::full([b], t as i64, (Kind::Int64, device));
+            let (x_t, x0_hat) = draw(diffusion, network, x0, &tt);
             total += diffusion.denoising_matching(x0, &x_t, &tt, &x0_hat);
         }
         layers.push((format!("denoising_matching t={lo}..{hi}"), total));
     }
-    let one = at(1);
-    let (x_1, x0_hat) = draw(&one);
+    with_ends(diffusion, network, x0, decoder, layers)
+}
+
+/// `x_t ~ q(x_t | x_0)` at the timesteps `t`, and the network's prediction of `x_0`
+/// there.
+fn draw(diffusion: &Diffusion, network: &Network<'_>, x0: &Tensor, t: &Tensor) -> (Tensor, Tensor) {
+    let x_t = diffusion.q_sample(x0, t, &x0.randn_like());
+    let (x0_hat, _) = diffusion.predictions(&network(&x_t, t), &x_t, t, false);
+    (x_t, x0_hat)
+}
+
+/// The bound's terms from the denoising `layers`, with `L_0` (one draw of `x_1`) and the
+/// exact `L_T` added.
+fn with_ends(
+    diffusion: &Diffusion,
+    network: &Network<'_>,
+    x0: &Tensor,
+    decoder: Decoder,
+    layers: Vec<(String, Tensor)>,
+) -> ElboTerms {
+    let one = Tensor::ones([x0.size()[0]], (Kind::Int64, x0.device()));
+    let (x_1, x0_hat) = draw(diffusion, network, x0, &one);
     ElboTerms {
         reconstruction: diffusion.reconstruction(x0, &x_1, &one, &x0_hat, decoder),
         prior_matching: diffusion.prior_matching(x0),
@@ -79,28 +92,14 @@ pub fn sampled_terms(
     decoder: Decoder,
 ) -> ElboTerms {
     let big_t = diffusion.timesteps() as i64;
-    let b = x0.size()[0];
-    let device = x0.device();
-    let draw = |t: &Tensor| {
-        let eps = x0.randn_like();
-        let x_t = diffusion.q_sample(x0, t, &eps);
-        let (x0_hat, _) = diffusion.predictions(&network(&x_t, t), &x_t, t, false);
-        (x_t, x0_hat)
-    };
     let mut layers = Vec::new();
     if big_t >= 2 {
-        let t = Tensor::randint_low(2, big_t + 1, [b], (Kind::Int64, device));
-        let (x_t, x0_hat) = draw(&t);
+        let t = Tensor::randint_low(2, big_t + 1, [x0.size()[0]], (Kind::Int64, x0.device()));
+        let (x_t, x0_hat) = draw(diffusion, network, x0, &t);
         let kl = diffusion.denoising_matching(x0, &x_t, &t, &x0_hat) * (big_t - 1) as f64;
         layers.push(("denoising_matching".to_string(), kl));
     }
-    let one = Tensor::ones([b], (Kind::Int64, device));
-    let (x_1, x0_hat) = draw(&one);
-    ElboTerms {
-        reconstruction: diffusion.reconstruction(x0, &x_1, &one, &x0_hat, decoder),
-        prior_matching: diffusion.prior_matching(x0),
-        layers,
-    }
+    with_ends(diffusion, network, x0, decoder, layers)
 }
 
 /// `log p(x_{0:T}) - log q(x_{1:T} | x_0)` along `k` forward trajectories per example,
