@@ -299,6 +299,10 @@ struct TrainArgs {
     /// Skip updates whose gradient norm exceeds this (off by default).
     #[arg(long)]
     skip_grad_norm: Option<f64>,
+    /// Mixed precision on CUDA: `bf16` runs each forward pass under autocast in
+    /// bfloat16 (refused on the CPU).
+    #[arg(long, value_parser = ["bf16"])]
+    autocast: Option<String>,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -624,6 +628,7 @@ impl TrainArgs {
                 free_bits: self.free_bits,
                 skip_grad_norm: self.skip_grad_norm,
             },
+            autocast_bf16: self.autocast.is_some(),
             ..defaults
         };
         let run = self

@@ -80,6 +80,10 @@ pub struct TrainConfig {
     /// the loss and the updates, never the reported ELBO.
     #[serde(default)]
     pub aids: TrainingAids,
+    /// Run each step's forward pass under CUDA autocast in bfloat16 (weights, Adam and
+    /// the loss's reduction stay fp32). CUDA only: refused on the CPU.
+    #[serde(default)]
+    pub autocast_bf16: bool,
 }
 
 /// [`AdamConfig`] as it is written in run configurations.
@@ -133,6 +137,7 @@ impl Default for TrainConfig {
             horizontal_flip: false,
             data: "mnist-sample".to_string(),
             aids: TrainingAids::default(),
+            autocast_bf16: false,
         }
     }
 }
@@ -288,6 +293,17 @@ pub fn train(
     let likelihood = model.likelihood();
     config.validate()?;
     let device = vs.device();
+    if config.autocast_bf16 {
+        if !device.is_cuda() {
+            return Err(Error::Config {
+                detail: format!(
+                    "bf16 autocast runs on CUDA only, and this run is on {device:?}: drop \
+                     --autocast or pass --device cuda"
+                ),
+            });
+        }
+        crate::ffi::set_cuda_autocast_bf16().map_err(|detail| Error::Config { detail })?;
+    }
     let batching = Batching {
         batch_size: NonZeroUsize::new(config.batch_size).unwrap_or(NonZeroUsize::MIN),
         drop_last: false,
@@ -552,13 +568,20 @@ pub fn optimise(
     step: u64,
 ) -> std::result::Result<StepOutcome, f64> {
     tch::manual_seed(step_seed(config.seed, step));
-    let (loss, reported) = match model.training_loss(x) {
+    let forward = || match model.training_loss(x) {
         Some(own) => (own.loss, Reported::Loss(own.reported)),
         None => {
             let terms = model.elbo_terms(x);
             (config.aids.loss(&terms, step), Reported::Elbo(terms))
         }
     };
+    // `train` checks that the device is CUDA and sets the autocast dtype to bf16.
+    let (loss, reported) = if config.autocast_bf16 {
+        tch::autocast(true, forward)
+    } else {
+        forward()
+    };
+    let loss = loss.to_kind(Kind::Float);
     let loss_value = loss.double_value(&[]);
     if !loss_value.is_finite() {
         return Err(loss_value);

@@ -50,3 +50,27 @@ fn a_vae_trains_on_cuda() {
     assert!(losses.iter().all(|l| l.is_finite()));
     assert!(losses[19] < losses[0], "{losses:?}");
 }
+
+/// A DDPM training step under bf16 CUDA autocast: the loss is finite and the weights
+/// move (the forward runs in bf16, the update in fp32).
+#[test]
+fn a_ddpm_step_runs_under_bf16_autocast() {
+    use elbo_models::ddpm::{Ddpm, DdpmConfig};
+    use elbo_models::train::{self, TrainConfig};
+    let vs = VarStore::new(Device::Cuda(0));
+    let mut config = DdpmConfig::preset("ddpm-mnist", [1, 28, 28]).unwrap();
+    config.unet.base_channels = 8;
+    config.unet.norm_groups = 4;
+    let model = Ddpm::new(&vs.root(), config).unwrap();
+    elbo_models::ffi::set_cuda_autocast_bf16().unwrap();
+    let train_config = TrainConfig {
+        autocast_bf16: true,
+        ..TrainConfig::default()
+    };
+    let mut adam = Adam::new(&vs, train_config.adam.into());
+    let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cuda(0))) * 2.0 - 1.0;
+    let before = vs.variables()["unet.input.weight"].copy();
+    let outcome = train::optimise(&model, &mut adam, &x, &train_config, 0).unwrap();
+    assert!(outcome.loss.is_finite());
+    assert!(!before.equal(&vs.variables()["unet.input.weight"]));
+}

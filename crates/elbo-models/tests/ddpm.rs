@@ -244,6 +244,39 @@ fn other_objectives_and_the_vlb_loss_train() {
 }
 
 #[test]
+fn bf16_autocast_is_refused_on_the_cpu() {
+    let (train_set, test_set) = subset(32, 8);
+    let dir = tempfile::tempdir().unwrap();
+    let mut vs = train::var_store(0, Device::Cpu);
+    let model = tiny_model(&vs, Objective::Eps, LossKind::Simple);
+    let config = TrainConfig {
+        autocast_bf16: true,
+        ..quick_config(1)
+    };
+    let stop = AtomicBool::new(false);
+    let err = train::train(
+        &model,
+        &mut vs,
+        &TrainData {
+            train: &train_set,
+            test: &test_set,
+        },
+        &config,
+        &RunDir::new(dir.path()),
+        Control {
+            resume: false,
+            stop: &stop,
+        },
+        &mut |_| {},
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("bf16 autocast runs on CUDA only"), "{err}");
+    assert!(!dir.path().join("checkpoints").exists());
+}
+
+#[test]
 fn samplers_give_images_in_range_and_a_trajectory() {
     let _guard = exclusive();
     tch::manual_seed(0);
