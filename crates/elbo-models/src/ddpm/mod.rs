@@ -171,13 +171,24 @@ impl Ddpm {
         let unet = Unet::new(&(path / "unet"), &config.unet)?;
         let schedule = config.schedule.build(config.timesteps)?;
         let diffusion = Diffusion::new(schedule, config.objective, config.variance, path.device())?;
-        Ok(Ddpm {
+        let mut ddpm = Ddpm {
             config,
             unet,
             diffusion,
-            sampler: Sampler::default(),
+            sampler: Sampler::Ancestral,
             clip_x0: true,
-        })
+        };
+        // DDIM-50 when T >= 50, else DDIM over all T steps.
+        let steps = ddpm.diffusion.timesteps().min(50);
+        ddpm.set_sampler(
+            Sampler::Ddim {
+                steps,
+                eta: 0.0,
+                spacing: Spacing::Uniform,
+            },
+            true,
+        )?;
+        Ok(ddpm)
     }
 
     /// The configuration.
@@ -191,10 +202,15 @@ impl Ddpm {
     }
 
     /// Chooses how [`ElboModel::sample`] draws (default DDIM-50, `eta = 0`) and whether
-    /// each step clips its prediction of `x_0` to [-1, 1] (default yes, as Ho et al.).
-    pub fn set_sampler(&mut self, sampler: Sampler, clip_x0: bool) {
+    /// each step clips its prediction of `x_0` to [-1, 1] (default yes, as Ho et al.);
+    /// an error if the sampler keeps more steps than T.
+    pub fn set_sampler(&mut self, sampler: Sampler, clip_x0: bool) -> Result<()> {
+        if let Sampler::Ddim { steps, spacing, .. } = sampler {
+            sampler::kept_timesteps(self.diffusion.timesteps(), steps, spacing)?;
+        }
         self.sampler = sampler;
         self.clip_x0 = clip_x0;
+        Ok(())
     }
 
     /// The sampler [`ElboModel::sample`] uses.
@@ -304,7 +320,8 @@ impl ElboModel for Ddpm {
     fn sample(&self, n: i64) -> Tensor {
         match self.sample_with(n, self.sampler, self.clip_x0, 0) {
             Ok((x, _)) => x.clamp(-1.0, 1.0),
-            // The sampler was validated by `configure_sampler`; the default is valid.
+            // Unreachable: `set_sampler` validated the sampler against T, and the
+            // default (DDIM-50) is checked when the model is built.
             Err(_) => Tensor::zeros(self.image_shape(n), (Kind::Float, self.diffusion.device())),
         }
     }
@@ -321,12 +338,7 @@ impl ElboModel for Ddpm {
     }
 
     fn configure_sampler(&mut self, sampler: &str, clip_x0: bool) -> Result<()> {
-        let parsed: Sampler = sampler.parse()?;
-        if let Sampler::Ddim { steps, spacing, .. } = parsed {
-            sampler::kept_timesteps(self.diffusion.timesteps(), steps, spacing)?;
-        }
-        self.set_sampler(parsed, clip_x0);
-        Ok(())
+        self.set_sampler(sampler.parse()?, clip_x0)
     }
 
     fn trajectory(&self, rows: i64, frames: usize) -> Option<Tensor> {
