@@ -81,6 +81,8 @@ fn ddpm(c: &mut Criterion) {
 }
 
 fn benches() {
+    // As the `elbo` CLI and `steptime` run: freed tensor memory reused without page faults.
+    elbo_models::retain_freed_memory().expect("glibc malloc takes the settings");
     let mut criterion = Criterion::default().configure_from_args();
     training_steps(&mut criterion);
     ddpm(&mut criterion);

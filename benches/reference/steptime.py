@@ -199,11 +199,14 @@ def main():
     for _ in range(args.warmup):
         loss = step()
     step_ms = []
+    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(args.reps):
         start = time.perf_counter()
         for _ in range(args.steps):
             loss = step()
         step_ms.append((time.perf_counter() - start) / args.steps * 1000.0)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
+    faults_per_step = faults / (args.reps * args.steps)
     final_loss = loss.item()
     if not np.isfinite(final_loss):
         raise SystemExit(f"non-finite loss {final_loss}")
@@ -219,6 +222,7 @@ def main():
         "reps": args.reps,
         "steps_per_rep": args.steps,
         "step_ms": step_ms,
+        "faults_per_step": faults_per_step,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "torch_version": torch.__version__.split("+")[0],
         "adam": args.adam,

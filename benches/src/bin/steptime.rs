@@ -51,6 +51,10 @@ struct Args {
     /// `--task sample`: DDIM steps.
     #[arg(long, default_value_t = 50)]
     ddim_steps: usize,
+    /// Leave glibc's malloc as it is, instead of making freed memory reusable without
+    /// page faults as the `elbo` CLI does (`elbo_models::retain_freed_memory`).
+    #[arg(long)]
+    default_malloc: bool,
 }
 
 /// The process's peak resident set (VmHWM), in MiB, on Linux.
@@ -88,7 +92,10 @@ fn matmul(args: &Args) -> Result<serde_json::Value, String> {
     for _ in 0..args.warmup {
         let _ = Tensor::mm_out(&c, &a, &b);
     }
-    let step_ms = timed(args, |_| {
+    let Timing {
+        step_ms,
+        faults_per_step,
+    } = timed(args, |_| {
         let _ = Tensor::mm_out(&c, &a, &b);
         Ok(())
     })?;
@@ -96,7 +103,7 @@ fn matmul(args: &Args) -> Result<serde_json::Value, String> {
     let best = step_ms.iter().copied().fold(f64::INFINITY, f64::min);
     Ok(serde_json::json!({
         "side": "elbo", "model": "matmul", "task": "matmul", "size": n,
-        "threads": args.threads, "step_ms": step_ms,
+        "threads": args.threads, "step_ms": step_ms, "faults_per_step": faults_per_step,
         "gflops": flops / (best * 1e-3) / 1e9,
         "peak_rss_mib": peak_rss_mib(),
     }))
@@ -127,18 +134,38 @@ fn data_batches(args: &Args) -> Result<serde_json::Value, String> {
     for i in 0..args.warmup {
         one(i)?;
     }
-    let step_ms = timed(args, |i| one(args.warmup + i))?;
+    let Timing {
+        step_ms,
+        faults_per_step,
+    } = timed(args, |i| one(args.warmup + i))?;
     Ok(serde_json::json!({
         "side": "elbo", "model": args.model, "task": "data", "batch": args.batch,
-        "threads": args.threads, "step_ms": step_ms, "peak_rss_mib": peak_rss_mib(),
+        "threads": args.threads, "step_ms": step_ms, "faults_per_step": faults_per_step, "peak_rss_mib": peak_rss_mib(),
     }))
 }
 
-/// `reps` timings of `steps` calls of `one`, in mean milliseconds per call; `one` gets
-/// the index of the call among all timed calls.
-fn timed(args: &Args, mut one: impl FnMut(u64) -> Result<(), String>) -> Result<Vec<f64>, String> {
+/// The process's minor page faults so far (field 10 of /proc/self/stat), on Linux.
+fn minor_faults() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the parenthesised command name start with field 3 (state).
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    rest.split_whitespace().nth(7)?.parse().ok()
+}
+
+/// What [`timed`] measured.
+struct Timing {
+    /// Mean milliseconds per call, one per repetition.
+    step_ms: Vec<f64>,
+    /// Minor page faults per timed call (memory the kernel mapped and zeroed afresh).
+    faults_per_step: Option<f64>,
+}
+
+/// `reps` timings of `steps` calls of `one`; `one` gets the index of the call among all
+/// timed calls.
+fn timed(args: &Args, mut one: impl FnMut(u64) -> Result<(), String>) -> Result<Timing, String> {
     let mut step_ms = Vec::with_capacity(args.reps as usize);
     let mut index = 0;
+    let faults_before = minor_faults();
     for _ in 0..args.reps {
         let start = Instant::now();
         for _ in 0..args.steps {
@@ -147,7 +174,13 @@ fn timed(args: &Args, mut one: impl FnMut(u64) -> Result<(), String>) -> Result<
         }
         step_ms.push(start.elapsed().as_secs_f64() * 1e3 / args.steps as f64);
     }
-    Ok(step_ms)
+    let faults_per_step = faults_before
+        .zip(minor_faults())
+        .map(|(before, after)| (after - before) as f64 / index as f64);
+    Ok(Timing {
+        step_ms,
+        faults_per_step,
+    })
 }
 
 /// Times DDIM samplings of `args.batch` images from `args.model` (untrained weights:
@@ -177,11 +210,14 @@ fn samplings(args: &Args) -> Result<serde_json::Value, String> {
     for i in 0..args.warmup {
         one(i)?;
     }
-    let step_ms = timed(args, |i| one(args.warmup + i))?;
+    let Timing {
+        step_ms,
+        faults_per_step,
+    } = timed(args, |i| one(args.warmup + i))?;
     Ok(serde_json::json!({
         "side": "elbo", "model": args.model, "task": "sample", "params": params,
         "batch": args.batch, "threads": args.threads, "warmup": args.warmup,
-        "reps": args.reps, "steps_per_rep": args.steps, "step_ms": step_ms,
+        "reps": args.reps, "steps_per_rep": args.steps, "step_ms": step_ms, "faults_per_step": faults_per_step,
         "ddim_steps": args.ddim_steps, "eta": 0.0, "peak_rss_mib": peak_rss_mib(),
     }))
 }
@@ -209,7 +245,10 @@ fn train_steps(args: &Args) -> Result<serde_json::Value, String> {
     for step in 0..args.warmup {
         one(step)?;
     }
-    let step_ms = timed(args, |i| one(args.warmup + i))?;
+    let Timing {
+        step_ms,
+        faults_per_step,
+    } = timed(args, |i| one(args.warmup + i))?;
     Ok(serde_json::json!({
         "side": "elbo",
         "model": args.model,
@@ -220,13 +259,19 @@ fn train_steps(args: &Args) -> Result<serde_json::Value, String> {
         "warmup": args.warmup,
         "reps": args.reps,
         "steps_per_rep": args.steps,
-        "step_ms": step_ms,
+        "step_ms": step_ms, "faults_per_step": faults_per_step,
         "peak_rss_mib": peak_rss_mib(),
+        "default_malloc": args.default_malloc,
     }))
 }
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if !args.default_malloc
+        && let Err(message) = elbo_models::retain_freed_memory()
+    {
+        eprintln!("steptime: glibc malloc left as it is: {message}");
+    }
     match run(&args) {
         Ok(report) => {
             println!("{report}");

@@ -7,6 +7,9 @@
 #include <ATen/autocast_mode.h>
 
 #include <cstdlib>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <cstring>
 #include <exception>
 #include <string>
@@ -66,6 +69,41 @@ char* elbo_fused_adam(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_
   } catch (...) {
     return message("unknown C++ exception in elbo_fused_adam");
   }
+}
+
+// Drops the gradients of n tensors (grad becomes undefined, as PyTorch's
+// zero_grad(set_to_none=True)): the next backward pass then writes each gradient into a
+// fresh buffer instead of adding it to a zeroed one.
+char* elbo_clear_grads(at::Tensor** tensors, int64_t n) {
+  try {
+    for (int64_t i = 0; i < n; ++i) {
+      tensors[i]->mutable_grad().reset();
+    }
+    return nullptr;
+  } catch (const std::exception& e) {
+    return message(e.what());
+  } catch (...) {
+    return message("unknown C++ exception in elbo_clear_grads");
+  }
+}
+
+// glibc malloc: serve blocks up to mmap_threshold bytes from the heap (not from mmap)
+// and never give the heap's free top back to the kernel below trim_threshold bytes, so
+// that a freed tensor's memory is reused by the next one without page faults.
+char* elbo_retain_freed_memory(int mmap_threshold, int trim_threshold) {
+#if defined(__GLIBC__)
+  if (mallopt(M_MMAP_THRESHOLD, mmap_threshold) != 1) {
+    return message("glibc refused M_MMAP_THRESHOLD = " + std::to_string(mmap_threshold));
+  }
+  if (mallopt(M_TRIM_THRESHOLD, trim_threshold) != 1) {
+    return message("glibc refused M_TRIM_THRESHOLD = " + std::to_string(trim_threshold));
+  }
+  return nullptr;
+#else
+  (void)mmap_threshold;
+  (void)trim_threshold;
+  return message("not glibc: the allocator is left as it is");
+#endif
 }
 
 // Makes CUDA autocast regions (tch::autocast) compute in bfloat16 instead of libtorch's

@@ -1,5 +1,6 @@
 //! The libtorch operations tch 0.26 does not expose, compiled from `csrc/elbo_ops.cpp`
-//! by the build script: the fused Adam/AdamW kernel and the CUDA autocast dtype.
+//! by the build script: the fused Adam/AdamW kernel, dropping gradients, glibc malloc
+//! settings and the CUDA autocast dtype.
 //!
 //! The only `unsafe` of the workspace is here: each call passes tch's tensor handles
 //! (which are `at::Tensor*`) to a C function that reads them during the call only, and
@@ -47,6 +48,11 @@ mod sys {
             weight_decay: f64,
             eps: f64,
             decoupled: c_int,
+        ) -> *mut c_char;
+        pub fn elbo_clear_grads(tensors: *const *mut C_tensor, n: i64) -> *mut c_char;
+        pub fn elbo_retain_freed_memory(
+            mmap_threshold: c_int,
+            trim_threshold: c_int,
         ) -> *mut c_char;
         pub fn elbo_set_cuda_autocast_bf16() -> *mut c_char;
         pub fn elbo_cuda_autocast_dtype() -> *mut c_char;
@@ -126,6 +132,44 @@ pub fn fused_adam(
     }
 }
 
+/// Drops the gradient of every tensor in `tensors` (it becomes undefined, as after
+/// PyTorch's `zero_grad(set_to_none=True)`), so that the next backward pass writes
+/// fresh gradients instead of adding them to zeroed ones. `Err` when the kernel was not
+/// built (callers then zero the gradients).
+pub fn clear_grads(tensors: &[Tensor]) -> Result<(), String> {
+    #[cfg(elbo_ops)]
+    {
+        let handles: Vec<*mut torch_sys::C_tensor> =
+            tensors.iter().map(|t| t.as_ptr() as *mut _).collect();
+        // SAFETY: live tensor handles borrowed for the call; the C side only resets each
+        // tensor's gradient slot.
+        sys::check(unsafe { sys::elbo_clear_grads(handles.as_ptr(), handles.len() as i64) })
+    }
+    #[cfg(not(elbo_ops))]
+    {
+        let _ = tensors;
+        Err("elbo-models was built without libtorch".to_string())
+    }
+}
+
+/// glibc's malloc: blocks up to `mmap_threshold` bytes come from the heap rather than
+/// from their own mapping, and the heap keeps up to `trim_threshold` free bytes at its
+/// top instead of returning them to the kernel. `Err` on another C library, when glibc
+/// refuses a value (it caps the threshold at 32 MiB on 64-bit machines), or without the
+/// compiled shim.
+pub fn retain_freed_memory(mmap_threshold: i32, trim_threshold: i32) -> Result<(), String> {
+    #[cfg(elbo_ops)]
+    {
+        // SAFETY: two integers in; a returned message is freed by `check`.
+        sys::check(unsafe { sys::elbo_retain_freed_memory(mmap_threshold, trim_threshold) })
+    }
+    #[cfg(not(elbo_ops))]
+    {
+        let _ = (mmap_threshold, trim_threshold);
+        Err("elbo-models was built without libtorch".to_string())
+    }
+}
+
 /// Makes CUDA autocast regions ([`tch::autocast`]) compute in bfloat16 rather than
 /// libtorch's default float16 (a process-wide setting of libtorch).
 pub fn set_cuda_autocast_bf16() -> Result<(), String> {
@@ -162,6 +206,18 @@ mod tests {
     fn autocast_dtype_can_be_set_to_bfloat16() {
         set_cuda_autocast_bf16().unwrap();
         assert_eq!(cuda_autocast_dtype().unwrap(), "BFloat16");
+    }
+
+    #[test]
+    fn cleared_gradients_are_undefined_and_the_next_backward_starts_afresh() {
+        let x = Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);
+        (&x * 3.0).sum(tch::Kind::Float).backward();
+        assert!(x.grad().defined());
+        clear_grads(std::slice::from_ref(&x)).unwrap();
+        assert!(!x.grad().defined(), "the gradient is dropped, not zeroed");
+        (&x * 2.0).sum(tch::Kind::Float).backward();
+        // Not 3 + 2: nothing was accumulated onto the old gradient.
+        assert_eq!(Vec::<f32>::try_from(x.grad()).unwrap(), vec![2.0, 2.0]);
     }
 
     #[test]

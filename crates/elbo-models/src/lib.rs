@@ -20,6 +20,7 @@
 pub mod aids;
 pub mod checkpoint;
 pub mod classifier;
+mod conv;
 pub mod data;
 pub mod ddpm;
 mod device;
@@ -41,4 +42,4 @@ pub mod vae;
 
 pub use device::DeviceSpec;
 pub use error::{Error, Result};
-pub use runtime::RuntimeInfo;
+pub use runtime::{RuntimeInfo, retain_freed_memory};

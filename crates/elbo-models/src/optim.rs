@@ -71,8 +71,8 @@ impl Adam {
 
     /// Whether steps use libtorch's fused Adam kernel (one pass over each parameter;
     /// the default) or tch's elementary operations (about eight passes). Both compute
-    /// the same update; the fused one is used when every variable has a gradient and the
-    /// kernel takes their kind and device.
+    /// the same update; the fused one is used when the kernel takes the variables' kind
+    /// and device. Either way a variable without a gradient is left alone.
     pub fn set_fused(&mut self, fused: bool) {
         self.fused = fused;
     }
@@ -82,10 +82,15 @@ impl Adam {
         self.steps
     }
 
-    /// Clears every gradient.
+    /// Clears every gradient: drops it (it becomes undefined, as PyTorch's
+    /// `zero_grad(set_to_none=True)`), so that the next backward pass writes each
+    /// gradient into a fresh buffer rather than zeroing one and adding to it; without the
+    /// compiled shim, zeroes it.
     pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            p.zero_grad();
+        if crate::ffi::clear_grads(&self.params).is_err() {
+            for p in &mut self.params {
+                p.zero_grad();
+            }
         }
     }
 
@@ -143,8 +148,20 @@ impl Adam {
         let bias1 = 1.0 - beta1.powf(t);
         let bias2_sqrt = (1.0 - beta2.powf(t)).sqrt();
         let step_size = lr / bias1;
-        let grads: Vec<Tensor> = self.params.iter().map(Tensor::grad).collect();
-        if self.fused && grads.iter().all(Tensor::defined) {
+        if self.fused {
+            // A variable without a gradient (it took no part in the loss) is left alone,
+            // moments included, as PyTorch leaves a parameter whose grad is None.
+            let mut lists: [Vec<Tensor>; 4] = Default::default();
+            for (i, p) in self.params.iter().enumerate() {
+                let g = p.grad();
+                if g.defined() {
+                    lists[0].push(p.shallow_clone());
+                    lists[1].push(g);
+                    lists[2].push(self.m[i].shallow_clone());
+                    lists[3].push(self.v[i].shallow_clone());
+                }
+            }
+            let [params, grads, m, v] = &lists;
             let hyper = FusedAdamStep {
                 lr,
                 beta1,
@@ -153,7 +170,7 @@ impl Adam {
                 eps,
                 decoupled: true,
             };
-            match fused_adam(&self.params, &grads, &self.m, &self.v, self.steps, hyper) {
+            match fused_adam(params, grads, m, v, self.steps, hyper) {
                 Ok(()) => return,
                 // A kind or device the fused kernel does not take: the unfused step,
                 // from now on.
@@ -163,8 +180,7 @@ impl Adam {
                 }
             }
         }
-        // Unfused: some variable has no gradient (it took no part in the loss) and is
-        // left alone, moments included, as PyTorch leaves a parameter whose grad is None.
+        // Unfused: a variable without a gradient is left alone here too.
         tch::no_grad(|| {
             for ((p, m), v) in self.params.iter_mut().zip(&mut self.m).zip(&mut self.v) {
                 let g = p.grad();
@@ -338,6 +354,35 @@ mod tests {
                 assert!(gap < 1e-6, "{name} differs by {gap}");
             }
         }
+    }
+
+    /// After `zero_grad` a variable that takes no part in the loss has no gradient, and
+    /// the (fused) step leaves it and its moments alone while updating the others.
+    #[test]
+    fn variables_without_gradients_are_left_alone() {
+        let vs = VarStore::new(tch::Device::Cpu);
+        let used = vs.root().var("used", &[3], nn::Init::Const(1.0));
+        let unused = vs.root().var("unused", &[2], nn::Init::Const(1.0));
+        let mut adam = Adam::new(&vs, AdamConfig::default());
+        for _ in 0..3 {
+            adam.zero_grad();
+            assert!(!used.grad().defined(), "zero_grad drops the gradient");
+            used.square().sum(Kind::Float).backward();
+            adam.step(0.1);
+        }
+        assert!(adam.fused, "the fused kernel ran");
+        assert!(!unused.grad().defined());
+        assert_eq!(Vec::<f32>::try_from(&unused).unwrap(), vec![1.0, 1.0]);
+        let state: BTreeMap<String, Tensor> = adam.state().into_iter().collect();
+        let moment = |name: &str| state[name].abs().max().double_value(&[]);
+        assert_eq!(moment("adam.m.unused"), 0.0);
+        assert_eq!(moment("adam.v.unused"), 0.0);
+        assert!(moment("adam.m.used") > 0.0);
+        // Adam's step is lr m_hat / sqrt(v_hat), about lr while the gradient keeps its
+        // sign; it falls a little below as the gradient 2x shrinks from 2 to 1.5: three
+        // steps of lr 0.1 move x by just under 0.3.
+        let moved = 1.0 - used.double_value(&[0]);
+        assert!((0.29..=0.3).contains(&moved), "moved {moved}");
     }
 
     #[test]

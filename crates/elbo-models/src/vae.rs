@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
+use crate::conv::Conv;
 use crate::error::{Error, Result};
 use crate::gaussian;
 use crate::init::torch_linear;
@@ -163,7 +164,11 @@ impl Vae {
                 let mut ch = c;
                 for (i, &next) in channels.iter().enumerate() {
                     enc = enc
-                        .add(nn::conv2d(path / format!("enc{i}"), ch, next, 4, conv))
+                        .add(Conv::new(
+                            nn::conv2d(path / format!("enc{i}"), ch, next, 4, conv),
+                            2,
+                            1,
+                        ))
                         .add_fn(Tensor::relu);
                     ch = next;
                 }
@@ -188,22 +193,18 @@ impl Vae {
                 let mut ch_in = ch;
                 for (i, &next) in channels.iter().rev().skip(1).enumerate() {
                     dec = dec
-                        .add(nn::conv_transpose2d(
-                            path / format!("dec{i}"),
-                            ch_in,
-                            next,
-                            4,
-                            tconv,
+                        .add(Conv::transposed(
+                            nn::conv_transpose2d(path / format!("dec{i}"), ch_in, next, 4, tconv),
+                            2,
+                            1,
                         ))
                         .add_fn(Tensor::relu);
                     ch_in = next;
                 }
-                dec = dec.add(nn::conv_transpose2d(
-                    path / "dec_out",
-                    ch_in,
-                    out_channels,
-                    4,
-                    tconv,
+                dec = dec.add(Conv::transposed(
+                    nn::conv_transpose2d(path / "dec_out", ch_in, out_channels, 4, tconv),
+                    2,
+                    1,
                 ));
                 (enc, features, dec)
             }

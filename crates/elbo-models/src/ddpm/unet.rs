@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
+use crate::conv::Conv;
 use crate::error::{Error, Result};
 
 /// The shape of a UNet.
@@ -88,7 +89,7 @@ pub fn timestep_embedding(t: &Tensor, dim: i64) -> Tensor {
     Tensor::cat(&[angles.sin(), angles.cos()], 1)
 }
 
-fn conv3(path: nn::Path<'_>, c_in: i64, c_out: i64, stride: i64, zero: bool) -> nn::Conv2D {
+fn conv3(path: nn::Path<'_>, c_in: i64, c_out: i64, stride: i64, zero: bool) -> Conv {
     let mut config = nn::ConvConfig {
         stride,
         padding: 1,
@@ -97,15 +98,15 @@ fn conv3(path: nn::Path<'_>, c_in: i64, c_out: i64, stride: i64, zero: bool) -> 
     if zero {
         config.ws_init = nn::Init::Const(0.0);
     }
-    nn::conv2d(path, c_in, c_out, 3, config)
+    Conv::new(nn::conv2d(path, c_in, c_out, 3, config), stride, 1)
 }
 
-fn conv1(path: nn::Path<'_>, c_in: i64, c_out: i64, zero: bool) -> nn::Conv2D {
+fn conv1(path: nn::Path<'_>, c_in: i64, c_out: i64, zero: bool) -> Conv {
     let mut config = nn::ConvConfig::default();
     if zero {
         config.ws_init = nn::Init::Const(0.0);
     }
-    nn::conv2d(path, c_in, c_out, 1, config)
+    Conv::pointwise(nn::conv2d(path, c_in, c_out, 1, config))
 }
 
 fn group_norm(path: nn::Path<'_>, groups: i64, channels: i64) -> nn::GroupNorm {
@@ -116,11 +117,11 @@ fn group_norm(path: nn::Path<'_>, groups: i64, channels: i64) -> nn::GroupNorm {
 #[derive(Debug)]
 struct ResBlock {
     norm1: nn::GroupNorm,
-    conv1: nn::Conv2D,
+    conv1: Conv,
     time: nn::Linear,
     norm2: nn::GroupNorm,
-    conv2: nn::Conv2D,
-    skip: Option<nn::Conv2D>,
+    conv2: Conv,
+    skip: Option<Conv>,
     dropout: f64,
 }
 
@@ -154,10 +155,10 @@ impl ResBlock {
 #[derive(Debug)]
 struct Attention {
     norm: nn::GroupNorm,
-    q: nn::Conv2D,
-    k: nn::Conv2D,
-    v: nn::Conv2D,
-    out: nn::Conv2D,
+    q: Conv,
+    k: Conv,
+    v: Conv,
+    out: Conv,
 }
 
 impl Attention {
@@ -203,8 +204,8 @@ impl Stage {
 #[derive(Debug)]
 enum Layer {
     Stage(Box<Stage>),
-    Down(nn::Conv2D),
-    Up(nn::Conv2D),
+    Down(Conv),
+    Up(Conv),
 }
 
 /// The UNet `eps_theta(x_t, t)` (or whatever the objective predicts): output shaped as
@@ -214,12 +215,12 @@ pub struct Unet {
     config: UnetConfig,
     time1: nn::Linear,
     time2: nn::Linear,
-    input: nn::Conv2D,
+    input: Conv,
     down: Vec<Layer>,
     middle: (ResBlock, Attention, ResBlock),
     up: Vec<Layer>,
     out_norm: nn::GroupNorm,
-    output: nn::Conv2D,
+    output: Conv,
 }
 
 impl Unet {

@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 use tch::nn::{self, Module};
 
+use crate::conv::Conv;
+
 /// The networks of a ladder HVAE.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -74,7 +76,7 @@ fn scaled_linear(path: nn::Path<'_>, input: i64, output: i64, scale: f64) -> nn:
     layer
 }
 
-fn conv(path: nn::Path<'_>, input: i64, output: i64, kernel: i64, scale: f64) -> nn::Conv2D {
+fn conv(path: nn::Path<'_>, input: i64, output: i64, kernel: i64, scale: f64) -> Conv {
     let config = nn::ConvConfig {
         padding: kernel / 2,
         ..Default::default()
@@ -83,7 +85,7 @@ fn conv(path: nn::Path<'_>, input: i64, output: i64, kernel: i64, scale: f64) ->
     tch::no_grad(|| {
         let _ = layer.ws.shallow_clone().g_mul_scalar_(scale);
     });
-    layer
+    Conv::new(layer, 1, kernel / 2)
 }
 
 /// A residual cell whose branch ends scaled by `scale`.
@@ -145,9 +147,17 @@ pub(crate) fn stem(path: &nn::Path<'_>, arch: &LadderArch, image: [i64; 3]) -> n
             };
             let half = (channels / 2).max(1);
             nn::seq()
-                .add(nn::conv2d(path / "stem0", c, half, 4, down))
+                .add(Conv::new(
+                    nn::conv2d(path / "stem0", c, half, 4, down),
+                    2,
+                    1,
+                ))
                 .add_fn(Tensor::silu)
-                .add(nn::conv2d(path / "stem1", half, *channels, 4, down))
+                .add(Conv::new(
+                    nn::conv2d(path / "stem1", half, *channels, 4, down),
+                    2,
+                    1,
+                ))
         }
     }
 }
@@ -179,14 +189,16 @@ pub(crate) fn output(
             let half = (channels / 2).max(1);
             nn::seq()
                 .add_fn(Tensor::silu)
-                .add(nn::conv_transpose2d(path / "out0", *channels, half, 4, up))
+                .add(Conv::transposed(
+                    nn::conv_transpose2d(path / "out0", *channels, half, 4, up),
+                    2,
+                    1,
+                ))
                 .add_fn(Tensor::silu)
-                .add(nn::conv_transpose2d(
-                    path / "out1",
-                    half,
-                    out_channels,
-                    4,
-                    up,
+                .add(Conv::transposed(
+                    nn::conv_transpose2d(path / "out1", half, out_channels, 4, up),
+                    2,
+                    1,
                 ))
         }
     }
