@@ -331,6 +331,14 @@ fn case_row(
             .filter_map(|r| r["peak_rss_mib"].as_f64())
             .fold(0.0, f64::max)
     };
+    // Minor page faults per timed step (each process's own count), median over runs.
+    let faults = |runs: &[Value]| {
+        let all: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r["faults_per_step"].as_f64())
+            .collect();
+        Summary::of(&all).map(|s| s.median)
+    };
     let (ratio, low, high) = stats::speedup(o, d);
     let (fused_ratio, fused_low, fused_high) = stats::speedup(o, f);
     Ok(json!({
@@ -340,6 +348,7 @@ fn case_row(
         "speedup": ratio, "speedup_range": [low, high],
         "speedup_vs_fused": fused_ratio, "speedup_vs_fused_range": [fused_low, fused_high],
         "elbo_peak_rss_mib": peak(ours), "pytorch_peak_rss_mib": peak(default_adam),
+        "elbo_faults_per_step": faults(ours), "pytorch_faults_per_step": faults(default_adam),
     }))
 }
 
@@ -373,9 +382,10 @@ pub fn markdown(report: &Value) -> String {
     ));
     md.push_str(
         "| case | threads | elbo ms/step (median, min-max) | PyTorch ms/step | speed-up | \
-         target | PyTorch, fused Adam | speed-up over it | peak RSS elbo / PyTorch (MiB) |\n",
+         target | PyTorch, fused Adam | speed-up over it | peak RSS elbo / PyTorch (MiB) | \
+         page faults per step elbo / PyTorch |\n",
     );
-    md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     let rows = report["rows"].as_array().cloned().unwrap_or_default();
     let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
     let ms = |v: &Value| {
@@ -390,7 +400,7 @@ pub fn markdown(report: &Value) -> String {
         let ratio = num(&row["speedup"]);
         let target = num(&row["target"]);
         md.push_str(&format!(
-            "| {} {} (batch {}) | {} | {} | {} | **{:.2}x** ({:.2}-{:.2}) | {:.2}x {} | {} | {:.2}x | {:.0} / {:.0} |\n",
+            "| {} {} (batch {}) | {} | {} | {} | **{:.2}x** ({:.2}-{:.2}) | {:.2}x {} | {} | {:.2}x | {:.0} / {:.0} | {:.0} / {:.0} |\n",
             row["model"].as_str().unwrap_or("?"),
             row["task"].as_str().unwrap_or("?"),
             row["batch"],
@@ -406,6 +416,8 @@ pub fn markdown(report: &Value) -> String {
             num(&row["speedup_vs_fused"]),
             num(&row["elbo_peak_rss_mib"]),
             num(&row["pytorch_peak_rss_mib"]),
+            num(&row["elbo_faults_per_step"]),
+            num(&row["pytorch_faults_per_step"]),
         ));
     }
     for row in rows
@@ -499,7 +511,9 @@ mod tests {
     use super::*;
 
     fn run(side: &str, params: i64, ms: &[f64], rss: f64) -> Value {
-        json!({"side": side, "params": params, "step_ms": ms, "peak_rss_mib": rss})
+        // Page faults per step: 10 per MiB of peak, something to tell the sides apart by.
+        json!({"side": side, "params": params, "step_ms": ms, "peak_rss_mib": rss,
+               "faults_per_step": rss / 10.0})
     }
 
     #[test]
@@ -515,6 +529,9 @@ mod tests {
         assert_eq!(row["speedup"], 1.5);
         assert_eq!(row["speedup_vs_fused"], 1.0);
         assert_eq!(row["elbo_peak_rss_mib"], 120.0);
+        // Medians of the runs' own counts: elbo 10 and 12, PyTorch 60.
+        assert_eq!(row["elbo_faults_per_step"], 11.0);
+        assert_eq!(row["pytorch_faults_per_step"], 60.0);
         let report = json!({
             "machine": {"cpu": "test cpu", "cores": 2, "loadavg_at_end": "0.1"},
             "command": "bench --with-pytorch",
@@ -524,6 +541,7 @@ mod tests {
         let md = markdown(&report);
         assert!(md.contains("**1.50x**"), "{md}");
         assert!(md.contains("1.25x met"), "{md}");
+        assert!(md.contains("| 120 / 600 | 11 / 60 |"), "{md}");
         assert!(md.contains("90.0 GFLOP/s"), "{md}");
     }
 
