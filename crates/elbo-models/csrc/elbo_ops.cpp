@@ -87,6 +87,9 @@ char* elbo_clear_grads(at::Tensor** tensors, int64_t n) {
   }
 }
 
+// Whether autograd records operations now (not inside a no-grad region).
+int elbo_grad_enabled() { return at::GradMode::is_enabled() ? 1 : 0; }
+
 // glibc malloc: serve blocks up to mmap_threshold bytes from the heap (not from mmap)
 // and never give the heap's free top back to the kernel below trim_threshold bytes, so
 // that a freed tensor's memory is reused by the next one without page faults.

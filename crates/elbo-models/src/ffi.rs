@@ -50,6 +50,7 @@ mod sys {
             decoupled: c_int,
         ) -> *mut c_char;
         pub fn elbo_clear_grads(tensors: *const *mut C_tensor, n: i64) -> *mut c_char;
+        pub fn elbo_grad_enabled() -> c_int;
         pub fn elbo_retain_freed_memory(
             mmap_threshold: c_int,
             trim_threshold: c_int,
@@ -152,6 +153,18 @@ pub fn clear_grads(tensors: &[Tensor]) -> Result<(), String> {
     }
 }
 
+/// Whether autograd records operations now, i.e. the caller is not inside
+/// [`tch::no_grad`] (tch has no query for it). Without the compiled shim: `true`.
+pub fn grad_enabled() -> bool {
+    #[cfg(elbo_ops)]
+    {
+        // SAFETY: no arguments, reads libtorch's thread-local grad mode.
+        unsafe { sys::elbo_grad_enabled() != 0 }
+    }
+    #[cfg(not(elbo_ops))]
+    true
+}
+
 /// glibc's malloc: blocks up to `mmap_threshold` bytes come from the heap rather than
 /// from their own mapping, and the heap keeps up to `trim_threshold` free bytes at its
 /// top instead of returning them to the kernel. `Err` on another C library, when glibc
@@ -218,6 +231,13 @@ mod tests {
         (&x * 2.0).sum(tch::Kind::Float).backward();
         // Not 3 + 2: nothing was accumulated onto the old gradient.
         assert_eq!(Vec::<f32>::try_from(x.grad()).unwrap(), vec![2.0, 2.0]);
+    }
+
+    #[test]
+    fn grad_mode_is_read_inside_and_outside_no_grad() {
+        assert!(grad_enabled());
+        assert!(!tch::no_grad(grad_enabled));
+        assert!(grad_enabled(), "restored after the region");
     }
 
     #[test]
