@@ -50,28 +50,46 @@ pub(crate) struct Conv {
     stride: i64,
     padding: i64,
     transposed: bool,
+    /// Input and output channels and the kernel side, read off the weight once.
+    c_in: i64,
+    c_out: i64,
+    kernel: i64,
 }
 
 impl Conv {
     /// `conv` (built by `nn::conv2d` with this stride and padding).
     pub(crate) fn new(conv: nn::Conv2D, stride: i64, padding: i64) -> Conv {
-        Conv {
-            weight: conv.ws,
-            bias: conv.bs,
-            stride,
-            padding,
-            transposed: false,
-        }
+        Conv::from_parts(conv.ws, conv.bs, stride, padding, false)
     }
 
     /// `conv` (built by `nn::conv_transpose2d` with this stride and padding).
     pub(crate) fn transposed(conv: nn::ConvTranspose2D, stride: i64, padding: i64) -> Conv {
+        Conv::from_parts(conv.ws, conv.bs, stride, padding, true)
+    }
+
+    fn from_parts(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        stride: i64,
+        padding: i64,
+        transposed: bool,
+    ) -> Conv {
+        // conv2d weights are (C_out, C_in, k, k), transposed ones (C_in, C_out, k, k).
+        let size = weight.size();
+        let (c_in, c_out) = if transposed {
+            (size[0], size[1])
+        } else {
+            (size[1], size[0])
+        };
         Conv {
-            weight: conv.ws,
-            bias: conv.bs,
+            weight,
+            bias,
             stride,
             padding,
-            transposed: true,
+            transposed,
+            c_in,
+            c_out,
+            kernel: size[2],
         }
     }
 
@@ -80,28 +98,14 @@ impl Conv {
         Conv::new(conv, 1, 0)
     }
 
-    fn kernel(&self) -> i64 {
-        self.weight.size()[2]
-    }
-
-    /// (input, output) channels.
-    fn channels(&self) -> (i64, i64) {
-        let size = self.weight.size();
-        if self.transposed {
-            (size[0], size[1])
-        } else {
-            (size[1], size[0])
-        }
-    }
-
     /// Whether this layer runs as a product on `x` (the rules of the module docs).
     fn as_product(&self, x: &Tensor) -> bool {
         let size = x.size();
         if x.device() != Device::Cpu || size.len() != 4 {
             return false;
         }
-        let (c_in, c_out) = self.channels();
-        let pointwise = self.kernel() == 1 && self.stride == 1 && self.padding == 0;
+        let (c_in, c_out) = (self.c_in, self.c_out);
+        let pointwise = self.kernel == 1 && self.stride == 1 && self.padding == 0;
         if self.transposed {
             c_out == 1
         } else if pointwise {
@@ -120,8 +124,8 @@ impl Conv {
     /// for a transposed convolution the weight's transpose times `x`, folded.
     fn product(&self, x: &Tensor) -> Tensor {
         let (b, h, w) = (x.size()[0], x.size()[2], x.size()[3]);
-        let (c_in, c_out) = self.channels();
-        let (k, s, p) = (self.kernel(), self.stride, self.padding);
+        let (c_in, c_out) = (self.c_in, self.c_out);
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
         let bias = self.bias.as_ref().map(|bias| bias.view([1, c_out, 1]));
         if self.transposed {
             // weight (C_in, C_out, k, k); columns = weight^T (C_out k k, C_in) x (C_in, h w).
