@@ -161,16 +161,24 @@ impl Conv {
     }
 }
 
-impl Module for Conv {
-    fn forward(&self, x: &Tensor) -> Tensor {
-        if self.as_product(x) {
-            return self.product(x);
-        }
+impl Conv {
+    /// libtorch's own kernel for this layer (oneDNN on the CPU, cuDNN on CUDA).
+    fn libtorch(&self, x: &Tensor) -> Tensor {
         let (s, p) = ([self.stride; 2], [self.padding; 2]);
         if self.transposed {
             x.conv_transpose2d(&self.weight, self.bias.as_ref(), s, p, [0, 0], 1, [1, 1])
         } else {
             x.conv2d(&self.weight, self.bias.as_ref(), s, p, [1, 1], 1)
+        }
+    }
+}
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        if self.as_product(x) {
+            self.product(x)
+        } else {
+            self.libtorch(x)
         }
     }
 }
@@ -183,14 +191,6 @@ mod tests {
     /// One layer both ways: libtorch's kernel and `Conv::product`, with the values and
     /// the gradients of the input (when it takes one), weight and bias.
     fn compare(conv: &Conv, x: &Tensor) {
-        let reference = |x: &Tensor| {
-            let (s, p) = ([conv.stride; 2], [conv.padding; 2]);
-            if conv.transposed {
-                x.conv_transpose2d(&conv.weight, conv.bias.as_ref(), s, p, [0, 0], 1, [1, 1])
-            } else {
-                x.conv2d(&conv.weight, conv.bias.as_ref(), s, p, [1, 1], 1)
-            }
-        };
         let bias = conv.bias.as_ref().unwrap();
         let run = |y: Tensor| {
             let g = y.ones_like()
@@ -211,7 +211,7 @@ mod tests {
             out
         };
         let ours = run(conv.product(x));
-        let theirs = run(reference(x));
+        let theirs = run(conv.libtorch(x));
         for (name, a, b) in ["output", "grad weight", "grad bias", "grad input"]
             .iter()
             .zip(&ours)
