@@ -6,6 +6,8 @@
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 
+#include "elbo_ops.h"
+
 #include <cstdlib>
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -15,15 +17,17 @@
 #include <string>
 #include <vector>
 
-namespace {
-
-char* message(const std::string& text) {
+char* elbo::message(const std::string& text) {
   char* out = static_cast<char*>(std::malloc(text.size() + 1));
   if (out != nullptr) {
     std::memcpy(out, text.c_str(), text.size() + 1);
   }
   return out;
 }
+
+namespace {
+
+using elbo::message;
 
 std::vector<at::Tensor> gather(at::Tensor** handles, int64_t n) {
   std::vector<at::Tensor> tensors;

@@ -34,6 +34,7 @@ pub mod image;
 pub mod init;
 pub mod likelihood;
 pub mod model;
+mod norm;
 pub mod optim;
 mod runtime;
 pub mod session;

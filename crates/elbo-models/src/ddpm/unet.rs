@@ -13,6 +13,7 @@ use tch::{Kind, Tensor};
 
 use crate::conv::Conv;
 use crate::error::{Error, Result};
+use crate::norm::GroupNormSilu;
 
 /// The shape of a UNet.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -116,10 +117,11 @@ fn group_norm(path: nn::Path<'_>, groups: i64, channels: i64) -> nn::GroupNorm {
 /// A residual block conditioned on the time embedding.
 #[derive(Debug)]
 struct ResBlock {
-    norm1: nn::GroupNorm,
+    norm1: GroupNormSilu,
     conv1: Conv,
     time: nn::Linear,
-    norm2: nn::GroupNorm,
+    /// Normalises `conv1`'s output plus the time embedding's projection.
+    norm2: GroupNormSilu,
     conv2: Conv,
     skip: Option<Conv>,
     dropout: f64,
@@ -129,20 +131,24 @@ impl ResBlock {
     fn new(p: nn::Path<'_>, c_in: i64, c_out: i64, temb: i64, config: &UnetConfig) -> ResBlock {
         let g = config.norm_groups;
         ResBlock {
-            norm1: group_norm(&p / "norm1", g, c_in),
+            norm1: GroupNormSilu::new(&p / "norm1", g, c_in),
             conv1: conv3(&p / "conv1", c_in, c_out, 1, false),
             time: nn::linear(&p / "time", temb, c_out, Default::default()),
-            norm2: group_norm(&p / "norm2", g, c_out),
+            norm2: GroupNormSilu::new(&p / "norm2", g, c_out),
             conv2: conv3(&p / "conv2", c_out, c_out, 1, true),
             skip: (c_in != c_out).then(|| conv1(&p / "skip", c_in, c_out, false)),
             dropout: config.dropout,
         }
     }
 
-    fn forward(&self, x: &Tensor, temb: &Tensor, train: bool) -> Tensor {
-        let h = self.conv1.forward(&self.norm1.forward(x).silu());
-        let h = h + self.time.forward(&temb.silu()).unsqueeze(-1).unsqueeze(-1);
-        let h = self.norm2.forward(&h).silu().dropout(self.dropout, train);
+    /// `temb_act`: the activated time embedding, SiLU(temb).
+    fn forward(&self, x: &Tensor, temb_act: &Tensor, train: bool) -> Tensor {
+        let h = self.conv1.forward(&self.norm1.forward(x, None));
+        let time = self.time.forward(temb_act);
+        let h = self
+            .norm2
+            .forward(&h, Some(&time))
+            .dropout(self.dropout, train);
         let h = self.conv2.forward(&h);
         match &self.skip {
             Some(skip) => skip.forward(x) + h,
@@ -192,8 +198,8 @@ struct Stage {
 }
 
 impl Stage {
-    fn forward(&self, h: &Tensor, temb: &Tensor, train: bool) -> Tensor {
-        let h = self.res.forward(h, temb, train);
+    fn forward(&self, h: &Tensor, temb_act: &Tensor, train: bool) -> Tensor {
+        let h = self.res.forward(h, temb_act, train);
         match &self.attn {
             Some(attn) => attn.forward(&h),
             None => h,
@@ -219,7 +225,7 @@ pub struct Unet {
     down: Vec<Layer>,
     middle: (ResBlock, Attention, ResBlock),
     up: Vec<Layer>,
-    out_norm: nn::GroupNorm,
+    out_norm: GroupNormSilu,
     output: Conv,
 }
 
@@ -294,7 +300,7 @@ impl Unet {
             down,
             middle,
             up,
-            out_norm: group_norm(p / "out_norm", g, c),
+            out_norm: GroupNormSilu::new(p / "out_norm", g, c),
             output: conv3(p / "output", c, config.in_channels, 1, true),
         })
     }
@@ -309,18 +315,20 @@ impl Unet {
     pub fn forward(&self, x: &Tensor, t: &Tensor, train: bool) -> Tensor {
         let emb = timestep_embedding(t, self.config.base_channels);
         let temb = self.time2.forward(&self.time1.forward(&emb).silu());
+        // Every residual block projects SiLU(temb): activated once here.
+        let temb_act = temb.silu();
         let mut h = self.input.forward(x);
         let mut skips = vec![h.shallow_clone()];
         for layer in &self.down {
             h = match layer {
-                Layer::Stage(stage) => stage.forward(&h, &temb, train),
+                Layer::Stage(stage) => stage.forward(&h, &temb_act, train),
                 Layer::Down(conv) | Layer::Up(conv) => conv.forward(&h),
             };
             skips.push(h.shallow_clone());
         }
-        h = self.middle.0.forward(&h, &temb, train);
+        h = self.middle.0.forward(&h, &temb_act, train);
         h = self.middle.1.forward(&h);
-        h = self.middle.2.forward(&h, &temb, train);
+        h = self.middle.2.forward(&h, &temb_act, train);
         for layer in &self.up {
             h = match layer {
                 Layer::Up(conv) | Layer::Down(conv) => {
@@ -336,10 +344,10 @@ impl Unet {
                     } else {
                         h
                     };
-                    stage.forward(&Tensor::cat(&[cropped, skip], 1), &temb, train)
+                    stage.forward(&Tensor::cat(&[cropped, skip], 1), &temb_act, train)
                 }
             };
         }
-        self.output.forward(&self.out_norm.forward(&h).silu())
+        self.output.forward(&self.out_norm.forward(&h, None))
     }
 }
