@@ -6,7 +6,7 @@ include!("libtorch_link.rs");
 fn main() {
     link_libtorch();
     println!("cargo::rustc-check-cfg=cfg(elbo_ops)");
-    for file in ["elbo_ops.cpp", "elbo_ops.h", "group_norm_silu.cpp"] {
+    for file in ["elbo_ops.cpp", "elbo_ops.h", "group_norm.cpp"] {
         println!("cargo:rerun-if-changed=csrc/{file}");
     }
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
@@ -20,8 +20,8 @@ fn main() {
     cc::Build::new()
         .cpp(true)
         .file("csrc/elbo_ops.cpp")
-        .file("csrc/group_norm_silu.cpp")
-        // The kernels in group_norm_silu.cpp are optimised and vectorised in every
+        .file("csrc/group_norm.cpp")
+        // The kernels in group_norm.cpp are optimised and vectorised in every
         // profile: a debug build's tests would otherwise run them unoptimised.
         .opt_level(3)
         .flag_if_supported("-fopenmp-simd")

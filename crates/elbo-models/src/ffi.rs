@@ -1,7 +1,7 @@
 //! The libtorch operations tch 0.26 does not expose, compiled from `csrc/elbo_ops.cpp`
 //! by the build script: the fused Adam/AdamW kernel, dropping gradients, glibc malloc
-//! settings, the CUDA autocast dtype, and elbo's own fused GroupNorm + SiLU
-//! (`csrc/group_norm_silu.cpp`).
+//! settings, the CUDA autocast dtype, and elbo's own fused GroupNorm (+ SiLU)
+//! (`csrc/group_norm.cpp`).
 //!
 //! The only `unsafe` of the workspace is here: each call passes tch's tensor handles
 //! (which are `at::Tensor*`) to a C function that reads them during the call only, and
@@ -58,13 +58,14 @@ mod sys {
         ) -> *mut c_char;
         pub fn elbo_set_cuda_autocast_bf16() -> *mut c_char;
         pub fn elbo_cuda_autocast_dtype() -> *mut c_char;
-        pub fn elbo_group_norm_silu(
+        pub fn elbo_group_norm(
             x: *mut C_tensor,
             shift: *mut C_tensor,
             weight: *mut C_tensor,
             bias: *mut C_tensor,
             groups: i64,
             eps: f64,
+            silu: c_int,
             out: *mut *mut C_tensor,
         ) -> *mut c_char;
     }
@@ -221,19 +222,20 @@ pub fn cuda_autocast_dtype() -> Result<String, String> {
     Err("elbo-models was built without libtorch".to_string())
 }
 
-/// `silu(group_norm(x + shift))` as one autograd operation: `x` of shape (N, C, ...),
-/// `shift` (optional) of shape (N, C) added to every position of its example and
-/// channel, `groups` dividing C, `weight` and `bias` of shape (C), variance with `eps`
-/// as GroupNorm's. Gradients flow to `x`, `shift`, `weight` and `bias` (first order
-/// only: a backward pass that builds a graph fails). Float32 CPU tensors only; `Err`
-/// with libtorch's message otherwise, or when the kernel was not built.
-pub fn group_norm_silu(
+/// `group_norm(x + shift)`, then SiLU when `silu`, as one autograd operation: `x` of
+/// shape (N, C, ...), `shift` (optional) of shape (N, C) added to every position of its
+/// example and channel, `groups` dividing C, `weight` and `bias` of shape (C), variance
+/// with `eps` as GroupNorm's. Gradients flow to `x`, `shift`, `weight` and `bias` (first
+/// order only: a backward pass that builds a graph fails). Float32 CPU tensors only;
+/// `Err` with the reason otherwise, or when the kernel was not built.
+pub fn group_norm(
     x: &Tensor,
     shift: Option<&Tensor>,
     weight: &Tensor,
     bias: &Tensor,
     groups: i64,
     eps: f64,
+    silu: bool,
 ) -> Result<Tensor, String> {
     #[cfg(elbo_ops)]
     {
@@ -242,25 +244,26 @@ pub fn group_norm_silu(
         // SAFETY: live tensor handles borrowed for the call (shift may be null); on
         // success the C side stores in `out` a new handle that we then own.
         sys::check(unsafe {
-            sys::elbo_group_norm_silu(
+            sys::elbo_group_norm(
                 handle(x),
                 shift.map_or(std::ptr::null_mut(), handle),
                 handle(weight),
                 handle(bias),
                 groups,
                 eps,
+                i32::from(silu),
                 &mut out,
             )
         })?;
         if out.is_null() {
-            return Err("group_norm_silu returned no tensor".to_string());
+            return Err("group_norm returned no tensor".to_string());
         }
         // SAFETY: `out` is a fresh handle from `new at::Tensor`, owned by nobody else.
         Ok(unsafe { Tensor::from_ptr(out) })
     }
     #[cfg(not(elbo_ops))]
     {
-        let _ = (x, shift, weight, bias, groups, eps);
+        let _ = (x, shift, weight, bias, groups, eps, silu);
         Err("elbo-models was built without libtorch".to_string())
     }
 }

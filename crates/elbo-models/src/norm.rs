@@ -1,14 +1,15 @@
-//! GroupNorm followed by SiLU, optionally after adding a per-(example, channel) shift:
-//! `silu(group_norm(x + shift))`, the UNet's normalise-then-activate (the shift is its
-//! time embedding).
+//! GroupNorm, optionally after adding a per-(example, channel) shift and optionally
+//! followed by SiLU: `silu(group_norm(x + shift))`, the UNet's normalise-then-activate
+//! (the shift is its time embedding), and its attention's plain GroupNorm.
 //!
-//! On float32 CPU tensors this runs as elbo's fused kernel ([`crate::ffi::group_norm_silu`]):
+//! On float32 CPU tensors this runs as elbo's fused kernel ([`crate::ffi::group_norm`]):
 //! one pass over memory forward and one backward where libtorch's separate add,
 //! GroupNorm and SiLU make three and four, and it keeps only its input for the backward
-//! pass (the separate operations also keep the normalised tensor). Elsewhere (CUDA,
-//! other kinds, a build without the compiled shim) it runs libtorch's operations; both
-//! compute the same function up to float rounding. The variables are those of tch's
-//! `nn::group_norm` (`weight`, `bias`), so checkpoints do not change.
+//! pass (the separate operations also keep the normalised tensor). libtorch's own
+//! GroupNorm kernels are also slow on small maps (7x7: a 49-element row per channel).
+//! Elsewhere (CUDA, other kinds, a build without the compiled shim) it runs libtorch's
+//! operations; both compute the same function up to float rounding. The variables are
+//! those of tch's `nn::group_norm` (`weight`, `bias`), so checkpoints do not change.
 
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
@@ -16,21 +17,23 @@ use tch::{Device, Kind, Tensor};
 /// GroupNorm's epsilon: tch's and PyTorch's default, which `nn::group_norm` is built with.
 const EPS: f64 = 1e-5;
 
-/// An affine GroupNorm whose output goes through SiLU (see the module docs).
+/// An affine GroupNorm, followed by SiLU when `silu` (see the module docs).
 #[derive(Debug)]
-pub(crate) struct GroupNormSilu {
+pub(crate) struct GroupNorm {
     norm: nn::GroupNorm,
+    silu: bool,
 }
 
-impl GroupNormSilu {
-    /// Variables `weight` and `bias` (C) under `path`.
-    pub(crate) fn new(path: nn::Path<'_>, groups: i64, channels: i64) -> GroupNormSilu {
-        GroupNormSilu {
+impl GroupNorm {
+    /// Variables `weight` and `bias` (C) under `path`; SiLU after the norm when `silu`.
+    pub(crate) fn new(path: nn::Path<'_>, groups: i64, channels: i64, silu: bool) -> GroupNorm {
+        GroupNorm {
             norm: nn::group_norm(path, groups, channels, Default::default()),
+            silu,
         }
     }
 
-    /// `silu(group_norm(x + shift))`, `x` (N, C, ...), `shift` (N, C) or none.
+    /// `group_norm(x + shift)` (then SiLU), `x` (N, C, ...), `shift` (N, C) or none.
     pub(crate) fn forward(&self, x: &Tensor, shift: Option<&Tensor>) -> Tensor {
         if let Some(z) = self.fused(x, shift) {
             return z;
@@ -48,22 +51,23 @@ impl GroupNormSilu {
             return None;
         }
         let groups = self.norm.num_groups;
-        match crate::ffi::group_norm_silu(x, shift, weight, bias, groups, EPS) {
+        match crate::ffi::group_norm(x, shift, weight, bias, groups, EPS, self.silu) {
             Ok(z) => Some(z),
-            Err(reason) => panic!("GroupNorm + SiLU of a {:?} input: {reason}", x.size()),
+            Err(reason) => panic!("GroupNorm of a {:?} input: {reason}", x.size()),
         }
     }
 
     /// libtorch's separate operations.
     fn separate(&self, x: &Tensor, shift: Option<&Tensor>) -> Tensor {
-        match shift {
+        let normed = match shift {
             Some(s) => {
                 let mut size = s.size();
                 size.resize(x.dim(), 1);
-                self.norm.forward(&(x + s.view(size.as_slice()))).silu()
+                self.norm.forward(&(x + s.view(size.as_slice())))
             }
-            None => self.norm.forward(x).silu(),
-        }
+            None => self.norm.forward(x),
+        };
+        if self.silu { normed.silu() } else { normed }
     }
 }
 
@@ -77,8 +81,8 @@ mod tests {
     }
 
     /// A layer with non-trivial weight and bias.
-    fn layer(vs: &nn::VarStore, groups: i64, channels: i64) -> GroupNormSilu {
-        let layer = GroupNormSilu::new(vs.root() / "norm", groups, channels);
+    fn layer(vs: &nn::VarStore, groups: i64, channels: i64, silu: bool) -> GroupNorm {
+        let layer = GroupNorm::new(vs.root() / "norm", groups, channels, silu);
         tch::no_grad(|| {
             let ws = layer.norm.ws.as_ref().unwrap();
             let bs = layer.norm.bs.as_ref().unwrap();
@@ -98,9 +102,9 @@ mod tests {
     /// from the same upstream gradient. Float32 sums over a group of up to ~10^4
     /// elements, accumulated in different orders, differ by about 1e-6 relative; 1e-4
     /// leaves room for that and none for a wrong formula (those are off by O(1)).
-    fn check(shape: &[i64], groups: i64, with_shift: bool) {
+    fn check(shape: &[i64], groups: i64, with_shift: bool, silu: bool) {
         let vs = nn::VarStore::new(Device::Cpu);
-        let layer = layer(&vs, groups, shape[1]);
+        let layer = layer(&vs, groups, shape[1], silu);
         let x = (randn(shape, 1) * 2.0 + 0.5).set_requires_grad(true);
         let shift = with_shift.then(|| randn(&shape[..2], 2).set_requires_grad(true));
         let upstream = randn(shape, 3);
@@ -124,7 +128,7 @@ mod tests {
         let names = ["x", "weight", "bias", "shift"];
         for ((a, b), name) in grads(&fused).iter().zip(grads(&separate)).zip(names) {
             let gap = max_relative_gap(a, &b);
-            assert!(gap < 1e-4, "{shape:?} d{name}: relative gap {gap}");
+            assert!(gap < 1e-4, "{shape:?} {silu} d{name}: relative gap {gap}");
         }
     }
 
@@ -132,12 +136,14 @@ mod tests {
     fn the_fused_kernel_matches_libtorchs_operations_and_their_gradients() {
         // UNet shapes (28x28 and 7x7 maps, 8 groups), a side that leaves a remainder
         // after the vector width, one channel per group, a sequence and a single group.
-        check(&[4, 32, 28, 28], 8, true);
-        check(&[3, 64, 7, 7], 8, false);
-        check(&[2, 12, 5, 3], 4, true);
-        check(&[2, 8, 3, 3], 8, false);
-        check(&[3, 6, 17], 2, false);
-        check(&[2, 4, 9, 9], 1, true);
+        for silu in [true, false] {
+            check(&[4, 32, 28, 28], 8, true, silu);
+            check(&[3, 64, 7, 7], 8, false, silu);
+            check(&[2, 12, 5, 3], 4, true, silu);
+            check(&[2, 8, 3, 3], 8, false, silu);
+            check(&[3, 6, 17], 2, false, silu);
+            check(&[2, 4, 9, 9], 1, true, silu);
+        }
     }
 
     #[test]
@@ -146,7 +152,7 @@ mod tests {
         // normalisation removes: its gradient is zero (up to float rounding, here
         // sums of 9 terms of size ~1, so ~1e-6), and the output does not depend on it.
         let vs = nn::VarStore::new(Device::Cpu);
-        let layer = layer(&vs, 8, 8);
+        let layer = layer(&vs, 8, 8, true);
         let x = randn(&[2, 8, 3, 3], 10);
         let shift = randn(&[2, 8], 11).set_requires_grad(true);
         let shifted = layer.fused(&x, Some(&shift)).unwrap();
@@ -162,7 +168,7 @@ mod tests {
     #[test]
     fn saturated_and_nan_inputs_behave_as_silu() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let layer = GroupNormSilu::new(vs.root() / "norm", 1, 2);
+        let layer = GroupNorm::new(vs.root() / "norm", 1, 2, true);
         tch::no_grad(|| {
             let ws = layer.norm.ws.as_ref().unwrap();
             ws.shallow_clone()
@@ -187,7 +193,7 @@ mod tests {
     #[test]
     fn forward_only_needs_no_graph_and_matches() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let layer = layer(&vs, 4, 16);
+        let layer = layer(&vs, 4, 16, true);
         let x = randn(&[2, 16, 6, 6], 4);
         let shift = randn(&[2, 16], 5);
         let (fused, separate) = tch::no_grad(|| {
@@ -203,29 +209,31 @@ mod tests {
     #[test]
     fn other_kinds_and_bad_shapes_run_libtorchs_operations() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let layer = layer(&vs, 2, 4);
+        let layer = layer(&vs, 2, 4, true);
         // float64 input: no fused kernel (the float32 weights make libtorch refuse it
         // too, as it does for nn::GroupNorm).
         let x = randn(&[1, 4, 3, 3], 6);
         assert!(layer.fused(&x.to_kind(Kind::Double), None).is_none());
         // A shift of the wrong shape is refused by the kernel, with its reason.
-        let err = crate::ffi::group_norm_silu(
+        let err = crate::ffi::group_norm(
             &x,
             Some(&randn(&[1, 3], 6)),
             layer.norm.ws.as_ref().unwrap(),
             layer.norm.bs.as_ref().unwrap(),
             2,
             EPS,
+            true,
         )
         .unwrap_err();
         assert!(err.contains("shift of shape (1, 4)"), "{err}");
-        let err = crate::ffi::group_norm_silu(
+        let err = crate::ffi::group_norm(
             &x,
             None,
             layer.norm.ws.as_ref().unwrap(),
             layer.norm.bs.as_ref().unwrap(),
             3,
             EPS,
+            true,
         )
         .unwrap_err();
         assert!(
@@ -237,7 +245,7 @@ mod tests {
     #[test]
     fn a_second_derivative_is_refused_with_a_reason() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let layer = layer(&vs, 2, 4);
+        let layer = layer(&vs, 2, 4, true);
         let x = randn(&[2, 4, 3, 3], 9).set_requires_grad(true);
         let z = layer.fused(&x, None).unwrap().sum(Kind::Float);
         let err = Tensor::f_run_backward(&[z], &[&x], true, true).unwrap_err();

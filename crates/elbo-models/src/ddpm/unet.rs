@@ -13,7 +13,7 @@ use tch::{Kind, Tensor};
 
 use crate::conv::Conv;
 use crate::error::{Error, Result};
-use crate::norm::GroupNormSilu;
+use crate::norm::GroupNorm;
 
 /// The shape of a UNet.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -110,18 +110,14 @@ fn conv1(path: nn::Path<'_>, c_in: i64, c_out: i64, zero: bool) -> Conv {
     Conv::pointwise(nn::conv2d(path, c_in, c_out, 1, config))
 }
 
-fn group_norm(path: nn::Path<'_>, groups: i64, channels: i64) -> nn::GroupNorm {
-    nn::group_norm(path, groups, channels, Default::default())
-}
-
 /// A residual block conditioned on the time embedding.
 #[derive(Debug)]
 struct ResBlock {
-    norm1: GroupNormSilu,
+    norm1: GroupNorm,
     conv1: Conv,
     time: nn::Linear,
     /// Normalises `conv1`'s output plus the time embedding's projection.
-    norm2: GroupNormSilu,
+    norm2: GroupNorm,
     conv2: Conv,
     skip: Option<Conv>,
     dropout: f64,
@@ -131,10 +127,10 @@ impl ResBlock {
     fn new(p: nn::Path<'_>, c_in: i64, c_out: i64, temb: i64, config: &UnetConfig) -> ResBlock {
         let g = config.norm_groups;
         ResBlock {
-            norm1: GroupNormSilu::new(&p / "norm1", g, c_in),
+            norm1: GroupNorm::new(&p / "norm1", g, c_in, true),
             conv1: conv3(&p / "conv1", c_in, c_out, 1, false),
             time: nn::linear(&p / "time", temb, c_out, Default::default()),
-            norm2: GroupNormSilu::new(&p / "norm2", g, c_out),
+            norm2: GroupNorm::new(&p / "norm2", g, c_out, true),
             conv2: conv3(&p / "conv2", c_out, c_out, 1, true),
             skip: (c_in != c_out).then(|| conv1(&p / "skip", c_in, c_out, false)),
             dropout: config.dropout,
@@ -160,7 +156,7 @@ impl ResBlock {
 /// Single-head self-attention over the positions of a feature map, with a residual.
 #[derive(Debug)]
 struct Attention {
-    norm: nn::GroupNorm,
+    norm: GroupNorm,
     q: Conv,
     k: Conv,
     v: Conv,
@@ -170,7 +166,7 @@ struct Attention {
 impl Attention {
     fn new(p: nn::Path<'_>, channels: i64, groups: i64) -> Attention {
         Attention {
-            norm: group_norm(&p / "norm", groups, channels),
+            norm: GroupNorm::new(&p / "norm", groups, channels, false),
             q: conv1(&p / "q", channels, channels, false),
             k: conv1(&p / "k", channels, channels, false),
             v: conv1(&p / "v", channels, channels, false),
@@ -180,7 +176,7 @@ impl Attention {
 
     fn forward(&self, x: &Tensor) -> Tensor {
         let (b, c, h, w) = x.size4().unwrap_or((0, 0, 0, 0));
-        let n = self.norm.forward(x);
+        let n = self.norm.forward(x, None);
         let q = self.q.forward(&n).reshape([b, c, h * w]).transpose(1, 2);
         let k = self.k.forward(&n).reshape([b, c, h * w]);
         let v = self.v.forward(&n).reshape([b, c, h * w]).transpose(1, 2);
@@ -225,7 +221,7 @@ pub struct Unet {
     down: Vec<Layer>,
     middle: (ResBlock, Attention, ResBlock),
     up: Vec<Layer>,
-    out_norm: GroupNormSilu,
+    out_norm: GroupNorm,
     output: Conv,
 }
 
@@ -300,7 +296,7 @@ impl Unet {
             down,
             middle,
             up,
-            out_norm: GroupNormSilu::new(p / "out_norm", g, c),
+            out_norm: GroupNorm::new(p / "out_norm", g, c, true),
             output: conv3(p / "output", c, config.in_channels, 1, true),
         })
     }

@@ -1,14 +1,14 @@
-// SiLU(GroupNorm(x + shift)) as one autograd operation on float32 CPU tensors: the
-// normalisation, the activation and an optional per-(example, channel) shift (the UNet's
-// time embedding) in one pass over memory forward and one backward, where libtorch's
-// separate operations make six. See src/norm.rs for the Rust side and the rules for when
-// it runs.
+// GroupNorm(x + shift), optionally followed by SiLU, as one autograd operation on
+// float32 CPU tensors: the normalisation, the activation and an optional
+// per-(example, channel) shift (the UNet's time embedding) in one pass over memory
+// forward and one backward, where libtorch's separate operations make up to seven. See
+// src/norm.rs for the Rust side and when it runs.
 //
 // Notation (per example n and group g of Cg channels, M = Cg * HW elements):
 //   u = x + s_c,  mean and rstd = 1 / sqrt(var + eps) of u over the group (biased
 //   variance, as GroupNorm), xhat = (u - mean) * rstd, y = gamma_c * xhat + beta_c,
-//   z = y * sigmoid(y).
-// Backward, from dz: dy = dz * sig * (1 + y * (1 - sig)); per channel a_c = sum_hw dy,
+//   z = y * sigmoid(y) (or z = y without the SiLU).
+// Backward, from dz: dy = dz * sig * (1 + y * (1 - sig)) (or dz); per channel a_c = sum_hw dy,
 // b_c = sum_hw dy * xhat, k_c = sum_hw xhat; m1 = sum_c gamma_c a_c / M,
 // m2 = sum_c gamma_c b_c / M; du = rstd * (gamma_c dy - m1 - xhat m2) (= dx);
 // dshift_c = sum_hw du = rstd * (gamma_c a_c - HW m1 - m2 k_c); dgamma_c = sum_n b_c,
@@ -88,13 +88,17 @@ ELBO_INLINE float sum_of_squares(const float* x, float offset, int64_t n) {
   return acc;
 }
 
-// out = silu(x * scale + shift)
-ELBO_INLINE void affine_silu(const float* x, float scale, float shift, float* out,
-                             int64_t n) {
+// out = silu(x * scale + shift), or without the SiLU.
+template <bool Silu>
+ELBO_INLINE void affine_act(const float* x, float scale, float shift, float* out, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const float y = x[i] * scale + shift;
-    out[i] = y * sigmoid(y);
+    if constexpr (Silu) {
+      out[i] = y * sigmoid(y);
+    } else {
+      out[i] = y;
+    }
   }
 }
 
@@ -104,18 +108,22 @@ struct ChannelSums {
   float k;  // sum xhat
 };
 
-// dy = silu'(y) dz with y = gamma * xhat + beta, xhat = x * rstd + xhat0; writes dy to
-// out and returns the channel's sums.
-ELBO_INLINE ChannelSums silu_backward_sums(const float* x, const float* dz, float rstd,
-                                           float xhat0, float gamma, float beta, float* out,
-                                           int64_t n) {
+// dy = silu'(y) dz with y = gamma * xhat + beta, xhat = x * rstd + xhat0 (dy = dz
+// without the SiLU); writes dy to out and returns the channel's sums.
+template <bool Silu>
+ELBO_INLINE ChannelSums act_backward_sums(const float* x, const float* dz, float rstd,
+                                          float xhat0, float gamma, float beta, float* out,
+                                          int64_t n) {
   float a = 0.0f, b = 0.0f, k = 0.0f;
 #pragma omp simd reduction(+ : a, b, k)
   for (int64_t i = 0; i < n; ++i) {
     const float xhat = x[i] * rstd + xhat0;
-    const float y = xhat * gamma + beta;
-    const float sig = sigmoid(y);
-    const float dy = dz[i] * sig * (1.0f + y * (1.0f - sig));
+    float dy = dz[i];
+    if constexpr (Silu) {
+      const float y = xhat * gamma + beta;
+      const float sig = sigmoid(y);
+      dy *= sig * (1.0f + y * (1.0f - sig));
+    }
     out[i] = dy;
     a += dy;
     b += dy * xhat;
@@ -163,6 +171,7 @@ struct Plan {
 };
 
 // Forward over groups [begin, end) (group ng = example ng / G, group ng % G).
+template <bool Silu>
 ELBO_INLINE void forward_groups_body(const Plan& p, int64_t begin, int64_t end) {
   const Shape& s = p.s;
   const double count = static_cast<double>(s.cg * s.hw);
@@ -186,7 +195,7 @@ ELBO_INLINE void forward_groups_body(const Plan& p, int64_t begin, int64_t end) 
       const double scale = r * static_cast<double>(p.gamma[c0 + c]);
       const double shifted = (static_cast<double>(p.shift_of(n, c0 + c)) - mu) * scale +
                              static_cast<double>(p.beta[c0 + c]);
-      affine_silu(xg + c * s.hw, static_cast<float>(scale), static_cast<float>(shifted),
+      affine_act<Silu>(xg + c * s.hw, static_cast<float>(scale), static_cast<float>(shifted),
                   p.z + (n * s.c + c0 + c) * s.hw, s.hw);
     }
     p.mean[ng] = static_cast<float>(mu);
@@ -195,6 +204,7 @@ ELBO_INLINE void forward_groups_body(const Plan& p, int64_t begin, int64_t end) 
 }
 
 // Backward over groups [begin, end).
+template <bool Silu>
 ELBO_INLINE void backward_groups_body(const Plan& p, int64_t begin, int64_t end) {
   const Shape& s = p.s;
   const double count = static_cast<double>(s.cg * s.hw);
@@ -210,7 +220,7 @@ ELBO_INLINE void backward_groups_body(const Plan& p, int64_t begin, int64_t end)
       const float xhat0 = (p.shift_of(n, c0 + c) - mu) * r;
       const float gamma = p.gamma[c0 + c];
       const ChannelSums sums =
-          silu_backward_sums(p.x + base + c * s.hw, p.dz + base + c * s.hw, r, xhat0, gamma,
+          act_backward_sums<Silu>(p.x + base + c * s.hw, p.dz + base + c * s.hw, r, xhat0, gamma,
                              p.beta[c0 + c], p.dx + base + c * s.hw, s.hw);
       p.sums_a[nc] = sums.a;
       p.sums_b[nc] = sums.b;
@@ -238,25 +248,30 @@ ELBO_INLINE void backward_groups_body(const Plan& p, int64_t begin, int64_t end)
   }
 }
 
+template <bool Silu>
 void forward_groups_base(const Plan& p, int64_t begin, int64_t end) {
-  forward_groups_body(p, begin, end);
+  forward_groups_body<Silu>(p, begin, end);
 }
+template <bool Silu>
 void backward_groups_base(const Plan& p, int64_t begin, int64_t end) {
-  backward_groups_body(p, begin, end);
+  backward_groups_body<Silu>(p, begin, end);
 }
 
 using GroupsFn = void (*)(const Plan&, int64_t, int64_t);
+// The drivers for one instruction set: [with SiLU?] forward and backward.
 struct Kernels {
-  GroupsFn forward;
-  GroupsFn backward;
+  GroupsFn forward[2];
+  GroupsFn backward[2];
 };
 
 #if defined(ELBO_HAS_AVX2_COPY)
+template <bool Silu>
 ELBO_AVX2 void forward_groups_avx2(const Plan& p, int64_t begin, int64_t end) {
-  forward_groups_body(p, begin, end);
+  forward_groups_body<Silu>(p, begin, end);
 }
+template <bool Silu>
 ELBO_AVX2 void backward_groups_avx2(const Plan& p, int64_t begin, int64_t end) {
-  backward_groups_body(p, begin, end);
+  backward_groups_body<Silu>(p, begin, end);
 }
 #endif
 
@@ -265,10 +280,12 @@ const Kernels& kernels() {
 #if defined(ELBO_HAS_AVX2_COPY)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-      return Kernels{forward_groups_avx2, backward_groups_avx2};
+      return Kernels{{forward_groups_avx2<false>, forward_groups_avx2<true>},
+                     {backward_groups_avx2<false>, backward_groups_avx2<true>}};
     }
 #endif
-    return Kernels{forward_groups_base, backward_groups_base};
+    return Kernels{{forward_groups_base<false>, forward_groups_base<true>},
+                   {backward_groups_base<false>, backward_groups_base<true>}};
   }();
   return chosen;
 }
@@ -276,7 +293,7 @@ const Kernels& kernels() {
 Shape check_inputs(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& weight,
                    const at::Tensor& bias, int64_t groups) {
   auto fail = [](const std::string& what) {
-    throw std::invalid_argument("group_norm_silu: " + what);
+    throw std::invalid_argument("group_norm: " + what);
   };
   if (x.scalar_type() != at::kFloat || !x.device().is_cpu()) {
     fail("expected a float32 CPU input, found " + std::string(c10::toString(x.scalar_type())) +
@@ -318,7 +335,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_kernel(const at::Tensor& 
                                                               const at::Tensor& shift_in,
                                                               const at::Tensor& weight_in,
                                                               const at::Tensor& bias_in,
-                                                              int64_t groups, double eps) {
+                                                              int64_t groups, double eps,
+                                                              bool silu) {
   Plan p{};
   p.s = check_inputs(x_in, shift_in, weight_in, bias_in, groups);
   p.eps = eps;
@@ -336,7 +354,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_kernel(const at::Tensor& 
   p.z = z.data_ptr<float>();
   p.mean = mean.data_ptr<float>();
   p.rstd = rstd.data_ptr<float>();
-  const GroupsFn run = kernels().forward;
+  const GroupsFn run = kernels().forward[silu ? 1 : 0];
   at::parallel_for(0, p.s.n * groups, 1,
                    [&](int64_t begin, int64_t end) { run(p, begin, end); });
   return {z, mean, rstd};
@@ -346,7 +364,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_kernel(const at::Tensor& 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_kernel(
     const at::Tensor& dz_in, const at::Tensor& x_in, const at::Tensor& shift_in,
     const at::Tensor& weight_in, const at::Tensor& bias_in, const at::Tensor& mean_in,
-    const at::Tensor& rstd_in, int64_t groups) {
+    const at::Tensor& rstd_in, int64_t groups, bool silu) {
   Plan p{};
   p.s = check_inputs(x_in, shift_in, weight_in, bias_in, groups);
   const at::Tensor x = x_in.contiguous();
@@ -371,7 +389,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_kernel(
   p.dshift = dshift.defined() ? dshift.data_ptr<float>() : nullptr;
   p.sums_a = sums_a.data_ptr<float>();
   p.sums_b = sums_b.data_ptr<float>();
-  const GroupsFn run = kernels().backward;
+  const GroupsFn run = kernels().backward[silu ? 1 : 0];
   at::parallel_for(0, p.s.n * groups, 1,
                    [&](int64_t begin, int64_t end) { run(p, begin, end); });
   return {dx, dshift, sums_b.sum(0), sums_a.sum(0)};
@@ -383,50 +401,52 @@ using torch::autograd::variable_list;
 void refuse_second_derivative() {
   if (at::GradMode::is_enabled()) {
     throw std::runtime_error(
-        "group_norm_silu: elbo's fused GroupNorm + SiLU has no second derivative "
+        "group_norm: elbo's fused GroupNorm (+ SiLU) has no second derivative "
         "(backward with create_graph); use the separate operations");
   }
 }
 
-// silu(group_norm(x)). (An undefined tensor cannot be an input of an autograd function,
-// hence two functions rather than an optional shift.)
-struct GroupNormSilu : public torch::autograd::Function<GroupNormSilu> {
+// group_norm(x), then SiLU when `silu`. (An undefined tensor cannot be an input of an
+// autograd function, hence two functions rather than an optional shift.)
+struct GroupNormAct : public torch::autograd::Function<GroupNormAct> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
-                            const at::Tensor& bias, int64_t groups, double eps) {
-    auto [z, mean, rstd] = forward_kernel(x, at::Tensor(), weight, bias, groups, eps);
+                            const at::Tensor& bias, int64_t groups, double eps, bool silu) {
+    auto [z, mean, rstd] = forward_kernel(x, at::Tensor(), weight, bias, groups, eps, silu);
     ctx->save_for_backward({x, weight, bias, mean, rstd});
     ctx->saved_data["groups"] = groups;
+    ctx->saved_data["silu"] = silu;
     return z;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     refuse_second_derivative();
     const variable_list v = ctx->get_saved_variables();
-    const int64_t groups = ctx->saved_data["groups"].toInt();
     auto [dx, dshift, dweight, dbias] =
-        backward_kernel(grad_outputs[0], v[0], at::Tensor(), v[1], v[2], v[3], v[4], groups);
-    return {dx, dweight, dbias, at::Tensor(), at::Tensor()};
+        backward_kernel(grad_outputs[0], v[0], at::Tensor(), v[1], v[2], v[3], v[4],
+                        ctx->saved_data["groups"].toInt(), ctx->saved_data["silu"].toBool());
+    return {dx, dweight, dbias, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
-// silu(group_norm(x + shift[:, :, None, ...])).
-struct ShiftedGroupNormSilu : public torch::autograd::Function<ShiftedGroupNormSilu> {
+// group_norm(x + shift[:, :, None, ...]), then SiLU when `silu`.
+struct ShiftedGroupNormAct : public torch::autograd::Function<ShiftedGroupNormAct> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& shift,
                             const at::Tensor& weight, const at::Tensor& bias, int64_t groups,
-                            double eps) {
-    auto [z, mean, rstd] = forward_kernel(x, shift, weight, bias, groups, eps);
+                            double eps, bool silu) {
+    auto [z, mean, rstd] = forward_kernel(x, shift, weight, bias, groups, eps, silu);
     ctx->save_for_backward({x, shift, weight, bias, mean, rstd});
     ctx->saved_data["groups"] = groups;
+    ctx->saved_data["silu"] = silu;
     return z;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     refuse_second_derivative();
     const variable_list v = ctx->get_saved_variables();
-    const int64_t groups = ctx->saved_data["groups"].toInt();
     auto [dx, dshift, dweight, dbias] =
-        backward_kernel(grad_outputs[0], v[0], v[1], v[2], v[3], v[4], v[5], groups);
-    return {dx, dshift, dweight, dbias, at::Tensor(), at::Tensor()};
+        backward_kernel(grad_outputs[0], v[0], v[1], v[2], v[3], v[4], v[5],
+                        ctx->saved_data["groups"].toInt(), ctx->saved_data["silu"].toBool());
+    return {dx, dshift, dweight, dbias, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -434,21 +454,21 @@ struct ShiftedGroupNormSilu : public torch::autograd::Function<ShiftedGroupNormS
 
 extern "C" {
 
-// z = silu(group_norm(x + shift[:, :, None, ...], groups, weight, bias, eps)) into a new
-// tensor handle *out; shift may be null. Float32 CPU tensors only.
-char* elbo_group_norm_silu(at::Tensor* x, at::Tensor* shift, at::Tensor* weight,
-                           at::Tensor* bias, int64_t groups, double eps, at::Tensor** out) {
+// z = group_norm(x + shift[:, :, None, ...], groups, weight, bias, eps), then SiLU when
+// silu != 0, into a new tensor handle *out; shift may be null. Float32 CPU tensors only.
+char* elbo_group_norm(at::Tensor* x, at::Tensor* shift, at::Tensor* weight, at::Tensor* bias,
+                      int64_t groups, double eps, int silu, at::Tensor** out) {
   try {
     at::Tensor z =
         shift != nullptr
-            ? ShiftedGroupNormSilu::apply(*x, *shift, *weight, *bias, groups, eps)
-            : GroupNormSilu::apply(*x, *weight, *bias, groups, eps);
+            ? ShiftedGroupNormAct::apply(*x, *shift, *weight, *bias, groups, eps, silu != 0)
+            : GroupNormAct::apply(*x, *weight, *bias, groups, eps, silu != 0);
     *out = new at::Tensor(std::move(z));
     return nullptr;
   } catch (const std::exception& e) {
     return elbo::message(e.what());
   } catch (...) {
-    return elbo::message("unknown C++ exception in elbo_group_norm_silu");
+    return elbo::message("unknown C++ exception in elbo_group_norm");
   }
 }
 
