@@ -168,93 +168,97 @@ struct Plan {
   float shift_of(int64_t n, int64_t c) const {
     return shift != nullptr ? shift[n * s.c + c] : 0.0f;
   }
+
+  // Group ng: example n = ng / G, its first channel c0, the offset of its first element
+  // (its channels are contiguous: Cg * HW floats from there).
+  struct Group {
+    int64_t n, c0, base;
+  };
+  Group group(int64_t ng) const {
+    const int64_t n = ng / s.groups;
+    const int64_t c0 = (ng % s.groups) * s.cg;
+    return {n, c0, (n * s.c + c0) * s.hw};
+  }
 };
 
-// Forward over groups [begin, end) (group ng = example ng / G, group ng % G).
+// The forward pass of group ng.
 template <bool Silu>
-ELBO_INLINE void forward_groups_body(const Plan& p, int64_t begin, int64_t end) {
+ELBO_INLINE void forward_group(const Plan& p, int64_t ng) {
   const Shape& s = p.s;
   const double count = static_cast<double>(s.cg * s.hw);
-  for (int64_t ng = begin; ng < end; ++ng) {
-    const int64_t n = ng / s.groups;
-    const int64_t c0 = (ng % s.groups) * s.cg;
-    const float* xg = p.x + (n * s.c + c0) * s.hw;
-    double total = 0.0;
-    for (int64_t c = 0; c < s.cg; ++c) {
-      total += static_cast<double>(sum_of(xg + c * s.hw, s.hw)) +
-               static_cast<double>(p.shift_of(n, c0 + c)) * static_cast<double>(s.hw);
-    }
-    const double mu = total / count;
-    double squares = 0.0;
-    for (int64_t c = 0; c < s.cg; ++c) {
-      const float offset = static_cast<float>(static_cast<double>(p.shift_of(n, c0 + c)) - mu);
-      squares += static_cast<double>(sum_of_squares(xg + c * s.hw, offset, s.hw));
-    }
-    const double r = 1.0 / std::sqrt(squares / count + p.eps);
-    for (int64_t c = 0; c < s.cg; ++c) {
-      const double scale = r * static_cast<double>(p.gamma[c0 + c]);
-      const double shifted = (static_cast<double>(p.shift_of(n, c0 + c)) - mu) * scale +
-                             static_cast<double>(p.beta[c0 + c]);
-      affine_act<Silu>(xg + c * s.hw, static_cast<float>(scale), static_cast<float>(shifted),
-                  p.z + (n * s.c + c0 + c) * s.hw, s.hw);
-    }
-    p.mean[ng] = static_cast<float>(mu);
-    p.rstd[ng] = static_cast<float>(r);
+  const auto [n, c0, base] = p.group(ng);
+  const float* xg = p.x + base;
+  double total = 0.0;
+  for (int64_t c = 0; c < s.cg; ++c) {
+    total += static_cast<double>(sum_of(xg + c * s.hw, s.hw)) +
+             static_cast<double>(p.shift_of(n, c0 + c)) * static_cast<double>(s.hw);
   }
+  const double mu = total / count;
+  double squares = 0.0;
+  for (int64_t c = 0; c < s.cg; ++c) {
+    const float offset = static_cast<float>(static_cast<double>(p.shift_of(n, c0 + c)) - mu);
+    squares += static_cast<double>(sum_of_squares(xg + c * s.hw, offset, s.hw));
+  }
+  const double r = 1.0 / std::sqrt(squares / count + p.eps);
+  for (int64_t c = 0; c < s.cg; ++c) {
+    const double scale = r * static_cast<double>(p.gamma[c0 + c]);
+    const double shifted = (static_cast<double>(p.shift_of(n, c0 + c)) - mu) * scale +
+                           static_cast<double>(p.beta[c0 + c]);
+    affine_act<Silu>(xg + c * s.hw, static_cast<float>(scale), static_cast<float>(shifted),
+                     p.z + base + c * s.hw, s.hw);
+  }
+  p.mean[ng] = static_cast<float>(mu);
+  p.rstd[ng] = static_cast<float>(r);
 }
 
-// Backward over groups [begin, end).
+// The backward pass of group ng.
 template <bool Silu>
-ELBO_INLINE void backward_groups_body(const Plan& p, int64_t begin, int64_t end) {
+ELBO_INLINE void backward_group(const Plan& p, int64_t ng) {
   const Shape& s = p.s;
+  const auto [n, c0, base] = p.group(ng);
   const double count = static_cast<double>(s.cg * s.hw);
-  for (int64_t ng = begin; ng < end; ++ng) {
-    const int64_t n = ng / s.groups;
-    const int64_t c0 = (ng % s.groups) * s.cg;
-    const int64_t base = (n * s.c + c0) * s.hw;
-    const float mu = p.mean[ng];
-    const float r = p.rstd[ng];
-    double m1 = 0.0, m2 = 0.0;
-    for (int64_t c = 0; c < s.cg; ++c) {
-      const int64_t nc = n * s.c + c0 + c;
-      const float xhat0 = (p.shift_of(n, c0 + c) - mu) * r;
-      const float gamma = p.gamma[c0 + c];
-      const ChannelSums sums =
-          act_backward_sums<Silu>(p.x + base + c * s.hw, p.dz + base + c * s.hw, r, xhat0, gamma,
-                             p.beta[c0 + c], p.dx + base + c * s.hw, s.hw);
-      p.sums_a[nc] = sums.a;
-      p.sums_b[nc] = sums.b;
-      m1 += static_cast<double>(gamma) * sums.a;
-      m2 += static_cast<double>(gamma) * sums.b;
-      if (p.dshift != nullptr) {
-        p.dshift[nc] = sums.k;  // sum of xhat until the second pass
-      }
+  const float mu = p.mean[ng];
+  const float r = p.rstd[ng];
+  double m1 = 0.0, m2 = 0.0;
+  for (int64_t c = 0; c < s.cg; ++c) {
+    const int64_t nc = n * s.c + c0 + c;
+    const float xhat0 = (p.shift_of(n, c0 + c) - mu) * r;
+    const float gamma = p.gamma[c0 + c];
+    const ChannelSums sums =
+        act_backward_sums<Silu>(p.x + base + c * s.hw, p.dz + base + c * s.hw, r, xhat0, gamma,
+                           p.beta[c0 + c], p.dx + base + c * s.hw, s.hw);
+    p.sums_a[nc] = sums.a;
+    p.sums_b[nc] = sums.b;
+    m1 += static_cast<double>(gamma) * sums.a;
+    m2 += static_cast<double>(gamma) * sums.b;
+    if (p.dshift != nullptr) {
+      p.dshift[nc] = sums.k;  // sum of xhat until the second pass
     }
-    m1 /= count;
-    m2 /= count;
-    for (int64_t c = 0; c < s.cg; ++c) {
-      const int64_t nc = n * s.c + c0 + c;
-      const float xhat0 = (p.shift_of(n, c0 + c) - mu) * r;
-      const double gamma = p.gamma[c0 + c];
-      group_norm_input_grad(p.x + base + c * s.hw, r, xhat0, static_cast<float>(gamma),
-                            static_cast<float>(m1), static_cast<float>(m2),
-                            p.dx + base + c * s.hw, s.hw);
-      if (p.dshift != nullptr) {
-        p.dshift[nc] = static_cast<float>(
-            static_cast<double>(r) * (gamma * p.sums_a[nc] - static_cast<double>(s.hw) * m1 -
-                                      m2 * static_cast<double>(p.dshift[nc])));
-      }
+  }
+  m1 /= count;
+  m2 /= count;
+  for (int64_t c = 0; c < s.cg; ++c) {
+    const int64_t nc = n * s.c + c0 + c;
+    const float xhat0 = (p.shift_of(n, c0 + c) - mu) * r;
+    const double gamma = p.gamma[c0 + c];
+    group_norm_input_grad(p.x + base + c * s.hw, r, xhat0, static_cast<float>(gamma),
+                          static_cast<float>(m1), static_cast<float>(m2),
+                          p.dx + base + c * s.hw, s.hw);
+    if (p.dshift != nullptr) {
+      p.dshift[nc] = static_cast<float>(
+          static_cast<double>(r) * (gamma * p.sums_a[nc] - static_cast<double>(s.hw) * m1 -
+                                    m2 * static_cast<double>(p.dshift[nc])));
     }
   }
 }
 
 template <bool Silu>
 void forward_groups_base(const Plan& p, int64_t begin, int64_t end) {
-  forward_groups_body<Silu>(p, begin, end);
+  for (int64_t ng = begin; ng < end; ++ng) forward_group<Silu>(p, ng);
 }
 template <bool Silu>
 void backward_groups_base(const Plan& p, int64_t begin, int64_t end) {
-  backward_groups_body<Silu>(p, begin, end);
+  for (int64_t ng = begin; ng < end; ++ng) backward_group<Silu>(p, ng);
 }
 
 using GroupsFn = void (*)(const Plan&, int64_t, int64_t);
@@ -267,11 +271,11 @@ struct Kernels {
 #if defined(ELBO_HAS_AVX2_COPY)
 template <bool Silu>
 ELBO_AVX2 void forward_groups_avx2(const Plan& p, int64_t begin, int64_t end) {
-  forward_groups_body<Silu>(p, begin, end);
+  for (int64_t ng = begin; ng < end; ++ng) forward_group<Silu>(p, ng);
 }
 template <bool Silu>
 ELBO_AVX2 void backward_groups_avx2(const Plan& p, int64_t begin, int64_t end) {
-  backward_groups_body<Silu>(p, begin, end);
+  for (int64_t ng = begin; ng < end; ++ng) backward_group<Silu>(p, ng);
 }
 #endif
 
@@ -398,12 +402,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_kernel(
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-void refuse_second_derivative() {
+// Both autograd functions below: the forward pass, saving x, the shift (when there is
+// one), weight, bias, mean and rstd.
+at::Tensor save_and_run(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& shift,
+                        const at::Tensor& weight, const at::Tensor& bias, int64_t groups,
+                        double eps, bool silu) {
+  auto [z, mean, rstd] = forward_kernel(x, shift, weight, bias, groups, eps, silu);
+  if (shift.defined()) {
+    ctx->save_for_backward({x, shift, weight, bias, mean, rstd});
+  } else {
+    ctx->save_for_backward({x, weight, bias, mean, rstd});
+  }
+  ctx->saved_data["groups"] = groups;
+  ctx->saved_data["silu"] = silu;
+  return z;
+}
+
+// The backward pass: gradients of x, the shift (when `shifted`), weight and bias, and
+// none for groups, eps and silu.
+variable_list backward_from_saved(AutogradContext* ctx, const at::Tensor& dz, bool shifted) {
   if (at::GradMode::is_enabled()) {
     throw std::runtime_error(
         "group_norm: elbo's fused GroupNorm (+ SiLU) has no second derivative "
         "(backward with create_graph); use the separate operations");
   }
+  const variable_list v = ctx->get_saved_variables();
+  const size_t o = shifted ? 1 : 0;
+  auto [dx, dshift, dweight, dbias] = backward_kernel(
+      dz, v[0], shifted ? v[1] : at::Tensor(), v[1 + o], v[2 + o], v[3 + o], v[4 + o],
+      ctx->saved_data["groups"].toInt(), ctx->saved_data["silu"].toBool());
+  variable_list grads{dx};
+  if (shifted) {
+    grads.push_back(dshift);
+  }
+  grads.insert(grads.end(), {dweight, dbias, at::Tensor(), at::Tensor(), at::Tensor()});
+  return grads;
 }
 
 // group_norm(x), then SiLU when `silu`. (An undefined tensor cannot be an input of an
@@ -411,20 +444,11 @@ void refuse_second_derivative() {
 struct GroupNormAct : public torch::autograd::Function<GroupNormAct> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                             const at::Tensor& bias, int64_t groups, double eps, bool silu) {
-    auto [z, mean, rstd] = forward_kernel(x, at::Tensor(), weight, bias, groups, eps, silu);
-    ctx->save_for_backward({x, weight, bias, mean, rstd});
-    ctx->saved_data["groups"] = groups;
-    ctx->saved_data["silu"] = silu;
-    return z;
+    return save_and_run(ctx, x, at::Tensor(), weight, bias, groups, eps, silu);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    refuse_second_derivative();
-    const variable_list v = ctx->get_saved_variables();
-    auto [dx, dshift, dweight, dbias] =
-        backward_kernel(grad_outputs[0], v[0], at::Tensor(), v[1], v[2], v[3], v[4],
-                        ctx->saved_data["groups"].toInt(), ctx->saved_data["silu"].toBool());
-    return {dx, dweight, dbias, at::Tensor(), at::Tensor(), at::Tensor()};
+    return backward_from_saved(ctx, grad_outputs[0], false);
   }
 };
 
@@ -433,20 +457,11 @@ struct ShiftedGroupNormAct : public torch::autograd::Function<ShiftedGroupNormAc
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& shift,
                             const at::Tensor& weight, const at::Tensor& bias, int64_t groups,
                             double eps, bool silu) {
-    auto [z, mean, rstd] = forward_kernel(x, shift, weight, bias, groups, eps, silu);
-    ctx->save_for_backward({x, shift, weight, bias, mean, rstd});
-    ctx->saved_data["groups"] = groups;
-    ctx->saved_data["silu"] = silu;
-    return z;
+    return save_and_run(ctx, x, shift, weight, bias, groups, eps, silu);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    refuse_second_derivative();
-    const variable_list v = ctx->get_saved_variables();
-    auto [dx, dshift, dweight, dbias] =
-        backward_kernel(grad_outputs[0], v[0], v[1], v[2], v[3], v[4], v[5],
-                        ctx->saved_data["groups"].toInt(), ctx->saved_data["silu"].toBool());
-    return {dx, dshift, dweight, dbias, at::Tensor(), at::Tensor(), at::Tensor()};
+    return backward_from_saved(ctx, grad_outputs[0], true);
   }
 };
 
