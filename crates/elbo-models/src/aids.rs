@@ -119,6 +119,7 @@ mod tests {
     // The values below are sums of a few small f32 numbers: exact to 1e-4.
     #[test]
     fn off_by_default_is_the_negative_elbo() {
+        let _generator = crate::testing::generator_lock();
         let aids = TrainingAids::default();
         assert!(aids.loss_is_plain(0));
         // -mean(-100 - 4 - 0.5, -120 - 6 - 1.5) = 116.
@@ -127,6 +128,7 @@ mod tests {
 
     #[test]
     fn warm_up_scales_the_kl_terms_and_ends_at_one() {
+        let _generator = crate::testing::generator_lock();
         let aids = TrainingAids {
             kl_warmup_steps: 4,
             ..Default::default()
@@ -141,6 +143,7 @@ mod tests {
 
     #[test]
     fn free_bits_floor_each_term_separately() {
+        let _generator = crate::testing::generator_lock();
         let aids = TrainingAids {
             free_bits: 2.0,
             ..Default::default()
@@ -151,6 +154,7 @@ mod tests {
 
     #[test]
     fn skipping_and_validation() {
+        let _generator = crate::testing::generator_lock();
         let aids = TrainingAids {
             skip_grad_norm: Some(10.0),
             ..Default::default()

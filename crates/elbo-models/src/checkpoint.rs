@@ -235,6 +235,7 @@ mod tests {
 
     #[test]
     fn saves_loads_and_keeps_the_last_n() {
+        let _generator = crate::testing::generator_lock();
         let dir = tempfile::tempdir().unwrap();
         let w = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
         for step in [10, 20, 30] {
@@ -265,6 +266,7 @@ mod tests {
 
     #[test]
     fn another_model_or_config_is_refused_naming_the_difference() {
+        let _generator = crate::testing::generator_lock();
         let m = meta(1);
         m.check_compatible("vae", &json!({"latent_dim": 20, "hidden": [400]}))
             .unwrap();
@@ -285,6 +287,7 @@ mod tests {
 
     #[test]
     fn garbage_and_missing_files_are_clear_errors() {
+        let _generator = crate::testing::generator_lock();
         let dir = tempfile::tempdir().unwrap();
         let err = load(dir.path()).err().unwrap().to_string();
         assert!(err.contains("no checkpoint"), "{err}");
@@ -309,6 +312,7 @@ mod tests {
 
     #[test]
     fn a_failed_write_leaves_no_file_under_either_name() {
+        let _generator = crate::testing::generator_lock();
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("out.bin");
         let err = write_atomically(&target, |temp| {

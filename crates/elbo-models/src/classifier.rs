@@ -465,6 +465,7 @@ mod tests {
 
     #[test]
     fn shapes_follow_the_configuration_and_bad_ones_are_refused() {
+        let _generator = crate::testing::generator_lock();
         let vs = VarStore::new(Device::Cpu);
         let config = ClassifierConfig::new([1, 28, 28], 10);
         let model = Classifier::new(&vs.root(), config).unwrap();

@@ -231,6 +231,7 @@ mod tests {
     /// serves computes what libtorch's kernel computes, gradients included.
     #[test]
     fn products_match_libtorch_and_the_rules_pick_them() {
+        let _generator = crate::testing::generator_lock();
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
         let root = vs.root();

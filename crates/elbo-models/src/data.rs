@@ -76,6 +76,7 @@ mod tests {
 
     #[test]
     fn arrays_become_tensors_of_the_same_shape_and_values() {
+        let _generator = crate::testing::generator_lock();
         let a = Array4::from_shape_fn((2, 1, 2, 3), |(n, _, h, w)| (n * 6 + h * 3 + w) as f32);
         let t = to_tensor(&a, Device::Cpu);
         assert_eq!(t.size(), [2, 1, 2, 3]);
@@ -84,6 +85,7 @@ mod tests {
 
     #[test]
     fn the_fixed_test_set_is_the_same_every_time_and_binary_for_bernoulli() {
+        let _generator = crate::testing::generator_lock();
         let images =
             Array4::from_shape_fn((4, 1, 3, 3), |(n, _, h, w)| (n * 60 + h * 20 + w * 7) as u8);
         let dataset = Dataset::new(images, Array1::zeros(4)).unwrap();

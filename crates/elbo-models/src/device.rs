@@ -80,6 +80,7 @@ mod tests {
 
     #[test]
     fn parses_every_form_and_round_trips_through_display() {
+        let _generator = crate::testing::generator_lock();
         for (text, spec) in [
             ("auto", DeviceSpec::Auto),
             ("cpu", DeviceSpec::Cpu),
@@ -94,6 +95,7 @@ mod tests {
 
     #[test]
     fn rejects_unknown_names_saying_what_is_expected() {
+        let _generator = crate::testing::generator_lock();
         for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", "mps", ""] {
             let err = bad.parse::<DeviceSpec>().unwrap_err().to_string();
             assert!(
@@ -105,6 +107,7 @@ mod tests {
 
     #[test]
     fn resolves_against_the_devices_present() {
+        let _generator = crate::testing::generator_lock();
         assert_eq!(DeviceSpec::Auto.resolve_with(0).unwrap(), tch::Device::Cpu);
         assert_eq!(
             DeviceSpec::Auto.resolve_with(2).unwrap(),
@@ -125,6 +128,7 @@ mod tests {
 
     #[test]
     fn cpu_always_resolves_and_runs_a_tensor_op() {
+        let _generator = crate::testing::generator_lock();
         let device = DeviceSpec::Cpu.resolve().unwrap();
         let x = tch::Tensor::arange(4, (tch::Kind::Float, device));
         assert_eq!(x.sum(tch::Kind::Float).double_value(&[]), 6.0);

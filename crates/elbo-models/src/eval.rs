@@ -184,6 +184,7 @@ mod tests {
     /// above the Monte Carlo noise of 200 examples, so the ordering is a firm check.
     #[test]
     fn iwae_is_at_least_the_elbo_and_grows_with_k() {
+        let _generator = crate::testing::generator_lock();
         tch::manual_seed(3);
         let vs = VarStore::new(tch::Device::Cpu);
         let config = VaeConfig::preset("vae-mlp", [1, 28, 28], Likelihood::Bernoulli).unwrap();
@@ -213,6 +214,7 @@ mod tests {
     /// 20, so the variance over the data is far above 0.01).
     #[test]
     fn active_units_count_the_dimensions_whose_mean_varies_with_x() {
+        let _generator = crate::testing::generator_lock();
         tch::manual_seed(4);
         let vs = VarStore::new(tch::Device::Cpu);
         let config = VaeConfig::preset("vae-mlp", [1, 28, 28], Likelihood::Bernoulli).unwrap();

@@ -274,12 +274,14 @@ mod tests {
 
     #[test]
     fn autocast_dtype_can_be_set_to_bfloat16() {
+        let _generator = crate::testing::generator_lock();
         set_cuda_autocast_bf16().unwrap();
         assert_eq!(cuda_autocast_dtype().unwrap(), "BFloat16");
     }
 
     #[test]
     fn cleared_gradients_are_undefined_and_the_next_backward_starts_afresh() {
+        let _generator = crate::testing::generator_lock();
         let x = Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);
         (&x * 3.0).sum(tch::Kind::Float).backward();
         assert!(x.grad().defined());
@@ -292,6 +294,7 @@ mod tests {
 
     #[test]
     fn grad_mode_is_read_inside_and_outside_no_grad() {
+        let _generator = crate::testing::generator_lock();
         assert!(grad_enabled());
         assert!(!tch::no_grad(grad_enabled));
         assert!(grad_enabled(), "restored after the region");
@@ -299,6 +302,7 @@ mod tests {
 
     #[test]
     fn mismatched_lists_are_refused_before_libtorch_sees_them() {
+        let _generator = crate::testing::generator_lock();
         let p = [Tensor::zeros([2], (tch::Kind::Float, tch::Device::Cpu))];
         let hyper = FusedAdamStep {
             lr: 0.1,

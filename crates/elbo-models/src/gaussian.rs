@@ -80,6 +80,7 @@ pub(crate) mod tests {
 
     #[test]
     fn log_density_matches_elbo_math() {
+        let _generator = crate::testing::generator_lock();
         let (mean, log_var, x) = grid();
         let got = values(&log_density(&t(&x), &t(&mean), &t(&log_var)));
         for (row, &value) in got.iter().enumerate() {
@@ -98,6 +99,7 @@ pub(crate) mod tests {
 
     #[test]
     fn kl_matches_elbo_math_both_ways_and_the_standard_normal_case() {
+        let _generator = crate::testing::generator_lock();
         let (mean_q, log_var_q, _) = grid();
         let mean_p: Vec<f64> = mean_q.iter().rev().copied().collect();
         let log_var_p: Vec<f64> = log_var_q.iter().map(|v| -v / 2.0).collect();
@@ -137,6 +139,7 @@ pub(crate) mod tests {
 
     #[test]
     fn reparameterised_draws_have_the_asked_moments() {
+        let _generator = crate::testing::generator_lock();
         tch::manual_seed(7);
         let n = 200_000;
         let mean = Tensor::full([n], 1.5, (Kind::Double, tch::Device::Cpu));

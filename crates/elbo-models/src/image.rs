@@ -71,6 +71,7 @@ mod tests {
 
     #[test]
     fn writes_a_png_of_the_grid_size_with_the_pixels_in_place() {
+        let _generator = crate::testing::generator_lock();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("grid.png");
         // Three 2x3 grey images: 0, 0.5 and 1.
@@ -94,6 +95,7 @@ mod tests {
 
     #[test]
     fn refuses_shapes_it_cannot_draw() {
+        let _generator = crate::testing::generator_lock();
         let dir = tempfile::tempdir().unwrap();
         let err = save_grid(
             &Tensor::zeros([2, 2], (Kind::Float, tch::Device::Cpu)),

@@ -40,6 +40,7 @@ mod tests {
 
     #[test]
     fn weights_and_biases_are_uniform_within_one_over_root_fan_in() {
+        let _generator = crate::testing::generator_lock();
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
         let layer = torch_linear(vs.root() / "fc", 400, 300);

@@ -44,3 +44,21 @@ pub mod vae;
 pub use device::DeviceSpec;
 pub use error::{Error, Result};
 pub use runtime::{RuntimeInfo, retain_freed_memory};
+
+/// What the unit tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::{Mutex, MutexGuard};
+
+    static GENERATOR: Mutex<()> = Mutex::new(());
+
+    /// libtorch's random generator (and its allocator and thread settings) are
+    /// process-wide, and the test harness runs tests on parallel threads: every unit test
+    /// holds this lock, so a test that seeds the generator sees exactly the draws that
+    /// follow, whatever else runs. (A test that panicked holding it does not poison it.)
+    pub(crate) fn generator_lock() -> MutexGuard<'static, ()> {
+        GENERATOR
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

@@ -126,6 +126,7 @@ mod tests {
 
     #[test]
     fn bernoulli_matches_the_formula() {
+        let _generator = crate::testing::generator_lock();
         let logits = Tensor::from_slice(&[-30.0f64, -1.0, 0.0, 2.0]).reshape([1, 4]);
         let x = Tensor::from_slice(&[0.0f64, 1.0, 1.0, 0.3]).reshape([1, 4]);
         let got = values(&bernoulli_log_prob(&logits, &x))[0];
@@ -141,6 +142,7 @@ mod tests {
 
     #[test]
     fn discretized_gaussian_matches_elbo_math_across_bins_and_tails() {
+        let _generator = crate::testing::generator_lock();
         let levels: Vec<u8> = vec![0, 1, 37, 127, 128, 200, 254, 255];
         let cases = [
             (0.0, -5.0),
@@ -172,6 +174,7 @@ mod tests {
 
     #[test]
     fn discretized_gaussian_probabilities_sum_to_one() {
+        let _generator = crate::testing::generator_lock();
         let levels: Vec<f64> = (0..=255u8).map(exact::level_to_unit).collect();
         let x = Tensor::from_slice(&levels).reshape([256, 1]);
         let mean = Tensor::full([256, 1], 0.2, (tch::Kind::Double, tch::Device::Cpu));
@@ -186,6 +189,7 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_unknown_names_are_refused() {
+        let _generator = crate::testing::generator_lock();
         for l in [
             Likelihood::Bernoulli,
             Likelihood::ContinuousBce,

@@ -132,6 +132,7 @@ mod tests {
 
     #[test]
     fn elbo_subtracts_every_kl_term() {
+        let _generator = crate::testing::generator_lock();
         let terms = ElboTerms {
             reconstruction: Tensor::from_slice(&[-10.0f32, -20.0]),
             prior_matching: Tensor::from_slice(&[1.0f32, 2.0]),

@@ -134,6 +134,7 @@ mod tests {
 
     #[test]
     fn the_fused_kernel_matches_libtorchs_operations_and_their_gradients() {
+        let _generator = crate::testing::generator_lock();
         // UNet shapes (28x28 and 7x7 maps, 8 groups), a side that leaves a remainder
         // after the vector width, one channel per group, a sequence and a single group.
         for silu in [true, false] {
@@ -148,6 +149,7 @@ mod tests {
 
     #[test]
     fn a_group_of_one_channel_cancels_its_shift() {
+        let _generator = crate::testing::generator_lock();
         // With one channel per group the shift moves the whole group, which the
         // normalisation removes: its gradient is zero (up to float rounding, here
         // sums of 9 terms of size ~1, so ~1e-6), and the output does not depend on it.
@@ -167,6 +169,7 @@ mod tests {
 
     #[test]
     fn saturated_and_nan_inputs_behave_as_silu() {
+        let _generator = crate::testing::generator_lock();
         let vs = nn::VarStore::new(Device::Cpu);
         let layer = GroupNorm::new(vs.root() / "norm", 1, 2, true);
         tch::no_grad(|| {
@@ -192,6 +195,7 @@ mod tests {
 
     #[test]
     fn forward_only_needs_no_graph_and_matches() {
+        let _generator = crate::testing::generator_lock();
         let vs = nn::VarStore::new(Device::Cpu);
         let layer = layer(&vs, 4, 16, true);
         let x = randn(&[2, 16, 6, 6], 4);
@@ -208,6 +212,7 @@ mod tests {
 
     #[test]
     fn other_kinds_and_bad_shapes_run_libtorchs_operations() {
+        let _generator = crate::testing::generator_lock();
         let vs = nn::VarStore::new(Device::Cpu);
         let layer = layer(&vs, 2, 4, true);
         // float64 input: no fused kernel (the float32 weights make libtorch refuse it
@@ -244,6 +249,7 @@ mod tests {
 
     #[test]
     fn a_second_derivative_is_refused_with_a_reason() {
+        let _generator = crate::testing::generator_lock();
         let vs = nn::VarStore::new(Device::Cpu);
         let layer = layer(&vs, 2, 4, true);
         let x = randn(&[2, 4, 3, 3], 9).set_requires_grad(true);

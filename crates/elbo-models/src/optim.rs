@@ -246,6 +246,7 @@ mod tests {
     /// Adam on f(x) = sum (x - 3)^2 against the update written out in f64.
     #[test]
     fn matches_the_adam_update_written_out_in_f64() {
+        let _generator = crate::testing::generator_lock();
         let vs = VarStore::new(tch::Device::Cpu);
         let x = vs.root().var("x", &[1], nn::Init::Const(0.5));
         let config = AdamConfig {
@@ -276,6 +277,7 @@ mod tests {
 
     #[test]
     fn state_round_trips_and_resumes_identically() {
+        let _generator = crate::testing::generator_lock();
         tch::manual_seed(1);
         let make = || {
             let vs = VarStore::new(tch::Device::Cpu);
@@ -321,11 +323,16 @@ mod tests {
     /// AdamW, and the fused one really runs (it reports no fallback).
     #[test]
     fn fused_and_unfused_steps_agree() {
+        let _generator = crate::testing::generator_lock();
+        // One draw of the weights and the input, copied into each run: no re-seeding of
+        // libtorch's global generator, which other test threads draw from.
+        let source = VarStore::new(tch::Device::Cpu);
+        let _ = nn::linear(source.root() / "fc", 6, 4, Default::default());
+        let input = Tensor::randn([8, 6], (Kind::Float, tch::Device::Cpu));
         let run = |fused: bool, weight_decay: f64| {
-            tch::manual_seed(3);
-            let vs = VarStore::new(tch::Device::Cpu);
+            let mut vs = VarStore::new(tch::Device::Cpu);
             let net = nn::linear(vs.root() / "fc", 6, 4, Default::default());
-            let input = Tensor::randn([8, 6], (Kind::Float, tch::Device::Cpu));
+            vs.copy(&source).unwrap();
             let config = AdamConfig {
                 weight_decay,
                 ..AdamConfig::default()
@@ -360,6 +367,7 @@ mod tests {
     /// the (fused) step leaves it and its moments alone while updating the others.
     #[test]
     fn variables_without_gradients_are_left_alone() {
+        let _generator = crate::testing::generator_lock();
         let vs = VarStore::new(tch::Device::Cpu);
         let used = vs.root().var("used", &[3], nn::Init::Const(1.0));
         let unused = vs.root().var("unused", &[2], nn::Init::Const(1.0));
@@ -387,6 +395,7 @@ mod tests {
 
     #[test]
     fn clipping_scales_the_gradient_to_the_max_norm() {
+        let _generator = crate::testing::generator_lock();
         let vs = VarStore::new(tch::Device::Cpu);
         let x = vs.root().var("x", &[2], nn::Init::Const(0.0));
         let mut adam = Adam::new(&vs, AdamConfig::default());

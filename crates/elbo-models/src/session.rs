@@ -572,6 +572,7 @@ mod tests {
 
     #[test]
     fn data_names_parse_and_unknown_ones_are_refused() {
+        let _generator = crate::testing::generator_lock();
         assert_eq!(
             "mnist-sample".parse::<DataSpec>().unwrap(),
             DataSpec::Bundled
@@ -593,6 +594,7 @@ mod tests {
 
     #[test]
     fn a_folder_without_checkpoints_is_a_clear_error() {
+        let _generator = crate::testing::generator_lock();
         let dir = tempfile::tempdir().unwrap();
         let err = resolve_checkpoint(dir.path()).unwrap_err().to_string();
         assert!(err.contains("holds no checkpoint"), "{err}");

@@ -343,6 +343,7 @@ mod tests {
 
     #[test]
     fn vae_mlp_has_pytorch_examples_parameter_count() {
+        let _generator = crate::testing::generator_lock();
         let (vs, _) = mlp();
         let count: i64 = vs
             .trainable_variables()
@@ -357,6 +358,7 @@ mod tests {
 
     #[test]
     fn shapes_of_terms_samples_and_weights() {
+        let _generator = crate::testing::generator_lock();
         let (_vs, vae) = mlp();
         let x = Tensor::rand([5, 1, 28, 28], (Kind::Float, tch::Device::Cpu)).round();
         let terms = vae.elbo_terms(&x);
@@ -368,6 +370,7 @@ mod tests {
 
     #[test]
     fn conv_preset_builds_for_mnist_and_cifar_and_refuses_odd_sizes() {
+        let _generator = crate::testing::generator_lock();
         for image in [[1, 28, 28], [3, 32, 32]] {
             let vs = nn::VarStore::new(tch::Device::Cpu);
             let config =
@@ -394,6 +397,7 @@ mod tests {
     /// matches the ELBO's mean (same estimator, different noise).
     #[test]
     fn single_importance_weight_estimates_the_elbo() {
+        let _generator = crate::testing::generator_lock();
         let (_vs, vae) = mlp();
         let x = Tensor::rand([1, 1, 28, 28], (Kind::Float, tch::Device::Cpu)).round();
         let n = 4000;

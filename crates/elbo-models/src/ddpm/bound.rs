@@ -154,6 +154,7 @@ mod tests {
 
     #[test]
     fn groups_cover_two_to_t_once() {
+        let _generator = crate::testing::generator_lock();
         assert_eq!(term_groups(1000), [(2, 10), (11, 100), (101, 1000)]);
         assert_eq!(term_groups(50), [(2, 10), (11, 50)]);
         assert_eq!(term_groups(1), []);
@@ -166,6 +167,7 @@ mod tests {
     /// closed-form ELBO.
     #[test]
     fn the_optimal_predictor_gives_the_closed_form_elbo_on_gaussian_data() {
+        let _generator = crate::testing::generator_lock();
         tch::manual_seed(7);
         let (m, s2) = (0.3, 0.25);
         let big_t = 100;
@@ -283,6 +285,7 @@ mod tests {
 
     #[test]
     fn trajectory_log_weights_average_to_the_bound() {
+        let _generator = crate::testing::generator_lock();
         tch::manual_seed(3);
         let big_t = 8;
         let schedule = ScheduleKind::Linear.build(big_t).unwrap();

@@ -234,6 +234,7 @@ mod tests {
 
     #[test]
     fn sampler_names_parse_and_print() {
+        let _generator = crate::testing::generator_lock();
         for text in [
             "ancestral",
             "ddim-50",
@@ -259,6 +260,7 @@ mod tests {
 
     #[test]
     fn kept_timesteps_rise_strictly_and_end_at_t() {
+        let _generator = crate::testing::generator_lock();
         for spacing in [Spacing::Uniform, Spacing::Quadratic] {
             for (big_t, count) in [(1000, 50), (1000, 1000), (10, 3), (7, 7), (1000, 1)] {
                 let kept = kept_timesteps(big_t, count, spacing).unwrap();

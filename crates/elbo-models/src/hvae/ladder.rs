@@ -297,25 +297,10 @@ impl LadderHvae {
         let h = self.start(x.size()[0]);
         self.descend(h, self.top(), 0, Some(&features), pick)
     }
-}
-
-impl ElboModel for LadderHvae {
-    fn family(&self) -> &'static str {
-        super::FAMILY
-    }
-
-    fn config_json(&self) -> serde_json::Value {
-        serde_json::to_value(super::HvaeConfig::Ladder(self.config.clone()))
-            .unwrap_or(serde_json::Value::Null)
-    }
-
-    fn likelihood(&self) -> Likelihood {
-        self.config.likelihood
-    }
-
-    fn elbo_terms(&self, x: &Tensor) -> ElboTerms {
-        let (h, steps) = self.infer(x, Pick::Draw);
-        let reconstruction = self.config.likelihood.log_prob(&self.decode(&h), x);
+    /// The ELBO terms of `x` from one top-down pass ([`Self::infer`]): `h` the final
+    /// state, `steps` the layers, top first.
+    fn terms_of_pass(&self, x: &Tensor, h: &Tensor, steps: &[Step]) -> ElboTerms {
+        let reconstruction = self.config.likelihood.log_prob(&self.decode(h), x);
         let mut prior_matching = None;
         let mut layers = Vec::new();
         // Steps are top first; the layers are listed bottom first.
@@ -339,6 +324,26 @@ impl ElboModel for LadderHvae {
             reconstruction,
             layers,
         }
+    }
+}
+
+impl ElboModel for LadderHvae {
+    fn family(&self) -> &'static str {
+        super::FAMILY
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        serde_json::to_value(super::HvaeConfig::Ladder(self.config.clone()))
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    fn likelihood(&self) -> Likelihood {
+        self.config.likelihood
+    }
+
+    fn elbo_terms(&self, x: &Tensor) -> ElboTerms {
+        let (h, steps) = self.infer(x, Pick::Draw);
+        self.terms_of_pass(x, &h, &steps)
     }
 
     fn log_importance_weights(&self, x: &Tensor, k: i64) -> Tensor {
@@ -425,6 +430,7 @@ mod tests {
 
     #[test]
     fn shapes_and_names_for_both_archs() {
+        let _generator = crate::testing::generator_lock();
         for (arch, latent_numel) in [("mlp", [6, 4, 2]), ("conv", [6 * 49, 4 * 49, 2 * 49])] {
             let (_vs, m) = model(arch, vec![6, 4, 2]);
             let x = Tensor::rand([5, 1, 28, 28], (Kind::Float, tch::Device::Cpu)).round();
@@ -454,12 +460,13 @@ mod tests {
     /// the top-down pass produced (same draws, by re-seeding).
     #[test]
     fn layer_kls_are_the_closed_form_of_elbo_math() {
+        let _generator = crate::testing::generator_lock();
         let (_vs, m) = model("mlp", vec![3, 2]);
         let x = Tensor::rand([1, 1, 28, 28], (Kind::Float, tch::Device::Cpu)).round();
-        tch::manual_seed(4);
-        let terms = m.elbo_terms(&x);
-        tch::manual_seed(4);
-        let (_, steps) = m.infer(&x, Pick::Draw);
+        // One pass serves both sides (no re-seeding of libtorch's global generator,
+        // which other test threads draw from).
+        let (h, steps) = m.infer(&x, Pick::Draw);
+        let terms = m.terms_of_pass(&x, &h, &steps);
         // steps[0] is the top (z_2, against N(0, I)), steps[1] is z_1.
         let kl = |q: &(Tensor, Tensor), p: Option<&(Tensor, Tensor)>| -> f64 {
             let (qm, qv) = (values(&q.0), values(&q.1));
@@ -487,6 +494,7 @@ mod tests {
 
     #[test]
     fn bad_configurations_are_refused() {
+        let _generator = crate::testing::generator_lock();
         let err = LadderConfig::new([1, 30, 30], vec![4], "conv", None, Likelihood::Bernoulli)
             .unwrap_err()
             .to_string();

@@ -181,6 +181,29 @@ impl MarkovHvae {
         chain
     }
 
+    /// The ELBO terms of `x` at the drawn chain `chain` (of [`Self::infer`]).
+    fn terms_of_chain(&self, x: &Tensor, chain: &Chain) -> ElboTerms {
+        let top = chain.q.len() - 1;
+        let reconstruction = self
+            .config
+            .likelihood
+            .log_prob(&self.bottom.decode(&chain.z[0]), x);
+        let prior_matching = gaussian::kl_to_standard_normal(&chain.q[top].0, &chain.q[top].1);
+        let layers = (0..top)
+            .map(|i| {
+                let log_q = log_density_of_draw(&chain.eps[i], &chain.q[i].1);
+                let (p_mean, p_log_var) = self.down[i].forward(&chain.z[i + 1]);
+                let log_p = gaussian::log_density(&chain.z[i], &p_mean, &p_log_var);
+                (format!("consistency_{}", i + 1), log_q - log_p)
+            })
+            .collect();
+        ElboTerms {
+            reconstruction,
+            prior_matching,
+            layers,
+        }
+    }
+
     /// Runs the generative chain down from `z_t` (`t` 1-based) to `z_1`, drawing each
     /// layer from `p(z_{s-1} | z_s)`, and returns the decoder's mean.
     fn descend(&self, mut z: Tensor, t: usize) -> Tensor {
@@ -213,26 +236,7 @@ impl ElboModel for MarkovHvae {
 
     fn elbo_terms(&self, x: &Tensor) -> ElboTerms {
         let (mean, log_var) = self.bottom.encode(x);
-        let chain = self.infer(mean, log_var);
-        let top = chain.q.len() - 1;
-        let reconstruction = self
-            .config
-            .likelihood
-            .log_prob(&self.bottom.decode(&chain.z[0]), x);
-        let prior_matching = gaussian::kl_to_standard_normal(&chain.q[top].0, &chain.q[top].1);
-        let layers = (0..top)
-            .map(|i| {
-                let log_q = log_density_of_draw(&chain.eps[i], &chain.q[i].1);
-                let (p_mean, p_log_var) = self.down[i].forward(&chain.z[i + 1]);
-                let log_p = gaussian::log_density(&chain.z[i], &p_mean, &p_log_var);
-                (format!("consistency_{}", i + 1), log_q - log_p)
-            })
-            .collect();
-        ElboTerms {
-            reconstruction,
-            prior_matching,
-            layers,
-        }
+        self.terms_of_chain(x, &self.infer(mean, log_var))
     }
 
     fn log_importance_weights(&self, x: &Tensor, k: i64) -> Tensor {
@@ -317,6 +321,7 @@ mod tests {
 
     #[test]
     fn shapes_names_and_samples() {
+        let _generator = crate::testing::generator_lock();
         let (_vs, m) = model(vec![8, 6, 4]);
         let x = binary(5);
         let terms = m.elbo_terms(&x);
@@ -344,13 +349,14 @@ mod tests {
     /// The top term against elbo-math: `KL(q(z_T | z_{T-1}) || N(0, I))` in closed form.
     #[test]
     fn prior_matching_is_the_closed_form_kl_of_the_top_transition() {
+        let _generator = crate::testing::generator_lock();
         let (_vs, m) = model(vec![3, 2]);
         let x = binary(1);
-        tch::manual_seed(5);
-        let terms = m.elbo_terms(&x);
-        tch::manual_seed(5);
+        // One draw of the chain serves both sides (no re-seeding of libtorch's global
+        // generator, which other test threads draw from).
         let (mean, log_var) = m.bottom.encode(&x);
         let chain = m.infer(mean, log_var);
+        let terms = m.terms_of_chain(&x, &chain);
         let (q_mean, q_log_var) = (values(&chain.q[1].0), values(&chain.q[1].1));
         let want: f64 = q_mean
             .iter()
@@ -369,13 +375,12 @@ mod tests {
     /// drawn chain: checked against elbo-math's log-densities with the same draws.
     #[test]
     fn consistency_is_the_log_ratio_at_the_drawn_chain() {
+        let _generator = crate::testing::generator_lock();
         let (_vs, m) = model(vec![3, 2]);
         let x = binary(1);
-        tch::manual_seed(9);
-        let terms = m.elbo_terms(&x);
-        tch::manual_seed(9);
         let (mean, log_var) = m.bottom.encode(&x);
         let chain = m.infer(mean, log_var);
+        let terms = m.terms_of_chain(&x, &chain);
         let (p_mean, p_log_var) = m.down[0].forward(&chain.z[1]);
         let z1 = values(&chain.z[0]);
         let (qm, qlv) = (values(&chain.q[0].0), values(&chain.q[0].1));
@@ -393,6 +398,7 @@ mod tests {
 
     #[test]
     fn bad_configurations_are_refused() {
+        let _generator = crate::testing::generator_lock();
         let err = MarkovConfig::new([1, 28, 28], vec![4, 0], "mlp", None, Likelihood::Bernoulli)
             .unwrap_err()
             .to_string();

@@ -241,6 +241,7 @@ mod tests {
 
     #[test]
     fn variants_and_default_sizes() {
+        let _generator = crate::testing::generator_lock();
         assert_eq!(
             "markov".parse::<HvaeVariant>().unwrap(),
             HvaeVariant::Markov
@@ -277,6 +278,7 @@ mod tests {
 
     #[test]
     fn repeat_batch_is_draw_major() {
+        let _generator = crate::testing::generator_lock();
         let t = Tensor::from_slice(&[1.0f32, 2.0, 3.0]).reshape([3, 1]);
         let r = repeat_batch(&t, 2);
         assert_eq!(r.size(), [6, 1]);
