@@ -8,16 +8,22 @@
 //! `ratios.png`.
 
 pub mod chart;
+pub mod report;
+pub mod runs;
 pub mod stats;
 mod venv;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
+use serde::de::DeserializeOwned;
 
 use crate::cargo;
+use report::{
+    CaseRow, DataShare, Efficiency, EfficiencyRound, Machine, MatmulRow, Protocol, Report, Row,
+};
+use runs::{MatmulRun, StepRun};
 use stats::Summary;
 
 /// The arguments of `cargo xtask bench`.
@@ -134,7 +140,7 @@ pub fn run(ws: &Path, args: &BenchArgs) -> Result<()> {
     let out = ws.join("target/bench-report");
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let report = compare(ws, &steptime, &python, args)?;
-    write_report(&out, &report)
+    report::write(&out, &report)
 }
 
 /// One side's process for a case: its command line.
@@ -163,7 +169,7 @@ fn side_command(
 }
 
 /// Runs `command` and parses the one JSON line it prints.
-fn run_json(mut command: Command, label: &str) -> Result<Value> {
+fn run_json<T: DeserializeOwned>(mut command: Command, label: &str) -> Result<T> {
     let output = command
         .output()
         .with_context(|| format!("could not start {label}"))?;
@@ -183,15 +189,8 @@ fn run_json(mut command: Command, label: &str) -> Result<Value> {
     serde_json::from_str(line).with_context(|| format!("{label} printed invalid JSON: {line}"))
 }
 
-fn step_ms(value: &Value) -> Vec<f64> {
-    value["step_ms"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_f64).collect())
-        .unwrap_or_default()
-}
-
 /// Both sides of every case at every thread count, alternating `rounds` times.
-fn compare(ws: &Path, steptime: &Path, python: &Path, args: &BenchArgs) -> Result<Value> {
+fn compare(ws: &Path, steptime: &Path, python: &Path, args: &BenchArgs) -> Result<Report> {
     let script = ws.join("benches/reference/steptime.py");
     let script = script.to_str().context("the workspace path is not UTF-8")?;
     let mut rows = Vec::new();
@@ -204,13 +203,13 @@ fn compare(ws: &Path, steptime: &Path, python: &Path, args: &BenchArgs) -> Resul
     };
     for &threads in &args.threads {
         let peak = |label| {
-            run_json(
+            run_json::<MatmulRun>(
                 side_command(ws, steptime, &[], &matmul_case, threads, args),
                 label,
             )
         };
-        let matmul = peak("steptime matmul")?;
-        rows.push(json!({"kind": "matmul", "threads": threads, "elbo": matmul}));
+        let elbo = peak("steptime matmul")?;
+        rows.push(Row::Matmul(MatmulRow { threads, elbo }));
         for case in CASES {
             let mut ours = Vec::new();
             let mut default_adam = Vec::new();
@@ -244,76 +243,90 @@ fn compare(ws: &Path, steptime: &Path, python: &Path, args: &BenchArgs) -> Resul
                 }
             }
             let mut row = case_row(case, threads, &ours, &default_adam, &fused_adam)?;
-            efficiency(&mut row, &default_adam, &ours, &peaks);
-            if case.task != "train" {
-                rows.push(row);
-                continue;
+            row.efficiency = efficiency(&row, &default_adam, &ours, &peaks);
+            if case.task == "train" {
+                let data_case = Case {
+                    task: "data",
+                    ..*case
+                };
+                let data: StepRun = run_json(
+                    side_command(ws, steptime, &[], &data_case, threads, args),
+                    "steptime data",
+                )?;
+                row.data = data_share(&data, row.elbo_ms.median);
             }
-            let data_case = Case {
-                task: "data",
-                ..*case
-            };
-            let data = run_json(
-                side_command(ws, steptime, &[], &data_case, threads, args),
-                "steptime data",
-            )?;
-            if let (Some(data), Some(step)) = (
-                Summary::of(&step_ms(&data)),
-                row["elbo_ms"]["median"].as_f64(),
-            ) {
-                row["elbo_data_ms"] = data.median.into();
-                row["data_share"] = (data.median / (data.median + step)).into();
-            }
-            rows.push(row);
+            rows.push(Row::Case(Box::new(row)));
         }
     }
-    Ok(json!({
-        "machine": machine(),
-        "command": std::env::args().skip(1).collect::<Vec<_>>().join(" "),
-        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-        "protocol": {"rounds": args.rounds, "warmup": args.warmup, "reps": args.reps, "steps": args.steps},
-        "rows": rows,
-    }))
+    Ok(Report {
+        machine: machine(),
+        command: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+        unix_time: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        protocol: Protocol {
+            rounds: args.rounds,
+            warmup: args.warmup,
+            reps: args.reps,
+            steps: args.steps,
+        },
+        rows,
+    })
+}
+
+/// The time to prepare a batch (`data`, steptime's `--task data`) next to the median
+/// training step `step_ms`; `None` when the run has no usable times.
+fn data_share(data: &StepRun, step_ms: f64) -> Option<DataShare> {
+    let data = Summary::of(&data.step_ms)?;
+    Some(DataShare {
+        elbo_data_ms: data.median,
+        data_share: data.median / (data.median + step_ms),
+    })
 }
 
 /// For a training step whose model reports its analytic forward FLOPs per example
-/// (the UNet), adds elbo's achieved GFLOP/s (a step is counted as 3 forwards: forward,
-/// and the backward's two products per layer) and its ratio to the machine's fp32 matmul
+/// (the UNet), elbo's achieved GFLOP/s (a step is counted as 3 forwards: forward, and
+/// the backward's two products per layer) and its ratio to the machine's fp32 matmul
 /// peak: per round, elbo's run (`ours[r]`, its median step) over the peak measured just
-/// before it (`peaks[r]`); the row carries the median over rounds and each round's.
-fn efficiency(row: &mut Value, reference: &[Value], ours: &[Value], peaks: &[Value]) {
-    let flops = reference
-        .first()
-        .and_then(|r| r["forward_flops_per_example"].as_f64());
-    let (Some(flops), Some(batch)) = (flops, row["batch"].as_f64()) else {
-        return;
-    };
-    if row["task"] != "train" {
-        return;
+/// before it (`peaks[r]`); the median over rounds and each round's.
+fn efficiency(
+    row: &CaseRow,
+    reference: &[StepRun],
+    ours: &[StepRun],
+    peaks: &[MatmulRun],
+) -> Option<Efficiency> {
+    let flops = reference.first()?.forward_flops_per_example?;
+    if row.task != "train" {
+        return None;
     }
+    let batch = f64::from(row.batch);
     let gflops_at = |ms: f64| 3.0 * flops * batch / (ms * 1e-3) / 1e9;
-    let rounds: Vec<(f64, f64)> = ours
+    let rounds: Vec<EfficiencyRound> = ours
         .iter()
         .zip(peaks)
         .filter_map(|(run, peak)| {
-            let ms = Summary::of(&step_ms(run))?.median;
-            Some((gflops_at(ms), peak["gflops"].as_f64()?))
+            let ms = Summary::of(&run.step_ms)?.median;
+            Some(EfficiencyRound {
+                elbo_gflops: gflops_at(ms),
+                matmul_peak_gflops: peak.gflops?,
+            })
         })
         .collect();
-    let ratios: Vec<f64> = rounds.iter().map(|(g, p)| g / p).collect();
-    let peak_values: Vec<f64> = rounds.iter().map(|&(_, p)| p).collect();
-    let (Some(ratio), Some(peak), Some(ms)) = (
-        Summary::of(&ratios),
-        Summary::of(&peak_values),
-        row["elbo_ms"]["median"].as_f64(),
-    ) else {
-        return;
-    };
-    row["forward_flops_per_example"] = flops.into();
-    row["elbo_gflops"] = gflops_at(ms).into();
-    row["matmul_peak_gflops"] = peak.median.into();
-    row["efficiency"] = ratio.median.into();
-    row["efficiency_per_round"] = ratios.into();
+    let ratios: Vec<f64> = rounds
+        .iter()
+        .map(|r| r.elbo_gflops / r.matmul_peak_gflops)
+        .collect();
+    let peak_values: Vec<f64> = rounds.iter().map(|r| r.matmul_peak_gflops).collect();
+    let (ratio, peak) = (Summary::of(&ratios)?, Summary::of(&peak_values)?);
+    Some(Efficiency {
+        forward_flops_per_example: flops,
+        elbo_gflops: gflops_at(row.elbo_ms.median),
+        matmul_peak_gflops: peak.median,
+        efficiency: ratio.median,
+        efficiency_per_round: ratios,
+        efficiency_rounds: rounds,
+    })
 }
 
 /// The comparison of one case: every repetition of every round of each side, PyTorch
@@ -322,19 +335,22 @@ fn efficiency(row: &mut Value, reference: &[Value], ours: &[Value], peaks: &[Val
 fn case_row(
     case: &Case,
     threads: u32,
-    ours: &[Value],
-    default_adam: &[Value],
-    fused_adam: &[Value],
-) -> Result<Value> {
-    let summary = |runs: &[Value], side: &str| {
-        let all: Vec<f64> = runs.iter().flat_map(step_ms).collect();
+    ours: &[StepRun],
+    default_adam: &[StepRun],
+    fused_adam: &[StepRun],
+) -> Result<CaseRow> {
+    let summary = |runs: &[StepRun], side: &str| {
+        let all: Vec<f64> = runs
+            .iter()
+            .flat_map(|r| r.step_ms.iter().copied())
+            .collect();
         Summary::of(&all)
             .with_context(|| format!("{side} reported no usable times for {}", case.model))
     };
     let o = summary(ours, "elbo")?;
     let d = summary(default_adam, "PyTorch")?;
     let f = summary(fused_adam, "PyTorch (fused Adam)")?;
-    let params = |runs: &[Value]| runs.first().and_then(|r| r["params"].as_i64());
+    let params = |runs: &[StepRun]| runs.first().and_then(|r| r.params);
     if params(ours) != params(default_adam) {
         bail!(
             "{}: elbo has {:?} parameters and the PyTorch reference {:?}: the two must be the \
@@ -344,33 +360,42 @@ fn case_row(
             params(default_adam)
         );
     }
-    let peak = |runs: &[Value]| {
+    let peak = |runs: &[StepRun]| {
         runs.iter()
-            .filter_map(|r| r["peak_rss_mib"].as_f64())
+            .filter_map(|r| r.peak_rss_mib)
             .fold(0.0, f64::max)
     };
     // Minor page faults per timed step (each process's own count), median over runs.
-    let faults = |runs: &[Value]| {
-        let all: Vec<f64> = runs
-            .iter()
-            .filter_map(|r| r["faults_per_step"].as_f64())
-            .collect();
+    let faults = |runs: &[StepRun]| {
+        let all: Vec<f64> = runs.iter().filter_map(|r| r.faults_per_step).collect();
         Summary::of(&all).map(|s| s.median)
     };
     let (ratio, low, high) = stats::speedup(o, d);
     let (fused_ratio, fused_low, fused_high) = stats::speedup(o, f);
-    Ok(json!({
-        "kind": "case", "model": case.model, "task": case.task, "batch": case.batch,
-        "threads": threads, "params": params(ours), "target": case.target,
-        "elbo_ms": o.to_json(), "pytorch_ms": d.to_json(), "pytorch_fused_ms": f.to_json(),
-        "speedup": ratio, "speedup_range": [low, high],
-        "speedup_vs_fused": fused_ratio, "speedup_vs_fused_range": [fused_low, fused_high],
-        "elbo_peak_rss_mib": peak(ours), "pytorch_peak_rss_mib": peak(default_adam),
-        "elbo_faults_per_step": faults(ours), "pytorch_faults_per_step": faults(default_adam),
-    }))
+    Ok(CaseRow {
+        model: case.model.to_string(),
+        task: case.task.to_string(),
+        batch: case.batch,
+        threads,
+        params: params(ours),
+        target: case.target,
+        elbo_ms: o,
+        pytorch_ms: d,
+        pytorch_fused_ms: f,
+        speedup: ratio,
+        speedup_range: [low, high],
+        speedup_vs_fused: fused_ratio,
+        speedup_vs_fused_range: [fused_low, fused_high],
+        elbo_peak_rss_mib: peak(ours),
+        pytorch_peak_rss_mib: peak(default_adam),
+        elbo_faults_per_step: faults(ours),
+        pytorch_faults_per_step: faults(default_adam),
+        data: None,
+        efficiency: None,
+    })
 }
 
-fn machine() -> Value {
+fn machine() -> Machine {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -383,230 +408,12 @@ fn machine() -> Value {
         .map(|n| n.get())
         .unwrap_or(0);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    json!({"cpu": cpu, "cores": cores, "loadavg_at_end": load.trim()})
-}
-
-/// The markdown table of a report.
-pub fn markdown(report: &Value) -> String {
-    let mut md = String::new();
-    let machine = &report["machine"];
-    md.push_str(&format!(
-        "Machine: {} ({} cores), load at the end {}; `cargo xtask {}`; {} rounds x {} reps x {} steps after {} warm-up steps.\n\n",
-        machine["cpu"].as_str().unwrap_or("?"),
-        machine["cores"],
-        machine["loadavg_at_end"].as_str().unwrap_or("?"),
-        report["command"].as_str().unwrap_or("bench --with-pytorch"),
-        report["protocol"]["rounds"], report["protocol"]["reps"], report["protocol"]["steps"], report["protocol"]["warmup"],
-    ));
-    md.push_str(
-        "| case | threads | elbo ms/step (median, min-max) | PyTorch ms/step | speed-up | \
-         target | PyTorch, fused Adam | speed-up over it | peak RSS elbo / PyTorch (MiB) | \
-         page faults per step elbo / PyTorch |\n",
-    );
-    md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
-    let rows = report["rows"].as_array().cloned().unwrap_or_default();
-    let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
-    let ms = |v: &Value| {
-        format!(
-            "{:.2} ({:.2}-{:.2})",
-            num(&v["median"]),
-            num(&v["min"]),
-            num(&v["max"])
-        )
-    };
-    for row in rows.iter().filter(|r| r["kind"] == "case") {
-        let ratio = num(&row["speedup"]);
-        let target = num(&row["target"]);
-        md.push_str(&format!(
-            "| {} {} (batch {}) | {} | {} | {} | **{:.2}x** ({:.2}-{:.2}) | {:.2}x {} | {} | {:.2}x | {:.0} / {:.0} | {:.0} / {:.0} |\n",
-            row["model"].as_str().unwrap_or("?"),
-            row["task"].as_str().unwrap_or("?"),
-            row["batch"],
-            row["threads"],
-            ms(&row["elbo_ms"]),
-            ms(&row["pytorch_ms"]),
-            ratio,
-            num(&row["speedup_range"][0]),
-            num(&row["speedup_range"][1]),
-            target,
-            if ratio >= target { "met" } else { "missed" },
-            ms(&row["pytorch_fused_ms"]),
-            num(&row["speedup_vs_fused"]),
-            num(&row["elbo_peak_rss_mib"]),
-            num(&row["pytorch_peak_rss_mib"]),
-            num(&row["elbo_faults_per_step"]),
-            num(&row["pytorch_faults_per_step"]),
-        ));
+    Machine {
+        cpu,
+        cores,
+        loadavg_at_end: load.trim().to_string(),
     }
-    for row in rows
-        .iter()
-        .filter(|r| r["kind"] == "case" && r["data_share"].is_number())
-    {
-        md.push_str(&format!(
-            "\nData pipeline, {} (threads {}): {:.3} ms per batch of {}, {:.1}% of a training step plus its batch.",
-            row["model"].as_str().unwrap_or("?"),
-            row["threads"],
-            num(&row["elbo_data_ms"]),
-            row["batch"],
-            100.0 * num(&row["data_share"]),
-        ));
-    }
-    for row in rows.iter().filter(|r| r["efficiency"].is_number()) {
-        md.push_str(&format!(
-            "\nCompute efficiency, {} train step (threads {}): {:.1} GFLOP/s ({:.3} GFLOP \
-             forward per example, x3 for a step); over the matmul peak measured just before \
-             each round ({:.1} GFLOP/s median), per round {}: median {:.2} (target 0.5: {}).",
-            row["model"].as_str().unwrap_or("?"),
-            row["threads"],
-            num(&row["elbo_gflops"]),
-            num(&row["forward_flops_per_example"]) / 1e9,
-            num(&row["matmul_peak_gflops"]),
-            row["efficiency_per_round"]
-                .as_array()
-                .map(|r| r
-                    .iter()
-                    .map(|v| format!("{:.2}", v.as_f64().unwrap_or(f64::NAN)))
-                    .collect::<Vec<_>>()
-                    .join(", "))
-                .unwrap_or_default(),
-            num(&row["efficiency"]),
-            if num(&row["efficiency"]) >= 0.5 {
-                "met"
-            } else {
-                "missed"
-            },
-        ));
-    }
-    md.push('\n');
-    for row in rows.iter().filter(|r| r["kind"] == "matmul") {
-        md.push_str(&format!(
-            "\nfp32 matmul peak of libtorch here ({} thread(s), 1024 x 1024) at the start of \
-             the run: {:.1} GFLOP/s.",
-            row["threads"],
-            row["elbo"]["gflops"].as_f64().unwrap_or(f64::NAN)
-        ));
-    }
-    md.push('\n');
-    md
-}
-
-fn write_report(out: &Path, report: &Value) -> Result<()> {
-    let write = |name: &str, bytes: &[u8]| -> Result<PathBuf> {
-        let path = out.join(name);
-        let tmp = out.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path)
-            .with_context(|| format!("renaming into {}", path.display()))?;
-        Ok(path)
-    };
-    let json_path = write(
-        "report.json",
-        serde_json::to_string_pretty(report)?.as_bytes(),
-    )?;
-    let md = markdown(report);
-    let md_path = write("report.md", md.as_bytes())?;
-    let bars: Vec<chart::Bar> = report["rows"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["kind"] == "case")
-        .map(|r| chart::Bar {
-            label: format!(
-                "{} {} {}T",
-                r["model"].as_str().unwrap_or("?"),
-                r["task"].as_str().unwrap_or("?"),
-                r["threads"]
-            ),
-            ratio: r["speedup"].as_f64().unwrap_or(f64::NAN),
-            target: r["target"].as_f64(),
-        })
-        .collect();
-    let png_path = out.join("ratios.png");
-    chart::write(&png_path, "elbo vs PyTorch eager, same libtorch", &bars)?;
-    println!("{md}");
-    println!(
-        "wrote {}, {} and {}",
-        md_path.display(),
-        json_path.display(),
-        png_path.display()
-    );
-    Ok(())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn run(side: &str, params: i64, ms: &[f64], rss: f64) -> Value {
-        // Page faults per step: 10 per MiB of peak, something to tell the sides apart by.
-        json!({"side": side, "params": params, "step_ms": ms, "peak_rss_mib": rss,
-               "faults_per_step": rss / 10.0})
-    }
-
-    #[test]
-    fn a_case_row_compares_medians_and_the_table_says_whether_the_target_is_met() {
-        let case = CASES[0];
-        let ours = [
-            run("elbo", 10, &[4.0, 4.0], 100.0),
-            run("elbo", 10, &[5.0], 120.0),
-        ];
-        let default = [run("pytorch", 10, &[6.0, 5.0, 7.0], 600.0)];
-        let fused = [run("pytorch", 10, &[4.0], 610.0)];
-        let row = case_row(&case, 1, &ours, &default, &fused).unwrap();
-        assert_eq!(row["speedup"], 1.5);
-        assert_eq!(row["speedup_vs_fused"], 1.0);
-        assert_eq!(row["elbo_peak_rss_mib"], 120.0);
-        // Medians of the runs' own counts: elbo 10 and 12, PyTorch 60.
-        assert_eq!(row["elbo_faults_per_step"], 11.0);
-        assert_eq!(row["pytorch_faults_per_step"], 60.0);
-        let report = json!({
-            "machine": {"cpu": "test cpu", "cores": 2, "loadavg_at_end": "0.1"},
-            "command": "bench --with-pytorch",
-            "protocol": {"rounds": 1, "warmup": 1, "reps": 1, "steps": 1},
-            "rows": [row, {"kind": "matmul", "threads": 1, "elbo": {"gflops": 90.0}}],
-        });
-        let md = markdown(&report);
-        assert!(md.contains("**1.50x**"), "{md}");
-        assert!(md.contains("1.25x met"), "{md}");
-        assert!(md.contains("| 120 / 600 | 11 / 60 |"), "{md}");
-        assert!(md.contains("90.0 GFLOP/s"), "{md}");
-    }
-
-    #[test]
-    fn the_unet_step_efficiency_is_three_forwards_over_the_matmul_peak() {
-        let mut row = json!({
-            "kind": "case", "model": "ddpm-mnist", "task": "train", "batch": 64,
-            "threads": 1, "elbo_ms": {"median": 1000.0},
-        });
-        let reference = [json!({"forward_flops_per_example": 5e8})];
-        // Three rounds: each run's median step over the peak measured just before it.
-        let ours = [
-            json!({"step_ms": [900.0, 1000.0, 1100.0]}),
-            json!({"step_ms": [2000.0]}),
-            json!({"step_ms": [1000.0]}),
-        ];
-        let peaks = [
-            json!({"gflops": 192.0}),
-            json!({"gflops": 96.0}),
-            json!({"gflops": 120.0}),
-        ];
-        efficiency(&mut row, &reference, &ours, &peaks);
-        // 3 x 5e8 x 64 FLOPs in 1 s = 96 GFLOP/s (the row's median step).
-        assert_eq!(row["elbo_gflops"], 96.0);
-        // Rounds: 96/192 = 0.5, 48/96 = 0.5, 96/120 = 0.8; median 0.5.
-        assert_eq!(row["efficiency_per_round"], json!([0.5, 0.5, 0.8]));
-        assert_eq!(row["efficiency"], 0.5);
-        assert_eq!(row["matmul_peak_gflops"], 120.0);
-        let mut sample = json!({"task": "sample", "batch": 64, "elbo_ms": {"median": 1.0}});
-        efficiency(&mut sample, &reference, &ours, &peaks);
-        assert!(sample.get("efficiency").is_none());
-    }
-
-    #[test]
-    fn different_parameter_counts_are_refused() {
-        let ours = [run("elbo", 10, &[4.0], 1.0)];
-        let theirs = [run("pytorch", 11, &[4.0], 1.0)];
-        let err = case_row(&CASES[0], 1, &ours, &theirs, &theirs).unwrap_err();
-        assert!(err.to_string().contains("must be the same model"), "{err}");
-    }
-}
+mod tests;

@@ -1,9 +1,10 @@
 //! Summaries of timing samples, and the comparison of two sides.
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
-/// Median, minimum and maximum of a set of samples.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// Median, minimum and maximum of a set of samples (in the report as
+/// `{"median": .., "min": .., "max": .., "n": ..}`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     /// The median (the mean of the two middle samples for an even count).
     pub median: f64,
@@ -35,11 +36,6 @@ impl Summary {
             max: sorted[n - 1],
             n,
         })
-    }
-
-    /// As JSON: `{"median": .., "min": .., "max": .., "n": ..}`.
-    pub fn to_json(self) -> Value {
-        json!({"median": self.median, "min": self.min, "max": self.max, "n": self.n})
     }
 }
 

@@ -1,0 +1,187 @@
+use super::*;
+
+fn summary(median: f64, min: f64, max: f64, n: usize) -> Summary {
+    Summary {
+        median,
+        min,
+        max,
+        n,
+    }
+}
+
+fn case(model: &str, task: &str, speedup: f64, target: f64) -> CaseRow {
+    CaseRow {
+        model: model.into(),
+        task: task.into(),
+        batch: 64,
+        threads: 1,
+        params: Some(1000),
+        target,
+        elbo_ms: summary(4.0, 3.5, 5.0, 6),
+        pytorch_ms: summary(4.0 * speedup, 4.0 * speedup - 1.0, 4.0 * speedup + 1.0, 6),
+        pytorch_fused_ms: summary(4.5, 4.0, 5.5, 6),
+        speedup,
+        speedup_range: [1.0, 2.0],
+        speedup_vs_fused: 1.2,
+        speedup_vs_fused_range: [0.8, 1.6],
+        elbo_peak_rss_mib: 120.0,
+        pytorch_peak_rss_mib: 600.0,
+        elbo_faults_per_step: Some(11.0),
+        pytorch_faults_per_step: None,
+        data: None,
+        efficiency: None,
+    }
+}
+
+/// A report of every kind of row and every optional part.
+pub(crate) fn example() -> Report {
+    let mut vae = case("vae-mlp", "train", 1.5, 1.25);
+    vae.batch = 128;
+    vae.data = Some(DataShare {
+        elbo_data_ms: 0.25,
+        data_share: 0.25 / 4.25,
+    });
+    let mut unet = case("ddpm-mnist", "train", 1.1, 1.05);
+    unet.efficiency = Some(Efficiency {
+        forward_flops_per_example: 5e8,
+        elbo_gflops: 24.0,
+        matmul_peak_gflops: 40.0,
+        efficiency: 0.6,
+        efficiency_per_round: vec![0.6, 0.5, 0.75],
+        efficiency_rounds: vec![
+            EfficiencyRound {
+                elbo_gflops: 24.0,
+                matmul_peak_gflops: 40.0,
+            },
+            EfficiencyRound {
+                elbo_gflops: 20.0,
+                matmul_peak_gflops: 40.0,
+            },
+            EfficiencyRound {
+                elbo_gflops: 30.0,
+                matmul_peak_gflops: 40.0,
+            },
+        ],
+    });
+    let sample = case("ddpm-mnist", "sample", 0.9, 1.05);
+    let matmul = MatmulRun {
+        side: "elbo".into(),
+        model: "matmul".into(),
+        task: "matmul".into(),
+        size: 1024,
+        threads: 1,
+        step_ms: vec![24.0, 23.9],
+        faults_per_step: Some(0.0),
+        gflops: Some(90.0),
+        peak_rss_mib: None,
+    };
+    Report {
+        machine: Machine {
+            cpu: "test cpu".into(),
+            cores: 2,
+            loadavg_at_end: "0.10 0.20 0.30 1/100 42".into(),
+        },
+        command: "bench --with-pytorch".into(),
+        unix_time: 1_700_000_000,
+        protocol: Protocol {
+            rounds: 3,
+            warmup: 10,
+            reps: 5,
+            steps: 10,
+        },
+        rows: vec![
+            Row::Matmul(MatmulRow {
+                threads: 1,
+                elbo: matmul,
+            }),
+            Row::Case(Box::new(vae)),
+            Row::Case(Box::new(unet)),
+            Row::Case(Box::new(sample)),
+        ],
+    }
+}
+
+#[test]
+fn a_report_read_back_from_its_json_is_the_same_report_with_the_same_markdown() {
+    let report = example();
+    let json = serde_json::to_string_pretty(&report).unwrap();
+    let back: Report = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, report);
+    assert_eq!(markdown(&back), markdown(&report));
+}
+
+#[test]
+fn the_json_keeps_the_field_names_of_the_untyped_report() {
+    let value = serde_json::to_value(example()).unwrap();
+    assert_eq!(value["machine"]["cores"], 2);
+    assert_eq!(value["protocol"]["rounds"], 3);
+    let matmul = &value["rows"][0];
+    assert_eq!(matmul["kind"], "matmul");
+    assert_eq!(matmul["elbo"]["gflops"], 90.0);
+    assert!(matmul["elbo"]["peak_rss_mib"].is_null());
+    let vae = &value["rows"][1];
+    assert_eq!(vae["kind"], "case");
+    assert_eq!(vae["speedup"], 1.5);
+    assert_eq!(vae["speedup_range"], serde_json::json!([1.0, 2.0]));
+    assert_eq!(vae["elbo_ms"]["median"], 4.0);
+    assert_eq!(vae["elbo_ms"]["n"], 6);
+    assert_eq!(vae["elbo_data_ms"], 0.25);
+    assert!(vae["pytorch_faults_per_step"].is_null());
+    assert!(
+        vae.get("efficiency").is_none(),
+        "no efficiency keys without one"
+    );
+    let unet = &value["rows"][2];
+    assert!(unet.get("data_share").is_none());
+    assert_eq!(unet["efficiency"], 0.6);
+    assert_eq!(
+        unet["efficiency_per_round"],
+        serde_json::json!([0.6, 0.5, 0.75])
+    );
+    assert_eq!(unet["efficiency_rounds"][1]["elbo_gflops"], 20.0);
+    assert_eq!(unet["forward_flops_per_example"], 5e8);
+}
+
+#[test]
+fn a_ratio_that_is_not_finite_is_written_as_null_and_read_back_as_nan() {
+    let mut report = example();
+    if let Row::Case(row) = &mut report.rows[1] {
+        row.speedup = f64::INFINITY;
+        row.speedup_range = [f64::NAN, 2.0];
+    }
+    let json = serde_json::to_string(&report).unwrap();
+    assert!(
+        json.contains(r#""speedup":null,"speedup_range":[null,2.0]"#),
+        "{json}"
+    );
+    let back: Report = serde_json::from_str(&json).unwrap();
+    let row = back.cases().next().unwrap();
+    assert!(row.speedup.is_nan() && row.speedup_range[0].is_nan());
+    assert!(markdown(&back).contains("**NaNx** (NaN-2.00)"));
+}
+
+#[test]
+fn the_markdown_has_a_line_per_case_and_the_paragraphs_of_what_was_measured() {
+    let md = markdown(&example());
+    assert!(md.starts_with(
+        "Machine: test cpu (2 cores), load at the end 0.10 0.20 0.30 1/100 42; \
+         `cargo xtask bench --with-pytorch`; 3 rounds x 5 reps x 10 steps after 10 warm-up \
+         steps.\n\n"
+    ));
+    assert!(md.contains(
+        "| vae-mlp train (batch 128) | 1 | 4.00 (3.50-5.00) | 6.00 (5.00-7.00) | **1.50x** \
+         (1.00-2.00) | 1.25x met | 4.50 (4.00-5.50) | 1.20x | 120 / 600 | 11 / NaN |\n"
+    ));
+    assert!(md.contains("**0.90x** (1.00-2.00) | 1.05x missed"), "{md}");
+    assert!(md.contains(
+        "\nData pipeline, vae-mlp (threads 1): 0.250 ms per batch of 128, 5.9% of a training \
+         step plus its batch."
+    ));
+    assert!(md.contains("per round 0.60, 0.50, 0.75: median 0.60 (target 0.5: met)."));
+    assert!(md.contains("0.500 GFLOP forward per example"), "{md}");
+    assert!(md.ends_with(
+        "\nfp32 matmul peak of libtorch here (1 thread(s), 1024 x 1024) at the start of the \
+         run: 90.0 GFLOP/s.\n"
+    ));
+    assert_eq!(md.matches("| ddpm-mnist").count(), 2);
+}
