@@ -8,7 +8,7 @@
 //! Run: `cargo bench -p elbo-benches --bench models -- --warm-up-time 2 --measurement-time 5`.
 
 use criterion::{Criterion, Throughput, criterion_main};
-use elbo_models::optim::Adam;
+use elbo_models::train::optim::Adam;
 use elbo_models::train::{self, TrainConfig};
 use tch::Device;
 

@@ -5,11 +5,11 @@
 //! assert_eq!(elbo_benches::elements_label(1_000_000), "1e6");
 //! ```
 
-use elbo_models::ddpm::{Ddpm, DdpmConfig};
-use elbo_models::hvae::{HvaeConfig, HvaeVariant};
-use elbo_models::likelihood::Likelihood;
-use elbo_models::model::ElboModel;
-use elbo_models::vae::{Vae, VaeConfig};
+use elbo_models::models::ElboModel;
+use elbo_models::models::ddpm::{Ddpm, DdpmConfig};
+use elbo_models::models::hvae::{HvaeConfig, HvaeVariant};
+use elbo_models::models::vae::{Vae, VaeConfig};
+use elbo_models::nn::likelihood::Likelihood;
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 

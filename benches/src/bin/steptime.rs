@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use clap::Parser;
-use elbo_models::optim::Adam;
+use elbo_models::train::optim::Adam;
 use elbo_models::train::{self, TrainConfig};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};

@@ -11,16 +11,16 @@ use anyhow::{Context, Result, bail};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use elbo_models::DeviceSpec;
-use elbo_models::aids::TrainingAids;
-use elbo_models::classifier::{self, ClassifierJob, ClassifierTrainConfig};
-use elbo_models::ddpm::Recipe;
 use elbo_models::eval::EvalReport;
-use elbo_models::frechet::FrechetConfig;
-use elbo_models::hvae::HvaeVariant;
-use elbo_models::likelihood::Likelihood;
+use elbo_models::eval::classifier::{self, ClassifierJob, ClassifierTrainConfig};
+use elbo_models::eval::frechet::FrechetConfig;
+use elbo_models::models::ddpm::Recipe;
+use elbo_models::models::hvae::HvaeVariant;
+use elbo_models::nn::likelihood::Likelihood;
 use elbo_models::session::{
     self, DataSpec, DdpmJob, DdpmOverrides, HvaeJob, JobReport, JobSpec, VaeJob,
 };
+use elbo_models::train::aids::TrainingAids;
 use elbo_models::train::{Control, Finished, LrDecay, Progress, TrainConfig};
 
 /// Latent-variable generative models (VAE, hierarchical VAE, DDPM) on libtorch.
@@ -959,9 +959,9 @@ mod tests {
         assert_eq!(args.preset, "ddpm-mnist");
         assert_eq!(args.recipe, "mnist");
         assert_eq!(args.timesteps, Some(500));
-        let objective: elbo_models::ddpm::Objective = kebab("--objective", "v").unwrap();
-        assert_eq!(objective, elbo_models::ddpm::Objective::V);
-        let err = kebab::<elbo_models::ddpm::VarianceKind>("--variance", "learned")
+        let objective: elbo_models::models::ddpm::Objective = kebab("--objective", "v").unwrap();
+        assert_eq!(objective, elbo_models::models::ddpm::Objective::V);
+        let err = kebab::<elbo_models::models::ddpm::VarianceKind>("--variance", "learned")
             .unwrap_err()
             .to_string();
         assert!(err.contains("--variance \"learned\""), "{err}");

@@ -5,7 +5,7 @@ use ndarray::Array4;
 use tch::{Device, Tensor};
 
 use crate::error::{Error, Result};
-use crate::likelihood::Likelihood;
+use crate::nn::likelihood::Likelihood;
 
 /// The seed of the one fixed binarisation of a test set (so every evaluation of every
 /// run sees the same binary test images).

@@ -17,33 +17,19 @@
 
 #![warn(missing_docs)]
 
-pub mod aids;
-pub mod checkpoint;
-pub mod classifier;
-mod conv;
 pub mod data;
-pub mod ddpm;
-mod device;
 mod error;
 pub mod eval;
-pub mod ffi;
-pub mod frechet;
-pub mod gaussian;
-pub mod hvae;
-pub mod image;
-pub mod init;
-pub mod likelihood;
-pub mod model;
-mod norm;
-pub mod optim;
-mod runtime;
+pub mod models;
+pub mod nn;
+pub mod sample;
 pub mod session;
+pub mod sys;
 pub mod train;
-pub mod vae;
 
-pub use device::DeviceSpec;
 pub use error::{Error, Result};
-pub use runtime::{RuntimeInfo, retain_freed_memory};
+pub use models::{ElboModel, ElboTerms, ddpm, hvae, vae};
+pub use sys::{DeviceSpec, RuntimeInfo, ffi, retain_freed_memory};
 
 /// What the unit tests share.
 #[cfg(test)]

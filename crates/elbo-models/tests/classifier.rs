@@ -3,14 +3,14 @@
 //! ways, and the distance's two anchors (a set against itself, digits against noise).
 
 use elbo_data::Splits;
-use elbo_models::checkpoint::{self, CheckpointMeta};
-use elbo_models::classifier::{
+use elbo_models::eval::classifier::{
     self, Classifier, ClassifierConfig, ClassifierTrainConfig, RestoredClassifier,
 };
-use elbo_models::frechet::{self, FrechetConfig};
-use elbo_models::likelihood::Likelihood;
+use elbo_models::eval::frechet::{self, FrechetConfig};
+use elbo_models::models::vae::{Vae, VaeConfig};
+use elbo_models::nn::likelihood::Likelihood;
+use elbo_models::train::checkpoint::{self, CheckpointMeta};
 use elbo_models::train::{self, RunDir};
-use elbo_models::vae::{Vae, VaeConfig};
 use elbo_models::{data, session};
 use tch::{Device, Kind, Tensor};
 

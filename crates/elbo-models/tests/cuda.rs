@@ -3,10 +3,10 @@
 //! a CUDA libtorch (`cargo xtask setup --cuda`).
 #![cfg(feature = "cuda-tests")]
 
-use elbo_models::likelihood::Likelihood;
-use elbo_models::model::ElboModel;
-use elbo_models::optim::{Adam, AdamConfig};
-use elbo_models::vae::{Vae, VaeConfig};
+use elbo_models::models::ElboModel;
+use elbo_models::models::vae::{Vae, VaeConfig};
+use elbo_models::nn::likelihood::Likelihood;
+use elbo_models::train::optim::{Adam, AdamConfig};
 use elbo_models::{DeviceSpec, gaussian};
 use tch::{Device, Kind, Tensor, nn::VarStore};
 
@@ -55,14 +55,14 @@ fn a_vae_trains_on_cuda() {
 /// move (the forward runs in bf16, the update in fp32).
 #[test]
 fn a_ddpm_step_runs_under_bf16_autocast() {
-    use elbo_models::ddpm::{Ddpm, DdpmConfig};
+    use elbo_models::models::ddpm::{Ddpm, DdpmConfig};
     use elbo_models::train::{self, TrainConfig};
     let vs = VarStore::new(Device::Cuda(0));
     let mut config = DdpmConfig::preset("ddpm-mnist", [1, 28, 28]).unwrap();
     config.unet.base_channels = 8;
     config.unet.norm_groups = 4;
     let model = Ddpm::new(&vs.root(), config).unwrap();
-    elbo_models::ffi::set_cuda_autocast_bf16().unwrap();
+    elbo_models::sys::ffi::set_cuda_autocast_bf16().unwrap();
     let train_config = TrainConfig {
         autocast_bf16: true,
         ..TrainConfig::default()

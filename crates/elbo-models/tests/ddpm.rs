@@ -4,8 +4,8 @@
 
 use std::sync::atomic::AtomicBool;
 
-use elbo_models::ddpm::{Ddpm, DdpmConfig, LossKind, Objective, Sampler, VarianceKind};
-use elbo_models::model::ElboModel;
+use elbo_models::models::ElboModel;
+use elbo_models::models::ddpm::{Ddpm, DdpmConfig, LossKind, Objective, Sampler, VarianceKind};
 use elbo_models::train::{self, Control, RunDir, TrainConfig, TrainData};
 use elbo_models::{data, eval, session};
 use tch::{Device, nn::VarStore};

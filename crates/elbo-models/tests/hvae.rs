@@ -6,12 +6,12 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use elbo_data::Dataset;
-use elbo_models::aids::TrainingAids;
-use elbo_models::hvae::{HvaeConfig, HvaeVariant, MarkovConfig, MarkovHvae};
-use elbo_models::likelihood::Likelihood;
-use elbo_models::model::ElboModel;
+use elbo_models::models::ElboModel;
+use elbo_models::models::hvae::{HvaeConfig, HvaeVariant, MarkovConfig, MarkovHvae};
+use elbo_models::models::vae::{Vae, VaeConfig};
+use elbo_models::nn::likelihood::Likelihood;
+use elbo_models::train::aids::TrainingAids;
 use elbo_models::train::{self, Control, RunDir, TrainConfig, TrainData};
-use elbo_models::vae::{Vae, VaeConfig};
 use elbo_models::{data, eval, session};
 use tch::{Device, Kind, Tensor, nn::VarStore};
 

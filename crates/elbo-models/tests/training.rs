@@ -4,10 +4,11 @@
 use std::sync::atomic::AtomicBool;
 
 use elbo_data::Dataset;
-use elbo_models::likelihood::Likelihood;
+use elbo_models::models::vae::{Vae, VaeConfig};
+use elbo_models::nn::likelihood::Likelihood;
+use elbo_models::train::checkpoint;
 use elbo_models::train::{self, Control, Finished, RunDir, TrainConfig, TrainData};
-use elbo_models::vae::{Vae, VaeConfig};
-use elbo_models::{checkpoint, data, eval};
+use elbo_models::{data, eval};
 use tch::{Device, nn::VarStore};
 
 mod common;

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::gaussian::{kl_divergence, kl_to_standard_normal, log_density};
-use crate::likelihood::discretized_gaussian_log_prob;
+use crate::nn::gaussian::{kl_divergence, kl_to_standard_normal, log_density};
+use crate::nn::likelihood::discretized_gaussian_log_prob;
 
 /// The noise schedule family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,7 +271,7 @@ impl Diffusion {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gaussian::tests::values;
+    use crate::nn::gaussian::tests::values;
     use elbo_math::Prediction;
     use elbo_math::denoising_matching::{self, ReverseVariance};
 

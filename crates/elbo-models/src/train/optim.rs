@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use tch::{Kind, Tensor, nn::VarStore};
 
 use crate::error::{Error, Result};
-use crate::ffi::{FusedAdamStep, fused_adam};
+use crate::sys::ffi::{FusedAdamStep, fused_adam};
 
 /// Adam's hyper-parameters. `weight_decay > 0` gives AdamW (decoupled decay, Loshchilov
 /// & Hutter), applied as PyTorch's `AdamW` does: `p <- p (1 - lr wd)` before the step.
@@ -87,7 +87,7 @@ impl Adam {
     /// gradient into a fresh buffer rather than zeroing one and adding to it; without the
     /// compiled shim, zeroes it.
     pub fn zero_grad(&mut self) {
-        if crate::ffi::clear_grads(&self.params).is_err() {
+        if crate::sys::ffi::clear_grads(&self.params).is_err() {
             for p in &mut self.params {
                 p.zero_grad();
             }

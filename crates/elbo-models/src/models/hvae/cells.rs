@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 use tch::nn::{self, Module};
 
-use crate::conv::Conv;
+use crate::nn::conv::Conv;
 
 /// The networks of a ladder HVAE.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

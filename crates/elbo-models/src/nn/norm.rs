@@ -2,7 +2,7 @@
 //! followed by SiLU: `silu(group_norm(x + shift))`, the UNet's normalise-then-activate
 //! (the shift is its time embedding), and its attention's plain GroupNorm.
 //!
-//! On float32 CPU tensors this runs as elbo's fused kernel ([`crate::ffi::group_norm`]):
+//! On float32 CPU tensors this runs as elbo's fused kernel ([`crate::sys::ffi::group_norm`]):
 //! one pass over memory forward and one backward where libtorch's separate add,
 //! GroupNorm and SiLU make three and four, and it keeps only its input for the backward
 //! pass (the separate operations also keep the normalised tensor). libtorch's own
@@ -51,7 +51,7 @@ impl GroupNorm {
             return None;
         }
         let groups = self.norm.num_groups;
-        match crate::ffi::group_norm(x, shift, weight, bias, groups, EPS, self.silu) {
+        match crate::sys::ffi::group_norm(x, shift, weight, bias, groups, EPS, self.silu) {
             Ok(z) => Some(z),
             Err(reason) => panic!("GroupNorm of a {:?} input: {reason}", x.size()),
         }
@@ -220,7 +220,7 @@ mod tests {
         let x = randn(&[1, 4, 3, 3], 6);
         assert!(layer.fused(&x.to_kind(Kind::Double), None).is_none());
         // A shift of the wrong shape is refused by the kernel, with its reason.
-        let err = crate::ffi::group_norm(
+        let err = crate::sys::ffi::group_norm(
             &x,
             Some(&randn(&[1, 3], 6)),
             layer.norm.ws.as_ref().unwrap(),
@@ -231,7 +231,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("shift of shape (1, 4)"), "{err}");
-        let err = crate::ffi::group_norm(
+        let err = crate::sys::ffi::group_norm(
             &x,
             None,
             layer.norm.ws.as_ref().unwrap(),

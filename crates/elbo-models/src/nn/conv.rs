@@ -116,7 +116,7 @@ impl Conv {
             c_in == 1
                 && !x.requires_grad()
                 && self.weight.requires_grad()
-                && crate::ffi::grad_enabled()
+                && crate::sys::ffi::grad_enabled()
         }
     }
 
@@ -202,7 +202,7 @@ mod tests {
             if x.requires_grad() {
                 out.push(x.grad().copy());
             }
-            crate::ffi::clear_grads(&[
+            crate::sys::ffi::clear_grads(&[
                 x.shallow_clone(),
                 conv.weight.shallow_clone(),
                 bias.shallow_clone(),

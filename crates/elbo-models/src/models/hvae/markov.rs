@@ -19,7 +19,7 @@
 //! up and the generative chain down, so `z_{t+1}` is itself drawn from `z_t`, and the
 //! term is estimated as the log-ratio at the drawn `z_t, z_{t+1}` (one sample of the
 //! chain per example). With `T = 1` there is no consistency term and the bound is the
-//! VAE's, with the same networks ([`crate::vae::Vae`] is the bottom layer).
+//! VAE's, with the same networks ([`crate::models::vae::Vae`] is the bottom layer).
 
 use serde::{Deserialize, Serialize};
 use tch::nn;
@@ -27,10 +27,10 @@ use tch::{Kind, Tensor};
 
 use super::{GaussianMlp, check_latent_dims, draw, layer_name, log_density_of_draw, repeat_batch};
 use crate::error::{Error, Result};
-use crate::gaussian;
-use crate::likelihood::Likelihood;
-use crate::model::{ElboModel, ElboTerms};
-use crate::vae::{Vae, VaeArch, VaeConfig};
+use crate::models::vae::{Vae, VaeArch, VaeConfig};
+use crate::models::{ElboModel, ElboTerms};
+use crate::nn::gaussian;
+use crate::nn::likelihood::Likelihood;
 
 /// A Markovian HVAE's configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -303,7 +303,7 @@ impl ElboModel for MarkovHvae {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gaussian::tests::values;
+    use crate::nn::gaussian::tests::values;
     use tch::nn::VarStore;
 
     fn model(dims: Vec<i64>) -> (VarStore, MarkovHvae) {

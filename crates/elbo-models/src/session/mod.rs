@@ -11,16 +11,16 @@ use tch::{
     nn::{self, VarStore},
 };
 
-use crate::checkpoint::{self, CheckpointMeta};
 use crate::data;
-use crate::ddpm::{Ddpm, DdpmConfig};
 use crate::error::{Error, Result};
 use crate::eval::{self, EvalReport};
-use crate::hvae::{self, HvaeConfig, HvaeVariant};
-use crate::likelihood::Likelihood;
-use crate::model::ElboModel;
+use crate::models::ElboModel;
+use crate::models::ddpm::{Ddpm, DdpmConfig};
+use crate::models::hvae::{self, HvaeConfig, HvaeVariant};
+use crate::models::vae::{Vae, VaeConfig};
+use crate::nn::likelihood::Likelihood;
+use crate::train::checkpoint::{self, CheckpointMeta};
 use crate::train::{self, Control, Progress, RunDir, TrainConfig, TrainData, TrainReport};
-use crate::vae::{Vae, VaeConfig};
 
 /// A data set as a user names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,11 +156,11 @@ pub fn restore(path: &Path, device: Device, use_ema: bool) -> Result<Restored> {
             let config: HvaeConfig = parse_config(&loaded.meta, &json, "HVAE")?;
             config.build(&vs.root())?
         }
-        crate::ddpm::FAMILY => {
+        crate::models::ddpm::FAMILY => {
             let config: DdpmConfig = parse_config(&loaded.meta, &json, "DDPM")?;
             Box::new(Ddpm::new(&vs.root(), config)?)
         }
-        crate::classifier::FAMILY => {
+        crate::eval::classifier::FAMILY => {
             return Err(Error::Checkpoint {
                 detail: format!(
                     "{} holds a classifier (from `elbo train classifier`), expected a \
@@ -304,15 +304,15 @@ pub struct DdpmJob {
 #[derive(Clone, Debug, Default)]
 pub struct DdpmOverrides {
     /// The noise schedule.
-    pub schedule: Option<crate::ddpm::ScheduleKind>,
+    pub schedule: Option<crate::models::ddpm::ScheduleKind>,
     /// T.
     pub timesteps: Option<usize>,
     /// What the network predicts.
-    pub objective: Option<crate::ddpm::Objective>,
+    pub objective: Option<crate::models::ddpm::Objective>,
     /// What training minimises.
-    pub loss: Option<crate::ddpm::LossKind>,
+    pub loss: Option<crate::models::ddpm::LossKind>,
     /// The reverse variance.
-    pub variance: Option<crate::ddpm::VarianceKind>,
+    pub variance: Option<crate::models::ddpm::VarianceKind>,
     /// Dropout in the residual blocks.
     pub dropout: Option<f64>,
 }
@@ -487,15 +487,15 @@ pub fn frechet_of_checkpoint(
     path: &Path,
     classifier: &Path,
     data: Option<&DataSpec>,
-    config: &crate::frechet::FrechetConfig,
+    config: &crate::eval::frechet::FrechetConfig,
     sampler: Option<&str>,
     device: Device,
-) -> Result<(Restored, crate::frechet::FrechetReport)> {
+) -> Result<(Restored, crate::eval::frechet::FrechetReport)> {
     let mut restored = restore(path, device, true)?;
     if let Some(sampler) = sampler {
         restored.model.configure_sampler(sampler, true)?;
     }
-    let features = crate::classifier::restore(classifier, device)?;
+    let features = crate::eval::classifier::restore(classifier, device)?;
     let spec = match data {
         Some(spec) => spec.clone(),
         None => restored.meta.train_config["data"]
@@ -504,7 +504,7 @@ pub fn frechet_of_checkpoint(
             .parse::<DataSpec>()?,
     };
     let splits = spec.load()?;
-    let report = crate::frechet::frechet_of_model(
+    let report = crate::eval::frechet::frechet_of_model(
         restored.model.as_ref(),
         &features.model,
         &splits,
@@ -530,7 +530,7 @@ pub fn write_samples(
 ) -> Result<Vec<PathBuf>> {
     let likelihood = restored.model.likelihood();
     let samples = tch::no_grad(|| restored.model.sample(n));
-    crate::image::save_grid(&data::to_unit_range(likelihood, &samples), 8, out)?;
+    crate::eval::image::save_grid(&data::to_unit_range(likelihood, &samples), 8, out)?;
     let mut written = vec![out.to_path_buf()];
     let stem = out
         .file_stem()
@@ -540,14 +540,14 @@ pub fn write_samples(
         let rows = (n / 8).max(1);
         if let Some(images) = tch::no_grad(|| restored.model.fixed_top_samples(fixed, rows, 8)) {
             let path = out.with_file_name(format!("{stem}-fixed-top-{fixed}.png"));
-            crate::image::save_grid(&data::to_unit_range(likelihood, &images), 8, &path)?;
+            crate::eval::image::save_grid(&data::to_unit_range(likelihood, &images), 8, &path)?;
             written.push(path);
         }
     }
     let rows = n.clamp(1, 8);
     if let Some(strip) = tch::no_grad(|| restored.model.trajectory(rows, 10)) {
         let path = out.with_file_name(format!("{stem}-trajectory.png"));
-        crate::image::save_grid(&data::to_unit_range(likelihood, &strip), 10, &path)?;
+        crate::eval::image::save_grid(&data::to_unit_range(likelihood, &strip), 10, &path)?;
         written.push(path);
     }
     if let Some(steps) = interpolation_steps {
@@ -560,7 +560,7 @@ pub fn write_samples(
             }
         })?;
         let path = out.with_file_name(format!("{stem}-interpolations.png"));
-        crate::image::save_grid(&data::to_unit_range(likelihood, &strips), steps, &path)?;
+        crate::eval::image::save_grid(&data::to_unit_range(likelihood, &strips), steps, &path)?;
         written.push(path);
     }
     Ok(written)

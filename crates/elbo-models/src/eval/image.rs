@@ -4,8 +4,8 @@ use std::path::Path;
 
 use tch::{Kind, Tensor};
 
-use crate::checkpoint::write_atomically;
 use crate::error::{Error, Result};
+use crate::train::checkpoint::write_atomically;
 
 /// Writes `images` (N, C, H, W) with values in [0, 1] (C = 1 or 3) as a grid with `columns`
 /// columns and a 2-pixel border, to a PNG at `path`.

@@ -1,5 +1,5 @@
 //! Sample quality: the Fréchet distance between generated and test images in the
-//! feature space of the project's own classifier ([`crate::classifier`]), FID's
+//! feature space of the project's own classifier ([`crate::eval::classifier`]), FID's
 //! statistic with a small MNIST network in place of Inception.
 //!
 //! Generated images are mapped to [0, 1] whatever the model's data scale (Bernoulli
@@ -13,10 +13,10 @@ use elbo_data::{EpochOrder, EpochSeed, Splits};
 use elbo_math::frechet::{GaussianFit, frechet_distance};
 use tch::{Device, Tensor};
 
-use crate::classifier::{self, Classifier};
 use crate::data;
 use crate::error::{Error, Result};
-use crate::model::ElboModel;
+use crate::eval::classifier::{self, Classifier};
+use crate::models::ElboModel;
 
 /// How the distance is measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,18 +11,16 @@
 
 pub mod bound;
 pub mod diffusion;
-pub mod sampler;
-pub mod unet;
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor, nn};
 
 use crate::error::{Error, Result};
-use crate::likelihood::Likelihood;
-use crate::model::{ElboModel, ElboTerms, TrainingLoss};
+use crate::models::{ElboModel, ElboTerms, TrainingLoss};
+use crate::nn::likelihood::Likelihood;
+pub use crate::nn::unet::{Unet, UnetConfig};
+pub use crate::sample::{Sampler, Spacing};
 pub use diffusion::{Decoder, Diffusion, Objective, ScheduleKind, VarianceKind};
-pub use sampler::{Sampler, Spacing};
-pub use unet::{Unet, UnetConfig};
 
 /// The family name in checkpoints.
 pub const FAMILY: &str = "ddpm";
@@ -206,7 +204,7 @@ impl Ddpm {
     /// an error if the sampler keeps more steps than T.
     pub fn set_sampler(&mut self, sampler: Sampler, clip_x0: bool) -> Result<()> {
         if let Sampler::Ddim { steps, spacing, .. } = sampler {
-            sampler::kept_timesteps(self.diffusion.timesteps(), steps, spacing)?;
+            crate::sample::kept_timesteps(self.diffusion.timesteps(), steps, spacing)?;
         }
         self.sampler = sampler;
         self.clip_x0 = clip_x0;
@@ -239,7 +237,7 @@ impl Ddpm {
     ) -> Result<(Tensor, Vec<Tensor>)> {
         let network = self.network();
         tch::no_grad(|| {
-            sampler::sample(
+            crate::sample::sample(
                 &self.diffusion,
                 &network,
                 &self.image_shape(n),

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::model::ElboTerms;
+use crate::models::ElboTerms;
 
 /// The training aids of a run (see the module documentation); all off by default.
 #[derive(Clone, Copy, Debug, PartialEq, Default, Serialize, Deserialize)]

@@ -7,6 +7,10 @@
 //! from (seed, step) before each step. So training 2n steps and training n, stopping,
 //! resuming and training n more give the same weights, bit for bit, on the CPU.
 
+pub mod aids;
+pub mod checkpoint;
+pub mod optim;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::num::NonZeroUsize;
@@ -18,15 +22,15 @@ use elbo_data::{Batching, Dataset, EpochSeed, Loader, LoaderConfig};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn::VarStore};
 
-use crate::aids::TrainingAids;
-use crate::checkpoint::{self, CheckpointMeta};
 use crate::data;
 use crate::error::{Error, Result};
 use crate::eval;
-use crate::image;
-use crate::likelihood::Likelihood;
-use crate::model::{ElboModel, ElboTerms};
-use crate::optim::{Adam, AdamConfig};
+use crate::eval::image;
+use crate::models::{ElboModel, ElboTerms};
+use crate::nn::likelihood::Likelihood;
+use aids::TrainingAids;
+use checkpoint::CheckpointMeta;
+use optim::{Adam, AdamConfig};
 
 /// How the learning rate changes after warm-up.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, Default)]
@@ -302,7 +306,7 @@ pub fn train(
                 ),
             });
         }
-        crate::ffi::set_cuda_autocast_bf16().map_err(|detail| Error::Config { detail })?;
+        crate::sys::ffi::set_cuda_autocast_bf16().map_err(|detail| Error::Config { detail })?;
     }
     let batching = Batching {
         batch_size: NonZeroUsize::new(config.batch_size).unwrap_or(NonZeroUsize::MIN),
@@ -523,7 +527,7 @@ pub fn train(
 pub enum Reported {
     /// The ELBO terms (models trained on their ELBO).
     Elbo(ElboTerms),
-    /// The named scalars of a [`crate::model::TrainingLoss`] (a DDPM's `L_simple`).
+    /// The named scalars of a [`crate::models::TrainingLoss`] (a DDPM's `L_simple`).
     Loss(Vec<(String, Tensor)>),
 }
 

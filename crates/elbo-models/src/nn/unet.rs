@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use crate::conv::Conv;
 use crate::error::{Error, Result};
-use crate::norm::GroupNorm;
+use crate::nn::conv::Conv;
+use crate::nn::norm::GroupNorm;
 
 /// The shape of a UNet.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

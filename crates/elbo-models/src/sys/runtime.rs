@@ -25,7 +25,7 @@ pub const HEAP_BLOCK_LIMIT: i32 = 32 << 20;
 /// itself. `Err` on a C library other than glibc (nothing changes) or without the
 /// compiled shim.
 pub fn retain_freed_memory() -> Result<(), String> {
-    crate::ffi::retain_freed_memory(HEAP_BLOCK_LIMIT, i32::MAX)
+    crate::sys::ffi::retain_freed_memory(HEAP_BLOCK_LIMIT, i32::MAX)
 }
 
 /// Facts libtorch reports about itself and the machine at run time.

@@ -30,9 +30,9 @@ pub use super::cells::LadderArch;
 use super::cells::{self, Residual};
 use super::{check_latent_dims, draw, layer_name, log_density_of_draw, repeat_batch};
 use crate::error::{Error, Result};
-use crate::gaussian;
-use crate::likelihood::Likelihood;
-use crate::model::{ElboModel, ElboTerms};
+use crate::models::{ElboModel, ElboTerms};
+use crate::nn::gaussian;
+use crate::nn::likelihood::Likelihood;
 
 /// A ladder HVAE's configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -416,7 +416,7 @@ impl ElboModel for LadderHvae {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gaussian::tests::values;
+    use crate::nn::gaussian::tests::values;
     use tch::nn::VarStore;
 
     fn model(arch: &str, dims: Vec<i64>) -> (VarStore, LadderHvae) {

@@ -15,8 +15,8 @@
 use tch::{Kind, Tensor};
 
 use super::diffusion::{Decoder, Diffusion};
-use super::sampler::Network;
-use crate::model::ElboTerms;
+use crate::models::ElboTerms;
+use crate::sample::Network;
 
 /// The groups of timesteps the denoising terms are reported in: `2..=10`, then each
 /// decade up to T.
@@ -129,26 +129,26 @@ pub fn log_weights(
         let mean_q = &x_prev * (1.0 - beta).sqrt();
         let log_var_q = Tensor::full_like(&x_prev, beta.ln());
         let x_t = &mean_q + x_prev.randn_like() * beta.sqrt();
-        log_w -= crate::gaussian::log_density(&x_t, &mean_q, &log_var_q);
+        log_w -= crate::nn::gaussian::log_density(&x_t, &mean_q, &log_var_q);
         let tt = Tensor::full([k * b], t as i64, (Kind::Int64, device));
         let (x0_hat, _) = diffusion.predictions(&network(&x_t, &tt), &x_t, &tt, false);
         log_w += if t == 1 {
             diffusion.reconstruction(&x0k, &x_t, &tt, &x0_hat, decoder)
         } else {
             let mean_p = diffusion.reverse_mean(&x0_hat, &x_t, &tt);
-            crate::gaussian::log_density(&x_prev, &mean_p, &diffusion.model_log_var(&tt, &x_t))
+            crate::nn::gaussian::log_density(&x_prev, &mean_p, &diffusion.model_log_var(&tt, &x_t))
         };
         x_prev = x_t;
     }
-    log_w += crate::gaussian::log_density_standard(&x_prev);
+    log_w += crate::nn::gaussian::log_density_standard(&x_prev);
     log_w.reshape([k, b])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ddpm::diffusion::{Objective, ScheduleKind, VarianceKind};
-    use crate::gaussian::tests::values;
+    use crate::models::ddpm::diffusion::{Objective, ScheduleKind, VarianceKind};
+    use crate::nn::gaussian::tests::values;
     use elbo_math::testbed::gaussian_diffusion::{GaussianDataDiffusion, ReverseStepVariance};
     use tch::Device;
 

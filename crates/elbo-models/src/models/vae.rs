@@ -13,12 +13,12 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use crate::conv::Conv;
 use crate::error::{Error, Result};
-use crate::gaussian;
-use crate::init::torch_linear;
-use crate::likelihood::Likelihood;
-use crate::model::{ElboModel, ElboTerms};
+use crate::models::{ElboModel, ElboTerms};
+use crate::nn::conv::Conv;
+use crate::nn::gaussian;
+use crate::nn::init::torch_linear;
+use crate::nn::likelihood::Likelihood;
 
 /// The network shapes of a VAE.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

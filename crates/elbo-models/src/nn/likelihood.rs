@@ -6,7 +6,7 @@ use std::str::FromStr;
 use tch::{Reduction, Tensor};
 
 use crate::error::Error;
-use crate::gaussian::sum_per_example;
+use crate::nn::gaussian::sum_per_example;
 
 /// The observation model of a decoder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -121,7 +121,7 @@ pub fn discretized_gaussian_log_prob(x: &Tensor, mean: &Tensor, log_scale: &Tens
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gaussian::tests::values;
+    use crate::nn::gaussian::tests::values;
     use elbo_math::discretized as exact;
 
     #[test]

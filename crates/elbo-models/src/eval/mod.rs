@@ -2,9 +2,13 @@
 //! (IWAE, Burda et al.) `log (1/K) sum_k p(x, z_k) / q(z_k | x)`, which is at least the
 //! ELBO in expectation and tightens towards `log p(x)` as K grows.
 
+pub mod classifier;
+pub mod frechet;
+pub mod image;
+
 use tch::{Kind, Tensor};
 
-use crate::model::ElboModel;
+use crate::models::ElboModel;
 
 /// Results in nats per example (ELBO and bounds are log-likelihood bounds: negative).
 #[derive(Clone, Debug, PartialEq)]
@@ -175,8 +179,8 @@ pub fn active_units_json(units: &[ActiveUnits]) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::likelihood::Likelihood;
-    use crate::vae::{Vae, VaeConfig};
+    use crate::models::vae::{Vae, VaeConfig};
+    use crate::nn::likelihood::Likelihood;
     use tch::nn::VarStore;
 
     /// Averaged over examples, the IWAE bound is at least the ELBO and grows with K

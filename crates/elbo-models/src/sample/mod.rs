@@ -10,8 +10,8 @@ use elbo_math::schedule::evenly_spaced_timesteps;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use super::diffusion::Diffusion;
 use crate::error::{Error, Result};
+use crate::models::ddpm::diffusion::Diffusion;
 
 /// How the kept timesteps of a shortened sampler are spread over `1..=T`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,10 @@
 //! What every model of this crate offers the shared training, evaluation and sampling
 //! code: its ELBO, term by term, per example.
 
+pub mod ddpm;
+pub mod hvae;
+pub mod vae;
+
 use tch::{Kind, Tensor};
 
 /// The terms of a (single-sample) ELBO estimate, each of shape (batch,), in nats:
@@ -55,7 +59,7 @@ pub trait ElboModel {
     /// The configuration that fixes the shapes of its weights, as recorded in checkpoints.
     fn config_json(&self) -> serde_json::Value;
     /// The observation model (it decides how pixels are transformed for this model).
-    fn likelihood(&self) -> crate::likelihood::Likelihood;
+    fn likelihood(&self) -> crate::nn::likelihood::Likelihood;
     /// The ELBO terms of a batch `x` (in the model's data scale), one sample each.
     fn elbo_terms(&self, x: &Tensor) -> ElboTerms;
     /// `log p(x, z_k) - log q(z_k | x)` for `k` draws per example, shape (k, batch).

@@ -1,5 +1,5 @@
 //! A small image classifier whose penultimate activations are the feature space of the
-//! sample-quality metric ([`crate::frechet`]): Inception weights cannot be fetched
+//! sample-quality metric ([`crate::eval::frechet`]): Inception weights cannot be fetched
 //! here, so the project trains its own feature extractor (`elbo train classifier`).
 //!
 //! The network: two 3x3 convolutions (32 and 64 channels by default), each followed by
@@ -20,11 +20,11 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module, VarStore};
 use tch::{Device, Kind, Tensor};
 
-use crate::checkpoint::{self, CheckpointMeta};
 use crate::data;
 use crate::error::{Error, Result};
-use crate::optim::{Adam, AdamConfig};
 use crate::session::{self, DataSpec};
+use crate::train::checkpoint::{self, CheckpointMeta};
+use crate::train::optim::{Adam, AdamConfig};
 use crate::train::{self, RunDir};
 
 /// The checkpoint family of classifiers.

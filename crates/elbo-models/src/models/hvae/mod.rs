@@ -21,8 +21,8 @@ use tch::Tensor;
 use tch::nn::{self, Module};
 
 use crate::error::{Error, Result};
-use crate::likelihood::Likelihood;
-use crate::model::ElboModel;
+use crate::models::ElboModel;
+use crate::nn::likelihood::Likelihood;
 
 mod cells;
 pub mod ladder;
@@ -226,7 +226,9 @@ impl GaussianMlp {
 /// `log N(z; mean, exp(log_var))` per example where `z = mean + exp(log_var / 2) * eps`:
 /// `-(eps^2 + log_var + log 2 pi) / 2` summed, exact in `eps` (no cancellation).
 pub(crate) fn log_density_of_draw(eps: &Tensor, log_var: &Tensor) -> Tensor {
-    crate::gaussian::sum_per_example(&((eps.square() + log_var + 1.837_877_066_409_345_3) * -0.5))
+    crate::nn::gaussian::sum_per_example(
+        &((eps.square() + log_var + 1.837_877_066_409_345_3) * -0.5),
+    )
 }
 
 /// A reparameterised draw with its noise: `(mean + exp(log_var / 2) * eps, eps)`.
