@@ -8,6 +8,7 @@
 //! Run: `cargo bench -p elbo-benches --bench models -- --warm-up-time 2 --measurement-time 5`.
 
 use criterion::{Criterion, Throughput, criterion_main};
+use elbo_models::models::draw_samples;
 use elbo_models::train::optim::Adam;
 use elbo_models::train::{self, TrainConfig};
 use tch::Device;
@@ -22,16 +23,17 @@ fn training_steps(c: &mut Criterion) {
             tch::set_num_threads(threads);
             let vs = train::var_store(0, Device::Cpu);
             let model = elbo_benches::preset_model(model_name, &vs.root()).expect("a preset");
-            let x = elbo_benches::training_batch(model.as_ref(), BATCH, Device::Cpu)
+            let batch = elbo_benches::training_batch(model.as_ref(), BATCH, Device::Cpu)
                 .expect("the bundled sample loads");
             let config = TrainConfig::default();
             let mut adam = Adam::new(&vs, config.adam.into());
+            let loss = model.train_step(&config.aids).expect("no aids");
             let mut step = 0u64;
             group.bench_function(
                 format!("{model_name}/batch{BATCH}/cpu/threads{threads}"),
                 |b| {
                     b.iter(|| {
-                        train::optimise(model.as_ref(), &mut adam, &x, &config, step)
+                        train::optimise(loss.as_ref(), &mut adam, &batch, &config, step, None)
                             .expect("a finite loss");
                         step += 1;
                     })
@@ -53,28 +55,32 @@ fn ddpm(c: &mut Criterion) {
     for threads in [1, 2] {
         tch::set_num_threads(threads);
         let vs = train::var_store(0, Device::Cpu);
-        let mut model = elbo_benches::preset_model("ddpm-mnist", &vs.root()).expect("a preset");
-        let x = elbo_benches::training_batch(model.as_ref(), DDPM_BATCH, Device::Cpu)
+        let model = elbo_benches::preset_model("ddpm-mnist", &vs.root()).expect("a preset");
+        let batch = elbo_benches::training_batch(model.as_ref(), DDPM_BATCH, Device::Cpu)
             .expect("the bundled sample loads");
         let config = TrainConfig::default();
         let mut adam = Adam::new(&vs, config.adam.into());
+        let loss = model.train_step(&config.aids).expect("no aids");
         let mut step = 0u64;
         group.bench_function(
             format!("train_step/batch{DDPM_BATCH}/cpu/threads{threads}"),
             |b| {
                 b.iter(|| {
-                    train::optimise(model.as_ref(), &mut adam, &x, &config, step)
+                    train::optimise(loss.as_ref(), &mut adam, &batch, &config, step, None)
                         .expect("a finite loss");
                     step += 1;
                 })
             },
         );
-        model
-            .configure_sampler("ddim-50", true)
-            .expect("DDIM-50 fits T = 1000");
+        let ddim50 = elbo_benches::ddim(50);
         group.bench_function(
             format!("ddim50/batch{DDPM_BATCH}/cpu/threads{threads}"),
-            |b| b.iter(|| tch::no_grad(|| model.sample(DDPM_BATCH as i64))),
+            |b| {
+                b.iter(|| {
+                    tch::no_grad(|| draw_samples(model.as_ref(), DDPM_BATCH as i64, Some(&ddim50)))
+                        .expect("DDIM-50 fits T = 1000")
+                })
+            },
         );
     }
     group.finish();

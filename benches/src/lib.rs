@@ -6,10 +6,12 @@
 //! ```
 
 use elbo_models::models::ElboModel;
-use elbo_models::models::ddpm::{Ddpm, DdpmConfig};
+use elbo_models::models::ddpm::{Ddpm, DdpmConfig, DdpmPreset};
 use elbo_models::models::hvae::{HvaeConfig, HvaeVariant};
-use elbo_models::models::vae::{Vae, VaeConfig};
+use elbo_models::models::vae::{Vae, VaeConfig, VaePreset};
 use elbo_models::nn::likelihood::Likelihood;
+use elbo_models::sample::{SamplerSpec, SamplingOptions, Spacing};
+use elbo_models::train::Batch;
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
@@ -20,7 +22,7 @@ pub fn preset_model(name: &str, path: &nn::Path<'_>) -> Result<Box<dyn ElboModel
     let image = [1, 28, 28];
     let likelihood = Likelihood::Bernoulli;
     let model: Box<dyn ElboModel> = match name {
-        "vae-mlp" => VaeConfig::preset("vae-mlp", image, likelihood)
+        "vae-mlp" => VaeConfig::preset(VaePreset::Mlp, image, likelihood)
             .and_then(|config| Vae::new(path, config))
             .map(|vae| Box::new(vae) as Box<dyn ElboModel>)
             .map_err(|e| e.to_string())?,
@@ -29,7 +31,7 @@ pub fn preset_model(name: &str, path: &nn::Path<'_>) -> Result<Box<dyn ElboModel
                 .and_then(|config| config.build(path))
                 .map_err(|e| e.to_string())?
         }
-        "ddpm-mnist" => DdpmConfig::preset("ddpm-mnist", image)
+        "ddpm-mnist" => DdpmConfig::preset(DdpmPreset::Mnist, image)
             .and_then(|config| Ddpm::new(path, config))
             .map(|ddpm| Box::new(ddpm) as Box<dyn ElboModel>)
             .map_err(|e| e.to_string())?,
@@ -43,7 +45,7 @@ pub fn preset_model(name: &str, path: &nn::Path<'_>) -> Result<Box<dyn ElboModel
 }
 
 /// The first `batch` training images of the bundled MNIST sample as a float tensor of
-/// shape (batch, 1, 28, 28) in `model`'s data scale, as `benches/reference/steptime.py`
+/// shape (batch, 1, 28, 28) in `model`'s data scale (with zero labels), as `benches/reference/steptime.py`
 /// prepares them (a batch whose preparation is not part of a timing): binarised at a
 /// fixed threshold (pixel >= 128 is 1) for the Bernoulli models, `(2 p - 255) / 255` for
 /// the discretized Gaussian (the DDPM).
@@ -51,7 +53,7 @@ pub fn training_batch(
     model: &dyn ElboModel,
     batch: usize,
     device: Device,
-) -> Result<Tensor, String> {
+) -> Result<Batch, String> {
     let splits = elbo_data::load_bundled().map_err(|e| e.to_string())?;
     let images = splits.train.images();
     let n = batch.min(images.shape()[0]);
@@ -69,7 +71,23 @@ pub fn training_batch(
         Likelihood::DiscretizedGaussian => (pixels.to_kind(Kind::Float) * 2.0 - 255.0) / 255.0,
         Likelihood::Bernoulli | Likelihood::ContinuousBce => pixels.ge(128).to_kind(Kind::Float),
     };
-    Ok(x.to_device(device))
+    Ok(Batch {
+        x: x.to_device(device),
+        labels: Tensor::zeros([n as i64], (Kind::Int64, device)),
+    })
+}
+
+/// DDIM with `steps` uniform steps, `eta = 0`, `x_0` clipped: what `elbo sample` does by
+/// default (with 50 steps).
+pub fn ddim(steps: usize) -> SamplingOptions {
+    SamplingOptions {
+        sampler: SamplerSpec::Ddim {
+            steps,
+            eta: 0.0,
+            spacing: Spacing::Uniform,
+        },
+        clip_x0: true,
+    }
 }
 
 /// A short label for an element count, used in bench names (`1000000` -> `"1e6"`).

@@ -10,6 +10,7 @@
 use std::time::Instant;
 
 use clap::Parser;
+use elbo_models::models::draw_samples;
 use elbo_models::train::optim::Adam;
 use elbo_models::train::{self, TrainConfig};
 use tch::nn::VarStore;
@@ -187,10 +188,8 @@ fn timed(args: &Args, mut one: impl FnMut(u64) -> Result<(), String>) -> Result<
 /// the work per step does not depend on them).
 fn samplings(args: &Args) -> Result<serde_json::Value, String> {
     let vs: VarStore = train::var_store(args.seed, Device::Cpu);
-    let mut model = elbo_benches::preset_model(&args.model, &vs.root())?;
-    model
-        .configure_sampler(&format!("ddim-{}", args.ddim_steps), true)
-        .map_err(|e| e.to_string())?;
+    let model = elbo_benches::preset_model(&args.model, &vs.root())?;
+    let ddim = elbo_benches::ddim(args.ddim_steps);
     let params: i64 = vs
         .trainable_variables()
         .iter()
@@ -199,7 +198,8 @@ fn samplings(args: &Args) -> Result<serde_json::Value, String> {
     let batch = args.batch as i64;
     let one = |i: u64| {
         tch::manual_seed(train::step_seed(args.seed, i));
-        let images = tch::no_grad(|| model.sample(batch));
+        let images = tch::no_grad(|| draw_samples(model.as_ref(), batch, Some(&ddim)))
+            .map_err(|e| e.to_string())?;
         let finite = images.isfinite().all().int64_value(&[]) == 1;
         if finite {
             Ok(())
@@ -231,16 +231,17 @@ fn train_steps(args: &Args) -> Result<serde_json::Value, String> {
         .iter()
         .map(|t| t.numel() as i64)
         .sum();
-    let x = elbo_benches::training_batch(model.as_ref(), args.batch, Device::Cpu)?;
+    let batch = elbo_benches::training_batch(model.as_ref(), args.batch, Device::Cpu)?;
     let config = TrainConfig {
         seed: args.seed,
         ..TrainConfig::default()
     };
     let mut adam = Adam::new(&vs, config.adam.into());
+    let loss = model.train_step(&config.aids).map_err(|e| e.to_string())?;
     let mut one = |step: u64| {
-        train::optimise(model.as_ref(), &mut adam, &x, &config, step)
+        train::optimise(loss.as_ref(), &mut adam, &batch, &config, step, None)
             .map(|_| ())
-            .map_err(|loss| format!("non-finite loss {loss} at step {}", step + 1))
+            .map_err(|failure| format!("{failure:?} at step {}", step + 1))
     };
     for step in 0..args.warmup {
         one(step)?;

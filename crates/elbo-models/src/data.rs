@@ -1,7 +1,13 @@
-//! From elbo-data's arrays to tensors, with the transform each likelihood needs.
+//! Data sets as users name them ([`DataSpec`]), and from elbo-data's arrays to tensors,
+//! with the transform each likelihood needs.
 
-use elbo_data::{Dataset, EpochSeed, Pixels, Scale, Transform};
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use elbo_data::{Dataset, DatasetKind, EpochSeed, Pixels, Scale, Splits, Transform};
 use ndarray::Array4;
+use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use crate::error::{Error, Result};
@@ -69,6 +75,112 @@ pub fn fixed_tensor(
     Ok(to_tensor(&images, device))
 }
 
+/// A data set as a user names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataSpec {
+    /// The MNIST sample bundled with elbo (the default).
+    Bundled,
+    /// A data set fetched with `cargo xtask data`, in the default data folder.
+    Named(DatasetKind),
+    /// A folder of MNIST-layout IDX files, or a CIFAR-10 folder or archive.
+    Path(PathBuf),
+}
+
+impl DataSpec {
+    /// What `text` names, without checking that a path exists (for names read back
+    /// from a run's configuration).
+    pub fn named(text: &str) -> DataSpec {
+        if text == "mnist-sample" {
+            return DataSpec::Bundled;
+        }
+        match text.parse::<DatasetKind>() {
+            Ok(kind) => DataSpec::Named(kind),
+            Err(_) => DataSpec::Path(PathBuf::from(text)),
+        }
+    }
+}
+
+/// Recorded in configurations as the name a user typed.
+impl Serialize for DataSpec {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for DataSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Ok(DataSpec::named(&text))
+    }
+}
+
+impl FromStr for DataSpec {
+    type Err = Error;
+
+    /// A name, or a folder or file that exists.
+    fn from_str(text: &str) -> Result<Self> {
+        let spec = DataSpec::named(text);
+        if !matches!(&spec, DataSpec::Path(path) if !path.exists()) {
+            Ok(spec)
+        } else {
+            Err(Error::Config {
+                detail: format!(
+                    "data {text:?} is neither mnist-sample, mnist, fashion-mnist, cifar10 nor \
+                     an existing folder or file"
+                ),
+            })
+        }
+    }
+}
+
+impl Default for DataSpec {
+    /// The bundled MNIST sample.
+    fn default() -> Self {
+        DataSpec::Bundled
+    }
+}
+
+impl fmt::Display for DataSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DataSpec::Bundled => f.write_str("mnist-sample"),
+            DataSpec::Named(kind) => f.write_str(kind.name()),
+            DataSpec::Path(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl DataSpec {
+    /// Loads the training and test splits.
+    pub fn load(&self) -> Result<Splits> {
+        let data_error = |e: elbo_data::DataError| Error::Data {
+            detail: e.to_string(),
+        };
+        match self {
+            DataSpec::Bundled => elbo_data::load_bundled().map_err(data_error),
+            DataSpec::Named(kind) => {
+                let dir = elbo_data::dataset_dir(*kind).map_err(data_error)?;
+                elbo_data::load(*kind, &dir).map_err(data_error)
+            }
+            DataSpec::Path(path) => {
+                let looks_like_cifar = path.extension().is_some_and(|e| e == "gz")
+                    || path.join(elbo_data::CIFAR10_FOLDER).exists()
+                    || path.join("data_batch_1.bin").exists();
+                if looks_like_cifar {
+                    elbo_data::load_cifar10(path).map_err(data_error)
+                } else {
+                    elbo_data::load_idx_dir(path, 10).map_err(data_error)
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +210,36 @@ mod tests {
         let dg =
             fixed_tensor(&dataset, Likelihood::DiscretizedGaussian, None, Device::Cpu).unwrap();
         assert_eq!(dg.min().double_value(&[]), -1.0, "pixel 0 maps to -1");
+    }
+
+    #[test]
+    fn data_names_parse_and_unknown_ones_are_refused() {
+        let _generator = crate::testing::generator_lock();
+        assert_eq!(
+            "mnist-sample".parse::<DataSpec>().unwrap(),
+            DataSpec::Bundled
+        );
+        assert_eq!(
+            "cifar10".parse::<DataSpec>().unwrap(),
+            DataSpec::Named(DatasetKind::Cifar10)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().display().to_string();
+        assert_eq!(
+            text.parse::<DataSpec>().unwrap(),
+            DataSpec::Path(dir.path().into())
+        );
+        let err = "imagenet".parse::<DataSpec>().unwrap_err().to_string();
+        assert!(err.contains("neither mnist-sample"), "{err}");
+        assert_eq!(DataSpec::Bundled.to_string(), "mnist-sample");
+        // Read back from a configuration, a path need not exist any more.
+        assert_eq!(
+            serde_json::from_str::<DataSpec>("\"/gone\"").unwrap(),
+            DataSpec::Path("/gone".into())
+        );
+        assert_eq!(
+            serde_json::to_string(&DataSpec::Bundled).unwrap(),
+            "\"mnist-sample\""
+        );
     }
 }

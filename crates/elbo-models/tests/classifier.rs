@@ -7,7 +7,7 @@ use elbo_models::eval::classifier::{
     self, Classifier, ClassifierConfig, ClassifierTrainConfig, RestoredClassifier,
 };
 use elbo_models::eval::frechet::{self, FrechetConfig};
-use elbo_models::models::vae::{Vae, VaeConfig};
+use elbo_models::models::vae::{Vae, VaeConfig, VaePreset};
 use elbo_models::nn::likelihood::Likelihood;
 use elbo_models::train::checkpoint::{self, CheckpointMeta};
 use elbo_models::train::{self, RunDir};
@@ -74,7 +74,17 @@ fn learns_digits_round_trips_and_anchors_the_frechet_distance() {
     assert_eq!(report.test_examples, 500);
     assert_eq!(report.last.step, 2 * 2000_u64.div_ceil(64));
     let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
-    assert_eq!(metrics.lines().count(), 2, "{metrics}");
+    // One epoch line per epoch, each with the test accuracy (and step lines between).
+    let epoch_lines: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"epoch\""))
+        .collect();
+    assert_eq!(epoch_lines.len(), 2, "{metrics}");
+    assert!(
+        epoch_lines.iter().all(|l| l.contains("test_accuracy")),
+        "{metrics}"
+    );
+    assert!(dir.path().join("curves.png").exists());
     assert!(dir.path().join("config.json").exists());
 
     // The checkpoint brings back the same features.
@@ -112,6 +122,7 @@ fn learns_digits_round_trips_and_anchors_the_frechet_distance() {
         samples: 500,
         batch: 250,
         seed: 1,
+        sampling: None,
     };
     let itself =
         frechet::frechet_of_images(&model, &test_images, &splits, &config, Device::Cpu).unwrap();
@@ -144,7 +155,7 @@ fn learns_digits_round_trips_and_anchors_the_frechet_distance() {
     let vs = train::var_store(0, Device::Cpu);
     let vae = Vae::new(
         &vs.root(),
-        VaeConfig::preset("vae-mlp", [1, 28, 28], Likelihood::Bernoulli).unwrap(),
+        VaeConfig::preset(VaePreset::Mlp, [1, 28, 28], Likelihood::Bernoulli).unwrap(),
     )
     .unwrap();
     let untrained = frechet::frechet_of_model(
@@ -164,12 +175,18 @@ fn learns_digits_round_trips_and_anchors_the_frechet_distance() {
         untrained.distance > 5.0 * untrained.train_floor,
         "{untrained:?}"
     );
-    let samples = frechet::unit_samples(&vae, 7, 3, 9);
+    let samples = frechet::unit_samples(&vae, 7, 3, 9, None).unwrap();
     assert_eq!(samples.size(), [7, 1, 28, 28]);
     assert!(
-        samples.equal(&frechet::unit_samples(&vae, 7, 3, 9)),
+        samples.equal(&frechet::unit_samples(&vae, 7, 3, 9, None).unwrap()),
         "seeded"
     );
+    // A VAE has one sampler: asking for another is refused, not ignored.
+    let ddim = elbo_models::sample::SamplingOptions::default();
+    let err = frechet::unit_samples(&vae, 7, 3, 9, Some(&ddim))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("a vae model has a single sampler"), "{err}");
 }
 
 #[test]
@@ -214,7 +231,7 @@ fn each_restore_refuses_the_other_family() {
 
     // A VAE checkpoint where a classifier is expected.
     let vae_dir = dir.path().join("vae");
-    let config = VaeConfig::preset("vae-mlp", [1, 28, 28], Likelihood::Bernoulli).unwrap();
+    let config = VaeConfig::preset(VaePreset::Mlp, [1, 28, 28], Likelihood::Bernoulli).unwrap();
     checkpoint::save(
         &vae_dir,
         meta("vae", serde_json::to_value(config).unwrap()),

@@ -3,11 +3,12 @@
 //! a CUDA libtorch (`cargo xtask setup --cuda`).
 #![cfg(feature = "cuda-tests")]
 
+use elbo_models::DeviceSpec;
 use elbo_models::models::ElboModel;
-use elbo_models::models::vae::{Vae, VaeConfig};
+use elbo_models::models::vae::{Vae, VaeConfig, VaePreset};
+use elbo_models::nn::gaussian;
 use elbo_models::nn::likelihood::Likelihood;
 use elbo_models::train::optim::{Adam, AdamConfig};
-use elbo_models::{DeviceSpec, gaussian};
 use tch::{Device, Kind, Tensor, nn::VarStore};
 
 #[test]
@@ -35,7 +36,7 @@ fn kl_on_cuda_matches_cpu() {
 #[test]
 fn a_vae_trains_on_cuda() {
     let vs = VarStore::new(Device::Cuda(0));
-    let config = VaeConfig::preset("vae-mlp", [1, 28, 28], Likelihood::Bernoulli).unwrap();
+    let config = VaeConfig::preset(VaePreset::Mlp, [1, 28, 28], Likelihood::Bernoulli).unwrap();
     let vae = Vae::new(&vs.root(), config).unwrap();
     let mut adam = Adam::new(&vs, AdamConfig::default());
     let x = Tensor::rand([128, 1, 28, 28], (Kind::Float, Device::Cuda(0))).round();
@@ -55,10 +56,10 @@ fn a_vae_trains_on_cuda() {
 /// move (the forward runs in bf16, the update in fp32).
 #[test]
 fn a_ddpm_step_runs_under_bf16_autocast() {
-    use elbo_models::models::ddpm::{Ddpm, DdpmConfig};
-    use elbo_models::train::{self, TrainConfig};
+    use elbo_models::models::ddpm::{Ddpm, DdpmConfig, DdpmPreset};
+    use elbo_models::train::{self, Batch, TrainConfig};
     let vs = VarStore::new(Device::Cuda(0));
-    let mut config = DdpmConfig::preset("ddpm-mnist", [1, 28, 28]).unwrap();
+    let mut config = DdpmConfig::preset(DdpmPreset::Mnist, [1, 28, 28]).unwrap();
     config.unet.base_channels = 8;
     config.unet.norm_groups = 4;
     let model = Ddpm::new(&vs.root(), config).unwrap();
@@ -68,9 +69,14 @@ fn a_ddpm_step_runs_under_bf16_autocast() {
         ..TrainConfig::default()
     };
     let mut adam = Adam::new(&vs, train_config.adam.into());
-    let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cuda(0))) * 2.0 - 1.0;
+    let batch = Batch {
+        x: Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cuda(0))) * 2.0 - 1.0,
+        labels: Tensor::zeros([8], (Kind::Int64, Device::Cuda(0))),
+    };
     let before = vs.variables()["unet.input.weight"].copy();
-    let outcome = train::optimise(&model, &mut adam, &x, &train_config, 0).unwrap();
+    let step = model.train_step(&train_config.aids).unwrap();
+    let outcome =
+        train::optimise(step.as_ref(), &mut adam, &batch, &train_config, 0, None).unwrap();
     assert!(outcome.loss.is_finite());
     assert!(!before.equal(&vs.variables()["unet.input.weight"]));
 }

@@ -4,8 +4,9 @@
 
 use std::sync::atomic::AtomicBool;
 
-use elbo_models::models::ElboModel;
-use elbo_models::models::ddpm::{Ddpm, DdpmConfig, LossKind, Objective, Sampler, VarianceKind};
+use elbo_models::models::ddpm::{Ddpm, DdpmConfig, DdpmPreset, LossKind, Objective, VarianceKind};
+use elbo_models::models::{ElboModel, SteppedSampling, draw_samples, trajectory};
+use elbo_models::sample::{SamplerSpec, SamplingOptions};
 use elbo_models::train::{self, Control, RunDir, TrainConfig, TrainData};
 use elbo_models::{data, eval, session};
 use tch::{Device, nn::VarStore};
@@ -30,14 +31,14 @@ fn preset_parameter_counts() {
     let vs = VarStore::new(Device::Cpu);
     Ddpm::new(
         &vs.root(),
-        DdpmConfig::preset("ddpm-mnist", [1, 28, 28]).unwrap(),
+        DdpmConfig::preset(DdpmPreset::Mnist, [1, 28, 28]).unwrap(),
     )
     .unwrap();
     assert_eq!(parameters(&vs), DDPM_MNIST_PARAMETERS);
     let vs = VarStore::new(Device::Cpu);
     Ddpm::new(
         &vs.root(),
-        DdpmConfig::preset("ddpm-cifar10", [3, 32, 32]).unwrap(),
+        DdpmConfig::preset(DdpmPreset::Cifar10, [3, 32, 32]).unwrap(),
     )
     .unwrap();
     let count = parameters(&vs);
@@ -46,11 +47,12 @@ fn preset_parameter_counts() {
         (count - 35_700_000).abs() <= 50_000,
         "ddpm-cifar10 has {count} parameters"
     );
-    let err = DdpmConfig::preset("ddpm-imagenet", [3, 64, 64])
+    let err = "ddpm-imagenet"
+        .parse::<DdpmPreset>()
         .unwrap_err()
         .to_string();
     assert!(err.contains("expected ddpm-mnist or ddpm-cifar10"), "{err}");
-    let err = DdpmConfig::preset("ddpm-mnist", [1, 28, 30])
+    let err = DdpmConfig::preset(DdpmPreset::Mnist, [1, 28, 30])
         .unwrap_err()
         .to_string();
     assert!(err.contains("square images, found 28x30"), "{err}");
@@ -58,14 +60,22 @@ fn preset_parameter_counts() {
 
 /// A small DDPM for fast tests: 8 base channels, two levels, T = 100.
 fn tiny_model(vs: &VarStore, objective: Objective, loss: LossKind) -> Ddpm {
-    let mut model = Ddpm::new(&vs.root(), tiny(objective, loss)).unwrap();
     // The epoch-end sample grids with 5 DDIM steps instead of 50.
-    model.set_sampler("ddim-5".parse().unwrap(), true).unwrap();
-    model
+    Ddpm::new(&vs.root(), tiny(objective, loss))
+        .unwrap()
+        .with_sampling(ddim(5))
+        .unwrap()
+}
+
+fn ddim(steps: usize) -> SamplingOptions {
+    SamplingOptions {
+        sampler: format!("ddim-{steps}").parse().unwrap(),
+        clip_x0: true,
+    }
 }
 
 fn tiny(objective: Objective, loss: LossKind) -> DdpmConfig {
-    let mut config = DdpmConfig::preset("ddpm-mnist", [1, 28, 28]).unwrap();
+    let mut config = DdpmConfig::preset(DdpmPreset::Mnist, [1, 28, 28]).unwrap();
     config.unet.base_channels = 8;
     config.unet.channel_mults = vec![1, 2];
     config.unet.res_blocks = 1;
@@ -128,7 +138,7 @@ fn l_simple_falls_in_a_short_run_and_resume_is_exact() {
         &config,
         &RunDir::new(dir.path()),
         control(false),
-        &mut |_| {},
+        &mut (),
     )
     .unwrap();
     let curve = losses(dir.path());
@@ -150,7 +160,7 @@ fn l_simple_falls_in_a_short_run_and_resume_is_exact() {
         &quick_config(40),
         &RunDir::new(dir2.path()),
         control(false),
-        &mut |_| {},
+        &mut (),
     )
     .unwrap();
     let mut vs3 = train::var_store(0, Device::Cpu);
@@ -162,7 +172,7 @@ fn l_simple_falls_in_a_short_run_and_resume_is_exact() {
         &config,
         &RunDir::new(dir2.path()),
         control(true),
-        &mut |_| {},
+        &mut (),
     )
     .unwrap();
     let a = vs.variables();
@@ -174,7 +184,8 @@ fn l_simple_falls_in_a_short_run_and_resume_is_exact() {
     // term by term: L_T, the grouped denoising terms, L_0.
     let restored = session::restore(dir.path(), Device::Cpu, true).unwrap();
     assert_eq!(restored.meta.model, "ddpm");
-    assert_eq!(restored.model.default_iw_samples(), None);
+    // One importance sample costs T network calls: no IWAE bound unless asked.
+    assert!(restored.model.capabilities().exact_bound.is_some());
     let x =
         data::fixed_tensor(&test_set, restored.model.likelihood(), Some(4), Device::Cpu).unwrap();
     let report = eval::evaluate(restored.model.as_ref(), &x, None, 4);
@@ -186,14 +197,13 @@ fn l_simple_falls_in_a_short_run_and_resume_is_exact() {
             "prior_matching",
             "denoising_matching t=2..10",
             "denoising_matching t=11..100",
-            "elbo"
         ]
     );
     let sum: f64 = report.terms[0].1 - report.terms[1..4].iter().map(|(_, v)| v).sum::<f64>();
-    assert!((sum - report.elbo()).abs() < 1e-3 * report.elbo().abs());
+    assert!((sum - report.elbo).abs() < 1e-3 * report.elbo.abs());
     // A trained model's bound is far better than 8 bits/dim (a uniform 8-bit coder)
     // and every KL term is non-negative.
-    let bpd = report.bits_per_dim(report.elbo());
+    let bpd = report.bits_per_dim(report.elbo);
     assert!(bpd > 0.0 && bpd < 8.0, "{bpd} bits/dim");
     assert!(
         report.terms[1..4].iter().all(|(_, v)| *v >= 0.0),
@@ -220,8 +230,10 @@ fn other_objectives_and_the_vlb_loss_train() {
         let mut vs = train::var_store(1, Device::Cpu);
         let mut config = tiny(objective, loss);
         config.variance = VarianceKind::FixedSmall;
-        let mut model = Ddpm::new(&vs.root(), config).unwrap();
-        model.set_sampler("ddim-5".parse().unwrap(), true).unwrap();
+        let model = Ddpm::new(&vs.root(), config)
+            .unwrap()
+            .with_sampling(ddim(5))
+            .unwrap();
         let report = train::train(
             &model,
             &mut vs,
@@ -232,7 +244,7 @@ fn other_objectives_and_the_vlb_loss_train() {
                 resume: false,
                 stop: &stop,
             },
-            &mut |_| {},
+            &mut (),
         )
         .unwrap();
         assert_eq!(report.steps_taken, 10, "{objective:?} {loss:?}");
@@ -270,7 +282,7 @@ fn bf16_autocast_is_refused_on_the_cpu() {
             resume: false,
             stop: &stop,
         },
-        &mut |_| {},
+        &mut (),
     )
     .err()
     .unwrap()
@@ -284,10 +296,13 @@ fn samplers_give_images_in_range_and_a_trajectory() {
     let _guard = exclusive();
     tch::manual_seed(0);
     let vs = VarStore::new(Device::Cpu);
-    let mut model = tiny_model(&vs, Objective::Eps, LossKind::Simple);
+    let model = tiny_model(&vs, Objective::Eps, LossKind::Simple);
     for sampler in ["ancestral", "ddim-10", "ddim-10-eta=1-quadratic"] {
-        model.configure_sampler(sampler, true).unwrap();
-        let x = tch::no_grad(|| model.sample(3));
+        let options = SamplingOptions {
+            sampler: sampler.parse().unwrap(),
+            clip_x0: true,
+        };
+        let x = tch::no_grad(|| draw_samples(&model, 3, Some(&options))).unwrap();
         assert_eq!(x.size(), [3, 1, 28, 28], "{sampler}");
         let (lo, hi) = (x.min().double_value(&[]), x.max().double_value(&[]));
         assert!(
@@ -296,18 +311,20 @@ fn samplers_give_images_in_range_and_a_trajectory() {
         );
     }
     // DDIM with eta = 0 is deterministic given x_T: the same seed twice, same images.
-    model.set_sampler(Sampler::default(), true).unwrap();
+    let model = model
+        .with_sampling(SamplingOptions {
+            sampler: SamplerSpec::default(),
+            clip_x0: true,
+        })
+        .unwrap();
     tch::manual_seed(5);
-    let a = tch::no_grad(|| model.sample(2));
+    let a = tch::no_grad(|| model.sample(2)).unwrap();
     tch::manual_seed(5);
-    let b = tch::no_grad(|| model.sample(2));
+    let b = tch::no_grad(|| model.sample(2)).unwrap();
     assert!(a.equal(&b));
-    let strip = model.trajectory(2, 5).unwrap();
+    let strip = trajectory(&model, &model.default_sampling(), 2, 5).unwrap();
     assert_eq!(strip.size(), [10, 1, 28, 28]);
-    let err = model
-        .configure_sampler("ddim-500", true)
-        .unwrap_err()
-        .to_string();
+    let err = model.with_sampling(ddim(500)).err().unwrap().to_string();
     assert!(err.contains("between 1 and T = 100"), "{err}");
     assert!(strip.isfinite().all().int64_value(&[]) == 1);
 }

@@ -7,8 +7,8 @@ use std::sync::atomic::AtomicBool;
 
 use elbo_data::Dataset;
 use elbo_models::models::ElboModel;
-use elbo_models::models::hvae::{HvaeConfig, HvaeVariant, MarkovConfig, MarkovHvae};
-use elbo_models::models::vae::{Vae, VaeConfig};
+use elbo_models::models::hvae::{HvaeArch, HvaeConfig, HvaeVariant, MarkovConfig, MarkovHvae};
+use elbo_models::models::vae::{Vae, VaeConfig, VaePreset};
 use elbo_models::nn::likelihood::Likelihood;
 use elbo_models::train::aids::TrainingAids;
 use elbo_models::train::{self, Control, RunDir, TrainConfig, TrainData};
@@ -21,7 +21,7 @@ use common::{exclusive, subset};
 fn hvae(
     seed: u64,
     variant: HvaeVariant,
-    arch: &str,
+    arch: HvaeArch,
     width: i64,
     dims: Vec<i64>,
 ) -> (VarStore, Box<dyn ElboModel>) {
@@ -62,7 +62,7 @@ fn fit(
             resume: false,
             stop: &AtomicBool::new(false),
         },
-        &mut |_| {},
+        &mut (),
     )
     .unwrap()
 }
@@ -99,12 +99,18 @@ fn markov_hvae_with_one_layer_is_the_vae() {
     let vae_vs = VarStore::new(Device::Cpu);
     let vae = Vae::new(
         &vae_vs.root(),
-        VaeConfig::preset("vae-mlp", [1, 28, 28], Likelihood::Bernoulli).unwrap(),
+        VaeConfig::preset(VaePreset::Mlp, [1, 28, 28], Likelihood::Bernoulli).unwrap(),
     )
     .unwrap();
     let mut markov_vs = VarStore::new(Device::Cpu);
-    let config =
-        MarkovConfig::new([1, 28, 28], vec![20], "mlp", None, Likelihood::Bernoulli).unwrap();
+    let config = MarkovConfig::new(
+        [1, 28, 28],
+        vec![20],
+        HvaeArch::Mlp,
+        None,
+        Likelihood::Bernoulli,
+    )
+    .unwrap();
     let markov = MarkovHvae::new(&markov_vs.root(), config).unwrap();
     assert_eq!(markov_vs.variables().len(), vae_vs.variables().len());
     markov_vs.copy(&vae_vs).unwrap();
@@ -136,15 +142,15 @@ fn markov_hvae_with_one_layer_is_the_vae() {
 fn iwae_is_above_the_elbo_for_every_variant() {
     let _generator = exclusive();
     for (variant, arch) in [
-        (HvaeVariant::Markov, "mlp"),
-        (HvaeVariant::Ladder, "mlp"),
-        (HvaeVariant::Ladder, "conv"),
+        (HvaeVariant::Markov, HvaeArch::Mlp),
+        (HvaeVariant::Ladder, HvaeArch::Mlp),
+        (HvaeVariant::Ladder, HvaeArch::Conv),
     ] {
         let (_vs, model) = hvae(3, variant, arch, 16, vec![4, 2, 2]);
         let x = binary(64);
         let report = eval::evaluate(model.as_ref(), &x, Some(50), 64);
-        let (elbo, iwae) = (report.elbo(), report.iwae.unwrap().1);
-        assert!(iwae > elbo, "{variant} {arch}: elbo {elbo}, iwae {iwae}");
+        let (elbo, iwae) = (report.elbo, report.iwae.unwrap().1);
+        assert!(iwae > elbo, "{variant} {arch:?}: elbo {elbo}, iwae {iwae}");
         assert_eq!(report.active_units.len(), 3);
     }
 }
@@ -156,7 +162,10 @@ fn iwae_is_above_the_elbo_for_every_variant() {
 fn checkpoints_round_trip_through_session_restore() {
     let _generator = exclusive();
     let (train_set, test_set) = subset(128, 32);
-    for (variant, arch) in [(HvaeVariant::Markov, "mlp"), (HvaeVariant::Ladder, "conv")] {
+    for (variant, arch) in [
+        (HvaeVariant::Markov, HvaeArch::Mlp),
+        (HvaeVariant::Ladder, HvaeArch::Conv),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let (mut vs, model) = hvae(8, variant, arch, 16, vec![4, 2]);
         fit(
@@ -169,8 +178,9 @@ fn checkpoints_round_trip_through_session_restore() {
         );
         let restored = session::restore(dir.path(), Device::Cpu, false).unwrap();
         assert_eq!(restored.meta.model, "hvae");
-        assert_eq!(restored.model.config_json(), model.config_json());
-        assert_eq!(restored.model.latent_layers(), 2);
+        assert_eq!(restored.model.config(), model.config());
+        let latents = restored.model.capabilities().latents.unwrap();
+        assert_eq!(latents.latent_layers(), 2);
         let x = binary(8);
         tch::manual_seed(1);
         let before = model.elbo_terms(&x).elbo();
@@ -179,13 +189,13 @@ fn checkpoints_round_trip_through_session_restore() {
         assert!(before.equal(&after), "{variant}");
 
         let out = dir.path().join("samples.png");
-        let written = session::write_samples(&restored, 16, &out, None).unwrap();
+        let written = session::write_samples(&restored, 16, &out, None, None).unwrap();
         assert_eq!(
             written,
             [out.clone(), dir.path().join("samples-fixed-top-1.png")]
         );
         assert!(written.iter().all(|p| p.is_file()));
-        let err = session::write_samples(&restored, 16, &out, Some(5))
+        let err = session::write_samples(&restored, 16, &out, Some(5), None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("no single latent space"), "{err}");
@@ -198,7 +208,7 @@ fn a_run_of_another_variant_is_refused() {
     let _generator = exclusive();
     let (train_set, test_set) = subset(64, 32);
     let dir = tempfile::tempdir().unwrap();
-    let (mut vs, markov) = hvae(2, HvaeVariant::Markov, "mlp", 16, vec![4, 2]);
+    let (mut vs, markov) = hvae(2, HvaeVariant::Markov, HvaeArch::Mlp, 16, vec![4, 2]);
     fit(
         markov.as_ref(),
         &mut vs,
@@ -207,7 +217,7 @@ fn a_run_of_another_variant_is_refused() {
         &short(1, 2),
         dir.path(),
     );
-    let (mut vs, ladder) = hvae(2, HvaeVariant::Ladder, "mlp", 16, vec![4, 2]);
+    let (mut vs, ladder) = hvae(2, HvaeVariant::Ladder, HvaeArch::Mlp, 16, vec![4, 2]);
     let err = train::train(
         ladder.as_ref(),
         &mut vs,
@@ -221,7 +231,7 @@ fn a_run_of_another_variant_is_refused() {
             resume: true,
             stop: &AtomicBool::new(false),
         },
-        &mut |_| {},
+        &mut (),
     )
     .unwrap_err()
     .to_string();
@@ -235,7 +245,7 @@ fn skipped_updates_leave_the_weights_alone() {
     let _generator = exclusive();
     let (train_set, test_set) = subset(64, 32);
     let dir = tempfile::tempdir().unwrap();
-    let (mut vs, model) = hvae(4, HvaeVariant::Ladder, "mlp", 16, vec![4, 2]);
+    let (mut vs, model) = hvae(4, HvaeVariant::Ladder, HvaeArch::Mlp, 16, vec![4, 2]);
     let initial: Vec<(String, Tensor)> = vs
         .variables()
         .into_iter()
@@ -283,7 +293,7 @@ fn learn(model: &dyn ElboModel, vs: &mut VarStore, steps: u64, seed: u64) -> (f6
     let (train_set, test_set) = subset(2000, 200);
     let dir = tempfile::tempdir().unwrap();
     let test = data::fixed_tensor(&test_set, Likelihood::Bernoulli, None, Device::Cpu).unwrap();
-    let before = eval::evaluate(model, &test, None, 200).elbo();
+    let before = eval::evaluate(model, &test, None, 200).elbo;
     fit(
         model,
         vs,
@@ -292,7 +302,7 @@ fn learn(model: &dyn ElboModel, vs: &mut VarStore, steps: u64, seed: u64) -> (f6
         &short(steps, seed),
         dir.path(),
     );
-    let after = eval::evaluate(model, &test, None, 200).elbo();
+    let after = eval::evaluate(model, &test, None, 200).elbo;
     eprintln!("test ELBO {before:.1} -> {after:.1}");
     (before, after)
 }
@@ -304,7 +314,7 @@ fn learn(model: &dyn ElboModel, vs: &mut VarStore, steps: u64, seed: u64) -> (f6
 #[test]
 fn markov_hvae_learns_on_the_bundled_sample() {
     let _generator = exclusive();
-    let (mut vs, model) = hvae(11, HvaeVariant::Markov, "mlp", 200, vec![20, 20]);
+    let (mut vs, model) = hvae(11, HvaeVariant::Markov, HvaeArch::Mlp, 200, vec![20, 20]);
     let (before, after) = learn(model.as_ref(), &mut vs, 150, 11);
     assert!(
         after - before > 300.0 && after > -210.0,
@@ -318,7 +328,7 @@ fn markov_hvae_learns_on_the_bundled_sample() {
 #[test]
 fn ladder_hvae_learns_on_the_bundled_sample() {
     let _generator = exclusive();
-    let (mut vs, model) = hvae(11, HvaeVariant::Ladder, "conv", 16, vec![4, 2]);
+    let (mut vs, model) = hvae(11, HvaeVariant::Ladder, HvaeArch::Conv, 16, vec![4, 2]);
     let (before, after) = learn(model.as_ref(), &mut vs, 100, 11);
     assert!(
         after - before > 200.0 && after > -280.0,

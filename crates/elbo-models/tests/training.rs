@@ -4,7 +4,7 @@
 use std::sync::atomic::AtomicBool;
 
 use elbo_data::Dataset;
-use elbo_models::models::vae::{Vae, VaeConfig};
+use elbo_models::models::vae::{Vae, VaeConfig, VaePreset};
 use elbo_models::nn::likelihood::Likelihood;
 use elbo_models::train::checkpoint;
 use elbo_models::train::{self, Control, Finished, RunDir, TrainConfig, TrainData};
@@ -35,20 +35,12 @@ fn fit(
     dir: &std::path::Path,
     control: Control<'_>,
 ) -> elbo_models::Result<train::TrainReport> {
-    train::train(
-        model,
-        vs,
-        data,
-        config,
-        &RunDir::new(dir),
-        control,
-        &mut |_| {},
-    )
+    train::train(model, vs, data, config, &RunDir::new(dir), control, &mut ())
 }
 
 fn vae(seed: u64) -> (VarStore, Vae) {
     let vs = train::var_store(seed, Device::Cpu);
-    let config = VaeConfig::preset("vae-mlp", [1, 28, 28], Likelihood::Bernoulli).unwrap();
+    let config = VaeConfig::preset(VaePreset::Mlp, [1, 28, 28], Likelihood::Bernoulli).unwrap();
     let vae = Vae::new(&vs.root(), config).unwrap();
     (vs, vae)
 }
@@ -158,7 +150,7 @@ fn a_run_folder_is_not_overwritten_and_foreign_checkpoints_are_refused() {
     );
 
     let vs2 = train::var_store(5, Device::Cpu);
-    let other = VaeConfig::preset("vae-conv", [1, 28, 28], Likelihood::Bernoulli).unwrap();
+    let other = VaeConfig::preset(VaePreset::Conv, [1, 28, 28], Likelihood::Bernoulli).unwrap();
     let conv = Vae::new(&vs2.root(), other).unwrap();
     let mut vs2 = vs2;
     let err = fit(
@@ -280,7 +272,7 @@ fn vae_mlp_learns_on_the_bundled_sample() {
     let dir = tempfile::tempdir().unwrap();
     let (mut vs, model) = vae(11);
     let test = data::fixed_tensor(&test_set, Likelihood::Bernoulli, None, Device::Cpu).unwrap();
-    let before = eval::evaluate(&model, &test, None, 200).elbo();
+    let before = eval::evaluate(&model, &test, None, 200).elbo;
     let data = TrainData {
         train: &train_set,
         test: &test_set,
@@ -299,7 +291,7 @@ fn vae_mlp_learns_on_the_bundled_sample() {
         },
     )
     .unwrap();
-    let after = eval::evaluate(&model, &test, None, 200).elbo();
+    let after = eval::evaluate(&model, &test, None, 200).elbo;
     assert!(
         after - before > 150.0,
         "test ELBO {before:.1} -> {after:.1}"

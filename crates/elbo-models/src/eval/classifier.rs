@@ -11,24 +11,26 @@
 //! under the family [`FAMILY`]; [`restore`] refuses any other family and
 //! [`crate::session::restore`] refuses a classifier.
 
-use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use elbo_data::{Batching, Dataset, Loader, LoaderConfig, Transform};
+use elbo_data::{Dataset, Transform};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module, VarStore};
 use tch::{Device, Kind, Tensor};
 
-use crate::data;
+use crate::data::{self, DataSpec};
 use crate::error::{Error, Result};
-use crate::session::{self, DataSpec};
+use crate::models::config::CLASSIFIER as FAMILY_NAME;
 use crate::train::checkpoint::{self, CheckpointMeta};
-use crate::train::optim::{Adam, AdamConfig};
-use crate::train::{self, RunDir};
+use crate::train::{
+    self, Batch, Control, EpochEnd, Hook, Identity, Progress, Reported, RunDir, StepLoss,
+    TrainConfig, TrainStep, Trainer,
+};
 
 /// The checkpoint family of classifiers.
-pub const FAMILY: &str = "classifier";
+pub const FAMILY: &str = FAMILY_NAME;
 
 /// A classifier's configuration: everything that fixes the shapes of its weights.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -140,8 +142,8 @@ pub struct ClassifierTrainConfig {
     pub lr: f64,
     /// The run's seed: initial weights, data order, dropout.
     pub seed: u64,
-    /// The data set's name, as recorded in the checkpoint.
-    pub data: String,
+    /// The data set, as recorded in the checkpoint.
+    pub data: DataSpec,
 }
 
 impl Default for ClassifierTrainConfig {
@@ -152,8 +154,44 @@ impl Default for ClassifierTrainConfig {
             batch_size: 128,
             lr: 1e-3,
             seed: 0,
-            data: DataSpec::Bundled.to_string(),
+            data: DataSpec::Bundled,
         }
+    }
+}
+
+impl ClassifierTrainConfig {
+    /// The training loop's configuration for `train_examples` training images: constant
+    /// Adam, one checkpoint at the end, no ELBO evaluation.
+    pub fn train_config(&self, train_examples: usize) -> Result<TrainConfig> {
+        if self.epochs == 0 || self.batch_size == 0 || !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::Config {
+                detail: format!(
+                    "classifier training: expected at least 1 epoch, a batch size of at least 1 \
+                     and a positive learning rate; found {self:?}"
+                ),
+            });
+        }
+        let per_epoch = train_examples.div_ceil(self.batch_size).max(1) as u64;
+        let steps = self
+            .epochs
+            .checked_mul(per_epoch)
+            .ok_or_else(|| Error::Config {
+                detail: format!(
+                    "{} epochs of {per_epoch} steps overflow the step count",
+                    self.epochs
+                ),
+            })?;
+        Ok(TrainConfig {
+            steps,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            seed: self.seed,
+            checkpoint_every: steps,
+            keep_checkpoints: 1,
+            eval_examples: 0,
+            data: self.data.clone(),
+            ..TrainConfig::default()
+        })
     }
 }
 
@@ -164,8 +202,8 @@ pub struct EpochReport {
     pub epoch: u64,
     /// Optimiser steps so far.
     pub step: u64,
-    /// The mean cross-entropy of the epoch's batches, in nats.
-    pub train_loss: f64,
+    /// The cross-entropy of the epoch's last batch, in nats.
+    pub cross_entropy: f64,
     /// The fraction of the test split classified correctly.
     pub test_accuracy: f64,
 }
@@ -181,6 +219,42 @@ pub struct ClassifierReport {
     pub seconds: f64,
     /// The checkpoint written at the end.
     pub checkpoint: PathBuf,
+}
+
+/// The classifier's training step: the cross-entropy of its logits, dropout on, on
+/// images in [0, 1].
+struct ClassifierStep<'a>(&'a Classifier);
+
+impl TrainStep for ClassifierStep<'_> {
+    fn transform(&self, _horizontal_flip: bool) -> Transform {
+        Transform::default()
+    }
+
+    fn loss(&self, batch: &Batch, _step: u64) -> StepLoss {
+        let loss = self
+            .0
+            .logits(&batch.x, true)
+            .cross_entropy_for_logits(&batch.labels);
+        StepLoss {
+            reported: Reported::Scalars(vec![("cross_entropy".into(), loss.detach())]),
+            loss,
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// The test accuracy at each epoch's end (`test_accuracy`).
+struct TestAccuracy<'a> {
+    model: &'a Classifier,
+    images: Tensor,
+    labels: Tensor,
+}
+
+impl Hook for TestAccuracy<'_> {
+    fn epoch_end(&mut self, _at: &EpochEnd<'_>) -> Result<Vec<(String, serde_json::Value)>> {
+        let value = accuracy(self.model, &self.images, &self.labels, 500);
+        Ok(vec![("test_accuracy".into(), value.into())])
+    }
 }
 
 /// Images of `dataset` at `indices`, scaled to [0, 1], as a (n, C, H, W) tensor: the
@@ -245,10 +319,10 @@ pub fn feature_array(
     })
 }
 
-/// Trains `model` (whose variables live in `vs`) on `train`, reporting the accuracy on
-/// `test` after every epoch to `observer`, and writes the run folder `run`:
-/// `config.json`, `metrics.jsonl` (one line per epoch) and a checkpoint at the end.
-/// Refuses a run folder that already holds a checkpoint.
+/// Trains `model` (whose variables live in `vs`) on `train` through the shared loop
+/// ([`Trainer`]), reporting the accuracy on `test` after every epoch to `observer`, and
+/// writes the run folder `run`: `config.json`, `metrics.jsonl` and a checkpoint at the
+/// end. Refuses a run folder that already holds a checkpoint.
 pub fn train_classifier(
     model: &Classifier,
     vs: &mut VarStore,
@@ -259,120 +333,55 @@ pub fn train_classifier(
     observer: &mut dyn FnMut(&EpochReport),
 ) -> Result<ClassifierReport> {
     let started = Instant::now();
-    if let Some(last) = checkpoint::list(&run.checkpoints())?.last() {
-        return Err(Error::Config {
-            detail: format!(
-                "the run folder {} already holds a run (checkpoint {}): choose another run \
-                 folder",
-                run.root.display(),
-                last.display()
-            ),
-        });
-    }
-    if config.epochs == 0 || config.batch_size == 0 || !(config.lr.is_finite() && config.lr > 0.0) {
-        return Err(Error::Config {
-            detail: format!(
-                "classifier training: expected at least 1 epoch, a batch size of at least 1 \
-                 and a positive learning rate; found {config:?}"
-            ),
-        });
-    }
-    let meta = CheckpointMeta {
-        format: checkpoint::FORMAT,
-        elbo_version: env!("CARGO_PKG_VERSION").to_string(),
-        model: FAMILY.to_string(),
-        model_config: serde_json::to_value(&model.config).unwrap_or_default(),
-        train_config: serde_json::to_value(config).unwrap_or_default(),
-        step: 0,
-        seed: config.seed,
-        tensors: String::new(),
-    };
-    std::fs::create_dir_all(&run.root)?;
-    checkpoint::write_atomically(&run.root.join("config.json"), |temp| {
-        let value = serde_json::json!({
-            "model": meta.model,
-            "model_config": meta.model_config,
-            "train_config": meta.train_config,
-        });
-        std::fs::write(temp, format!("{value:#}\n"))?;
-        Ok(())
-    })?;
+    let train_config = config.train_config(train.len())?;
     let device = vs.device();
-    let loader = Loader::new(
-        train,
-        LoaderConfig {
-            batching: Batching {
-                batch_size: NonZeroUsize::new(config.batch_size).unwrap_or(NonZeroUsize::MIN),
-                drop_last: false,
-            },
-            shuffle: true,
-            seed: config.seed,
-            transform: Transform::default(),
-        },
-    );
     let all_test: Vec<usize> = (0..test.len()).collect();
-    let test_images = unit_images(test, &all_test, device)?;
-    let test_labels = label_tensor(test.labels().iter().copied(), device);
-    let mut adam = Adam::new(vs, AdamConfig::default());
-    let mut metrics = String::new();
-    let mut step = 0u64;
+    let hook = TestAccuracy {
+        model,
+        images: unit_images(test, &all_test, device)?,
+        labels: label_tensor(test.labels().iter().copied(), device),
+    };
+    let identity = Identity {
+        family: FAMILY.to_string(),
+        config: serde_json::to_value(&model.config).unwrap_or_default(),
+    };
     let mut last = None;
-    for epoch in 0..config.epochs {
-        let (mut loss_sum, mut batches) = (0.0, 0u64);
-        for batch in loader.epoch(epoch) {
-            let x = data::to_tensor(&batch.images, device);
-            let y = label_tensor(batch.labels.iter().copied(), device);
-            tch::manual_seed(train::step_seed(config.seed, step));
-            let loss = model.logits(&x, true).cross_entropy_for_logits(&y);
-            let value = loss.double_value(&[]);
-            if !value.is_finite() {
-                return Err(Error::NonFiniteLoss {
-                    step: step + 1,
-                    value,
-                    last_checkpoint: None,
-                });
-            }
-            adam.zero_grad();
-            loss.backward();
-            adam.step(config.lr);
-            loss_sum += value;
-            batches += 1;
-            step += 1;
+    let mut epochs = |p: &Progress| {
+        let accuracy = p
+            .evaluation
+            .iter()
+            .find(|(name, _)| name == "test_accuracy");
+        let cross_entropy = p.terms.iter().find(|(name, _)| name == "cross_entropy");
+        if let (Some((_, test_accuracy)), Some((_, cross_entropy))) = (accuracy, cross_entropy) {
+            let report = EpochReport {
+                epoch: p.epoch + 1,
+                step: p.step,
+                cross_entropy: *cross_entropy,
+                test_accuracy: *test_accuracy,
+            };
+            observer(&report);
+            last = Some(report);
         }
-        let report = EpochReport {
-            epoch: epoch + 1,
-            step,
-            train_loss: loss_sum / batches.max(1) as f64,
-            test_accuracy: accuracy(model, &test_images, &test_labels, 500),
-        };
-        let line = serde_json::json!({
-            "kind": "epoch", "epoch": report.epoch, "step": step,
-            "train_loss": report.train_loss, "test_accuracy": report.test_accuracy,
-        });
-        metrics.push_str(&format!("{line}\n"));
-        checkpoint::write_atomically(&run.metrics(), |temp| Ok(std::fs::write(temp, &metrics)?))?;
-        observer(&report);
-        last = Some(report);
-    }
-    let vars: std::collections::BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
-    let mut tensors: Vec<(String, Tensor)> = vars
-        .into_iter()
-        .map(|(name, t)| (format!("model.{name}"), t.detach()))
-        .collect();
-    tensors.extend(adam.state());
-    let checkpoint = checkpoint::save(
-        &run.checkpoints(),
-        CheckpointMeta { step, ..meta },
-        &tensors,
-        1,
-    )?;
+    };
+    let report = Trainer::new(train_config, run.clone(), identity, FAMILY)
+        .hook(hook)
+        .fit(
+            &ClassifierStep(model),
+            vs,
+            train,
+            Control {
+                resume: false,
+                stop: &AtomicBool::new(false),
+            },
+            &mut epochs,
+        )?;
     Ok(ClassifierReport {
         last: last.ok_or_else(|| Error::Config {
             detail: "classifier training ran no epoch".to_string(),
         })?,
         test_examples: test.len(),
         seconds: started.elapsed().as_secs_f64(),
-        checkpoint,
+        checkpoint: report.checkpoint,
     })
 }
 
@@ -400,7 +409,7 @@ pub fn run_job(
     let mut vs = train::var_store(job.config.seed, job.device);
     let model = Classifier::new(&vs.root(), ClassifierConfig::new([c, h, w], 10))?;
     let config = ClassifierTrainConfig {
-        data: job.data.to_string(),
+        data: job.data.clone(),
         ..job.config.clone()
     };
     train_classifier(
@@ -430,7 +439,7 @@ pub struct RestoredClassifier {
 /// `checkpoints/` folder or a `step-*.json` file) on `device`. A checkpoint of a
 /// generative model is refused.
 pub fn restore(path: &Path, device: Device) -> Result<RestoredClassifier> {
-    let json = session::resolve_checkpoint(path)?;
+    let json = checkpoint::resolve_checkpoint(path)?;
     let loaded = checkpoint::load(&json)?;
     if loaded.meta.model != FAMILY {
         return Err(Error::Checkpoint {

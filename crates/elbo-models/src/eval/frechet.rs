@@ -16,10 +16,11 @@ use tch::{Device, Tensor};
 use crate::data;
 use crate::error::{Error, Result};
 use crate::eval::classifier::{self, Classifier};
-use crate::models::ElboModel;
+use crate::models::{ElboModel, draw_samples};
+use crate::sample::SamplingOptions;
 
 /// How the distance is measured.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FrechetConfig {
     /// N: generated images (and training images for the floor).
     pub samples: usize,
@@ -27,6 +28,8 @@ pub struct FrechetConfig {
     pub batch: i64,
     /// The seed of the generator's draws and of the choice of training images.
     pub seed: u64,
+    /// The sampler of a model that samples in steps (`None`: its default).
+    pub sampling: Option<SamplingOptions>,
 }
 
 impl Default for FrechetConfig {
@@ -36,6 +39,7 @@ impl Default for FrechetConfig {
             samples: 1000,
             batch: 250,
             seed: 0,
+            sampling: None,
         }
     }
 }
@@ -56,19 +60,26 @@ pub struct FrechetReport {
     pub train_floor: f64,
 }
 
-/// `n` samples of `model`, drawn in batches of `batch` after seeding libtorch's
-/// generator with `seed`, mapped to [0, 1] (and clamped there).
-pub fn unit_samples(model: &dyn ElboModel, n: usize, batch: i64, seed: u64) -> Tensor {
+/// `n` samples of `model` (with `sampling`'s sampler when given), drawn in batches of
+/// `batch` after seeding libtorch's generator with `seed`, mapped to [0, 1] (and clamped
+/// there).
+pub fn unit_samples(
+    model: &dyn ElboModel,
+    n: usize,
+    batch: i64,
+    seed: u64,
+    sampling: Option<&SamplingOptions>,
+) -> Result<Tensor> {
     tch::manual_seed((seed & i64::MAX as u64) as i64);
     let mut parts = Vec::new();
     let mut left = n as i64;
     while left > 0 {
         let size = left.min(batch.max(1));
-        let images = tch::no_grad(|| model.sample(size));
+        let images = tch::no_grad(|| draw_samples(model, size, sampling))?;
         parts.push(data::to_unit_range(model.likelihood(), &images).clamp(0.0, 1.0));
         left -= size;
     }
-    Tensor::cat(&parts, 0)
+    Ok(Tensor::cat(&parts, 0))
 }
 
 /// The Gaussian fitted to the classifier features of `images` (in [0, 1]).
@@ -152,6 +163,12 @@ pub fn frechet_of_model(
             ),
         });
     }
-    let images = unit_samples(model, config.samples, config.batch, config.seed);
+    let images = unit_samples(
+        model,
+        config.samples,
+        config.batch,
+        config.seed,
+        config.sampling.as_ref(),
+    )?;
     frechet_of_images(classifier, &images, splits, config, device)
 }

@@ -17,8 +17,11 @@ pub struct EvalReport {
     pub examples: i64,
     /// Dimensions of one example (for bits per dimension).
     pub dims: i64,
-    /// Mean of each ELBO term and the ELBO (`elbo` last), one sample per example.
+    /// Mean of each ELBO term (reconstruction, prior matching, the layers), one sample
+    /// per example (every term evaluated, for models with an [`crate::models::ExactBound`]).
     pub terms: Vec<(String, f64)>,
+    /// The mean ELBO: the reconstruction minus every other term.
+    pub elbo: f64,
     /// The IWAE bound and its K, when asked for.
     pub iwae: Option<(i64, f64)>,
     /// Active units per latent layer, bottom first (empty for models without latents).
@@ -26,11 +29,6 @@ pub struct EvalReport {
 }
 
 impl EvalReport {
-    /// The ELBO in nats per example.
-    pub fn elbo(&self) -> f64 {
-        self.terms.last().map_or(f64::NAN, |(_, v)| *v)
-    }
-
     /// A bound in nats per example as bits per dimension of the negative log-likelihood.
     pub fn bits_per_dim(&self, nats: f64) -> f64 {
         -nats / (self.dims as f64 * std::f64::consts::LN_2)
@@ -47,9 +45,10 @@ pub fn evaluate(model: &dyn ElboModel, x: &Tensor, iw_k: Option<i64>, batch: i64
         let mut sums: Vec<(String, f64)> = Vec::new();
         for chunk in x.split(batch.max(1), 0) {
             let n = chunk.size()[0] as f64;
-            let terms = model
-                .exact_bound(&chunk)
-                .unwrap_or_else(|| model.elbo_terms(&chunk));
+            let terms = match model.capabilities().exact_bound {
+                Some(exact) => exact.exact_bound(&chunk),
+                None => model.elbo_terms(&chunk),
+            };
             for (i, (name, mean)) in terms.means().into_iter().enumerate() {
                 match sums.get_mut(i) {
                     Some((_, total)) => *total += mean * n,
@@ -57,15 +56,18 @@ pub fn evaluate(model: &dyn ElboModel, x: &Tensor, iw_k: Option<i64>, batch: i64
                 }
             }
         }
-        let terms = sums
+        let mut terms: Vec<(String, f64)> = sums
             .into_iter()
             .map(|(name, total)| (name, total / examples as f64))
             .collect();
+        // `ElboTerms::means` ends with the ELBO itself.
+        let elbo = terms.pop().map_or(f64::NAN, |(_, v)| v);
         let iwae = iw_k.map(|k| (k, iwae_bound(model, x, k, batch)));
         EvalReport {
             examples,
             dims,
             terms,
+            elbo,
             iwae,
             active_units: active_units(model, x, batch),
         }
@@ -125,15 +127,19 @@ pub struct ActiveUnits {
 
 /// Active units per latent layer on the examples `x` (batches of `batch`): a dimension
 /// `u` of layer `l` is active when `Var_x(E_q[z_l,u | x]) > 0.01`, the posterior mean
-/// estimated by averaging [`ElboModel::posterior_means`] over [`ACTIVE_UNIT_DRAWS`]
-/// draws. A posterior-collapsed layer has (nearly) none.
+/// estimated by averaging [`crate::models::Latents::posterior_means`] over
+/// [`ACTIVE_UNIT_DRAWS`] draws. A posterior-collapsed layer has (nearly) none; a model
+/// without latents has no layers.
 pub fn active_units(model: &dyn ElboModel, x: &Tensor, batch: i64) -> Vec<ActiveUnits> {
+    let Some(latents) = model.capabilities().latents else {
+        return Vec::new();
+    };
     tch::no_grad(|| {
         let mut per_layer: Vec<(String, Vec<Tensor>)> = Vec::new();
         for chunk in x.split(batch.max(1), 0) {
             let mut sums: Vec<(String, Tensor)> = Vec::new();
             for _ in 0..ACTIVE_UNIT_DRAWS {
-                for (i, (name, mean)) in model.posterior_means(&chunk).into_iter().enumerate() {
+                for (i, (name, mean)) in latents.posterior_means(&chunk).into_iter().enumerate() {
                     let mean = mean.to_kind(Kind::Double);
                     match sums.get_mut(i) {
                         Some((_, total)) => *total += mean,
@@ -179,6 +185,7 @@ pub fn active_units_json(units: &[ActiveUnits]) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::vae::VaePreset;
     use crate::models::vae::{Vae, VaeConfig};
     use crate::nn::likelihood::Likelihood;
     use tch::nn::VarStore;
@@ -191,11 +198,11 @@ mod tests {
         let _generator = crate::testing::generator_lock();
         tch::manual_seed(3);
         let vs = VarStore::new(tch::Device::Cpu);
-        let config = VaeConfig::preset("vae-mlp", [1, 28, 28], Likelihood::Bernoulli).unwrap();
+        let config = VaeConfig::preset(VaePreset::Mlp, [1, 28, 28], Likelihood::Bernoulli).unwrap();
         let vae = Vae::new(&vs.root(), config).unwrap();
         let x = Tensor::rand([200, 1, 28, 28], (Kind::Float, tch::Device::Cpu)).round();
         let report = evaluate(&vae, &x, Some(10), 64);
-        let elbo = report.elbo();
+        let elbo = report.elbo;
         let iw10 = report.iwae.unwrap().1;
         let iw100 = iwae_bound(&vae, &x, 100, 64);
         let iw1000 = iwae_bound(&vae, &x, 1000, 64);
@@ -210,7 +217,7 @@ mod tests {
         let bpd = report.bits_per_dim(elbo);
         assert!((bpd - (-elbo / (784.0 * std::f64::consts::LN_2))).abs() < 1e-12);
         let names: Vec<&str> = report.terms.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["reconstruction", "prior_matching", "elbo"]);
+        assert_eq!(names, ["reconstruction", "prior_matching"]);
     }
 
     /// A VAE whose mean head ignores the input in 5 of its 20 dimensions (zero weights)
@@ -221,7 +228,7 @@ mod tests {
         let _generator = crate::testing::generator_lock();
         tch::manual_seed(4);
         let vs = VarStore::new(tch::Device::Cpu);
-        let config = VaeConfig::preset("vae-mlp", [1, 28, 28], Likelihood::Bernoulli).unwrap();
+        let config = VaeConfig::preset(VaePreset::Mlp, [1, 28, 28], Likelihood::Bernoulli).unwrap();
         let vae = Vae::new(&vs.root(), config).unwrap();
         tch::no_grad(|| {
             let mut weight = vs.variables()["mean.weight"].shallow_clone();

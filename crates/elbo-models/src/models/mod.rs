@@ -1,12 +1,32 @@
 //! What every model of this crate offers the shared training, evaluation and sampling
-//! code: its ELBO, term by term, per example.
+//! code, and the registry of model families.
+//!
+//! [`ElboModel`] is the small core every model has: its ELBO term by term, importance
+//! weights, samples, reconstructions, its typed configuration and its training step.
+//! What only some models have is a small capability trait that callers ask for through
+//! [`ElboModel::capabilities`]: [`Latents`] (posterior means, for active units),
+//! [`Hierarchical`] (samples that fix the top layers), [`Interpolating`] (one latent
+//! space to walk in), [`SteppedSampling`] (a diffusion's samplers and trajectories) and
+//! [`ExactBound`] (a bound whose every term can be evaluated rather than sampled).
+//!
+//! [`ModelConfig`] is the registry: one variant per family, recorded in checkpoints,
+//! with [`ModelConfig::build`] as the factory.
 
+pub(crate) mod config;
 pub mod ddpm;
 pub mod hvae;
+pub mod names;
 pub mod vae;
+
+pub use config::ModelConfig;
 
 use tch::{Kind, Tensor};
 
+use crate::error::Result;
+use crate::nn::likelihood::Likelihood;
+use crate::sample::SamplingOptions;
+use crate::train::TrainStep;
+use crate::train::aids::TrainingAids;
 /// The terms of a (single-sample) ELBO estimate, each of shape (batch,), in nats:
 /// `ELBO = reconstruction - prior_matching - sum of layers`.
 pub struct ElboTerms {
@@ -43,91 +63,131 @@ impl ElboTerms {
     }
 }
 
-/// What a training step minimises when it is not the negative ELBO (a diffusion
-/// model's `L_simple`), with the values to log.
-pub struct TrainingLoss {
-    /// The scalar to minimise.
-    pub loss: Tensor,
-    /// Scalars to log by name (detached).
-    pub reported: Vec<(String, Tensor)>,
-}
-
-/// A latent-variable model trained by maximising its ELBO.
+/// A latent-variable model trained by maximising its ELBO (or, like the DDPM, an
+/// objective of its own whose optimum is the ELBO's).
 pub trait ElboModel {
-    /// The model family, as recorded in checkpoints (`vae`, ...).
-    fn family(&self) -> &'static str;
-    /// The configuration that fixes the shapes of its weights, as recorded in checkpoints.
-    fn config_json(&self) -> serde_json::Value;
+    /// The configuration that fixes the shapes of its weights, as recorded in
+    /// checkpoints.
+    fn config(&self) -> ModelConfig;
     /// The observation model (it decides how pixels are transformed for this model).
-    fn likelihood(&self) -> crate::nn::likelihood::Likelihood;
+    fn likelihood(&self) -> Likelihood;
     /// The ELBO terms of a batch `x` (in the model's data scale), one sample each.
     fn elbo_terms(&self, x: &Tensor) -> ElboTerms;
     /// `log p(x, z_k) - log q(z_k | x)` for `k` draws per example, shape (k, batch).
     fn log_importance_weights(&self, x: &Tensor, k: i64) -> Tensor;
-    /// `n` samples, as images in the data scale.
-    fn sample(&self, n: i64) -> Tensor;
-    /// `rows` strips of `steps` images each, decoded along straight lines between two
-    /// latent draws from the prior, for models with one latent space (`None` otherwise).
-    fn interpolations(&self, rows: i64, steps: i64) -> Option<Tensor> {
-        let _ = (rows, steps);
-        None
-    }
+    /// `n` samples, as images in the data scale (a diffusion model's with its default
+    /// sampler).
+    fn sample(&self, n: i64) -> Result<Tensor>;
     /// Reconstructions of `x` through the posterior mean, as images in the data scale.
     fn reconstruct(&self, x: &Tensor) -> Tensor;
+    /// The training step of this model: the negative ELBO (shaped by `aids`) for the
+    /// VAEs, the model's own objective for the DDPM (which refuses aids that have no term
+    /// to act on).
+    fn train_step(&self, aids: &TrainingAids) -> Result<Box<dyn TrainStep + '_>>;
+    /// The capabilities it has beyond the core.
+    fn capabilities(&self) -> Capabilities<'_>;
+}
+
+/// What a model can do beyond [`ElboModel`]'s core, each a small trait (absent: the
+/// model cannot).
+#[derive(Clone, Copy, Default)]
+pub struct Capabilities<'a> {
+    /// Posterior means of its latent layers.
+    pub latents: Option<&'a dyn Latents>,
+    /// Samples that share the top layers of a hierarchy.
+    pub hierarchy: Option<&'a dyn Hierarchical>,
+    /// Walks in a single latent space.
+    pub interpolation: Option<&'a dyn Interpolating>,
+    /// Sampling in steps (a diffusion's samplers).
+    pub stepped: Option<&'a dyn SteppedSampling>,
+    /// A bound whose every term is evaluated rather than sampled.
+    pub exact_bound: Option<&'a dyn ExactBound>,
+}
+
+/// A model with latent layers.
+pub trait Latents {
+    /// How many latent layers the model stacks (1 for a VAE).
+    fn latent_layers(&self) -> usize;
     /// One draw of the posterior mean of every latent layer, bottom (`z_1`) first, each
     /// flattened to (batch, dims): the mean of `q(z_l | x, ...)` given one sample of the
     /// layers it is conditioned on. Averaged over draws and examples it gives the active
-    /// units ([`crate::eval::active_units`]). Models without latents return nothing.
-    fn posterior_means(&self, x: &Tensor) -> Vec<(String, Tensor)> {
-        let _ = x;
-        Vec::new()
-    }
-    /// How many latent layers the model stacks (1 for a VAE).
-    fn latent_layers(&self) -> usize {
-        1
-    }
+    /// units ([`crate::eval::active_units`]).
+    fn posterior_means(&self, x: &Tensor) -> Vec<(String, Tensor)>;
+}
+
+/// A hierarchy of latent layers whose top can be held fixed.
+pub trait Hierarchical {
     /// `rows * columns` images, row after row: each row shares one draw of the top
     /// `fixed` latent layers and redraws the layers below from the prior, which shows
-    /// what each level of a hierarchy encodes. `None` unless `1 <= fixed <
-    /// latent_layers()`.
-    fn fixed_top_samples(&self, fixed: usize, rows: i64, columns: i64) -> Option<Tensor> {
-        let _ = (fixed, rows, columns);
-        None
-    }
-    /// The loss training minimises instead of the negative ELBO of [`Self::elbo_terms`]
-    /// (`None`: the ELBO, with the training aids).
-    fn training_loss(&self, x: &Tensor) -> Option<TrainingLoss> {
-        let _ = x;
-        None
-    }
-    /// The bound with every term evaluated rather than sampled, when
-    /// [`Self::elbo_terms`] is a sampled estimate (a diffusion model's T terms).
-    fn exact_bound(&self, x: &Tensor) -> Option<ElboTerms> {
-        let _ = x;
-        None
-    }
-    /// How many importance samples `elbo eval` uses when none are asked for (`None`:
-    /// no IWAE bound, for models where one sample costs T network calls).
-    fn default_iw_samples(&self) -> Option<i64> {
-        Some(1000)
-    }
-    /// Chooses the sampler by name (a diffusion model's `ancestral` or `ddim-50`), and
-    /// whether predictions of `x_0` are clipped; an error for models with one sampler.
-    fn configure_sampler(&mut self, sampler: &str, clip_x0: bool) -> crate::Result<()> {
-        let _ = clip_x0;
-        Err(crate::Error::Config {
+    /// what each level of a hierarchy encodes. An error unless `1 <= fixed < layers`.
+    fn fixed_top_samples(&self, fixed: usize, rows: i64, columns: i64) -> Result<Tensor>;
+}
+
+/// A model with one latent space to interpolate in.
+pub trait Interpolating {
+    /// `rows` strips of `steps` images each, decoded along straight lines between two
+    /// latent draws from the prior.
+    fn interpolations(&self, rows: i64, steps: i64) -> Tensor;
+}
+
+/// A model that samples in steps (a diffusion model), with a choice of sampler.
+pub trait SteppedSampling {
+    /// The sampler [`ElboModel::sample`] uses.
+    fn default_sampling(&self) -> SamplingOptions;
+    /// `n` samples with `options`, and `frames` states along the way (the last is the
+    /// result); an error if the sampler does not fit the model (more steps than T).
+    fn sample_with(
+        &self,
+        n: i64,
+        options: &SamplingOptions,
+        frames: usize,
+    ) -> Result<(Tensor, Vec<Tensor>)>;
+}
+
+/// A bound of many terms (a diffusion's T) that can be evaluated exactly, term by term,
+/// where [`ElboModel::elbo_terms`] is a sampled estimate. One importance sample of such
+/// a model costs T network calls, so evaluation computes no IWAE bound unless asked.
+pub trait ExactBound {
+    /// Every term of the bound of `x`, evaluated.
+    fn exact_bound(&self, x: &Tensor) -> ElboTerms;
+}
+
+/// `n` samples of `model` in its data scale: with `sampling`, a stepped model's sampler
+/// of choice (refused by models with one sampler); without, the model's own.
+pub fn draw_samples(
+    model: &dyn ElboModel,
+    n: i64,
+    sampling: Option<&SamplingOptions>,
+) -> Result<Tensor> {
+    match (sampling, model.capabilities().stepped) {
+        (None, _) => model.sample(n),
+        // A stepped sampler works in [-1, 1], where its last step may overshoot.
+        (Some(options), Some(stepped)) => {
+            Ok(stepped.sample_with(n, options, 0)?.0.clamp(-1.0, 1.0))
+        }
+        (Some(options), None) => Err(crate::Error::Config {
             detail: format!(
-                "a {} model has a single sampler; --sampler {sampler:?} applies to DDPMs",
-                self.family()
+                "a {} model has a single sampler; --sampler {} applies to models that sample \
+                 in steps (DDPMs)",
+                model.config().family(),
+                options.sampler
             ),
-        })
+        }),
     }
-    /// `rows` sampling runs, each as `frames` states from `x_T` to `x_0`, row after row
-    /// (models that sample in steps).
-    fn trajectory(&self, rows: i64, frames: usize) -> Option<Tensor> {
-        let _ = (rows, frames);
-        None
-    }
+}
+
+/// `rows` sampling runs of `frames` states each, from `x_T` to `x_0`, as one batch of
+/// images row after row (the trajectories of a stepped sampler).
+pub fn trajectory(
+    model: &dyn SteppedSampling,
+    options: &SamplingOptions,
+    rows: i64,
+    frames: usize,
+) -> Result<Tensor> {
+    let (_, states) = model.sample_with(rows, options, frames)?;
+    // (frames, rows, C, H, W) -> rows of frames.
+    let stacked = Tensor::stack(&states, 0).clamp(-1.0, 1.0);
+    Ok(stacked.transpose(0, 1).flatten(0, 1))
 }
 
 #[cfg(test)]

@@ -14,11 +14,14 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::models::{ElboModel, ElboTerms};
+use crate::models::names::named_option;
+use crate::models::{Capabilities, ElboModel, ElboTerms, Interpolating, Latents, ModelConfig};
 use crate::nn::conv::Conv;
 use crate::nn::gaussian;
 use crate::nn::init::torch_linear;
 use crate::nn::likelihood::Likelihood;
+use crate::train::aids::TrainingAids;
+use crate::train::{ElboStep, TrainStep};
 
 /// The network shapes of a VAE.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,6 +40,20 @@ pub enum VaeArch {
         channels: Vec<i64>,
     },
 }
+
+/// The VAE presets (see [`VaeConfig::preset`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum VaePreset {
+    /// `vae-mlp`: pytorch/examples' VAE.
+    #[default]
+    #[serde(rename = "vae-mlp")]
+    Mlp,
+    /// `vae-conv`: a convolutional VAE.
+    #[serde(rename = "vae-conv")]
+    Conv,
+}
+
+named_option!(VaePreset => "VAE preset");
 
 /// A VAE's configuration: everything that fixes the shapes of its weights.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -58,20 +75,15 @@ impl VaeConfig {
     ///   input is flattened).
     /// - `vae-conv`: convolutions with 32 and 64 channels and a 32-dimensional latent, for
     ///   images whose sides are multiples of 4 (MNIST, CIFAR-10).
-    pub fn preset(name: &str, image: [i64; 3], likelihood: Likelihood) -> Result<VaeConfig> {
-        let (latent_dim, arch) = match name {
-            "vae-mlp" => (20, VaeArch::Mlp { hidden: vec![400] }),
-            "vae-conv" => (
+    pub fn preset(preset: VaePreset, image: [i64; 3], likelihood: Likelihood) -> Result<VaeConfig> {
+        let (latent_dim, arch) = match preset {
+            VaePreset::Mlp => (20, VaeArch::Mlp { hidden: vec![400] }),
+            VaePreset::Conv => (
                 32,
                 VaeArch::Conv {
                     channels: vec![32, 64],
                 },
             ),
-            other => {
-                return Err(Error::Config {
-                    detail: format!("unknown VAE preset {other:?}: expected vae-mlp or vae-conv"),
-                });
-            }
         };
         let config = VaeConfig {
             image,
@@ -276,12 +288,8 @@ impl Vae {
 }
 
 impl ElboModel for Vae {
-    fn family(&self) -> &'static str {
-        "vae"
-    }
-
-    fn config_json(&self) -> serde_json::Value {
-        serde_json::to_value(&self.config).unwrap_or(serde_json::Value::Null)
+    fn config(&self) -> ModelConfig {
+        ModelConfig::Vae(self.config.clone())
     }
 
     fn likelihood(&self) -> Likelihood {
@@ -302,21 +310,8 @@ impl ElboModel for Vae {
         Vae::log_importance_weights(self, x, k)
     }
 
-    fn sample(&self, n: i64) -> Tensor {
-        Vae::sample(self, n)
-    }
-
-    fn interpolations(&self, rows: i64, steps: i64) -> Option<Tensor> {
-        let device = self.mean_head.ws.device();
-        let latent = self.config.latent_dim;
-        let ends = Tensor::randn([2, rows, 1, latent], (Kind::Float, device));
-        let t = Tensor::linspace(0.0, 1.0, steps.max(2), (Kind::Float, device)).reshape([1, -1, 1]);
-        let z: Tensor = ends.get(0) * (t.ones_like() - &t) + ends.get(1) * &t;
-        let images = self
-            .config
-            .likelihood
-            .mean(&self.decode(&z.reshape([-1, latent])));
-        Some(images)
+    fn sample(&self, n: i64) -> Result<Tensor> {
+        Ok(Vae::sample(self, n))
     }
 
     fn reconstruct(&self, x: &Tensor) -> Tensor {
@@ -324,8 +319,39 @@ impl ElboModel for Vae {
         self.config.likelihood.mean(&self.decode(&mean))
     }
 
+    fn train_step(&self, aids: &TrainingAids) -> Result<Box<dyn TrainStep + '_>> {
+        Ok(Box::new(ElboStep::new(self, aids)))
+    }
+
+    fn capabilities(&self) -> Capabilities<'_> {
+        Capabilities {
+            latents: Some(self),
+            interpolation: Some(self),
+            ..Capabilities::default()
+        }
+    }
+}
+
+impl Latents for Vae {
+    fn latent_layers(&self) -> usize {
+        1
+    }
+
     fn posterior_means(&self, x: &Tensor) -> Vec<(String, Tensor)> {
         vec![("z_1".to_string(), self.encode(x).0)]
+    }
+}
+
+impl Interpolating for Vae {
+    fn interpolations(&self, rows: i64, steps: i64) -> Tensor {
+        let device = self.mean_head.ws.device();
+        let latent = self.config.latent_dim;
+        let ends = Tensor::randn([2, rows, 1, latent], (Kind::Float, device));
+        let t = Tensor::linspace(0.0, 1.0, steps.max(2), (Kind::Float, device)).reshape([1, -1, 1]);
+        let z: Tensor = ends.get(0) * (t.ones_like() - &t) + ends.get(1) * &t;
+        self.config
+            .likelihood
+            .mean(&self.decode(&z.reshape([-1, latent])))
     }
 }
 
@@ -336,7 +362,7 @@ mod tests {
     fn mlp() -> (nn::VarStore, Vae) {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(tch::Device::Cpu);
-        let config = VaeConfig::preset("vae-mlp", [1, 28, 28], Likelihood::Bernoulli).unwrap();
+        let config = VaeConfig::preset(VaePreset::Mlp, [1, 28, 28], Likelihood::Bernoulli).unwrap();
         let vae = Vae::new(&vs.root(), config).unwrap();
         (vs, vae)
     }
@@ -374,7 +400,7 @@ mod tests {
         for image in [[1, 28, 28], [3, 32, 32]] {
             let vs = nn::VarStore::new(tch::Device::Cpu);
             let config =
-                VaeConfig::preset("vae-conv", image, Likelihood::DiscretizedGaussian).unwrap();
+                VaeConfig::preset(VaePreset::Conv, image, Likelihood::DiscretizedGaussian).unwrap();
             let vae = Vae::new(&vs.root(), config).unwrap();
             let x = Tensor::zeros(
                 [2, image[0], image[1], image[2]],
@@ -383,14 +409,13 @@ mod tests {
             let out = vae.decode(&vae.encode(&x).0);
             assert_eq!(out.size(), [2, 2 * image[0], image[1], image[2]]);
         }
-        let err = VaeConfig::preset("vae-conv", [1, 30, 30], Likelihood::Bernoulli)
+        let err = VaeConfig::preset(VaePreset::Conv, [1, 30, 30], Likelihood::Bernoulli)
             .unwrap_err()
             .to_string();
         assert!(err.contains("divisible by 4, found 30x30"), "{err}");
-        let err = VaeConfig::preset("vae-big", [1, 28, 28], Likelihood::Bernoulli)
-            .unwrap_err()
-            .to_string();
+        let err = "vae-big".parse::<VaePreset>().unwrap_err().to_string();
         assert!(err.contains("expected vae-mlp or vae-conv"), "{err}");
+        assert_eq!(VaePreset::Conv.to_string(), "vae-conv");
     }
 
     /// One importance weight is the ELBO's integrand: with k = 1 its mean over many draws

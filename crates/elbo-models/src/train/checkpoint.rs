@@ -103,12 +103,6 @@ fn json_differences(
     }
 }
 
-/// The file names of the checkpoint at `step`.
-fn names(step: u64) -> (String, String) {
-    let stem = format!("step-{step:09}");
-    (format!("{stem}.safetensors"), format!("{stem}.json"))
-}
-
 /// Writes `path` through a synced temporary file in the same folder, then renames it.
 pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let folder = path.parent().unwrap_or(Path::new("."));
@@ -134,7 +128,7 @@ pub fn save(
     keep: usize,
 ) -> Result<PathBuf> {
     fs::create_dir_all(dir)?;
-    let (tensor_name, json_name) = names(meta.step);
+    let (tensor_name, json_name) = super::layout::checkpoint_names(meta.step);
     meta.tensors = tensor_name.clone();
     write_atomically(&dir.join(&tensor_name), |temp| {
         Tensor::write_safetensors(tensors, temp)?;
@@ -212,6 +206,26 @@ pub fn load(json: &Path) -> Result<Loaded> {
     Ok(Loaded {
         meta,
         tensors: tensors.into_iter().collect(),
+    })
+}
+
+/// Finds the checkpoint meant by `path`: a checkpoint's JSON file, a run folder (its
+/// newest checkpoint), or a run's `checkpoints/` folder.
+pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let folder = if path.join("checkpoints").is_dir() {
+        path.join("checkpoints")
+    } else {
+        path.to_path_buf()
+    };
+    list(&folder)?.pop().ok_or_else(|| Error::Checkpoint {
+        detail: format!(
+            "{} holds no checkpoint: expected a run folder, its checkpoints/ folder, or a \
+             step-*.json file",
+            path.display()
+        ),
     })
 }
 

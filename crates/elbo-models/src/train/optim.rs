@@ -77,6 +77,11 @@ impl Adam {
         self.fused = fused;
     }
 
+    /// The variables it updates, in a fixed order (by name).
+    pub fn params(&self) -> &[Tensor] {
+        &self.params
+    }
+
     /// How many steps have been taken.
     pub fn steps(&self) -> i64 {
         self.steps
@@ -202,12 +207,19 @@ impl Adam {
         });
     }
 
-    /// The moments as named tensors (`adam.m.<var>`, `adam.v.<var>`), for a checkpoint.
+    /// The moments as named tensors (`adam.m.<var>`, `adam.v.<var>`: the prefix is
+    /// [`super::layout::ADAM`]), for a checkpoint.
     pub fn state(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::with_capacity(2 * self.names.len());
         for (name, (m, v)) in self.names.iter().zip(self.m.iter().zip(&self.v)) {
-            out.push((format!("adam.m.{name}"), m.shallow_clone()));
-            out.push((format!("adam.v.{name}"), v.shallow_clone()));
+            out.push((
+                format!("{}m.{name}", super::layout::ADAM),
+                m.shallow_clone(),
+            ));
+            out.push((
+                format!("{}v.{name}", super::layout::ADAM),
+                v.shallow_clone(),
+            ));
         }
         out
     }
@@ -216,8 +228,8 @@ impl Adam {
     /// be present with its variable's shape.
     pub fn load_state(&mut self, named: &BTreeMap<String, Tensor>, steps: i64) -> Result<()> {
         for (i, name) in self.names.iter().enumerate() {
-            for (prefix, slot) in [("adam.m.", &mut self.m[i]), ("adam.v.", &mut self.v[i])] {
-                let key = format!("{prefix}{name}");
+            for (moment, slot) in [("m", &mut self.m[i]), ("v", &mut self.v[i])] {
+                let key = format!("{}{moment}.{name}", super::layout::ADAM);
                 let saved = named.get(&key).ok_or_else(|| Error::Checkpoint {
                     detail: format!("optimiser state {key} is missing"),
                 })?;

@@ -12,14 +12,19 @@
 pub mod bound;
 pub mod diffusion;
 
+use elbo_data::Transform;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor, nn};
 
+use crate::data;
 use crate::error::{Error, Result};
-use crate::models::{ElboModel, ElboTerms, TrainingLoss};
+use crate::models::names::named_option;
+use crate::models::{Capabilities, ElboModel, ElboTerms, ExactBound, ModelConfig, SteppedSampling};
 use crate::nn::likelihood::Likelihood;
 pub use crate::nn::unet::{Unet, UnetConfig};
-pub use crate::sample::{Sampler, Spacing};
+use crate::sample::{Denoiser, NoiseProcess, SamplerSpec, SamplingOptions, Spacing};
+use crate::train::aids::TrainingAids;
+use crate::train::{Batch, Reported, StepLoss, TrainStep};
 pub use diffusion::{Decoder, Diffusion, Objective, ScheduleKind, VarianceKind};
 
 /// The family name in checkpoints.
@@ -36,6 +41,38 @@ pub enum LossKind {
     /// negative log-likelihood at t = 1), in nats per dimension.
     Vlb,
 }
+
+/// The DDPM presets (see [`DdpmConfig::preset`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum DdpmPreset {
+    /// `ddpm-mnist`: 1.6 M parameters.
+    #[default]
+    #[serde(rename = "ddpm-mnist")]
+    Mnist,
+    /// `ddpm-cifar10`: Ho et al.'s 35.7 M-parameter CIFAR-10 network.
+    #[serde(rename = "ddpm-cifar10")]
+    Cifar10,
+}
+
+/// The DDPM training recipes (see [`Recipe::of`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecipeName {
+    /// `mnist`: this project's `ddpm-mnist` budget.
+    #[default]
+    Mnist,
+    /// `ho-cifar10`: Ho et al.'s CIFAR-10 recipe.
+    HoCifar10,
+}
+
+named_option!(
+    DdpmPreset => "DDPM preset",
+    RecipeName => "DDPM recipe",
+    LossKind => "loss",
+    ScheduleKind => "schedule",
+    Objective => "objective",
+    VarianceKind => "variance",
+);
 
 /// A DDPM's configuration: network, schedule, objective, loss and reverse variance.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -62,23 +99,16 @@ impl DdpmConfig {
     ///   (1, 2, 2, 2), two residual blocks, attention at 16x16, dropout 0.1: 35.7 M.
     ///
     /// Both: linear schedule, T = 1000, eps objective, `L_simple`, fixed-large variance.
-    pub fn preset(name: &str, image: [i64; 3]) -> Result<DdpmConfig> {
+    pub fn preset(preset: DdpmPreset, image: [i64; 3]) -> Result<DdpmConfig> {
         let [c, h, w] = image;
         if h != w {
             return Err(Error::Config {
                 detail: format!("the DDPM UNet takes square images, found {h}x{w}"),
             });
         }
-        let (base, mults, attention, dropout, groups) = match name {
-            "ddpm-mnist" => (32, vec![1, 2, 2], vec![7], 0.0, 8),
-            "ddpm-cifar10" => (128, vec![1, 2, 2, 2], vec![16], 0.1, 32),
-            other => {
-                return Err(Error::Config {
-                    detail: format!(
-                        "unknown DDPM preset {other:?}: expected ddpm-mnist or ddpm-cifar10"
-                    ),
-                });
-            }
+        let (base, mults, attention, dropout, groups) = match preset {
+            DdpmPreset::Mnist => (32, vec![1, 2, 2], vec![7], 0.0, 8),
+            DdpmPreset::Cifar10 => (128, vec![1, 2, 2, 2], vec![16], 0.1, 32),
         };
         let config = DdpmConfig {
             unet: UnetConfig {
@@ -127,9 +157,9 @@ impl Recipe {
     /// short). `ho-cifar10`: Ho et al.'s CIFAR-10 recipe (800,000 steps of 128, Adam at
     /// 2e-4 after 5,000 warm-up steps, clipping at 1.0, EMA 0.9999, random horizontal
     /// flips; the `ddpm-cifar10` preset carries their dropout 0.1).
-    pub fn named(name: &str) -> Result<Recipe> {
+    pub fn of(name: RecipeName) -> Recipe {
         match name {
-            "mnist" => Ok(Recipe {
+            RecipeName::Mnist => Recipe {
                 steps: 2000,
                 batch_size: 64,
                 lr: 5e-4,
@@ -137,8 +167,8 @@ impl Recipe {
                 clip_grad_norm: 1.0,
                 ema_decay: 0.995,
                 horizontal_flip: false,
-            }),
-            "ho-cifar10" => Ok(Recipe {
+            },
+            RecipeName::HoCifar10 => Recipe {
                 steps: 800_000,
                 batch_size: 128,
                 lr: 2e-4,
@@ -146,10 +176,7 @@ impl Recipe {
                 clip_grad_norm: 1.0,
                 ema_decay: 0.9999,
                 horizontal_flip: true,
-            }),
-            other => Err(Error::Config {
-                detail: format!("unknown DDPM recipe {other:?}: expected mnist or ho-cifar10"),
-            }),
+            },
         }
     }
 }
@@ -159,8 +186,7 @@ pub struct Ddpm {
     config: DdpmConfig,
     unet: Unet,
     diffusion: Diffusion,
-    sampler: Sampler,
-    clip_x0: bool,
+    sampling: SamplingOptions,
 }
 
 impl Ddpm {
@@ -169,24 +195,29 @@ impl Ddpm {
         let unet = Unet::new(&(path / "unet"), &config.unet)?;
         let schedule = config.schedule.build(config.timesteps)?;
         let diffusion = Diffusion::new(schedule, config.objective, config.variance, path.device())?;
-        let mut ddpm = Ddpm {
-            config,
-            unet,
-            diffusion,
-            sampler: Sampler::Ancestral,
-            clip_x0: true,
-        };
         // DDIM-50 when T >= 50, else DDIM over all T steps.
-        let steps = ddpm.diffusion.timesteps().min(50);
-        ddpm.set_sampler(
-            Sampler::Ddim {
-                steps,
+        let sampling = SamplingOptions {
+            sampler: SamplerSpec::Ddim {
+                steps: diffusion.timesteps().min(50),
                 eta: 0.0,
                 spacing: Spacing::Uniform,
             },
-            true,
-        )?;
-        Ok(ddpm)
+            clip_x0: true,
+        };
+        Ok(Ddpm {
+            config,
+            unet,
+            diffusion,
+            sampling,
+        })
+    }
+
+    /// The model with `sampling` as what [`ElboModel::sample`] uses (the sample grids of
+    /// training, say); an error if the sampler does not fit T.
+    pub fn with_sampling(mut self, sampling: SamplingOptions) -> Result<Ddpm> {
+        sampling.sampler.validate(self.diffusion.timesteps())?;
+        self.sampling = sampling;
+        Ok(self)
     }
 
     /// The configuration.
@@ -199,23 +230,6 @@ impl Ddpm {
         &self.diffusion
     }
 
-    /// Chooses how [`ElboModel::sample`] draws (default DDIM-50, `eta = 0`) and whether
-    /// each step clips its prediction of `x_0` to [-1, 1] (default yes, as Ho et al.);
-    /// an error if the sampler keeps more steps than T.
-    pub fn set_sampler(&mut self, sampler: Sampler, clip_x0: bool) -> Result<()> {
-        if let Sampler::Ddim { steps, spacing, .. } = sampler {
-            crate::sample::kept_timesteps(self.diffusion.timesteps(), steps, spacing)?;
-        }
-        self.sampler = sampler;
-        self.clip_x0 = clip_x0;
-        Ok(())
-    }
-
-    /// The sampler [`ElboModel::sample`] uses.
-    pub fn sampler(&self) -> Sampler {
-        self.sampler
-    }
-
     /// The network in evaluation mode (no dropout).
     fn network(&self) -> impl Fn(&Tensor, &Tensor) -> Tensor + '_ {
         move |x: &Tensor, t: &Tensor| self.unet.forward(x, t, false)
@@ -226,36 +240,78 @@ impl Ddpm {
         [n, u.in_channels, u.image_size, u.image_size]
     }
 
-    /// `n` samples with `sampler`, and `frames` states along the way (the last is the
-    /// result).
-    pub fn sample_with(
-        &self,
-        n: i64,
-        sampler: Sampler,
-        clip_x0: bool,
-        frames: usize,
-    ) -> Result<(Tensor, Vec<Tensor>)> {
-        let network = self.network();
-        tch::no_grad(|| {
-            crate::sample::sample(
-                &self.diffusion,
-                &network,
-                &self.image_shape(n),
-                sampler,
-                clip_x0,
-                frames,
-            )
-        })
+    /// Its training loss on `x` at a uniform t: `L_simple` or the bound's term (per
+    /// dimension), with what to report.
+    fn training_loss(&self, x: &Tensor) -> StepLoss {
+        let d = &self.diffusion;
+        let b = x.size()[0];
+        let big_t = d.timesteps() as i64;
+        let t = Tensor::randint_low(1, big_t + 1, [b], (Kind::Int64, x.device()));
+        let eps = x.randn_like();
+        let x_t = d.q_sample(x, &t, &eps);
+        let output = self.unet.forward(&x_t, &t, true);
+        let (name, loss) = match self.config.loss {
+            LossKind::Simple => (
+                "l_simple",
+                (output - d.target(x, &t, &eps)).square().mean(Kind::Float),
+            ),
+            LossKind::Vlb => {
+                let dims = (x.numel() as i64 / b.max(1)) as f64;
+                let (x0_hat, _) = d.predictions(&output, &x_t, &t, false);
+                let kl = d.denoising_matching(x, &x_t, &t, &x0_hat);
+                let nll = -d.reconstruction(x, &x_t, &t, &x0_hat, Decoder::Discretized);
+                let term = kl.where_self(&t.gt(1), &nll);
+                ("vlb_term_per_dim", term.mean(Kind::Float) / dims)
+            }
+        };
+        StepLoss {
+            reported: Reported::Scalars(vec![(name.into(), loss.detach())]),
+            loss,
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// A DDPM's training step: its own objective ([`LossKind`]), not the ELBO.
+struct DdpmStep<'a>(&'a Ddpm);
+
+impl TrainStep for DdpmStep<'_> {
+    fn transform(&self, horizontal_flip: bool) -> Transform {
+        data::transform_for(Likelihood::DiscretizedGaussian, horizontal_flip)
+    }
+
+    fn loss(&self, batch: &Batch, _step: u64) -> StepLoss {
+        self.0.training_loss(&batch.x)
+    }
+}
+
+impl Denoiser for Ddpm {
+    fn process(&self) -> &dyn NoiseProcess {
+        self.diffusion.schedule()
+    }
+
+    fn device(&self) -> tch::Device {
+        self.diffusion.device()
+    }
+
+    fn predict(&self, x_t: &Tensor, t: usize, clip_x0: bool) -> (Tensor, Tensor) {
+        let t = Tensor::full([x_t.size()[0]], t as i64, (Kind::Int64, x_t.device()));
+        let output = self.unet.forward(x_t, &t, false);
+        self.diffusion.predictions(&output, x_t, &t, clip_x0)
+    }
+
+    fn reverse_step(&self, x0_hat: &Tensor, x_t: &Tensor, t: usize) -> (Tensor, f64) {
+        let steps = Tensor::full([x_t.size()[0]], t as i64, (Kind::Int64, x_t.device()));
+        (
+            self.diffusion.reverse_mean(x0_hat, x_t, &steps),
+            self.diffusion.model_variance(t),
+        )
     }
 }
 
 impl ElboModel for Ddpm {
-    fn family(&self) -> &'static str {
-        FAMILY
-    }
-
-    fn config_json(&self) -> serde_json::Value {
-        serde_json::to_value(&self.config).unwrap_or_default()
+    fn config(&self) -> ModelConfig {
+        ModelConfig::Ddpm(self.config.clone())
     }
 
     fn likelihood(&self) -> Likelihood {
@@ -267,61 +323,14 @@ impl ElboModel for Ddpm {
         bound::sampled_terms(&self.diffusion, &self.network(), x, Decoder::Discretized)
     }
 
-    fn exact_bound(&self, x: &Tensor) -> Option<ElboTerms> {
-        Some(bound::bound_terms(
-            &self.diffusion,
-            &self.network(),
-            x,
-            Decoder::Discretized,
-        ))
-    }
-
-    fn default_iw_samples(&self) -> Option<i64> {
-        None
-    }
-
-    fn training_loss(&self, x: &Tensor) -> Option<TrainingLoss> {
-        let d = &self.diffusion;
-        let b = x.size()[0];
-        let big_t = d.timesteps() as i64;
-        let t = Tensor::randint_low(1, big_t + 1, [b], (Kind::Int64, x.device()));
-        let eps = x.randn_like();
-        let x_t = d.q_sample(x, &t, &eps);
-        let output = self.unet.forward(&x_t, &t, true);
-        Some(match self.config.loss {
-            LossKind::Simple => {
-                let loss = (output - d.target(x, &t, &eps)).square().mean(Kind::Float);
-                TrainingLoss {
-                    reported: vec![("l_simple".into(), loss.detach())],
-                    loss,
-                }
-            }
-            LossKind::Vlb => {
-                let dims = (x.numel() as i64 / b.max(1)) as f64;
-                let (x0_hat, _) = d.predictions(&output, &x_t, &t, false);
-                let kl = d.denoising_matching(x, &x_t, &t, &x0_hat);
-                let nll = -d.reconstruction(x, &x_t, &t, &x0_hat, Decoder::Discretized);
-                let term = kl.where_self(&t.gt(1), &nll);
-                let loss = term.mean(Kind::Float) / dims;
-                TrainingLoss {
-                    reported: vec![("vlb_term_per_dim".into(), loss.detach())],
-                    loss,
-                }
-            }
-        })
-    }
-
     fn log_importance_weights(&self, x: &Tensor, k: i64) -> Tensor {
         bound::log_weights(&self.diffusion, &self.network(), x, k, Decoder::Discretized)
     }
 
-    fn sample(&self, n: i64) -> Tensor {
-        match self.sample_with(n, self.sampler, self.clip_x0, 0) {
-            Ok((x, _)) => x.clamp(-1.0, 1.0),
-            // Unreachable: `set_sampler` validated the sampler against T, and the
-            // default (DDIM-50) is checked when the model is built.
-            Err(_) => Tensor::zeros(self.image_shape(n), (Kind::Float, self.diffusion.device())),
-        }
+    /// With [`SteppedSampling::default_sampling`]: DDIM over min(T, 50) steps, clipped.
+    fn sample(&self, n: i64) -> Result<Tensor> {
+        let (x, _) = self.sample_with(n, &self.default_sampling(), 0)?;
+        Ok(x.clamp(-1.0, 1.0))
     }
 
     /// The prediction of `x_0` from `x_t` at t = T / 10 (one network call): how much of
@@ -335,16 +344,48 @@ impl ElboModel for Ddpm {
         d.predictions(&output, &x_t, &t, true).0
     }
 
-    fn configure_sampler(&mut self, sampler: &str, clip_x0: bool) -> Result<()> {
-        self.set_sampler(sampler.parse()?, clip_x0)
+    /// Refuses the VAEs' aids (KL warm-up, free bits): a DDPM has no KL term to weigh.
+    fn train_step(&self, aids: &TrainingAids) -> Result<Box<dyn TrainStep + '_>> {
+        if aids.kl_warmup_steps > 0 || aids.free_bits > 0.0 {
+            return Err(Error::Config {
+                detail: format!(
+                    "KL warm-up and free bits shape a VAE's KL terms; a DDPM has no such term \
+                     to weigh (found kl_warmup {}, free_bits {})",
+                    aids.kl_warmup_steps, aids.free_bits
+                ),
+            });
+        }
+        Ok(Box::new(DdpmStep(self)))
     }
 
-    fn trajectory(&self, rows: i64, frames: usize) -> Option<Tensor> {
-        let (_, states) = self
-            .sample_with(rows, self.sampler, self.clip_x0, frames)
-            .ok()?;
-        // (frames, rows, C, H, W) -> rows of frames.
-        let stacked = Tensor::stack(&states, 0).clamp(-1.0, 1.0);
-        Some(stacked.transpose(0, 1).flatten(0, 1))
+    fn capabilities(&self) -> Capabilities<'_> {
+        Capabilities {
+            stepped: Some(self),
+            exact_bound: Some(self),
+            ..Capabilities::default()
+        }
+    }
+}
+
+impl SteppedSampling for Ddpm {
+    /// DDIM with min(T, 50) uniform steps, `eta = 0`, each step's `x_0` clipped,
+    /// unless [`Ddpm::with_sampling`] chose otherwise.
+    fn default_sampling(&self) -> SamplingOptions {
+        self.sampling
+    }
+
+    fn sample_with(
+        &self,
+        n: i64,
+        options: &SamplingOptions,
+        frames: usize,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        tch::no_grad(|| crate::sample::sample(self, &self.image_shape(n), options, frames))
+    }
+}
+
+impl ExactBound for Ddpm {
+    fn exact_bound(&self, x: &Tensor) -> ElboTerms {
+        bound::bound_terms(&self.diffusion, &self.network(), x, Decoder::Discretized)
     }
 }

@@ -28,11 +28,13 @@ use tch::{Kind, Tensor};
 
 pub use super::cells::LadderArch;
 use super::cells::{self, Residual};
-use super::{check_latent_dims, draw, layer_name, log_density_of_draw, repeat_batch};
+use super::{HvaeArch, check_latent_dims, draw, layer_name, log_density_of_draw, repeat_batch};
 use crate::error::{Error, Result};
-use crate::models::{ElboModel, ElboTerms};
+use crate::models::{Capabilities, ElboModel, ElboTerms, Hierarchical, Latents, ModelConfig};
 use crate::nn::gaussian;
 use crate::nn::likelihood::Likelihood;
+use crate::train::aids::TrainingAids;
+use crate::train::{ElboStep, TrainStep};
 
 /// A ladder HVAE's configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -53,22 +55,17 @@ impl LadderConfig {
     pub fn new(
         image: [i64; 3],
         latent_dims: Vec<i64>,
-        arch: &str,
+        arch: HvaeArch,
         width: Option<i64>,
         likelihood: Likelihood,
     ) -> Result<LadderConfig> {
         let arch = match arch {
-            "mlp" => LadderArch::Mlp {
+            HvaeArch::Mlp => LadderArch::Mlp {
                 width: width.unwrap_or(256),
             },
-            "conv" => LadderArch::Conv {
+            HvaeArch::Conv => LadderArch::Conv {
                 channels: width.unwrap_or(64),
             },
-            other => {
-                return Err(Error::Config {
-                    detail: format!("unknown ladder HVAE arch {other:?}: expected mlp or conv"),
-                });
-            }
         };
         let config = LadderConfig {
             image,
@@ -328,13 +325,8 @@ impl LadderHvae {
 }
 
 impl ElboModel for LadderHvae {
-    fn family(&self) -> &'static str {
-        super::FAMILY
-    }
-
-    fn config_json(&self) -> serde_json::Value {
-        serde_json::to_value(super::HvaeConfig::Ladder(self.config.clone()))
-            .unwrap_or(serde_json::Value::Null)
+    fn config(&self) -> ModelConfig {
+        ModelConfig::Hvae(super::HvaeConfig::Ladder(self.config.clone()))
     }
 
     fn likelihood(&self) -> Likelihood {
@@ -371,14 +363,32 @@ impl ElboModel for LadderHvae {
         log_w.reshape([k, batch])
     }
 
-    fn sample(&self, n: i64) -> Tensor {
+    fn sample(&self, n: i64) -> Result<Tensor> {
         let (h, _) = self.descend(self.start(n), self.top(), 0, None, Pick::Draw);
-        self.config.likelihood.mean(&self.decode(&h))
+        Ok(self.config.likelihood.mean(&self.decode(&h)))
     }
 
     fn reconstruct(&self, x: &Tensor) -> Tensor {
         let (h, _) = self.infer(x, Pick::Mean);
         self.config.likelihood.mean(&self.decode(&h))
+    }
+
+    fn train_step(&self, aids: &TrainingAids) -> Result<Box<dyn TrainStep + '_>> {
+        Ok(Box::new(ElboStep::new(self, aids)))
+    }
+
+    fn capabilities(&self) -> Capabilities<'_> {
+        Capabilities {
+            latents: Some(self),
+            hierarchy: Some(self),
+            ..Capabilities::default()
+        }
+    }
+}
+
+impl Latents for LadderHvae {
+    fn latent_layers(&self) -> usize {
+        self.layers.len()
     }
 
     fn posterior_means(&self, x: &Tensor) -> Vec<(String, Tensor)> {
@@ -395,21 +405,17 @@ impl ElboModel for LadderHvae {
         means.reverse();
         means
     }
+}
 
-    fn latent_layers(&self) -> usize {
-        self.layers.len()
-    }
-
-    fn fixed_top_samples(&self, fixed: usize, rows: i64, columns: i64) -> Option<Tensor> {
+impl Hierarchical for LadderHvae {
+    fn fixed_top_samples(&self, fixed: usize, rows: i64, columns: i64) -> Result<Tensor> {
         let layers = self.layers.len();
-        if fixed == 0 || fixed >= layers || rows < 1 || columns < 1 {
-            return None;
-        }
+        super::check_fixed_top(fixed, layers, rows, columns)?;
         let top = self.top();
         let (h, _) = self.descend(self.start(rows), top, layers - fixed, None, Pick::Draw);
         let h = h.repeat_interleave_self_int(columns, 0, None);
         let (h, _) = self.descend(h, layers - fixed - 1, 0, None, Pick::Draw);
-        Some(self.config.likelihood.mean(&self.decode(&h)))
+        Ok(self.config.likelihood.mean(&self.decode(&h)))
     }
 }
 
@@ -419,7 +425,7 @@ mod tests {
     use crate::nn::gaussian::tests::values;
     use tch::nn::VarStore;
 
-    fn model(arch: &str, dims: Vec<i64>) -> (VarStore, LadderHvae) {
+    fn model(arch: HvaeArch, dims: Vec<i64>) -> (VarStore, LadderHvae) {
         tch::manual_seed(2);
         let vs = VarStore::new(tch::Device::Cpu);
         let config =
@@ -431,7 +437,10 @@ mod tests {
     #[test]
     fn shapes_and_names_for_both_archs() {
         let _generator = crate::testing::generator_lock();
-        for (arch, latent_numel) in [("mlp", [6, 4, 2]), ("conv", [6 * 49, 4 * 49, 2 * 49])] {
+        for (arch, latent_numel) in [
+            (HvaeArch::Mlp, [6, 4, 2]),
+            (HvaeArch::Conv, [6 * 49, 4 * 49, 2 * 49]),
+        ] {
             let (_vs, m) = model(arch, vec![6, 4, 2]);
             let x = Tensor::rand([5, 1, 28, 28], (Kind::Float, tch::Device::Cpu)).round();
             let terms = m.elbo_terms(&x);
@@ -440,7 +449,7 @@ mod tests {
             assert_eq!(terms.reconstruction.size(), [5]);
             assert_eq!(terms.prior_matching.size(), [5]);
             assert_eq!(m.log_importance_weights(&x, 3).size(), [3, 5]);
-            assert_eq!(m.sample(4).size(), [4, 1, 28, 28]);
+            assert_eq!(m.sample(4).unwrap().size(), [4, 1, 28, 28]);
             assert_eq!(m.reconstruct(&x).size(), [5, 1, 28, 28]);
             let means = m.posterior_means(&x);
             let got: Vec<(String, i64)> = means
@@ -452,7 +461,7 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "{arch}");
             assert_eq!(m.fixed_top_samples(1, 2, 3).unwrap().size(), [6, 1, 28, 28]);
-            assert!(m.fixed_top_samples(3, 2, 3).is_none());
+            assert!(m.fixed_top_samples(3, 2, 3).is_err());
         }
     }
 
@@ -461,7 +470,7 @@ mod tests {
     #[test]
     fn layer_kls_are_the_closed_form_of_elbo_math() {
         let _generator = crate::testing::generator_lock();
-        let (_vs, m) = model("mlp", vec![3, 2]);
+        let (_vs, m) = model(HvaeArch::Mlp, vec![3, 2]);
         let x = Tensor::rand([1, 1, 28, 28], (Kind::Float, tch::Device::Cpu)).round();
         // One pass serves both sides (no re-seeding of libtorch's global generator,
         // which other test threads draw from).
@@ -495,17 +504,35 @@ mod tests {
     #[test]
     fn bad_configurations_are_refused() {
         let _generator = crate::testing::generator_lock();
-        let err = LadderConfig::new([1, 30, 30], vec![4], "conv", None, Likelihood::Bernoulli)
-            .unwrap_err()
-            .to_string();
+        let err = LadderConfig::new(
+            [1, 30, 30],
+            vec![4],
+            HvaeArch::Conv,
+            None,
+            Likelihood::Bernoulli,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("divisible by 4, found 30x30"), "{err}");
-        let err = LadderConfig::new([1, 28, 28], vec![4], "mlp", Some(0), Likelihood::Bernoulli)
-            .unwrap_err()
-            .to_string();
+        let err = LadderConfig::new(
+            [1, 28, 28],
+            vec![4],
+            HvaeArch::Mlp,
+            Some(0),
+            Likelihood::Bernoulli,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("width 0"), "{err}");
-        let err = LadderConfig::new([1, 28, 28], vec![], "mlp", None, Likelihood::Bernoulli)
-            .unwrap_err()
-            .to_string();
+        let err = LadderConfig::new(
+            [1, 28, 28],
+            vec![],
+            HvaeArch::Mlp,
+            None,
+            Likelihood::Bernoulli,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("at least one"), "{err}");
     }
 }

@@ -25,12 +25,15 @@ use serde::{Deserialize, Serialize};
 use tch::nn;
 use tch::{Kind, Tensor};
 
+use super::HvaeArch;
 use super::{GaussianMlp, check_latent_dims, draw, layer_name, log_density_of_draw, repeat_batch};
 use crate::error::{Error, Result};
-use crate::models::vae::{Vae, VaeArch, VaeConfig};
-use crate::models::{ElboModel, ElboTerms};
+use crate::models::vae::{Vae, VaeArch, VaeConfig, VaePreset};
+use crate::models::{Capabilities, ElboModel, ElboTerms, Hierarchical, Latents, ModelConfig};
 use crate::nn::gaussian;
 use crate::nn::likelihood::Likelihood;
+use crate::train::aids::TrainingAids;
+use crate::train::{ElboStep, TrainStep};
 
 /// A Markovian HVAE's configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -55,18 +58,13 @@ impl MarkovConfig {
     pub fn new(
         image: [i64; 3],
         latent_dims: Vec<i64>,
-        arch: &str,
+        arch: HvaeArch,
         width: Option<i64>,
         likelihood: Likelihood,
     ) -> Result<MarkovConfig> {
         let preset = match arch {
-            "mlp" => "vae-mlp",
-            "conv" => "vae-conv",
-            other => {
-                return Err(Error::Config {
-                    detail: format!("unknown Markov HVAE arch {other:?}: expected mlp or conv"),
-                });
-            }
+            HvaeArch::Mlp => VaePreset::Mlp,
+            HvaeArch::Conv => VaePreset::Conv,
         };
         let bottom = VaeConfig::preset(preset, image, likelihood)?;
         let config = MarkovConfig {
@@ -221,13 +219,8 @@ impl MarkovHvae {
 }
 
 impl ElboModel for MarkovHvae {
-    fn family(&self) -> &'static str {
-        super::FAMILY
-    }
-
-    fn config_json(&self) -> serde_json::Value {
-        serde_json::to_value(super::HvaeConfig::Markov(self.config.clone()))
-            .unwrap_or(serde_json::Value::Null)
+    fn config(&self) -> ModelConfig {
+        ModelConfig::Hvae(super::HvaeConfig::Markov(self.config.clone()))
     }
 
     fn likelihood(&self) -> Likelihood {
@@ -260,13 +253,31 @@ impl ElboModel for MarkovHvae {
         log_w.reshape([k, batch])
     }
 
-    fn sample(&self, n: i64) -> Tensor {
-        self.descend(self.top_prior_draw(n), self.config.latent_dims.len())
+    fn sample(&self, n: i64) -> Result<Tensor> {
+        Ok(self.descend(self.top_prior_draw(n), self.config.latent_dims.len()))
     }
 
     fn reconstruct(&self, x: &Tensor) -> Tensor {
         let (mean, _) = self.bottom.encode(x);
         self.config.likelihood.mean(&self.bottom.decode(&mean))
+    }
+
+    fn train_step(&self, aids: &TrainingAids) -> Result<Box<dyn TrainStep + '_>> {
+        Ok(Box::new(ElboStep::new(self, aids)))
+    }
+
+    fn capabilities(&self) -> Capabilities<'_> {
+        Capabilities {
+            latents: Some(self),
+            hierarchy: Some(self),
+            ..Capabilities::default()
+        }
+    }
+}
+
+impl Latents for MarkovHvae {
+    fn latent_layers(&self) -> usize {
+        self.config.latent_dims.len()
     }
 
     fn posterior_means(&self, x: &Tensor) -> Vec<(String, Tensor)> {
@@ -279,16 +290,12 @@ impl ElboModel for MarkovHvae {
             .map(|(i, (mean, _))| (layer_name(i + 1), mean))
             .collect()
     }
+}
 
-    fn latent_layers(&self) -> usize {
-        self.config.latent_dims.len()
-    }
-
-    fn fixed_top_samples(&self, fixed: usize, rows: i64, columns: i64) -> Option<Tensor> {
+impl Hierarchical for MarkovHvae {
+    fn fixed_top_samples(&self, fixed: usize, rows: i64, columns: i64) -> Result<Tensor> {
         let layers = self.config.latent_dims.len();
-        if fixed == 0 || fixed >= layers || rows < 1 || columns < 1 {
-            return None;
-        }
+        super::check_fixed_top(fixed, layers, rows, columns)?;
         // Draw z_T down to z_{T-fixed+1} once per row, then repeat each row.
         let mut z = self.top_prior_draw(rows);
         for s in ((layers - fixed + 2)..=layers).rev() {
@@ -296,7 +303,7 @@ impl ElboModel for MarkovHvae {
             z = gaussian::reparameterise(&mean, &log_var);
         }
         let z = z.repeat_interleave_self_int(columns, 0, None);
-        Some(self.descend(z, layers - fixed + 1))
+        Ok(self.descend(z, layers - fixed + 1))
     }
 }
 
@@ -309,8 +316,14 @@ mod tests {
     fn model(dims: Vec<i64>) -> (VarStore, MarkovHvae) {
         tch::manual_seed(1);
         let vs = VarStore::new(tch::Device::Cpu);
-        let config =
-            MarkovConfig::new([1, 28, 28], dims, "mlp", Some(32), Likelihood::Bernoulli).unwrap();
+        let config = MarkovConfig::new(
+            [1, 28, 28],
+            dims,
+            HvaeArch::Mlp,
+            Some(32),
+            Likelihood::Bernoulli,
+        )
+        .unwrap();
         let m = MarkovHvae::new(&vs.root(), config).unwrap();
         (vs, m)
     }
@@ -329,7 +342,7 @@ mod tests {
         assert_eq!(names, ["consistency_1", "consistency_2"]);
         assert_eq!(terms.prior_matching.size(), [5]);
         assert_eq!(m.log_importance_weights(&x, 3).size(), [3, 5]);
-        assert_eq!(m.sample(4).size(), [4, 1, 28, 28]);
+        assert_eq!(m.sample(4).unwrap().size(), [4, 1, 28, 28]);
         let means = m.posterior_means(&x);
         let shapes: Vec<(String, Vec<i64>)> =
             means.into_iter().map(|(n, t)| (n, t.size())).collect();
@@ -342,8 +355,8 @@ mod tests {
             ]
         );
         assert_eq!(m.fixed_top_samples(2, 2, 3).unwrap().size(), [6, 1, 28, 28]);
-        assert!(m.fixed_top_samples(3, 2, 3).is_none());
-        assert!(m.fixed_top_samples(0, 2, 3).is_none());
+        assert!(m.fixed_top_samples(3, 2, 3).is_err());
+        assert!(m.fixed_top_samples(0, 2, 3).is_err());
     }
 
     /// The top term against elbo-math: `KL(q(z_T | z_{T-1}) || N(0, I))` in closed form.
@@ -399,17 +412,27 @@ mod tests {
     #[test]
     fn bad_configurations_are_refused() {
         let _generator = crate::testing::generator_lock();
-        let err = MarkovConfig::new([1, 28, 28], vec![4, 0], "mlp", None, Likelihood::Bernoulli)
-            .unwrap_err()
-            .to_string();
+        let err = MarkovConfig::new(
+            [1, 28, 28],
+            vec![4, 0],
+            HvaeArch::Mlp,
+            None,
+            Likelihood::Bernoulli,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("latent sizes must be positive"), "{err}");
-        let err = MarkovConfig::new([1, 28, 28], vec![4], "resnet", None, Likelihood::Bernoulli)
-            .unwrap_err()
-            .to_string();
+        let err = "resnet".parse::<HvaeArch>().unwrap_err().to_string();
         assert!(err.contains("expected mlp or conv"), "{err}");
-        let err = MarkovConfig::new([1, 30, 30], vec![4], "conv", None, Likelihood::Bernoulli)
-            .unwrap_err()
-            .to_string();
+        let err = MarkovConfig::new(
+            [1, 30, 30],
+            vec![4],
+            HvaeArch::Conv,
+            None,
+            Likelihood::Bernoulli,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("divisible by 4"), "{err}");
     }
 }

@@ -13,15 +13,13 @@
 //! Both are [`ElboModel`]s under the checkpoint family `hvae`, their configuration
 //! tagged by `variant`.
 
-use std::fmt;
-use std::str::FromStr;
-
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 use tch::nn::{self, Module};
 
 use crate::error::{Error, Result};
 use crate::models::ElboModel;
+use crate::models::names::named_option;
 use crate::nn::likelihood::Likelihood;
 
 mod cells;
@@ -35,7 +33,8 @@ pub use markov::{MarkovConfig, MarkovHvae};
 pub const FAMILY: &str = "hvae";
 
 /// Which hierarchical VAE.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum HvaeVariant {
     /// The seeds' Markovian HVAE ([`MarkovHvae`]).
     Markov,
@@ -43,28 +42,17 @@ pub enum HvaeVariant {
     Ladder,
 }
 
-impl FromStr for HvaeVariant {
-    type Err = Error;
-
-    fn from_str(text: &str) -> Result<Self> {
-        match text {
-            "markov" => Ok(HvaeVariant::Markov),
-            "ladder" => Ok(HvaeVariant::Ladder),
-            other => Err(Error::Config {
-                detail: format!("unknown HVAE variant {other:?}: expected markov or ladder"),
-            }),
-        }
-    }
+/// The networks of an HVAE: fully connected or convolutional.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HvaeArch {
+    /// Fully connected.
+    Mlp,
+    /// Convolutional.
+    Conv,
 }
 
-impl fmt::Display for HvaeVariant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            HvaeVariant::Markov => "markov",
-            HvaeVariant::Ladder => "ladder",
-        })
-    }
-}
+named_option!(HvaeVariant => "HVAE variant", HvaeArch => "HVAE arch");
 
 /// An HVAE's configuration, as recorded in checkpoints (`{"variant": "markov", ...}`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -86,11 +74,15 @@ impl HvaeConfig {
         image: [i64; 3],
         layers: usize,
         latent_dims: Option<Vec<i64>>,
-        arch: Option<&str>,
+        arch: Option<HvaeArch>,
         width: Option<i64>,
         likelihood: Likelihood,
     ) -> Result<HvaeConfig> {
-        let conv = arch == Some("conv") || (arch.is_none() && variant == HvaeVariant::Ladder);
+        let arch = arch.unwrap_or(match variant {
+            HvaeVariant::Markov => HvaeArch::Mlp,
+            HvaeVariant::Ladder => HvaeArch::Conv,
+        });
+        let conv = arch == HvaeArch::Conv;
         let latent_dims = match latent_dims {
             Some(dims) => dims,
             None => default_latent_dims(variant, conv, layers)?,
@@ -108,14 +100,14 @@ impl HvaeConfig {
             HvaeVariant::Markov => HvaeConfig::Markov(MarkovConfig::new(
                 image,
                 latent_dims,
-                arch.unwrap_or("mlp"),
+                arch,
                 width,
                 likelihood,
             )?),
             HvaeVariant::Ladder => HvaeConfig::Ladder(LadderConfig::new(
                 image,
                 latent_dims,
-                arch.unwrap_or("conv"),
+                arch,
                 width,
                 likelihood,
             )?),
@@ -148,6 +140,20 @@ pub fn default_latent_dims(variant: HvaeVariant, conv: bool, layers: usize) -> R
         (HvaeVariant::Ladder, false) => (0..layers).map(|l| 32i64 >> l.min(2)).collect(),
         (HvaeVariant::Ladder, true) => (0..layers).map(|l| 4i64 >> l.min(2)).collect(),
     })
+}
+
+/// Checks a request for samples that fix the top `fixed` of `layers` layers, in a grid
+/// of `rows` by `columns`.
+pub(crate) fn check_fixed_top(fixed: usize, layers: usize, rows: i64, columns: i64) -> Result<()> {
+    if fixed == 0 || fixed >= layers || rows < 1 || columns < 1 {
+        return Err(Error::Config {
+            detail: format!(
+                "fixed-top samples need 1 <= fixed < {layers} layers and a grid of at least \
+                 1x1, found fixed {fixed}, {rows}x{columns}"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Checks latent sizes: at least one, all positive.

@@ -1,0 +1,676 @@
+//! The command line: one argument struct per subcommand, holding only the options that
+//! apply to it. Values are parsed into the library's types here (a wrong name is refused
+//! by the parser); defaults that depend on the model (a preset's, a recipe's) are left
+//! `None` for the library to fill, and the help text shows them, read from the library.
+
+use std::path::PathBuf;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use elbo_models::session::{
+    self, DataSpec, DdpmJob, DdpmPreset, Device, DeviceSpec, HvaeArch, HvaeJob, HvaeVariant,
+    Likelihood, LossKind, Objective, Recipe, RecipeName, SamplerSpec, ScheduleKind, TrainDefaults,
+    TrainOptions, TrainingAids, VaeJob, VaePreset, VarianceKind,
+};
+
+/// Latent-variable generative models (VAE, hierarchical VAE, DDPM) on libtorch.
+#[derive(Debug, Parser)]
+#[command(name = "elbo", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// What the loaded libtorch can do: CUDA, cuDNN, threads.
+    Info,
+    /// Train a model.
+    Train {
+        /// Which model.
+        #[command(subcommand)]
+        model: TrainModel,
+    },
+    /// Evaluate a run or checkpoint on its test split: the ELBO with its terms and the
+    /// importance-weighted bound, in nats per image and bits per dimension; or, with
+    /// --frechet, the quality of its samples.
+    Eval(EvalArgs),
+    /// Draw samples from a run or checkpoint as a PNG grid.
+    Sample(SampleArgs),
+    /// Draw a run's training curves (metrics.jsonl) as a PNG.
+    Plot(PlotArgs),
+}
+
+/// The models `elbo train` trains.
+#[derive(Debug, Subcommand)]
+pub enum TrainModel {
+    /// A VAE: `vae-mlp` (pytorch/examples' architecture) or `vae-conv`.
+    Vae(Box<VaeArgs>),
+    /// A hierarchical VAE: the seeds' Markovian HVAE or a top-down ladder HVAE.
+    Hvae(Box<HvaeArgs>),
+    /// A denoising diffusion model (DDPM) with a UNet.
+    Ddpm(Box<DdpmArgs>),
+    /// The small image classifier whose features `elbo eval --frechet` compares.
+    Classifier(Box<ClassifierArgs>),
+}
+
+/// Parses a value with the library's `FromStr` (its message names the choices).
+fn parse<T: std::str::FromStr>(text: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse::<T>().map_err(|e| e.to_string())
+}
+
+/// Where to compute.
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_parser = parse::<DeviceSpec>)]
+    pub device: DeviceSpec,
+    /// CPU threads libtorch may use (default: libtorch's choice).
+    #[arg(long)]
+    pub threads: Option<i32>,
+}
+
+/// What every training run has: its data, folder and seed.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// mnist-sample (bundled, the default), mnist, fashion-mnist, cifar10 (fetched with
+    /// `cargo xtask data`), or a folder.
+    #[arg(long, default_value = "mnist-sample", value_parser = parse::<DataSpec>)]
+    pub data: DataSpec,
+    /// The run folder (default: runs/<model>-<UTC time>).
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// The run's seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// The training loop's settings; `None` takes the model's default (shown in the help of
+/// each model's command).
+#[derive(Debug, Args)]
+pub struct LoopArgs {
+    /// Continue the run in --run from its newest checkpoint.
+    #[arg(long, requires = "run")]
+    pub resume: bool,
+    /// Epochs of training (ignored when --steps is given).
+    #[arg(long)]
+    pub epochs: Option<u64>,
+    /// Optimiser steps of training.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Examples per step.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Peak learning rate (Adam).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Linear warm-up steps.
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// Cosine decay to this fraction of the peak learning rate at the last step
+    /// (default: constant).
+    #[arg(long)]
+    pub cosine_to: Option<f64>,
+    /// AdamW's decoupled weight decay (default 0).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Clip the global gradient norm.
+    #[arg(long)]
+    pub clip: Option<f64>,
+    /// Keep an EMA of the weights with this decay (used by eval and sample).
+    #[arg(long)]
+    pub ema: Option<f64>,
+    /// Checkpoint every N steps, and at the end (default 1000).
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+    /// Checkpoints to keep (default 3).
+    #[arg(long)]
+    pub keep: Option<usize>,
+    /// Skip updates whose gradient norm exceeds this (default: never).
+    #[arg(long)]
+    pub skip_grad_norm: Option<f64>,
+    /// Mixed precision on CUDA: `bf16` runs each forward pass under autocast in
+    /// bfloat16 (refused on the CPU).
+    #[arg(long, value_parser = ["bf16"])]
+    pub autocast: Option<String>,
+}
+
+/// What the VAEs add: the likelihood, the training aids, the final IWAE bound.
+#[derive(Debug, Args)]
+pub struct VaeFamilyArgs {
+    /// bernoulli (dynamically binarised data), continuous-bce (pytorch/examples; not a
+    /// likelihood) or discretized-gaussian (8-bit data in [-1, 1]).
+    #[arg(long, default_value = "bernoulli", value_parser = parse::<Likelihood>)]
+    pub likelihood: Likelihood,
+    /// KL warm-up: the KL terms' weight in the loss rises linearly to 1 over this many
+    /// steps (0: off). The reported ELBO is always the true bound.
+    #[arg(long, default_value_t = 0)]
+    pub kl_warmup: u64,
+    /// Free bits: nats per KL term (prior matching, each layer) below which it is not
+    /// penalised, on the batch mean (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub free_bits: f64,
+    /// IWAE samples for the final evaluation on the test split; 0 for none.
+    #[arg(long, default_value_t = 1000)]
+    pub iw: i64,
+}
+
+/// `elbo train vae`.
+#[derive(Debug, Args)]
+pub struct VaeArgs {
+    /// vae-mlp or vae-conv.
+    #[arg(long, default_value = "vae-mlp", value_parser = parse::<VaePreset>)]
+    pub preset: VaePreset,
+    #[command(flatten)]
+    pub family: VaeFamilyArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub train: LoopArgs,
+}
+
+/// `elbo train hvae`.
+#[derive(Debug, Args)]
+pub struct HvaeArgs {
+    /// markov (the seeds' Markovian HVAE) or ladder (top-down, LVAE/NVAE/VDVAE-style).
+    #[arg(long, default_value = "ladder", value_parser = parse::<HvaeVariant>)]
+    pub variant: HvaeVariant,
+    /// Latent layers.
+    #[arg(long, default_value_t = 2)]
+    pub layers: usize,
+    /// Latent sizes, bottom (z_1) first, comma-separated (default: markov 20 per layer;
+    /// ladder mlp 32,16,8,...; ladder conv 4,2,1,... channels per position).
+    #[arg(long, value_delimiter = ',')]
+    pub latent_dims: Option<Vec<i64>>,
+    /// mlp or conv (default: mlp for markov, conv for ladder).
+    #[arg(long, value_parser = parse::<HvaeArch>)]
+    pub arch: Option<HvaeArch>,
+    /// Width of the networks (default: markov transitions 200 units; ladder mlp 256
+    /// units, conv 64 channels).
+    #[arg(long)]
+    pub width: Option<i64>,
+    #[command(flatten)]
+    pub family: VaeFamilyArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub train: LoopArgs,
+}
+
+/// `elbo train ddpm`.
+#[derive(Debug, Args)]
+pub struct DdpmArgs {
+    /// ddpm-mnist (1.6 M parameters) or ddpm-cifar10 (Ho et al.'s 35.7 M).
+    #[arg(long, default_value = "ddpm-mnist", value_parser = parse::<DdpmPreset>)]
+    pub preset: DdpmPreset,
+    /// The training settings the options below do not give: mnist or ho-cifar10 (see
+    /// each option's default).
+    #[arg(long, default_value = "mnist", value_parser = parse::<RecipeName>)]
+    pub recipe: RecipeName,
+    /// linear, cosine or sigmoid (default: the preset's linear).
+    #[arg(long, value_parser = parse::<ScheduleKind>)]
+    pub schedule: Option<ScheduleKind>,
+    /// T (default 1000).
+    #[arg(long)]
+    pub timesteps: Option<usize>,
+    /// What the network predicts: eps (default), x0 or v.
+    #[arg(long, value_parser = parse::<Objective>)]
+    pub objective: Option<Objective>,
+    /// simple (L_simple, default) or vlb (the bound's own weighting).
+    #[arg(long, value_parser = parse::<LossKind>)]
+    pub loss: Option<LossKind>,
+    /// The reverse variance: fixed-large (beta, default) or fixed-small (beta-tilde).
+    #[arg(long, value_parser = parse::<VarianceKind>)]
+    pub variance: Option<VarianceKind>,
+    /// Dropout in the residual blocks (default: the preset's).
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    /// After training, evaluate the full bound on this many test images (T network
+    /// calls each); `elbo eval --examples N` measures more.
+    #[arg(long, default_value_t = 100)]
+    pub final_examples: usize,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub train: LoopArgs,
+}
+
+/// `elbo train classifier`.
+#[derive(Debug, Args)]
+pub struct ClassifierArgs {
+    /// Epochs of training.
+    #[arg(long, default_value_t = 5)]
+    pub epochs: u64,
+    /// Examples per step.
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Adam's learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `elbo eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A run folder, its checkpoints/ folder, or a step-*.json checkpoint.
+    pub checkpoint: PathBuf,
+    /// Samples of the importance-weighted bound (IWAE); 0 for none (default 1000 for
+    /// the VAEs, none for a DDPM, where one sample costs T network calls).
+    #[arg(long, conflicts_with = "frechet")]
+    pub iw: Option<i64>,
+    /// Evaluate on this data instead of the run's own.
+    #[arg(long, value_parser = parse::<DataSpec>)]
+    pub data: Option<DataSpec>,
+    /// Only the first N test examples.
+    #[arg(long, conflicts_with = "frechet")]
+    pub examples: Option<usize>,
+    /// Measure sample quality instead of the bound: the Fréchet distance between N
+    /// samples and the whole test split in the features of --classifier, with the
+    /// floor of N training images.
+    #[arg(long, value_name = "N", requires = "classifier")]
+    pub frechet: Option<usize>,
+    /// The classifier (run folder or checkpoint of `elbo train classifier`) whose
+    /// features --frechet compares.
+    #[arg(
+        long,
+        value_name = "CLASSIFIER_RUN_OR_CHECKPOINT",
+        requires = "frechet"
+    )]
+    pub classifier: Option<PathBuf>,
+    /// The seed of --frechet's draws and of its choice of training images.
+    #[arg(long, default_value_t = 0, requires = "frechet")]
+    pub seed: u64,
+    /// A DDPM's sampler for --frechet: ancestral, or ddim-S[-eta=E][-quadratic]
+    /// (default ddim-50).
+    #[arg(long, requires = "frechet", value_parser = parse::<SamplerSpec>)]
+    pub sampler: Option<SamplerSpec>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// `elbo sample`.
+#[derive(Debug, Args)]
+pub struct SampleArgs {
+    /// A run folder, its checkpoints/ folder, or a step-*.json checkpoint.
+    pub checkpoint: PathBuf,
+    /// How many samples.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub n: i64,
+    /// The PNG to write.
+    #[arg(long, default_value = "samples.png")]
+    pub out: PathBuf,
+    /// Also write latent interpolation strips of this many steps (a VAE's).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(2..=1000))]
+    pub interpolate: Option<i64>,
+    /// The seed of the draws.
+    #[arg(long, default_value_t = 0)]
+    pub seed: i64,
+    /// A DDPM's sampler: ancestral (Ho et al.'s algorithm 2, T steps), or
+    /// ddim-S[-eta=E][-quadratic] (default ddim-50: 50 steps, eta 0, uniform).
+    #[arg(long, value_parser = parse::<SamplerSpec>)]
+    pub sampler: Option<SamplerSpec>,
+    /// A DDPM: do not clip each step's prediction of x_0 to [-1, 1].
+    #[arg(long)]
+    pub no_clip: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// `elbo plot`.
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// A run folder (with its metrics.jsonl).
+    pub run: PathBuf,
+    /// The PNG to write (default: the run's curves.png).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// The full command, with each model's real defaults in the help of its training
+/// options (read from the library's presets and recipes).
+pub fn command() -> clap::Command {
+    let vae = TrainDefaults::vae();
+    let mnist = TrainDefaults::recipe(&Recipe::of(RecipeName::Mnist));
+    let cifar = TrainDefaults::recipe(&Recipe::of(RecipeName::HoCifar10));
+    let epochs = |d: &TrainDefaults| match d.length {
+        session::Length::Epochs(e) => format!("{e} epochs"),
+        session::Length::Steps(s) => format!("{s} steps"),
+    };
+    let maybe = |v: Option<f64>| v.map_or("off".to_string(), |v| v.to_string());
+    let vae_help: Vec<(&str, String)> = vec![
+        ("epochs", format!("[default: {}]", epochs(&vae))),
+        ("batch_size", format!("[default: {}]", vae.batch_size)),
+        ("lr", format!("[default: {}]", vae.lr)),
+        ("warmup", format!("[default: {}]", vae.warmup)),
+        ("clip", format!("[default: {}]", maybe(vae.clip))),
+        ("ema", format!("[default: {}]", maybe(vae.ema))),
+    ];
+    let recipe = |pick: &dyn Fn(&TrainDefaults) -> String| {
+        format!(
+            "[default: the recipe's: mnist {}, ho-cifar10 {}]",
+            pick(&mnist),
+            pick(&cifar)
+        )
+    };
+    let ddpm_help: Vec<(&str, String)> = vec![
+        (
+            "epochs",
+            "[default: none: the recipe gives steps]".to_string(),
+        ),
+        ("steps", recipe(&|d| epochs(d))),
+        ("batch_size", recipe(&|d| d.batch_size.to_string())),
+        ("lr", recipe(&|d| d.lr.to_string())),
+        ("warmup", recipe(&|d| d.warmup.to_string())),
+        ("clip", recipe(&|d| maybe(d.clip))),
+        ("ema", recipe(&|d| maybe(d.ema))),
+    ];
+    let with_defaults = |cmd: clap::Command, help: Vec<(&str, String)>| {
+        help.into_iter().fold(cmd, |cmd, (id, default)| {
+            cmd.mut_arg(id, |arg| {
+                let text = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                arg.help(format!("{text} {default}"))
+            })
+        })
+    };
+    Cli::command().mut_subcommand("train", |train| {
+        train
+            .mut_subcommand("vae", |c| with_defaults(c, vae_help.clone()))
+            .mut_subcommand("hvae", |c| with_defaults(c, vae_help.clone()))
+            .mut_subcommand("ddpm", |c| with_defaults(c, ddpm_help.clone()))
+    })
+}
+
+impl LoopArgs {
+    /// The run's options (the parsed values; the library fills the rest).
+    pub fn options(&self, run: &RunArgs, device: Device) -> TrainOptions {
+        TrainOptions {
+            data: run.data.clone(),
+            run: run.run.clone(),
+            device,
+            epochs: self.epochs,
+            steps: self.steps,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            warmup: self.warmup,
+            cosine_to: self.cosine_to,
+            weight_decay: self.weight_decay,
+            clip: self.clip,
+            ema: self.ema,
+            seed: run.seed,
+            checkpoint_every: self.checkpoint_every,
+            keep: self.keep,
+            skip_grad_norm: self.skip_grad_norm,
+            autocast_bf16: self.autocast.is_some(),
+        }
+    }
+}
+
+impl VaeFamilyArgs {
+    fn aids(&self) -> TrainingAids {
+        TrainingAids {
+            kl_warmup_steps: self.kl_warmup,
+            free_bits: self.free_bits,
+            skip_grad_norm: None,
+        }
+    }
+
+    fn final_iw(&self) -> Option<i64> {
+        (self.iw > 0).then_some(self.iw)
+    }
+}
+
+impl VaeArgs {
+    /// The job.
+    pub fn job(&self, device: Device) -> VaeJob {
+        VaeJob {
+            preset: self.preset,
+            likelihood: self.family.likelihood,
+            aids: self.family.aids(),
+            final_iw: self.family.final_iw(),
+            train: self.train.options(&self.run, device),
+        }
+    }
+}
+
+impl HvaeArgs {
+    /// The job.
+    pub fn job(&self, device: Device) -> HvaeJob {
+        HvaeJob {
+            variant: self.variant,
+            layers: self.layers,
+            latent_dims: self.latent_dims.clone(),
+            arch: self.arch,
+            width: self.width,
+            likelihood: self.family.likelihood,
+            aids: self.family.aids(),
+            final_iw: self.family.final_iw(),
+            train: self.train.options(&self.run, device),
+        }
+    }
+}
+
+impl DdpmArgs {
+    /// The job.
+    pub fn job(&self, device: Device) -> DdpmJob {
+        DdpmJob {
+            preset: self.preset,
+            recipe: self.recipe,
+            schedule: self.schedule,
+            timesteps: self.timesteps,
+            objective: self.objective,
+            loss: self.loss,
+            variance: self.variance,
+            dropout: self.dropout,
+            final_examples: self.final_examples,
+            train: self.train.options(&self.run, device),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::FromArgMatches;
+
+    fn parse_args(argv: &[&str]) -> Result<Cli, clap::Error> {
+        let matches = command().try_get_matches_from(argv)?;
+        Cli::from_arg_matches(&matches)
+    }
+
+    fn help(model: &str) -> String {
+        let mut cmd = command();
+        let train = cmd.find_subcommand_mut("train").unwrap();
+        train
+            .find_subcommand_mut(model)
+            .unwrap()
+            .render_long_help()
+            .to_string()
+    }
+
+    #[test]
+    fn the_command_is_well_formed() {
+        command().debug_assert();
+    }
+
+    /// Each model's command accepts only its own options: another model's is refused by
+    /// the parser, not deep inside with a runtime error.
+    #[test]
+    fn options_of_another_model_are_refused_by_the_parser() {
+        for (model, foreign) in [
+            ("ddpm", "--likelihood=bernoulli"),
+            ("ddpm", "--kl-warmup=10"),
+            ("ddpm", "--free-bits=1"),
+            ("ddpm", "--iw=10"),
+            ("vae", "--objective=v"),
+            ("vae", "--recipe=mnist"),
+            ("vae", "--layers=3"),
+            ("hvae", "--timesteps=10"),
+            ("classifier", "--resume"),
+            ("classifier", "--objective=v"),
+        ] {
+            let err = parse_args(&["elbo", "train", model, foreign])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("unexpected argument"),
+                "{model} {foreign}: {err}"
+            );
+        }
+    }
+
+    /// The help of each model shows its true defaults, read from the library.
+    #[test]
+    fn help_shows_each_models_true_defaults() {
+        let ddpm = help("ddpm");
+        assert!(!ddpm.contains("--likelihood"), "{ddpm}");
+        assert!(
+            ddpm.contains("[default: the recipe's: mnist 0.0005, ho-cifar10 0.0002]"),
+            "{ddpm}"
+        );
+        assert!(
+            ddpm.contains("mnist 2000 steps, ho-cifar10 800000 steps"),
+            "{ddpm}"
+        );
+        let vae = help("vae");
+        assert!(vae.contains("[default: 10 epochs]"), "{vae}");
+        assert!(vae.contains("[default: 0.001]"), "{vae}");
+        assert!(vae.contains("--likelihood"), "{vae}");
+        assert!(!vae.contains("--objective"), "{vae}");
+    }
+
+    #[test]
+    fn values_are_parsed_into_the_librarys_types() {
+        let cli = parse_args(&[
+            "elbo",
+            "train",
+            "ddpm",
+            "--objective",
+            "v",
+            "--lr",
+            "1e-4",
+            "--timesteps",
+            "500",
+        ])
+        .unwrap();
+        let Command::Train {
+            model: TrainModel::Ddpm(args),
+        } = cli.command
+        else {
+            panic!("expected train ddpm");
+        };
+        let job = args.job(Device::Cpu);
+        assert_eq!(job.preset, DdpmPreset::Mnist);
+        assert_eq!(job.recipe, RecipeName::Mnist);
+        assert_eq!(job.objective, Some(Objective::V));
+        assert_eq!(job.timesteps, Some(500));
+        assert_eq!(job.train.lr, Some(1e-4));
+        assert_eq!(
+            job.train.batch_size, None,
+            "the recipe's, filled in the library"
+        );
+        let err = parse_args(&["elbo", "train", "ddpm", "--variance", "learned"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected fixed-large or fixed-small"), "{err}");
+        let err = parse_args(&["elbo", "train", "vae", "--preset", "vae-big"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected vae-mlp or vae-conv"), "{err}");
+        let err = parse_args(&["elbo", "train", "vae", "--resume"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--run"), "{err}");
+    }
+
+    #[test]
+    fn train_hvae_parses_its_options_and_the_shared_ones() {
+        let cli = parse_args(&[
+            "elbo",
+            "train",
+            "hvae",
+            "--variant",
+            "markov",
+            "--layers",
+            "3",
+            "--latent-dims",
+            "20,10,5",
+            "--kl-warmup",
+            "500",
+            "--free-bits",
+            "0.25",
+            "--epochs",
+            "2",
+        ])
+        .unwrap();
+        let Command::Train {
+            model: TrainModel::Hvae(args),
+        } = cli.command
+        else {
+            panic!("expected train hvae");
+        };
+        let job = args.job(Device::Cpu);
+        assert_eq!(job.variant, HvaeVariant::Markov);
+        assert_eq!(job.layers, 3);
+        assert_eq!(job.latent_dims, Some(vec![20, 10, 5]));
+        assert_eq!(job.aids.kl_warmup_steps, 500);
+        assert_eq!(job.aids.free_bits, 0.25);
+        assert_eq!(job.train.epochs, Some(2));
+        assert_eq!(job.train.skip_grad_norm, None);
+        let err = parse_args(&["elbo", "train", "hvae", "--latent-dims", "a,b"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--latent-dims"), "{err}");
+    }
+
+    #[test]
+    fn eval_and_sample_parse() {
+        let cli = parse_args(&[
+            "elbo",
+            "eval",
+            "runs/x",
+            "--frechet",
+            "1000",
+            "--classifier",
+            "runs/c",
+        ])
+        .unwrap();
+        let Command::Eval(args) = cli.command else {
+            panic!("expected eval");
+        };
+        assert_eq!(args.frechet, Some(1000));
+        assert_eq!(args.classifier, Some(PathBuf::from("runs/c")));
+        let err = parse_args(&["elbo", "eval", "runs/x", "--frechet", "10"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--classifier"), "{err}");
+        let cli = parse_args(&["elbo", "sample", "runs/x", "--sampler", "ddim-20"]).unwrap();
+        let Command::Sample(args) = cli.command else {
+            panic!("expected sample");
+        };
+        assert_eq!(args.sampler, Some("ddim-20".parse().unwrap()));
+        for bad in [
+            vec!["elbo", "sample", "runs/x", "--sampler", "ddpm"],
+            vec!["elbo", "sample", "runs/x", "--n", "0"],
+            vec!["elbo", "sample", "runs/x", "--interpolate", "0"],
+        ] {
+            assert!(parse_args(&bad).is_err(), "{bad:?}");
+        }
+        let cli = parse_args(&["elbo", "train", "classifier", "--epochs", "3"]).unwrap();
+        let Command::Train {
+            model: TrainModel::Classifier(args),
+        } = cli.command
+        else {
+            panic!("expected train classifier");
+        };
+        assert_eq!((args.epochs, args.batch_size, args.run.seed), (3, 128, 0));
+        assert!(parse_args(&["elbo", "plot", "runs/x"]).is_ok());
+    }
+}

@@ -1,0 +1,84 @@
+//! `elbo eval`, `elbo sample` and `elbo plot`: parse, call the library once, print.
+
+use anyhow::Result;
+use elbo_models::session::{self, FrechetConfig, SampleRequest};
+
+use crate::args::{EvalArgs, PlotArgs, SampleArgs};
+use crate::progress::print_eval;
+use crate::train::device;
+
+/// `elbo eval`: the bound, or with --frechet the quality of samples.
+pub fn eval(args: EvalArgs) -> Result<()> {
+    let device = device(&args.device)?;
+    let (Some(samples), Some(classifier)) = (args.frechet, &args.classifier) else {
+        let (restored, report) = session::evaluate_checkpoint(
+            &args.checkpoint,
+            args.data.as_ref(),
+            args.iw,
+            args.examples,
+            device,
+        )?;
+        println!(
+            "checkpoint {} (step {})",
+            restored.path.display(),
+            restored.meta.step
+        );
+        print_eval(&report);
+        return Ok(());
+    };
+    let config = FrechetConfig {
+        samples,
+        seed: args.seed,
+        sampling: args.sampler.map(session::clipped),
+        ..FrechetConfig::default()
+    };
+    let (restored, report) = session::frechet_of_checkpoint(
+        &args.checkpoint,
+        classifier,
+        args.data.as_ref(),
+        &config,
+        device,
+    )?;
+    println!(
+        "checkpoint {} (step {})",
+        restored.path.display(),
+        restored.meta.step
+    );
+    let how = args
+        .sampler
+        .map(|s| format!(", sampler {s}"))
+        .unwrap_or_default();
+    println!(
+        "Fréchet distance (classifier features, {} samples{how} vs {} test images): {:.3}",
+        report.samples, report.test_images, report.distance
+    );
+    println!(
+        "  floor: {} training images vs the same {} test images: {:.3} ({} features)",
+        report.samples, report.test_images, report.train_floor, report.features
+    );
+    Ok(())
+}
+
+/// `elbo sample`.
+pub fn sample(args: SampleArgs) -> Result<()> {
+    let device = device(&args.device)?;
+    let request = SampleRequest {
+        n: args.n,
+        out: args.out,
+        interpolation_steps: args.interpolate,
+        sampler: args.sampler,
+        clip_x0: !args.no_clip,
+        seed: args.seed,
+    };
+    for path in session::sample_checkpoint(&args.checkpoint, &request, device)? {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// `elbo plot`.
+pub fn plot(args: PlotArgs) -> Result<()> {
+    let path = session::plot_run(&args.run, args.out.as_deref())?;
+    println!("wrote {}", path.display());
+    Ok(())
+}

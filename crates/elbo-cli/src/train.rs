@@ -1,0 +1,128 @@
+//! `elbo train`: parse, start the job with a Ctrl-C handler and a progress view, print.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result};
+use elbo_models::session::{
+    self, ClassifierJob, ClassifierTrainConfig, Control, Finished, Job, JobReport,
+};
+
+use crate::args::{ClassifierArgs, DeviceArgs, TrainModel};
+use crate::progress::{ProgressView, print_eval};
+
+/// Applies `--threads` and resolves `--device`.
+pub fn device(args: &DeviceArgs) -> Result<elbo_models::session::Device> {
+    if let Some(threads) = args.threads {
+        session::set_threads(threads)?;
+    }
+    Ok(args.device.resolve()?)
+}
+
+/// Runs `elbo train <model>`.
+pub fn run(model: TrainModel) -> Result<ExitCode> {
+    let (job, resume): (Box<dyn Job>, bool) = match model {
+        TrainModel::Vae(args) => (
+            Box::new(args.job(device(&args.run.device)?)),
+            args.train.resume,
+        ),
+        TrainModel::Hvae(args) => (
+            Box::new(args.job(device(&args.run.device)?)),
+            args.train.resume,
+        ),
+        TrainModel::Ddpm(args) => (
+            Box::new(args.job(device(&args.run.device)?)),
+            args.train.resume,
+        ),
+        TrainModel::Classifier(args) => return classifier(*args),
+    };
+    let stop = stop_flag()?;
+    let mut progress = ProgressView::new();
+    let report = session::train(
+        job.as_ref(),
+        Control {
+            resume,
+            stop: &stop,
+        },
+        &mut progress,
+    )?;
+    progress.finish();
+    finish(&report)
+}
+
+/// A flag that the first Ctrl-C raises (the run stops after its step with a
+/// checkpoint); a second one exits at once.
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            // A second Ctrl-C: the user wants out now.
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step (Ctrl-C again to quit at once)...");
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(stop)
+}
+
+fn finish(report: &JobReport) -> Result<ExitCode> {
+    match report.train.finished {
+        Finished::Interrupted { step } => {
+            eprintln!(
+                "interrupted after step {step}; checkpoint {}\nresume with: elbo train ... --run {} --resume (and the same options)",
+                report.train.checkpoint.display(),
+                report.run.display()
+            );
+            return Ok(ExitCode::from(130));
+        }
+        Finished::Completed => println!("checkpoint {}", report.train.checkpoint.display()),
+    }
+    if let Some(eval) = &report.eval {
+        print_eval(eval);
+    }
+    if let Some(samples) = &report.samples {
+        println!("samples {}", samples.display());
+    }
+    if let Some(curves) = &report.curves {
+        println!("curves {}", curves.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn classifier(args: ClassifierArgs) -> Result<ExitCode> {
+    let job = ClassifierJob {
+        data: args.run.data.clone(),
+        run: session::run_folder(args.run.run.as_ref(), "classifier"),
+        config: ClassifierTrainConfig {
+            epochs: args.epochs,
+            batch_size: args.batch_size,
+            lr: args.lr,
+            seed: args.run.seed,
+            ..ClassifierTrainConfig::default()
+        },
+        device: device(&args.run.device)?,
+    };
+    eprintln!(
+        "training the classifier on {} into {}",
+        job.data,
+        job.run.display()
+    );
+    let report = elbo_models::session::train_classifier(&job, &mut |e| {
+        eprintln!(
+            "epoch {} (step {}): cross-entropy {:.4}, test accuracy {:.4}",
+            e.epoch, e.step, e.cross_entropy, e.test_accuracy
+        );
+    })?;
+    println!("checkpoint {}", report.checkpoint.display());
+    println!(
+        "test accuracy {:.4} on {} test images after {} epochs ({} steps, {:.1} s)",
+        report.last.test_accuracy,
+        report.test_examples,
+        report.last.epoch,
+        report.last.step,
+        report.seconds
+    );
+    Ok(ExitCode::SUCCESS)
+}

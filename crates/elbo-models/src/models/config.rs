@@ -1,0 +1,119 @@
+//! The registry of model families: [`ModelConfig`] has one variant per family, and is
+//! what training writes into checkpoints and what restoring reads back. Adding a model
+//! family is one variant here and its arms below.
+
+use serde_json::Value;
+use tch::nn;
+
+use super::ElboModel;
+use super::ddpm::{self, Ddpm, DdpmConfig};
+use super::hvae::{self, HvaeConfig};
+use super::vae::{Vae, VaeConfig};
+use crate::error::{Error, Result};
+
+/// The configuration of a model of any family: everything that fixes its weights' shapes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelConfig {
+    /// A VAE (`vae`).
+    Vae(VaeConfig),
+    /// A hierarchical VAE (`hvae`), Markov or ladder.
+    Hvae(HvaeConfig),
+    /// A DDPM (`ddpm`).
+    Ddpm(DdpmConfig),
+}
+
+/// The family name of the classifier's checkpoints (not a generative model).
+pub const CLASSIFIER: &str = "classifier";
+
+impl ModelConfig {
+    /// The family, as recorded in checkpoints.
+    pub fn family(&self) -> &'static str {
+        match self {
+            ModelConfig::Vae(_) => "vae",
+            ModelConfig::Hvae(_) => hvae::FAMILY,
+            ModelConfig::Ddpm(_) => ddpm::FAMILY,
+        }
+    }
+
+    /// The configuration as recorded in checkpoints (`model_config`).
+    pub fn to_json(&self) -> Value {
+        let value = match self {
+            ModelConfig::Vae(c) => serde_json::to_value(c),
+            ModelConfig::Hvae(c) => serde_json::to_value(c),
+            ModelConfig::Ddpm(c) => serde_json::to_value(c),
+        };
+        value.unwrap_or(Value::Null)
+    }
+
+    /// Reads back what a checkpoint records: its family and configuration.
+    pub fn from_record(family: &str, config: &Value) -> Result<ModelConfig> {
+        fn parse<T: serde::de::DeserializeOwned>(family: &str, config: &Value) -> Result<T> {
+            serde_json::from_value(config.clone()).map_err(|e| Error::Checkpoint {
+                detail: format!("its {family} configuration does not parse: {e}"),
+            })
+        }
+        Ok(match family {
+            "vae" => ModelConfig::Vae(parse(family, config)?),
+            hvae::FAMILY => ModelConfig::Hvae(parse(family, config)?),
+            ddpm::FAMILY => ModelConfig::Ddpm(parse(family, config)?),
+            CLASSIFIER => {
+                return Err(Error::Checkpoint {
+                    detail: "it holds a classifier (from `elbo train classifier`), expected a \
+                             generative model; a classifier is passed to `elbo eval` as \
+                             --classifier"
+                        .into(),
+                });
+            }
+            other => {
+                return Err(Error::Checkpoint {
+                    detail: format!(
+                        "it holds a {other:?} model, which this elbo does not know (it knows \
+                         vae, hvae and ddpm)"
+                    ),
+                });
+            }
+        })
+    }
+
+    /// Builds the model under `path`, with fresh weights.
+    pub fn build(&self, path: &nn::Path<'_>) -> Result<Box<dyn ElboModel>> {
+        Ok(match self {
+            ModelConfig::Vae(c) => Box::new(Vae::new(path, c.clone())?),
+            ModelConfig::Hvae(c) => c.build(path)?,
+            ModelConfig::Ddpm(c) => Box::new(Ddpm::new(path, c.clone())?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::ddpm::DdpmPreset;
+    use crate::models::vae::VaePreset;
+    use crate::nn::likelihood::Likelihood;
+
+    #[test]
+    fn configurations_round_trip_through_their_record() {
+        let _generator = crate::testing::generator_lock();
+        let vae = ModelConfig::Vae(
+            VaeConfig::preset(VaePreset::Mlp, [1, 28, 28], Likelihood::Bernoulli).unwrap(),
+        );
+        let ddpm = ModelConfig::Ddpm(DdpmConfig::preset(DdpmPreset::Mnist, [1, 28, 28]).unwrap());
+        for config in [vae, ddpm] {
+            let back = ModelConfig::from_record(config.family(), &config.to_json()).unwrap();
+            assert_eq!(back, config);
+        }
+        let err = ModelConfig::from_record("classifier", &Value::Null)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("holds a classifier"), "{err}");
+        let err = ModelConfig::from_record("gan", &Value::Null)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"gan\" model"), "{err}");
+        let err = ModelConfig::from_record("vae", &serde_json::json!({"latent": 3}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("vae configuration does not parse"), "{err}");
+    }
+}

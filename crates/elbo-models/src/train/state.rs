@@ -1,0 +1,137 @@
+//! A run's state as tensors: the weights, Adam's moments and the EMA, named with the
+//! prefixes of [`super::layout`], saved into and restored from checkpoints; and the
+//! seeding that makes a run a function of (seed, step).
+
+use std::collections::BTreeMap;
+
+use tch::{Device, Tensor, nn::VarStore};
+
+use super::layout::{ADAM, EMA, MODEL};
+use super::optim::Adam;
+use crate::error::{Error, Result};
+
+/// The seed of libtorch's generator for step `step` of a run seeded `seed` (SplitMix64
+/// of the pair, so neighbouring steps get unrelated streams).
+pub fn step_seed(seed: u64, step: u64) -> i64 {
+    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) as i64 & i64::MAX
+}
+
+/// The device-independent part of a model's set-up: a fresh [`VarStore`] on `device`
+/// with libtorch's generator seeded from the run's seed (so initial weights are a
+/// function of the seed).
+pub fn var_store(seed: u64, device: Device) -> VarStore {
+    tch::manual_seed(step_seed(seed, u64::MAX));
+    VarStore::new(device)
+}
+
+/// The exponential moving average of the weights.
+pub struct Ema {
+    names: Vec<String>,
+    shadow: Vec<Tensor>,
+}
+
+impl Ema {
+    /// Starts at the current weights of `vs`.
+    pub fn new(vs: &VarStore) -> Ema {
+        let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+        let (names, shadow) = vars
+            .into_iter()
+            .map(|(n, t)| (n, t.detach().copy()))
+            .unzip();
+        Ema { names, shadow }
+    }
+
+    /// `shadow <- decay shadow + (1 - decay) weights`.
+    pub fn update(&mut self, vs: &VarStore, decay: f64) {
+        let vars = vs.variables();
+        tch::no_grad(|| {
+            for (name, shadow) in self.names.iter().zip(&mut self.shadow) {
+                if let Some(v) = vars.get(name) {
+                    let _ = shadow.lerp_(v, 1.0 - decay);
+                }
+            }
+        });
+    }
+}
+
+/// Everything a checkpoint holds of a run: weights, Adam's moments, the EMA if any.
+pub fn state_tensors(vs: &VarStore, adam: &Adam, ema: Option<&Ema>) -> Vec<(String, Tensor)> {
+    let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    let mut out: Vec<(String, Tensor)> = vars
+        .into_iter()
+        .map(|(name, t)| (format!("{MODEL}{name}"), t.detach()))
+        .collect();
+    out.extend(adam.state());
+    if let Some(ema) = ema {
+        out.extend(
+            ema.names
+                .iter()
+                .zip(&ema.shadow)
+                .map(|(n, t)| (format!("{EMA}{n}"), t.shallow_clone())),
+        );
+    }
+    out
+}
+
+/// Copies the weights of a checkpoint into `vs` (the EMA weights when `use_ema` and
+/// present), checking every name and shape.
+pub fn load_weights(
+    vs: &mut VarStore,
+    tensors: &BTreeMap<String, Tensor>,
+    use_ema: bool,
+) -> Result<()> {
+    let prefix = if use_ema && tensors.keys().any(|k| k.starts_with(EMA)) {
+        EMA
+    } else {
+        MODEL
+    };
+    let mut vars = vs.variables();
+    for (name, var) in vars.iter_mut() {
+        let key = format!("{prefix}{name}");
+        let saved = tensors.get(&key).ok_or_else(|| Error::Checkpoint {
+            detail: format!("weight {key} is missing: the checkpoint is of another model"),
+        })?;
+        if saved.size() != var.size() {
+            return Err(Error::Checkpoint {
+                detail: format!(
+                    "weight {key} has shape {:?}, the model needs {:?}",
+                    saved.size(),
+                    var.size()
+                ),
+            });
+        }
+        tch::no_grad(|| var.copy_(&saved.to_device(var.device())));
+    }
+    Ok(())
+}
+
+/// Restores a whole run state saved by [`state_tensors`] at step `step`.
+pub fn restore_state(
+    vs: &mut VarStore,
+    adam: &mut Adam,
+    ema: Option<&mut Ema>,
+    tensors: &BTreeMap<String, Tensor>,
+    step: u64,
+) -> Result<()> {
+    load_weights(vs, tensors, false)?;
+    let device = vs.device();
+    let on_device: BTreeMap<String, Tensor> = tensors
+        .iter()
+        .filter(|(k, _)| k.starts_with(ADAM))
+        .map(|(k, t)| (k.clone(), t.to_device(device)))
+        .collect();
+    adam.load_state(&on_device, step as i64)?;
+    if let Some(ema) = ema {
+        for (name, shadow) in ema.names.iter().zip(&mut ema.shadow) {
+            let key = format!("{EMA}{name}");
+            let saved = tensors.get(&key).ok_or_else(|| Error::Checkpoint {
+                detail: format!("{key} is missing: the run has EMA, the checkpoint has none"),
+            })?;
+            tch::no_grad(|| shadow.copy_(&saved.to_device(device)));
+        }
+    }
+    Ok(())
+}
