@@ -17,7 +17,7 @@ mod setup;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::libtorch::{Source, Variant};
@@ -122,6 +122,27 @@ fn ensure_libtorch(ws: &Path) -> Result<()> {
     setup::run(ws, variant, false).map(drop)
 }
 
+/// Builds and runs `examples/outside-workspace`, a workspace of its own that uses elbo's
+/// crates as README.md's "Use it from your own workspace" shows. It gets elbo's
+/// Cargo.lock (the same versions) and elbo's target folder, so it reuses elbo's build of
+/// libtorch's binding instead of compiling it again.
+fn outside_workspace(ws: &Path) -> Result<()> {
+    let example = ws.join("examples").join("outside-workspace");
+    std::fs::copy(ws.join("Cargo.lock"), example.join("Cargo.lock"))
+        .with_context(|| format!("copying Cargo.lock into {}", example.display()))?;
+    cargo::run(
+        ws,
+        &[
+            "run",
+            "--quiet",
+            "--manifest-path",
+            "examples/outside-workspace/Cargo.toml",
+            "--target-dir",
+            "target",
+        ],
+    )
+}
+
 fn test(ws: &Path) -> Result<()> {
     let started = Instant::now();
     ensure_libtorch(ws)?;
@@ -139,6 +160,7 @@ fn test(ws: &Path) -> Result<()> {
         ],
     )?;
     cargo::run(ws, &["test", "--workspace", "--no-fail-fast"])?;
+    outside_workspace(ws)?;
     eprintln!(
         "cargo xtask test: all checks passed in {:.0} s",
         started.elapsed().as_secs_f64()

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use elbo_models::session::{
-    self, DataSpec, DdpmJob, DdpmPreset, Device, DeviceSpec, HvaeArch, HvaeJob, HvaeVariant,
-    Likelihood, LossKind, Objective, Recipe, RecipeName, SamplerSpec, ScheduleKind, TrainDefaults,
-    TrainOptions, TrainingAids, VaeJob, VaePreset, VarianceKind,
+    self, DataSpec, DdpmJob, DdpmPreset, Device, DeviceSpec, ElboTraining, HvaeArch, HvaeJob,
+    HvaeVariant, Likelihood, LossKind, Objective, Recipe, RecipeName, SamplerSpec, ScheduleKind,
+    TrainDefaults, TrainOptions, TrainingAids, VaeJob, VaePreset, VarianceKind,
 };
 
 /// Latent-variable generative models (VAE, hierarchical VAE, DDPM) on libtorch.
@@ -414,16 +414,18 @@ impl LoopArgs {
 }
 
 impl VaeFamilyArgs {
-    fn aids(&self) -> TrainingAids {
-        TrainingAids {
-            kl_warmup_steps: self.kl_warmup,
-            free_bits: self.free_bits,
-            skip_grad_norm: None,
+    /// What the VAE family's jobs share, for the run `run` of `train`.
+    fn training(&self, train: &LoopArgs, run: &RunArgs, device: Device) -> ElboTraining {
+        ElboTraining {
+            likelihood: self.likelihood,
+            aids: TrainingAids {
+                kl_warmup_steps: self.kl_warmup,
+                free_bits: self.free_bits,
+                skip_grad_norm: None,
+            },
+            final_iw: (self.iw > 0).then_some(self.iw),
+            train: train.options(run, device),
         }
-    }
-
-    fn final_iw(&self) -> Option<i64> {
-        (self.iw > 0).then_some(self.iw)
     }
 }
 
@@ -432,10 +434,7 @@ impl VaeArgs {
     pub fn job(&self, device: Device) -> VaeJob {
         VaeJob {
             preset: self.preset,
-            likelihood: self.family.likelihood,
-            aids: self.family.aids(),
-            final_iw: self.family.final_iw(),
-            train: self.train.options(&self.run, device),
+            training: self.family.training(&self.train, &self.run, device),
         }
     }
 }
@@ -449,10 +448,7 @@ impl HvaeArgs {
             latent_dims: self.latent_dims.clone(),
             arch: self.arch,
             width: self.width,
-            likelihood: self.family.likelihood,
-            aids: self.family.aids(),
-            final_iw: self.family.final_iw(),
-            train: self.train.options(&self.run, device),
+            training: self.family.training(&self.train, &self.run, device),
         }
     }
 }
@@ -476,201 +472,4 @@ impl DdpmArgs {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::FromArgMatches;
-
-    fn parse_args(argv: &[&str]) -> Result<Cli, clap::Error> {
-        let matches = command().try_get_matches_from(argv)?;
-        Cli::from_arg_matches(&matches)
-    }
-
-    fn help(model: &str) -> String {
-        let mut cmd = command();
-        let train = cmd.find_subcommand_mut("train").unwrap();
-        train
-            .find_subcommand_mut(model)
-            .unwrap()
-            .render_long_help()
-            .to_string()
-    }
-
-    #[test]
-    fn the_command_is_well_formed() {
-        command().debug_assert();
-    }
-
-    /// Each model's command accepts only its own options: another model's is refused by
-    /// the parser, not deep inside with a runtime error.
-    #[test]
-    fn options_of_another_model_are_refused_by_the_parser() {
-        for (model, foreign) in [
-            ("ddpm", "--likelihood=bernoulli"),
-            ("ddpm", "--kl-warmup=10"),
-            ("ddpm", "--free-bits=1"),
-            ("ddpm", "--iw=10"),
-            ("vae", "--objective=v"),
-            ("vae", "--recipe=mnist"),
-            ("vae", "--layers=3"),
-            ("hvae", "--timesteps=10"),
-            ("classifier", "--resume"),
-            ("classifier", "--objective=v"),
-        ] {
-            let err = parse_args(&["elbo", "train", model, foreign])
-                .unwrap_err()
-                .to_string();
-            assert!(
-                err.contains("unexpected argument"),
-                "{model} {foreign}: {err}"
-            );
-        }
-    }
-
-    /// The help of each model shows its true defaults, read from the library.
-    #[test]
-    fn help_shows_each_models_true_defaults() {
-        let ddpm = help("ddpm");
-        assert!(!ddpm.contains("--likelihood"), "{ddpm}");
-        assert!(
-            ddpm.contains("[default: the recipe's: mnist 0.0005, ho-cifar10 0.0002]"),
-            "{ddpm}"
-        );
-        assert!(
-            ddpm.contains("mnist 2000 steps, ho-cifar10 800000 steps"),
-            "{ddpm}"
-        );
-        let vae = help("vae");
-        assert!(vae.contains("[default: 10 epochs]"), "{vae}");
-        assert!(vae.contains("[default: 0.001]"), "{vae}");
-        assert!(vae.contains("--likelihood"), "{vae}");
-        assert!(!vae.contains("--objective"), "{vae}");
-    }
-
-    #[test]
-    fn values_are_parsed_into_the_librarys_types() {
-        let cli = parse_args(&[
-            "elbo",
-            "train",
-            "ddpm",
-            "--objective",
-            "v",
-            "--lr",
-            "1e-4",
-            "--timesteps",
-            "500",
-        ])
-        .unwrap();
-        let Command::Train {
-            model: TrainModel::Ddpm(args),
-        } = cli.command
-        else {
-            panic!("expected train ddpm");
-        };
-        let job = args.job(Device::Cpu);
-        assert_eq!(job.preset, DdpmPreset::Mnist);
-        assert_eq!(job.recipe, RecipeName::Mnist);
-        assert_eq!(job.objective, Some(Objective::V));
-        assert_eq!(job.timesteps, Some(500));
-        assert_eq!(job.train.lr, Some(1e-4));
-        assert_eq!(
-            job.train.batch_size, None,
-            "the recipe's, filled in the library"
-        );
-        let err = parse_args(&["elbo", "train", "ddpm", "--variance", "learned"])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("expected fixed-large or fixed-small"), "{err}");
-        let err = parse_args(&["elbo", "train", "vae", "--preset", "vae-big"])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("expected vae-mlp or vae-conv"), "{err}");
-        let err = parse_args(&["elbo", "train", "vae", "--resume"])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("--run"), "{err}");
-    }
-
-    #[test]
-    fn train_hvae_parses_its_options_and_the_shared_ones() {
-        let cli = parse_args(&[
-            "elbo",
-            "train",
-            "hvae",
-            "--variant",
-            "markov",
-            "--layers",
-            "3",
-            "--latent-dims",
-            "20,10,5",
-            "--kl-warmup",
-            "500",
-            "--free-bits",
-            "0.25",
-            "--epochs",
-            "2",
-        ])
-        .unwrap();
-        let Command::Train {
-            model: TrainModel::Hvae(args),
-        } = cli.command
-        else {
-            panic!("expected train hvae");
-        };
-        let job = args.job(Device::Cpu);
-        assert_eq!(job.variant, HvaeVariant::Markov);
-        assert_eq!(job.layers, 3);
-        assert_eq!(job.latent_dims, Some(vec![20, 10, 5]));
-        assert_eq!(job.aids.kl_warmup_steps, 500);
-        assert_eq!(job.aids.free_bits, 0.25);
-        assert_eq!(job.train.epochs, Some(2));
-        assert_eq!(job.train.skip_grad_norm, None);
-        let err = parse_args(&["elbo", "train", "hvae", "--latent-dims", "a,b"])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("--latent-dims"), "{err}");
-    }
-
-    #[test]
-    fn eval_and_sample_parse() {
-        let cli = parse_args(&[
-            "elbo",
-            "eval",
-            "runs/x",
-            "--frechet",
-            "1000",
-            "--classifier",
-            "runs/c",
-        ])
-        .unwrap();
-        let Command::Eval(args) = cli.command else {
-            panic!("expected eval");
-        };
-        assert_eq!(args.frechet, Some(1000));
-        assert_eq!(args.classifier, Some(PathBuf::from("runs/c")));
-        let err = parse_args(&["elbo", "eval", "runs/x", "--frechet", "10"])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("--classifier"), "{err}");
-        let cli = parse_args(&["elbo", "sample", "runs/x", "--sampler", "ddim-20"]).unwrap();
-        let Command::Sample(args) = cli.command else {
-            panic!("expected sample");
-        };
-        assert_eq!(args.sampler, Some("ddim-20".parse().unwrap()));
-        for bad in [
-            vec!["elbo", "sample", "runs/x", "--sampler", "ddpm"],
-            vec!["elbo", "sample", "runs/x", "--n", "0"],
-            vec!["elbo", "sample", "runs/x", "--interpolate", "0"],
-        ] {
-            assert!(parse_args(&bad).is_err(), "{bad:?}");
-        }
-        let cli = parse_args(&["elbo", "train", "classifier", "--epochs", "3"]).unwrap();
-        let Command::Train {
-            model: TrainModel::Classifier(args),
-        } = cli.command
-        else {
-            panic!("expected train classifier");
-        };
-        assert_eq!((args.epochs, args.batch_size, args.run.seed), (3, 128, 0));
-        assert!(parse_args(&["elbo", "plot", "runs/x"]).is_ok());
-    }
-}
+mod tests;

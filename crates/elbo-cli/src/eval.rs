@@ -18,11 +18,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             args.examples,
             device,
         )?;
-        println!(
-            "checkpoint {} (step {})",
-            restored.path.display(),
-            restored.meta.step
-        );
+        print_checkpoint(&restored);
         print_eval(&report);
         return Ok(());
     };
@@ -39,11 +35,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         &config,
         device,
     )?;
-    println!(
-        "checkpoint {} (step {})",
-        restored.path.display(),
-        restored.meta.step
-    );
+    print_checkpoint(&restored);
     let how = args
         .sampler
         .map(|s| format!(", sampler {s}"))
@@ -57,6 +49,14 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         report.samples, report.test_images, report.train_floor, report.features
     );
     Ok(())
+}
+
+fn print_checkpoint(restored: &session::Restored) {
+    println!(
+        "checkpoint {} (step {})",
+        restored.path.display(),
+        restored.meta.step
+    );
 }
 
 /// `elbo sample`.

@@ -1,19 +1,68 @@
 //! Models of the evidence lower bound on libtorch (through `tch`): the VAE, the
-//! hierarchical VAE and the DDPM ([`ddpm`]), with the machinery they share.
+//! hierarchical VAE and the DDPM, with the machinery they share: a training loop that
+//! resumes bit-exactly, checkpoints, evaluation of the bound term by term, samplers.
 //!
 //! Every coefficient and closed form comes from [`elbo_math`], which is also the oracle
 //! the tensor code here is tested against.
 //!
-//! Choosing where tensors live:
+//! A model from its typed configuration, trained a few steps on the bundled MNIST sample
+//! through the public trainer, then its bound evaluated and samples drawn:
 //!
 //! ```
-//! use elbo_models::DeviceSpec;
+//! use std::sync::atomic::AtomicBool;
 //!
-//! let spec: DeviceSpec = "auto".parse().unwrap();
-//! let device = spec.resolve().unwrap(); // CPU on a machine without CUDA
-//! let x = tch::Tensor::ones([2, 3], (tch::Kind::Float, device));
-//! assert_eq!(x.sum(tch::Kind::Float).double_value(&[]), 6.0);
+//! use elbo_models::models::ModelConfig;
+//! use elbo_models::models::vae::{VaeConfig, VaePreset};
+//! use elbo_models::nn::likelihood::Likelihood;
+//! use elbo_models::train::{self, Control, RunDir, TrainConfig, Trainer};
+//! use elbo_models::{data, eval};
+//!
+//! # fn main() -> elbo_models::Result<()> {
+//! let splits = elbo_data::load_bundled().expect("the bundled MNIST sample");
+//! let device = elbo_models::DeviceSpec::Auto.resolve()?;
+//! let config = ModelConfig::Vae(VaeConfig::preset(
+//!     VaePreset::Mlp,
+//!     [1, 28, 28],
+//!     Likelihood::Bernoulli,
+//! )?);
+//! // Initial weights are a function of the seed.
+//! let mut vs = train::var_store(0, device);
+//! let model = config.build(&vs.root())?;
+//!
+//! let run = tempfile::tempdir()?;
+//! let settings = TrainConfig {
+//!     steps: 5,
+//!     batch_size: 32,
+//!     eval_examples: 0,
+//!     ..TrainConfig::default()
+//! };
+//! let step = model.train_step(&settings.aids)?;
+//! let report = Trainer::for_model(model.as_ref(), settings, RunDir::new(run.path()), "vae-mlp", None)
+//!     .fit(
+//!         step.as_ref(),
+//!         &mut vs,
+//!         &splits.train,
+//!         Control { resume: false, stop: &AtomicBool::new(false) },
+//!         &mut (),
+//!     )?;
+//! assert_eq!(report.steps_taken, 5);
+//! assert!(report.checkpoint.exists());
+//!
+//! // The bound on 100 test images, term by term, with the IWAE bound of 10 samples.
+//! let test = data::fixed_tensor(&splits.test, model.likelihood(), Some(100), device)?;
+//! let bound = eval::evaluate(model.as_ref(), &test, Some(10), 100);
+//! // Ten importance samples tighten a barely trained VAE's bound by nats per image.
+//! assert!(bound.elbo < 0.0 && bound.iwae.unwrap().1 > bound.elbo);
+//!
+//! let samples = model.sample(4)?;
+//! assert_eq!(samples.size(), [4, 1, 28, 28]);
+//! # Ok(())
+//! # }
 //! ```
+//!
+//! The crate's front door, [`session`], does the same as library calls that name a model
+//! by its preset (`session::train(&session::VaeJob::default(), ...)`), and is what the
+//! `elbo` command calls.
 
 #![warn(missing_docs)]
 

@@ -104,6 +104,17 @@ pub struct Capabilities<'a> {
     pub exact_bound: Option<&'a dyn ExactBound>,
 }
 
+impl<'a> Capabilities<'a> {
+    /// What a hierarchical VAE has: latent layers whose top can be held fixed.
+    pub fn hierarchical<M: Latents + Hierarchical>(model: &'a M) -> Capabilities<'a> {
+        Capabilities {
+            latents: Some(model),
+            hierarchy: Some(model),
+            ..Capabilities::default()
+        }
+    }
+}
+
 /// A model with latent layers.
 pub trait Latents {
     /// How many latent layers the model stacks (1 for a VAE).

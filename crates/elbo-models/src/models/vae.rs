@@ -320,7 +320,7 @@ impl ElboModel for Vae {
     }
 
     fn train_step(&self, aids: &TrainingAids) -> Result<Box<dyn TrainStep + '_>> {
-        Ok(Box::new(ElboStep::new(self, aids)))
+        ElboStep::boxed(self, aids)
     }
 
     fn capabilities(&self) -> Capabilities<'_> {

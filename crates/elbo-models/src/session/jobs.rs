@@ -1,14 +1,14 @@
 //! Training jobs as the `elbo train` commands describe them, with every default
 //! resolved here (a preset's, a recipe's), never in the CLI: each job names its model
 //! with typed options, and [`TrainOptions`] holds what a user may set about the run,
-//! `None` where the model's defaults apply.
+//! `None` where the model's defaults apply ([`super::options`]).
 
 use std::path::PathBuf;
 
 use elbo_data::Splits;
-use tch::Device;
 
-use crate::data::{self, DataSpec};
+use super::options::{TrainDefaults, TrainOptions};
+use crate::data;
 use crate::error::{Error, Result};
 use crate::eval::{self, EvalReport};
 use crate::models::ModelConfig;
@@ -19,191 +19,7 @@ use crate::models::hvae::{HvaeArch, HvaeConfig, HvaeVariant};
 use crate::models::vae::{VaeConfig, VaePreset};
 use crate::nn::likelihood::Likelihood;
 use crate::train::aids::TrainingAids;
-use crate::train::{self, Control, LrDecay, Observer, TrainConfig, TrainReport, Trainer};
-
-/// What a user may set about a training run besides the model; `None` takes the
-/// model's default (its recipe's, for a DDPM).
-#[derive(Clone, Debug, PartialEq)]
-pub struct TrainOptions {
-    /// The data.
-    pub data: DataSpec,
-    /// The run folder (default `runs/<model>-<UTC time>`).
-    pub run: Option<PathBuf>,
-    /// Where to train.
-    pub device: Device,
-    /// Epochs of the training split (ignored when `steps` is given).
-    pub epochs: Option<u64>,
-    /// Optimiser steps.
-    pub steps: Option<u64>,
-    /// Examples per step.
-    pub batch_size: Option<usize>,
-    /// Peak learning rate.
-    pub lr: Option<f64>,
-    /// Linear warm-up steps.
-    pub warmup: Option<u64>,
-    /// Cosine decay to this fraction of the peak at the last step (default constant).
-    pub cosine_to: Option<f64>,
-    /// AdamW's decoupled weight decay (default 0).
-    pub weight_decay: Option<f64>,
-    /// Clip the global gradient norm.
-    pub clip: Option<f64>,
-    /// Keep an EMA of the weights with this decay.
-    pub ema: Option<f64>,
-    /// The run's seed.
-    pub seed: u64,
-    /// Checkpoint every N steps (and at the end; default 1000).
-    pub checkpoint_every: Option<u64>,
-    /// Checkpoints to keep (default 3).
-    pub keep: Option<usize>,
-    /// Skip updates whose gradient norm exceeds this.
-    pub skip_grad_norm: Option<f64>,
-    /// bf16 autocast of the forward pass (CUDA only).
-    pub autocast_bf16: bool,
-}
-
-impl Default for TrainOptions {
-    /// The bundled data on the CPU, seed 0, everything else the model's default.
-    fn default() -> Self {
-        TrainOptions {
-            data: DataSpec::Bundled,
-            run: None,
-            device: Device::Cpu,
-            epochs: None,
-            steps: None,
-            batch_size: None,
-            lr: None,
-            warmup: None,
-            cosine_to: None,
-            weight_decay: None,
-            clip: None,
-            ema: None,
-            seed: 0,
-            checkpoint_every: None,
-            keep: None,
-            skip_grad_norm: None,
-            autocast_bf16: false,
-        }
-    }
-}
-
-/// A model family's training defaults, which [`TrainOptions`] override.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TrainDefaults {
-    /// The length: epochs (a VAE's 10) or steps (a DDPM recipe's).
-    pub length: Length,
-    /// Examples per step.
-    pub batch_size: usize,
-    /// Peak learning rate.
-    pub lr: f64,
-    /// Linear warm-up steps.
-    pub warmup: u64,
-    /// Gradient clipping.
-    pub clip: Option<f64>,
-    /// EMA decay.
-    pub ema: Option<f64>,
-    /// Random horizontal flips.
-    pub horizontal_flip: bool,
-    /// Test images evaluated at each epoch's end.
-    pub eval_examples: usize,
-}
-
-/// How long a run is by default.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Length {
-    /// Passes over the training split.
-    Epochs(u64),
-    /// Optimiser steps.
-    Steps(u64),
-}
-
-impl TrainDefaults {
-    /// The VAEs' defaults: pytorch/examples' settings (Adam at 1e-3, batch 128) for 10
-    /// epochs, the test ELBO on 1,000 images at each epoch's end.
-    pub fn vae() -> TrainDefaults {
-        let base = TrainConfig::default();
-        TrainDefaults {
-            length: Length::Epochs(10),
-            batch_size: base.batch_size,
-            lr: base.lr,
-            warmup: 0,
-            clip: None,
-            ema: None,
-            horizontal_flip: false,
-            eval_examples: base.eval_examples,
-        }
-    }
-
-    /// A DDPM recipe's; the per-epoch check of the bound costs 2 network calls per
-    /// image, so it runs on 100 test images.
-    pub fn recipe(recipe: &Recipe) -> TrainDefaults {
-        TrainDefaults {
-            length: Length::Steps(recipe.steps),
-            batch_size: recipe.batch_size,
-            lr: recipe.lr,
-            warmup: recipe.warmup_steps,
-            clip: Some(recipe.clip_grad_norm),
-            ema: Some(recipe.ema_decay),
-            horizontal_flip: recipe.horizontal_flip,
-            eval_examples: 100,
-        }
-    }
-}
-
-impl TrainOptions {
-    /// The run's configuration: these options over `defaults`, for a training split of
-    /// `train_examples` images, with the training aids `aids`.
-    pub fn resolve(
-        &self,
-        defaults: &TrainDefaults,
-        train_examples: usize,
-        aids: TrainingAids,
-    ) -> Result<TrainConfig> {
-        let base = TrainConfig::default();
-        let batch_size = self.batch_size.unwrap_or(defaults.batch_size);
-        if batch_size == 0 {
-            return Err(Error::Config {
-                detail: "--batch-size must be at least 1, found 0".into(),
-            });
-        }
-        let steps = match (self.steps, self.epochs, defaults.length) {
-            (Some(steps), _, _) | (None, None, Length::Steps(steps)) => steps,
-            (None, Some(epochs), _) | (None, None, Length::Epochs(epochs)) => {
-                let per_epoch = train_examples.div_ceil(batch_size) as u64;
-                epochs.checked_mul(per_epoch).ok_or_else(|| Error::Config {
-                    detail: format!("{epochs} epochs of {per_epoch} steps overflow the step count"),
-                })?
-            }
-        };
-        Ok(TrainConfig {
-            steps,
-            batch_size,
-            lr: self.lr.unwrap_or(defaults.lr),
-            warmup_steps: self.warmup.unwrap_or(defaults.warmup),
-            decay: match self.cosine_to {
-                Some(final_fraction) => LrDecay::Cosine { final_fraction },
-                None => LrDecay::Constant,
-            },
-            adam: train::AdamConfigSerde {
-                weight_decay: self.weight_decay.unwrap_or(0.0),
-                ..base.adam
-            },
-            clip_grad_norm: self.clip.or(defaults.clip),
-            ema_decay: self.ema.or(defaults.ema),
-            seed: self.seed,
-            checkpoint_every: self.checkpoint_every.unwrap_or(base.checkpoint_every),
-            keep_checkpoints: self.keep.unwrap_or(base.keep_checkpoints),
-            eval_examples: defaults.eval_examples,
-            horizontal_flip: defaults.horizontal_flip,
-            data: self.data.clone(),
-            aids: TrainingAids {
-                skip_grad_norm: self.skip_grad_norm,
-                ..aids
-            },
-            autocast_bf16: self.autocast_bf16,
-            ..base
-        })
-    }
-}
+use crate::train::{self, Control, Observer, TrainReport, Trainer};
 
 /// The evaluation after a completed run, on the test split.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,27 +30,33 @@ pub struct FinalEval {
     pub examples: Option<usize>,
 }
 
-/// A training job: a model family's options, its defaults, and the run's options.
+/// How a job's run goes besides its model: the defaults its options override, the
+/// training aids, the evaluation at the end, and the options.
+pub struct Plan<'a> {
+    /// The training defaults (a VAE's, a DDPM recipe's).
+    pub defaults: TrainDefaults,
+    /// KL warm-up and free bits.
+    pub aids: TrainingAids,
+    /// The evaluation after training.
+    pub final_eval: FinalEval,
+    /// What the user set.
+    pub options: &'a TrainOptions,
+}
+
+/// A training job: a model family's options, and the plan of its run.
 pub trait Job {
     /// The model's name in run folders and reports (`vae-mlp`, `hvae-ladder`, ...).
     fn label(&self) -> String;
     /// The model's configuration for images of shape `image`.
     fn model(&self, image: [i64; 3]) -> Result<ModelConfig>;
-    /// The training defaults the options override.
-    fn defaults(&self) -> TrainDefaults;
-    /// The training aids (KL warm-up, free bits).
-    fn aids(&self) -> TrainingAids;
-    /// The evaluation after training.
-    fn final_eval(&self) -> FinalEval;
-    /// The run's options.
-    fn options(&self) -> &TrainOptions;
+    /// How the run goes.
+    fn plan(&self) -> Plan<'_>;
 }
 
-/// A VAE training job (`elbo train vae`).
+/// What the VAE family's jobs share besides the model: its likelihood, the training
+/// aids, the final IWAE bound, and the run.
 #[derive(Clone, Debug, PartialEq)]
-pub struct VaeJob {
-    /// The network.
-    pub preset: VaePreset,
+pub struct ElboTraining {
     /// The decoder likelihood.
     pub likelihood: Likelihood,
     /// KL warm-up and free bits.
@@ -245,11 +67,10 @@ pub struct VaeJob {
     pub train: TrainOptions,
 }
 
-impl Default for VaeJob {
-    /// vae-mlp, Bernoulli, no aids, IWAE-1000 at the end, the default run options.
+impl Default for ElboTraining {
+    /// Bernoulli, no aids, IWAE-1000 at the end, the default run options.
     fn default() -> Self {
-        VaeJob {
-            preset: VaePreset::Mlp,
+        ElboTraining {
             likelihood: Likelihood::Bernoulli,
             aids: TrainingAids::default(),
             final_iw: Some(1000),
@@ -258,31 +79,40 @@ impl Default for VaeJob {
     }
 }
 
+impl ElboTraining {
+    /// The plan of a VAE-family run: the VAEs' defaults, these aids and evaluation.
+    fn plan(&self) -> Plan<'_> {
+        Plan {
+            defaults: TrainDefaults::vae(),
+            aids: self.aids,
+            final_eval: FinalEval {
+                iw: self.final_iw,
+                examples: None,
+            },
+            options: &self.train,
+        }
+    }
+}
+
+/// A VAE training job (`elbo train vae`).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct VaeJob {
+    /// The network.
+    pub preset: VaePreset,
+    /// Likelihood, aids, evaluation, run.
+    pub training: ElboTraining,
+}
+
 impl Job for VaeJob {
     fn label(&self) -> String {
         self.preset.to_string()
     }
     fn model(&self, image: [i64; 3]) -> Result<ModelConfig> {
-        Ok(ModelConfig::Vae(VaeConfig::preset(
-            self.preset,
-            image,
-            self.likelihood,
-        )?))
+        let config = VaeConfig::preset(self.preset, image, self.training.likelihood)?;
+        Ok(ModelConfig::Vae(config))
     }
-    fn defaults(&self) -> TrainDefaults {
-        TrainDefaults::vae()
-    }
-    fn aids(&self) -> TrainingAids {
-        self.aids
-    }
-    fn final_eval(&self) -> FinalEval {
-        FinalEval {
-            iw: self.final_iw,
-            examples: None,
-        }
-    }
-    fn options(&self) -> &TrainOptions {
-        &self.train
+    fn plan(&self) -> Plan<'_> {
+        self.training.plan()
     }
 }
 
@@ -299,14 +129,8 @@ pub struct HvaeJob {
     pub arch: Option<HvaeArch>,
     /// Width of the deterministic networks (default: the variant's).
     pub width: Option<i64>,
-    /// The decoder likelihood.
-    pub likelihood: Likelihood,
-    /// KL warm-up and free bits.
-    pub aids: TrainingAids,
-    /// IWAE samples of the final evaluation (`None`: none).
-    pub final_iw: Option<i64>,
-    /// The run.
-    pub train: TrainOptions,
+    /// Likelihood, aids, evaluation, run.
+    pub training: ElboTraining,
 }
 
 impl Job for HvaeJob {
@@ -321,23 +145,11 @@ impl Job for HvaeJob {
             self.latent_dims.clone(),
             self.arch,
             self.width,
-            self.likelihood,
+            self.training.likelihood,
         )?))
     }
-    fn defaults(&self) -> TrainDefaults {
-        TrainDefaults::vae()
-    }
-    fn aids(&self) -> TrainingAids {
-        self.aids
-    }
-    fn final_eval(&self) -> FinalEval {
-        FinalEval {
-            iw: self.final_iw,
-            examples: None,
-        }
-    }
-    fn options(&self) -> &TrainOptions {
-        &self.train
+    fn plan(&self) -> Plan<'_> {
+        self.training.plan()
     }
 }
 
@@ -406,20 +218,16 @@ impl Job for DdpmJob {
     fn model(&self, image: [i64; 3]) -> Result<ModelConfig> {
         Ok(ModelConfig::Ddpm(self.config(image)?))
     }
-    fn defaults(&self) -> TrainDefaults {
-        TrainDefaults::recipe(&Recipe::of(self.recipe))
-    }
-    fn aids(&self) -> TrainingAids {
-        TrainingAids::default()
-    }
-    fn final_eval(&self) -> FinalEval {
-        FinalEval {
-            iw: None,
-            examples: Some(self.final_examples),
+    fn plan(&self) -> Plan<'_> {
+        Plan {
+            defaults: TrainDefaults::recipe(&Recipe::of(self.recipe)),
+            aids: TrainingAids::default(),
+            final_eval: FinalEval {
+                iw: None,
+                examples: Some(self.final_examples),
+            },
+            options: &self.train,
         }
-    }
-    fn options(&self) -> &TrainOptions {
-        &self.train
     }
 }
 
@@ -451,11 +259,12 @@ pub fn train(
     control: Control<'_>,
     observer: &mut dyn Observer,
 ) -> Result<JobReport> {
-    let options = job.options();
+    let plan = job.plan();
+    let options = plan.options;
     let splits: Splits = options.data.load()?;
     let [c, h, w] = splits.train.image_shape().map(|d| d as i64);
     let model_config = job.model([c, h, w])?;
-    let config = options.resolve(&job.defaults(), splits.train.len(), job.aids())?;
+    let config = options.resolve(&plan.defaults, splits.train.len(), plan.aids)?;
     let device = options.device;
     let mut vs = train::var_store(config.seed, device);
     let model = model_config.build(&vs.root())?;
@@ -480,7 +289,7 @@ pub fn train(
     )?;
     let eval = match report.finished {
         train::Finished::Completed => {
-            let FinalEval { iw, examples } = job.final_eval();
+            let FinalEval { iw, examples } = plan.final_eval;
             let test = data::fixed_tensor(&splits.test, model.likelihood(), examples, device)?;
             Some(eval::evaluate(model.as_ref(), &test, iw, 100))
         }
@@ -532,49 +341,5 @@ mod tests {
         let year: i32 = stamp[..4].parse().unwrap();
         assert!((2024..2200).contains(&year), "{stamp}");
         assert_eq!(&stamp[8..9], "-");
-    }
-
-    /// A recipe fills exactly the options not given; a VAE's length is in epochs.
-    #[test]
-    fn options_override_the_defaults_and_only_those() {
-        let _generator = crate::testing::generator_lock();
-        let recipe = TrainDefaults::recipe(&Recipe::of(RecipeName::Mnist));
-        let options = TrainOptions {
-            lr: Some(1e-4),
-            ..TrainOptions::default()
-        };
-        let config = options
-            .resolve(&recipe, 9000, TrainingAids::default())
-            .unwrap();
-        assert_eq!((config.steps, config.batch_size), (2000, 64));
-        assert_eq!((config.lr, config.warmup_steps), (1e-4, 200));
-        assert_eq!(
-            (config.clip_grad_norm, config.ema_decay),
-            (Some(1.0), Some(0.995))
-        );
-        assert_eq!(config.eval_examples, 100);
-        let vae = TrainOptions::default()
-            .resolve(&TrainDefaults::vae(), 9000, TrainingAids::default())
-            .unwrap();
-        // 10 epochs of ceil(9000 / 128) = 71 steps.
-        assert_eq!((vae.steps, vae.lr, vae.ema_decay), (710, 1e-3, None));
-        let epochs = TrainOptions {
-            epochs: Some(2),
-            steps: Some(5),
-            ..TrainOptions::default()
-        };
-        let config = epochs
-            .resolve(&recipe, 9000, TrainingAids::default())
-            .unwrap();
-        assert_eq!(config.steps, 5, "steps win over epochs");
-        let overflow = TrainOptions {
-            epochs: Some(u64::MAX),
-            ..TrainOptions::default()
-        };
-        let err = overflow
-            .resolve(&TrainDefaults::vae(), 9000, TrainingAids::default())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("overflow"), "{err}");
     }
 }

@@ -6,6 +6,7 @@
 //! [`eval::classifier::run_job`]: crate::eval::classifier::run_job
 
 pub mod jobs;
+pub mod options;
 
 use std::path::{Path, PathBuf};
 
@@ -13,9 +14,10 @@ use serde::Deserialize;
 use tch::nn::VarStore;
 
 pub use jobs::{
-    DdpmJob, FinalEval, HvaeJob, Job, JobReport, Length, TrainDefaults, TrainOptions, VaeJob,
-    run_folder, train, utc_stamp,
+    DdpmJob, ElboTraining, FinalEval, HvaeJob, Job, JobReport, Plan, VaeJob, run_folder, train,
+    utc_stamp,
 };
+pub use options::{Length, TrainDefaults, TrainOptions};
 
 // What the front door's callers name: the options of the jobs and what comes back.
 pub use crate::data::DataSpec;

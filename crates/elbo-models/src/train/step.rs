@@ -76,6 +76,11 @@ impl<'a> ElboStep<'a> {
     pub fn new(model: &'a dyn ElboModel, aids: &TrainingAids) -> ElboStep<'a> {
         ElboStep { model, aids: *aids }
     }
+
+    /// [`ElboStep::new`] as what [`ElboModel::train_step`] returns.
+    pub fn boxed(model: &'a dyn ElboModel, aids: &TrainingAids) -> Result<Box<dyn TrainStep + 'a>> {
+        Ok(Box::new(ElboStep::new(model, aids)))
+    }
 }
 
 impl TrainStep for ElboStep<'_> {

@@ -21,6 +21,9 @@
 //! every KL in closed form between diagonal Gaussians given one draw of the layers above.
 //! Each posterior is parameterised relative to its prior (NVAE's residual
 //! parameterisation): its mean and log-variance are the prior's plus corrections.
+//!
+//! (About 540 lines: the networks, their two passes and the tests that hold them
+//! against elbo-math belong together.)
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
@@ -374,15 +377,11 @@ impl ElboModel for LadderHvae {
     }
 
     fn train_step(&self, aids: &TrainingAids) -> Result<Box<dyn TrainStep + '_>> {
-        Ok(Box::new(ElboStep::new(self, aids)))
+        ElboStep::boxed(self, aids)
     }
 
     fn capabilities(&self) -> Capabilities<'_> {
-        Capabilities {
-            latents: Some(self),
-            hierarchy: Some(self),
-            ..Capabilities::default()
-        }
+        Capabilities::hierarchical(self)
     }
 }
 

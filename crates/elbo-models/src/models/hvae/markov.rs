@@ -263,15 +263,11 @@ impl ElboModel for MarkovHvae {
     }
 
     fn train_step(&self, aids: &TrainingAids) -> Result<Box<dyn TrainStep + '_>> {
-        Ok(Box::new(ElboStep::new(self, aids)))
+        ElboStep::boxed(self, aids)
     }
 
     fn capabilities(&self) -> Capabilities<'_> {
-        Capabilities {
-            latents: Some(self),
-            hierarchy: Some(self),
-            ..Capabilities::default()
-        }
+        Capabilities::hierarchical(self)
     }
 }
 
