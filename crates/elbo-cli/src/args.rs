@@ -98,6 +98,10 @@ pub struct LoopArgs {
     /// Continue the run in --run from its newest checkpoint.
     #[arg(long, requires = "run")]
     pub resume: bool,
+    /// With --resume: accept training options that differ from the run's (each change
+    /// is recorded in metrics.jsonl; the run is then not bit-exact to an unbroken one).
+    #[arg(long, requires = "resume")]
+    pub allow_changes: bool,
     /// Epochs of training (ignored when --steps is given).
     #[arg(long)]
     pub epochs: Option<u64>,

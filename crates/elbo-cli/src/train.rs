@@ -22,18 +22,21 @@ pub fn device(args: &DeviceArgs) -> Result<elbo_models::session::Device> {
 
 /// Runs `elbo train <model>`.
 pub fn run(model: TrainModel) -> Result<ExitCode> {
-    let (job, resume): (Box<dyn Job>, bool) = match model {
+    let (job, resume, allow_changes): (Box<dyn Job>, bool, bool) = match model {
         TrainModel::Vae(args) => (
             Box::new(args.job(device(&args.run.device)?)),
             args.train.resume,
+            args.train.allow_changes,
         ),
         TrainModel::Hvae(args) => (
             Box::new(args.job(device(&args.run.device)?)),
             args.train.resume,
+            args.train.allow_changes,
         ),
         TrainModel::Ddpm(args) => (
             Box::new(args.job(device(&args.run.device)?)),
             args.train.resume,
+            args.train.allow_changes,
         ),
         TrainModel::Classifier(args) => return classifier(*args),
     };
@@ -44,6 +47,7 @@ pub fn run(model: TrainModel) -> Result<ExitCode> {
         Control {
             resume,
             stop: &stop,
+            allow_changes,
         },
         &mut progress,
     )?;

@@ -43,6 +43,20 @@ pub enum Error {
         /// The newest checkpoint, all of whose steps had finite losses.
         last_checkpoint: Option<std::path::PathBuf>,
     },
+    /// The weights, Adam's moments or the EMA became NaN or infinite (a loss can stay
+    /// finite while they overflow); the run stopped without writing a checkpoint of them.
+    #[error("{name} is not finite after step {step}: training stopped without checkpointing it{}", match last_checkpoint {
+        Some(path) => format!("; the last good checkpoint is {}", path.display()),
+        None => "; no checkpoint had been written yet".to_string(),
+    })]
+    NonFiniteState {
+        /// The step (counted from 1) after which it was found.
+        step: u64,
+        /// The first tensor found not finite (`model.<var>`, `adam.m.<var>`, ...).
+        name: String,
+        /// The newest checkpoint, whose state was checked finite when written.
+        last_checkpoint: Option<std::path::PathBuf>,
+    },
     /// A data set could not be loaded.
     #[error("data: {detail}")]
     Data {

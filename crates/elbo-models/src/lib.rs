@@ -42,7 +42,7 @@
 //!         step.as_ref(),
 //!         &mut vs,
 //!         &splits.train,
-//!         Control { resume: false, stop: &AtomicBool::new(false) },
+//!         Control { resume: false, stop: &AtomicBool::new(false), allow_changes: false },
 //!         &mut (),
 //!     )?;
 //! assert_eq!(report.steps_taken, 5);

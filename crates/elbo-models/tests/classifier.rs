@@ -210,6 +210,7 @@ fn each_restore_refuses_the_other_family() {
         step: 1,
         seed: 0,
         tensors: String::new(),
+        tensors_sha256: None,
     };
     let classifier_dir = dir.path().join("classifier");
     checkpoint::save(

@@ -89,6 +89,7 @@ fn a_checkpoint_of_the_format_before_the_redesign_loads_and_resumes() {
         Control {
             resume: true,
             stop: &AtomicBool::new(false),
+            allow_changes: false,
         },
         &mut (),
     )

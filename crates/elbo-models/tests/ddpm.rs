@@ -127,6 +127,7 @@ fn l_simple_falls_in_a_short_run_and_resume_is_exact() {
     let control = |resume| Control {
         resume,
         stop: &stop,
+        allow_changes: false,
     };
     let mut vs = train::var_store(0, Device::Cpu);
     let model = tiny_model(&vs, Objective::Eps, LossKind::Simple);
@@ -243,6 +244,7 @@ fn other_objectives_and_the_vlb_loss_train() {
             Control {
                 resume: false,
                 stop: &stop,
+                allow_changes: false,
             },
             &mut (),
         )
@@ -281,6 +283,7 @@ fn bf16_autocast_is_refused_on_the_cpu() {
         Control {
             resume: false,
             stop: &stop,
+            allow_changes: false,
         },
         &mut (),
     )

@@ -61,6 +61,7 @@ fn fit(
         Control {
             resume: false,
             stop: &AtomicBool::new(false),
+            allow_changes: false,
         },
         &mut (),
     )
@@ -230,6 +231,7 @@ fn a_run_of_another_variant_is_refused() {
         Control {
             resume: true,
             stop: &AtomicBool::new(false),
+            allow_changes: false,
         },
         &mut (),
     )

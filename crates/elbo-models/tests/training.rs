@@ -63,6 +63,7 @@ fn run(
         Control {
             resume,
             stop: &AtomicBool::new(false),
+            allow_changes: false,
         },
     )
     .unwrap();
@@ -96,6 +97,7 @@ fn resume_is_bit_exact() {
             Control {
                 resume: true,
                 stop: &AtomicBool::new(false),
+                allow_changes: false,
             },
         )
         .unwrap();
@@ -140,6 +142,7 @@ fn a_run_folder_is_not_overwritten_and_foreign_checkpoints_are_refused() {
         Control {
             resume: false,
             stop: &stop,
+            allow_changes: false,
         },
     )
     .unwrap_err()
@@ -162,6 +165,7 @@ fn a_run_folder_is_not_overwritten_and_foreign_checkpoints_are_refused() {
         Control {
             resume: true,
             stop: &stop,
+            allow_changes: false,
         },
     )
     .unwrap_err()
@@ -180,6 +184,7 @@ fn a_run_folder_is_not_overwritten_and_foreign_checkpoints_are_refused() {
         Control {
             resume: true,
             stop: &stop,
+            allow_changes: false,
         },
     )
     .unwrap_err()
@@ -207,6 +212,7 @@ fn raising_the_stop_flag_checkpoints_and_reports_the_step() {
         Control {
             resume: false,
             stop: &stop,
+            allow_changes: false,
         },
     )
     .unwrap();
@@ -239,6 +245,7 @@ fn a_nan_loss_stops_the_run_naming_the_step_and_keeping_the_last_checkpoint() {
         Control {
             resume: false,
             stop: &AtomicBool::new(false),
+            allow_changes: false,
         },
     )
     .unwrap_err();
@@ -288,6 +295,7 @@ fn vae_mlp_learns_on_the_bundled_sample() {
         Control {
             resume: false,
             stop: &AtomicBool::new(false),
+            allow_changes: false,
         },
     )
     .unwrap();

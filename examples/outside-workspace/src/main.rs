@@ -35,6 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Control {
                 resume: false,
                 stop: &stop,
+                allow_changes: false,
             },
             &mut (),
         )?;

@@ -372,6 +372,7 @@ pub fn train_classifier(
             Control {
                 resume: false,
                 stop: &AtomicBool::new(false),
+                allow_changes: false,
             },
             &mut epochs,
         )?;

@@ -37,6 +37,11 @@ pub struct CheckpointMeta {
     pub seed: u64,
     /// The safetensors file, relative to the JSON file's folder.
     pub tensors: String,
+    /// The sha256 digest of the safetensors file, checked whenever it is read
+    /// (safetensors has no checksum of its own). Absent in checkpoints written before
+    /// elbo recorded it, which are read unchecked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tensors_sha256: Option<String>,
 }
 
 impl CheckpointMeta {
@@ -132,6 +137,7 @@ pub fn save(
     meta.tensors = tensor_name.clone();
     write_atomically(&dir.join(&tensor_name), |temp| {
         Tensor::write_safetensors(tensors, temp)?;
+        meta.tensors_sha256 = Some(sha256_of(temp)?);
         Ok(())
     })?;
     let json_path = dir.join(&json_name);
@@ -143,6 +149,23 @@ pub fn save(
     })?;
     prune(dir, keep.max(1))?;
     Ok(json_path)
+}
+
+/// The sha256 digest of the file at `path`, in lowercase hexadecimal.
+pub fn sha256_of(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut file = fs::File::open(path).map_err(|e| Error::Checkpoint {
+        detail: format!("cannot read {}: {e}", path.display()),
+    })?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|e| Error::Checkpoint {
+        detail: format!("cannot read {}: {e}", path.display()),
+    })?;
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// The complete checkpoints in `dir`, oldest first.
@@ -199,7 +222,43 @@ pub fn load(json: &Path) -> Result<Loaded> {
     let meta: CheckpointMeta = serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
         detail: format!("{} is not an elbo checkpoint: {e}", json.display()),
     })?;
+    if meta.format != FORMAT {
+        return Err(Error::Checkpoint {
+            detail: format!(
+                "{} has format {}, written by elbo {}; this elbo reads format {FORMAT}",
+                json.display(),
+                meta.format,
+                meta.elbo_version
+            ),
+        });
+    }
+    let named = json
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if named.starts_with("step-") && named != super::layout::checkpoint_names(meta.step).1 {
+        return Err(Error::Checkpoint {
+            detail: format!(
+                "{} says it is step {}, its name says otherwise: it was renamed or edited",
+                json.display(),
+                meta.step
+            ),
+        });
+    }
     let tensor_path = json.parent().unwrap_or(Path::new(".")).join(&meta.tensors);
+    if let Some(expected) = &meta.tensors_sha256 {
+        let found = sha256_of(&tensor_path)?;
+        if &found != expected {
+            return Err(Error::Checkpoint {
+                detail: format!(
+                    "the tensors {} have sha256 {found}, but {} records {expected}: the file \
+                     was changed or damaged after it was written",
+                    tensor_path.display(),
+                    json.display()
+                ),
+            });
+        }
+    }
     let tensors = Tensor::read_safetensors(&tensor_path).map_err(|e| Error::Checkpoint {
         detail: format!("cannot read the tensors {}: {e}", tensor_path.display()),
     })?;
@@ -244,6 +303,7 @@ mod tests {
             step,
             seed: 1,
             tensors: String::new(),
+            tensors_sha256: None,
         }
     }
 
@@ -321,7 +381,56 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
+        assert!(err.contains("changed or damaged"), "{err}");
+        // Without a recorded digest (a checkpoint from before it was kept), the reader's
+        // own error.
+        let json = dir.path().join("step-000000002.json");
+        let mut unchecked: CheckpointMeta =
+            serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
+        unchecked.tensors_sha256 = None;
+        fs::write(&json, serde_json::to_string(&unchecked).unwrap()).unwrap();
+        let err = load(&json).err().unwrap().to_string();
         assert!(err.contains("cannot read the tensors"), "{err}");
+    }
+
+    /// A checkpoint records the sha256 of its tensors and refuses a file changed after:
+    /// 50 bytes flipped in the payload (safetensors itself would read them as weights).
+    #[test]
+    fn changed_tensors_a_renamed_json_and_another_format_are_refused() {
+        let _generator = crate::testing::generator_lock();
+        let dir = tempfile::tempdir().unwrap();
+        let w = Tensor::arange(1000, (tch::Kind::Float, tch::Device::Cpu));
+        let json = save(dir.path(), meta(7), &[("w".into(), w.shallow_clone())], 3).unwrap();
+        let written: CheckpointMeta =
+            serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
+        let digest = written.tensors_sha256.clone().unwrap();
+        assert_eq!(digest.len(), 64);
+        assert!(load(&json).unwrap().tensors["w"].equal(&w));
+
+        let tensors = dir.path().join("step-000000007.safetensors");
+        let mut bytes = fs::read(&tensors).unwrap();
+        let end = bytes.len();
+        for b in &mut bytes[end - 50..] {
+            *b ^= 0x5a;
+        }
+        fs::write(&tensors, &bytes).unwrap();
+        let err = load(&json).err().unwrap().to_string();
+        assert!(err.contains(&format!("records {digest}")), "{err}");
+        assert!(err.contains("changed or damaged"), "{err}");
+
+        let renamed = dir.path().join("step-000000009.json");
+        fs::copy(&json, &renamed).unwrap();
+        let err = load(&renamed).err().unwrap().to_string();
+        assert!(err.contains("says it is step 7"), "{err}");
+
+        let mut future = written;
+        future.format = FORMAT + 1;
+        fs::write(&json, serde_json::to_string(&future).unwrap()).unwrap();
+        let err = load(&json).err().unwrap().to_string();
+        assert!(
+            err.contains(&format!("this elbo reads format {FORMAT}")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -104,6 +104,9 @@ pub struct Control<'a> {
     /// Raised (by a Ctrl-C handler, say) to end the run after the current step with a
     /// checkpoint.
     pub stop: &'a AtomicBool,
+    /// On resume, accept training options that differ from the checkpoint's (each change
+    /// is recorded in `metrics.jsonl`); otherwise such a resume is refused.
+    pub allow_changes: bool,
 }
 
 /// What a run's checkpoints say they hold: the family and configuration of the model.

@@ -79,6 +79,103 @@ impl RunDir {
     }
 }
 
+/// The exclusive lock of a run folder that a training process holds for its whole run
+/// (released when dropped, or by the system when the process dies).
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunDir {
+    /// The lock file (`.lock`, holding the holder's process id).
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join(".lock")
+    }
+
+    /// Takes the run folder for this process (creating the folder): an error naming the
+    /// holder's process id when another process trains in it. Readers (`eval`,
+    /// `sample`) do not take it.
+    pub fn lock(&self) -> crate::Result<RunLock> {
+        use std::io::{Read, Seek, Write};
+        let at = |e: std::io::Error| crate::Error::Config {
+            detail: format!("run folder {}: {e}", self.root.display()),
+        };
+        std::fs::create_dir_all(&self.root).map_err(at)?;
+        let path = self.lock_file();
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(at)?;
+        if let Err(e) = file.try_lock() {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(crate::Error::Config {
+                detail: match e {
+                    std::fs::TryLockError::WouldBlock => format!(
+                        "the run folder {} is in use by another training process (pid {}): \
+                         wait for it, stop it, or choose another run folder",
+                        self.root.display(),
+                        holder.trim()
+                    ),
+                    std::fs::TryLockError::Error(e) => {
+                        format!("cannot lock {}: {e}", path.display())
+                    }
+                },
+            });
+        }
+        file.set_len(0).map_err(at)?;
+        file.rewind().map_err(at)?;
+        writeln!(file, "{}", std::process::id()).map_err(at)?;
+        Ok(RunLock { _file: file })
+    }
+
+    /// Removes what interrupted writers left: temporary files (`.<name>.tmp-<pid>`,
+    /// `.<name>.<pid>.<n>.tmp`) of processes that are gone, in the run folder, its
+    /// checkpoints and its samples. Returns the files removed.
+    pub fn remove_stale_temporaries(&self) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        for folder in [self.root.clone(), self.checkpoints(), self.samples()] {
+            let Ok(entries) = std::fs::read_dir(&folder) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = temporary_owner(&name)
+                    && !process_alive(pid)
+                    && std::fs::remove_file(entry.path()).is_ok()
+                {
+                    removed.push(entry.path());
+                }
+            }
+        }
+        removed
+    }
+}
+
+/// The process id in the name of a temporary file elbo writes (`.<name>.tmp-<pid>` from
+/// the checkpoints, `.<name>.<pid>.<n>.tmp` from the plots), or `None` for other files.
+fn temporary_owner(name: &str) -> Option<u32> {
+    if !name.starts_with('.') {
+        return None;
+    }
+    if let Some((_, pid)) = name.rsplit_once(".tmp-") {
+        return pid.parse().ok();
+    }
+    let stem = name.strip_suffix(".tmp")?;
+    let mut fields = stem.rsplit('.');
+    let _counter: u64 = fields.next()?.parse().ok()?;
+    fields.next()?.parse().ok()
+}
+
+/// Whether process `pid` exists (Linux: /proc/<pid>; elsewhere every writer is taken for
+/// gone, which only the run's lock holder asks).
+fn process_alive(pid: u32) -> bool {
+    pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists()
+}
+
 /// The file names (safetensors, JSON) of the checkpoint at `step`.
 pub fn checkpoint_names(step: u64) -> (String, String) {
     let stem = format!("step-{step:09}");
@@ -94,6 +191,43 @@ pub fn is_checkpoint_of(path: &Path, step: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_writer_is_refused_naming_the_first_and_stale_temporaries_go() {
+        let _generator = crate::testing::generator_lock();
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path().join("run"));
+        let held = run.lock().unwrap();
+        let err = run.lock().unwrap_err().to_string();
+        assert!(
+            err.contains(&format!(
+                "in use by another training process (pid {})",
+                std::process::id()
+            )),
+            "{err}"
+        );
+        drop(held);
+        let again = run.lock().unwrap();
+        std::fs::create_dir_all(run.checkpoints()).unwrap();
+        // pid 0 is never a process's: its temporaries are stale.
+        for name in [
+            ".step-000000010.safetensors.tmp-0",
+            ".curves.png.0.3.tmp",
+            ".metrics.jsonl.tmp-0",
+        ] {
+            std::fs::write(run.checkpoints().join(name), b"half").unwrap();
+        }
+        let live = format!(".config.json.tmp-{}", std::process::id());
+        std::fs::write(run.root.join(&live), b"mine").unwrap();
+        std::fs::write(run.checkpoints().join("step-000000010.json"), b"{}").unwrap();
+        let removed = run.remove_stale_temporaries();
+        assert_eq!(removed.len(), 3, "{removed:?}");
+        assert!(run.root.join(live).exists());
+        assert!(run.checkpoints().join("step-000000010.json").exists());
+        assert_eq!(temporary_owner("step-1.json"), None);
+        assert_eq!(temporary_owner(".a.png.12.0.tmp"), Some(12));
+        drop(again);
+    }
 
     #[test]
     fn names_and_folders() {

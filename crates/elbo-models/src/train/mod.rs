@@ -138,6 +138,7 @@ impl<'a> Trainer<'a> {
             step,
             seed: self.config.seed,
             tensors: String::new(),
+            tensors_sha256: None,
         }
     }
 
@@ -162,43 +163,83 @@ impl<'a> Trainer<'a> {
     /// run folder; returns the step to start from.
     fn start_or_resume(
         &self,
-        resume: bool,
+        control: Control<'_>,
         vs: &mut VarStore,
         adam: &mut Adam,
         ema: Option<&mut Ema>,
     ) -> Result<u64> {
         let run = &self.run;
-        if resume {
-            let loaded = checkpoint::load(&run.checkpoints())?;
-            loaded
-                .meta
-                .check_compatible(&self.identity.family, &self.identity.config)?;
-            if loaded.meta.seed != self.config.seed {
-                return Err(Error::Checkpoint {
+        let newest = checkpoint::list(&run.checkpoints())?.pop();
+        match (control.resume, newest) {
+            (true, Some(newest)) => {
+                let loaded = checkpoint::load(&newest)?;
+                loaded
+                    .meta
+                    .check_compatible(&self.identity.family, &self.identity.config)?;
+                if loaded.meta.seed != self.config.seed {
+                    return Err(Error::Checkpoint {
+                        detail: format!(
+                            "it was trained with seed {}, this run asks for seed {}",
+                            loaded.meta.seed, self.config.seed
+                        ),
+                    });
+                }
+                let changes = self.changes_from(&loaded.meta.train_config);
+                if !changes.is_empty() && !control.allow_changes {
+                    return Err(Error::Config {
+                        detail: format!(
+                            "resuming {} with other training options would not continue the \
+                             same run: {}; resume with the options it was started with, or \
+                             pass --allow-changes to record the change and go on",
+                            newest.display(),
+                            changes
+                                .iter()
+                                .map(|(k, (was, now))| format!("{k} was {was}, now {now}"))
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        ),
+                    });
+                }
+                restore_state(vs, adam, ema, &loaded.tensors, loaded.meta.step)?;
+                if self.writer {
+                    metrics::truncate(&run.metrics(), loaded.meta.step)?;
+                    if !changes.is_empty() {
+                        let changed: serde_json::Map<String, serde_json::Value> = changes
+                            .into_iter()
+                            .map(|(k, (was, now))| (k, serde_json::json!([was, now])))
+                            .collect();
+                        MetricsLog::open(&run.metrics())?.write(&serde_json::json!({
+                            "kind": "resume", "step": loaded.meta.step, "changed": changed,
+                        }))?;
+                    }
+                }
+                return Ok(loaded.meta.step);
+            }
+            (false, Some(last)) => {
+                return Err(Error::Config {
                     detail: format!(
-                        "it was trained with seed {}, this run asks for seed {}",
-                        loaded.meta.seed, self.config.seed
+                        "the run folder {} already holds a run (checkpoint {}): pass --resume \
+                         to continue it, or choose another run folder",
+                        run.root.display(),
+                        last.display()
                     ),
                 });
             }
-            restore_state(vs, adam, ema, &loaded.tensors, loaded.meta.step)?;
-            if self.writer {
-                metrics::truncate(&run.metrics(), loaded.meta.step)?;
-            }
-            return Ok(loaded.meta.step);
-        }
-        if let Some(last) = checkpoint::list(&run.checkpoints())?.last() {
-            return Err(Error::Config {
-                detail: format!(
-                    "the run folder {} already holds a run (checkpoint {}): pass --resume to \
-                     continue it, or choose another run folder",
-                    run.root.display(),
-                    last.display()
-                ),
-            });
+            // Nothing to resume: a fresh start, whatever an interrupted run left before
+            // its first checkpoint.
+            (_, None) => {}
         }
         if self.writer {
-            std::fs::create_dir_all(&run.root)?;
+            for stale in [run.metrics(), run.curves()] {
+                match std::fs::remove_file(&stale) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(Error::Config {
+                            detail: format!("cannot remove {}: {e}", stale.display()),
+                        });
+                    }
+                    _ => {}
+                }
+            }
             let meta = self.meta(0);
             let value = serde_json::json!({
                 "model": meta.model,
@@ -214,6 +255,36 @@ impl<'a> Trainer<'a> {
             })?;
         }
         Ok(0)
+    }
+
+    /// The training options of this run that differ from those recorded in a checkpoint
+    /// (`recorded`), by name, with the old and new values. Options that do not change
+    /// the weights (checkpoint and log cadence, checkpoints kept, test images evaluated)
+    /// may change; so may the number of steps, unless the learning rate decays over them.
+    fn changes_from(
+        &self,
+        recorded: &serde_json::Value,
+    ) -> Vec<(String, (serde_json::Value, serde_json::Value))> {
+        let now = serde_json::to_value(&self.config).unwrap_or_default();
+        let mut free = vec![
+            "checkpoint_every",
+            "keep_checkpoints",
+            "log_every",
+            "eval_examples",
+        ];
+        if self.config.decay == LrDecay::Constant {
+            free.push("steps");
+        }
+        let (Some(was), Some(now)) = (recorded.as_object(), now.as_object()) else {
+            return Vec::new();
+        };
+        now.iter()
+            .filter(|(key, _)| !free.contains(&key.as_str()))
+            .filter_map(|(key, value)| {
+                let old = was.get(key).cloned().unwrap_or(serde_json::Value::Null);
+                (old != *value).then(|| (key.clone(), (old, value.clone())))
+            })
+            .collect()
     }
 
     /// Trains with `step` the variables of `vs` on `train`, started and stopped as
@@ -248,7 +319,14 @@ impl<'a> Trainer<'a> {
         let steps_per_epoch = loader.batches_per_epoch().max(1) as u64;
         let mut adam = Adam::new(vs, config.adam.into());
         let mut ema = config.ema_decay.map(|_| Ema::new(vs));
-        let mut index = self.start_or_resume(control.resume, vs, &mut adam, ema.as_mut())?;
+        let _lock = if self.writer {
+            let lock = self.run.lock()?;
+            self.run.remove_stale_temporaries();
+            Some(lock)
+        } else {
+            None
+        };
+        let mut index = self.start_or_resume(control, vs, &mut adam, ema.as_mut())?;
         observer.started(&RunStart {
             label: self.label.clone(),
             parameters: vs
@@ -350,7 +428,8 @@ impl<'a> Trainer<'a> {
                 metrics.write(&line)?;
             }
             if index % config.checkpoint_every.max(1) == 0 || index == config.steps {
-                last_checkpoint = Some(self.save(index, &adam, ema.as_ref(), vs)?);
+                last_checkpoint =
+                    Some(self.save(index, &adam, ema.as_ref(), vs, last_checkpoint.as_ref())?);
             }
             // Nothing optional runs before the checkpoint of this step is on disk.
             let mut evaluation = Vec::new();
@@ -371,7 +450,7 @@ impl<'a> Trainer<'a> {
             if control.stop.load(Ordering::SeqCst) && index < config.steps {
                 let path = match &last_checkpoint {
                     Some(p) if layout::is_checkpoint_of(p, index) => p.clone(),
-                    _ => self.save(index, &adam, ema.as_ref(), vs)?,
+                    _ => self.save(index, &adam, ema.as_ref(), vs, last_checkpoint.as_ref())?,
                 };
                 return Ok(TrainReport {
                     finished: Finished::Interrupted { step: index },
@@ -382,7 +461,7 @@ impl<'a> Trainer<'a> {
         }
         let checkpoint = match last_checkpoint {
             Some(p) => p,
-            None => self.save(index, &adam, ema.as_ref(), vs)?,
+            None => self.save(index, &adam, ema.as_ref(), vs, None)?,
         };
         Ok(TrainReport {
             finished: Finished::Completed,
@@ -428,8 +507,33 @@ impl<'a> Trainer<'a> {
             .collect())
     }
 
-    /// Writes the checkpoint of `step` (a process that does not write only names it).
-    fn save(&self, step: u64, adam: &Adam, ema: Option<&Ema>, vs: &VarStore) -> Result<PathBuf> {
+    /// Writes the checkpoint of `step` (a process that does not write only names it),
+    /// after checking that every tensor of the state is finite: a checkpoint is only ever
+    /// written of a state one can resume from. `last` is the newest good checkpoint.
+    fn save(
+        &self,
+        step: u64,
+        adam: &Adam,
+        ema: Option<&Ema>,
+        vs: &VarStore,
+        last: Option<&PathBuf>,
+    ) -> Result<PathBuf> {
+        let tensors = state_tensors(vs, adam, ema);
+        let not_finite = tch::no_grad(|| {
+            tensors
+                .iter()
+                .find(|(_, t)| t.isfinite().all().int64_value(&[]) == 0)
+                .map(|(name, _)| name.clone())
+        });
+        if let Some(name) = not_finite {
+            return Err(Error::NonFiniteState {
+                step,
+                name,
+                last_checkpoint: last
+                    .cloned()
+                    .or_else(|| checkpoint::list(&self.run.checkpoints()).ok()?.pop()),
+            });
+        }
         if !self.writer {
             return Ok(self
                 .run
@@ -439,7 +543,7 @@ impl<'a> Trainer<'a> {
         checkpoint::save(
             &self.run.checkpoints(),
             self.meta(step),
-            &state_tensors(vs, adam, ema),
+            &tensors,
             self.config.keep_checkpoints,
         )
     }

@@ -94,11 +94,13 @@ pub fn load_weights(
         let saved = tensors.get(&key).ok_or_else(|| Error::Checkpoint {
             detail: format!("weight {key} is missing: the checkpoint is of another model"),
         })?;
-        if saved.size() != var.size() {
+        if saved.size() != var.size() || saved.kind() != var.kind() {
             return Err(Error::Checkpoint {
                 detail: format!(
-                    "weight {key} has shape {:?}, the model needs {:?}",
+                    "weight {key} is {:?} of shape {:?}, the model needs {:?} of shape {:?}",
+                    saved.kind(),
                     saved.size(),
+                    var.kind(),
                     var.size()
                 ),
             });
