@@ -62,8 +62,10 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
     let flag = Arc::clone(&stop);
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
-            // A second Ctrl-C: the user wants out now.
-            std::process::exit(130);
+            // A second Ctrl-C: the user wants out now, while the main thread may be inside
+            // libtorch; no destructor may run under its feet. Files are written under
+            // temporary names first, so none is left half-written.
+            session::exit_now(130);
         }
         eprintln!("\nstopping after this step (Ctrl-C again to quit at once)...");
     })
@@ -72,6 +74,14 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
 }
 
 fn finish(report: &JobReport) -> Result<ExitCode> {
+    if let (Finished::Completed, true) = (&report.train.finished, report.stopped) {
+        eprintln!(
+            "interrupted during the final evaluation; checkpoint {}\nevaluate with: elbo eval {}",
+            report.train.checkpoint.display(),
+            report.run.display()
+        );
+        return Ok(ExitCode::from(130));
+    }
     match report.train.finished {
         Finished::Interrupted { step } => {
             eprintln!(

@@ -3,6 +3,8 @@
 // at::Tensor*. Every function catches C++ exceptions and returns them as a message
 // (allocated with malloc; free it with elbo_free_message), or nullptr on success.
 
+#include <unistd.h>
+#include <cstdio>
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 
@@ -93,6 +95,14 @@ char* elbo_clear_grads(at::Tensor** tensors, int64_t n) {
 
 // Whether autograd records operations now (not inside a no-grad region).
 int elbo_grad_enabled() { return at::GradMode::is_enabled() ? 1 : 0; }
+
+// Ends the process at once with `code`: no atexit handlers, no static destructors (a
+// second Ctrl-C arrives while another thread is inside libtorch, whose destructors
+// would then run under its feet).
+void elbo_exit_now(int code) {
+  std::fflush(nullptr);
+  _exit(code);
+}
 
 // glibc malloc: serve blocks up to mmap_threshold bytes from the heap (not from mmap)
 // and never give the heap's free top back to the kernel below trim_threshold bytes, so

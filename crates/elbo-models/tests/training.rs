@@ -311,3 +311,118 @@ fn vae_mlp_learns_on_the_bundled_sample() {
             .is_file()
     );
 }
+
+/// A test split smaller than the picture grid (5 images) loses nothing: the checkpoint is
+/// written, and the reconstructions come in one row of 5.
+#[test]
+fn a_tiny_test_split_still_gives_pictures_and_a_checkpoint() {
+    let _generator = exclusive();
+    let (train_set, test_set) = subset(64, 5);
+    let dir = tempfile::tempdir().unwrap();
+    let (_vs, report) = run(2, dir.path(), false, &train_set, &test_set);
+    assert!(report.checkpoint.exists());
+    let reconstructions = dir.path().join("samples/reconstructions-epoch-001.png");
+    assert!(reconstructions.exists());
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(&reconstructions).unwrap(),
+    ));
+    let info = decoder.read_info().unwrap().info().clone();
+    // Two rows (inputs, reconstructions) of five 28-pixel images.
+    assert!(info.width > info.height, "{}x{}", info.width, info.height);
+}
+
+/// With a learning rate of 1e10 the weights overflow: the run stops with an error that
+/// names a checkpoint whose every tensor is finite, or none, never a damaged one.
+#[test]
+fn a_diverging_run_never_checkpoints_a_non_finite_state() {
+    let _generator = exclusive();
+    let (train_set, test_set) = subset(64, 8);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut vs, model) = vae(5);
+    let settings = TrainConfig {
+        lr: 1e10,
+        checkpoint_every: 1,
+        ..config(50, 5)
+    };
+    let err = fit(
+        &model,
+        &mut vs,
+        &TrainData {
+            train: &train_set,
+            test: &test_set,
+        },
+        &settings,
+        dir.path(),
+        Control {
+            resume: false,
+            stop: &AtomicBool::new(false),
+            allow_changes: false,
+        },
+    )
+    .err()
+    .expect("the run diverges");
+    let named = match &err {
+        elbo_models::Error::NonFiniteLoss {
+            last_checkpoint, ..
+        }
+        | elbo_models::Error::NonFiniteState {
+            last_checkpoint, ..
+        } => last_checkpoint.clone(),
+        other => panic!("expected a non-finite stop, found {other}"),
+    };
+    for json in checkpoint::list(&dir.path().join("checkpoints")).unwrap() {
+        let loaded = checkpoint::load(&json).unwrap();
+        for (name, t) in &loaded.tensors {
+            assert_eq!(t.isfinite().all().int64_value(&[]), 1, "{name} in {json:?}");
+        }
+    }
+    if let Some(named) = named {
+        assert!(named.exists(), "{err}");
+    }
+}
+
+/// Resuming with another learning rate or batch size is refused, naming each change;
+/// with `allow_changes` it goes on and `metrics.jsonl` records the change.
+#[test]
+fn resume_with_changed_options_is_refused_unless_allowed() {
+    let _generator = exclusive();
+    let (train_set, test_set) = subset(64, 8);
+    let dir = tempfile::tempdir().unwrap();
+    run(4, dir.path(), false, &train_set, &test_set);
+    let data = TrainData {
+        train: &train_set,
+        test: &test_set,
+    };
+    let changed = TrainConfig {
+        lr: 0.01,
+        batch_size: 16,
+        ..config(8, 5)
+    };
+    let attempt = |allow_changes| {
+        let (mut vs, model) = vae(5);
+        fit(
+            &model,
+            &mut vs,
+            &data,
+            &changed,
+            dir.path(),
+            Control {
+                resume: true,
+                stop: &AtomicBool::new(false),
+                allow_changes,
+            },
+        )
+    };
+    let err = attempt(false).err().unwrap().to_string();
+    assert!(err.contains("batch_size was 32, now 16"), "{err}");
+    assert!(err.contains("lr was 0.001, now 0.01"), "{err}");
+    assert!(err.contains("--allow-changes"), "{err}");
+    let report = attempt(true).unwrap();
+    assert_eq!(report.steps_taken, 4);
+    let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+    let resume_line = metrics
+        .lines()
+        .find(|l| l.contains("\"kind\":\"resume\""))
+        .expect("a resume line");
+    assert!(resume_line.contains("\"lr\":[0.001,0.01]"), "{resume_line}");
+}

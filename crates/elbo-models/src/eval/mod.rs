@@ -6,6 +6,8 @@ pub mod classifier;
 pub mod frechet;
 pub mod image;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tch::{Kind, Tensor};
 
 use crate::models::ElboModel;
@@ -38,12 +40,29 @@ impl EvalReport {
 /// Evaluates `model` on `x` in batches of `batch` examples: the ELBO terms, and the IWAE
 /// bound with `iw_k` samples when given.
 pub fn evaluate(model: &dyn ElboModel, x: &Tensor, iw_k: Option<i64>, batch: i64) -> EvalReport {
+    let never = AtomicBool::new(false);
+    evaluate_until(model, x, iw_k, batch, &never).expect("an evaluation nobody stops finishes")
+}
+
+/// [`evaluate`], given up between two batches as soon as `stop` is raised (a Ctrl-C):
+/// `None` then.
+pub fn evaluate_until(
+    model: &dyn ElboModel,
+    x: &Tensor,
+    iw_k: Option<i64>,
+    batch: i64,
+    stop: &AtomicBool,
+) -> Option<EvalReport> {
+    let stopped = || stop.load(Ordering::SeqCst);
     tch::no_grad(|| {
         let size = x.size();
         let examples = size[0];
         let dims: i64 = size[1..].iter().product();
         let mut sums: Vec<(String, f64)> = Vec::new();
         for chunk in x.split(batch.max(1), 0) {
+            if stopped() {
+                return None;
+            }
             let n = chunk.size()[0] as f64;
             let terms = match model.capabilities().exact_bound {
                 Some(exact) => exact.exact_bound(&chunk),
@@ -62,15 +81,21 @@ pub fn evaluate(model: &dyn ElboModel, x: &Tensor, iw_k: Option<i64>, batch: i64
             .collect();
         // `ElboTerms::means` ends with the ELBO itself.
         let elbo = terms.pop().map_or(f64::NAN, |(_, v)| v);
-        let iwae = iw_k.map(|k| (k, iwae_bound(model, x, k, batch)));
-        EvalReport {
+        let iwae = match iw_k {
+            Some(k) => Some((k, iwae_bound_until(model, x, k, batch, stop)?)),
+            None => None,
+        };
+        if stopped() {
+            return None;
+        }
+        Some(EvalReport {
             examples,
             dims,
             terms,
             elbo,
             iwae,
             active_units: active_units(model, x, batch),
-        }
+        })
     })
 }
 
@@ -80,6 +105,18 @@ pub fn evaluate(model: &dyn ElboModel, x: &Tensor, iw_k: Option<i64>, batch: i64
 /// ran 1.2 (vae-mlp) to 2.5 (convolutional ladder, whose inner activations are 4 times
 /// its output) times slower per sample than calls of 2^19: out of cache.)
 pub fn iwae_bound(model: &dyn ElboModel, x: &Tensor, k: i64, batch: i64) -> f64 {
+    let never = AtomicBool::new(false);
+    iwae_bound_until(model, x, k, batch, &never).expect("a bound nobody stops finishes")
+}
+
+/// [`iwae_bound`], given up between two model calls as soon as `stop` is raised.
+fn iwae_bound_until(
+    model: &dyn ElboModel,
+    x: &Tensor,
+    k: i64,
+    batch: i64,
+    stop: &AtomicBool,
+) -> Option<f64> {
     tch::no_grad(|| {
         let size = x.size();
         let dims: i64 = size[1..].iter().product::<i64>().max(1);
@@ -90,6 +127,9 @@ pub fn iwae_bound(model: &dyn ElboModel, x: &Tensor, k: i64, batch: i64) -> f64 
             let mut parts = Vec::new();
             let mut done = 0;
             while done < k {
+                if stop.load(Ordering::SeqCst) {
+                    return None;
+                }
                 let now = per_call.min(k - done);
                 parts.push(model.log_importance_weights(&chunk, now));
                 done += now;
@@ -98,7 +138,7 @@ pub fn iwae_bound(model: &dyn ElboModel, x: &Tensor, k: i64, batch: i64) -> f64 
             let bound = log_w.logsumexp([0], false) - (k as f64).ln();
             total += bound.sum(Kind::Double).double_value(&[]);
         }
-        total / size[0] as f64
+        Some(total / size[0] as f64)
     })
 }
 

@@ -45,8 +45,25 @@ impl ModelConfig {
         value.unwrap_or(Value::Null)
     }
 
-    /// Reads back what a checkpoint records: its family and configuration.
+    /// Reads back what a checkpoint records: its family and configuration (whose image
+    /// shape must be one a model can be built for: at most 64 channels and 4096 pixels a
+    /// side, so that a damaged record cannot ask for terabytes).
     pub fn from_record(family: &str, config: &Value) -> Result<ModelConfig> {
+        let config = Self::parse_record(family, config)?;
+        let [c, h, w] = config.image();
+        if !(1..=64).contains(&c) || !(1..=4096).contains(&h) || !(1..=4096).contains(&w) {
+            return Err(Error::Checkpoint {
+                detail: format!(
+                    "its image shape {:?} is out of range: expected 1 to 64 channels and 1 to \
+                     4096 pixels a side",
+                    config.image()
+                ),
+            });
+        }
+        Ok(config)
+    }
+
+    fn parse_record(family: &str, config: &Value) -> Result<ModelConfig> {
         fn parse<T: serde::de::DeserializeOwned>(family: &str, config: &Value) -> Result<T> {
             serde_json::from_value(config.clone()).map_err(|e| Error::Checkpoint {
                 detail: format!("its {family} configuration does not parse: {e}"),
@@ -72,6 +89,29 @@ impl ModelConfig {
                     ),
                 });
             }
+        })
+    }
+
+    /// The shape (channels, height, width) of the images it models.
+    pub fn image(&self) -> [i64; 3] {
+        match self {
+            ModelConfig::Vae(c) => c.image,
+            ModelConfig::Hvae(HvaeConfig::Markov(c)) => c.image,
+            ModelConfig::Hvae(HvaeConfig::Ladder(c)) => c.image,
+            ModelConfig::Ddpm(c) => [c.unet.in_channels, c.unet.image_size, c.unet.image_size],
+        }
+    }
+
+    /// Checks that images of `shape` (channels, height, width) are what it models.
+    pub fn check_images(&self, shape: [i64; 3], what: &str) -> Result<()> {
+        if shape == self.image() {
+            return Ok(());
+        }
+        Err(Error::Config {
+            detail: format!(
+                "{what} has images of shape {shape:?}, the model takes {:?}",
+                self.image()
+            ),
         })
     }
 

@@ -170,6 +170,18 @@ pub fn draw_samples(
     n: i64,
     sampling: Option<&SamplingOptions>,
 ) -> Result<Tensor> {
+    // Batches of at most this many images: any n fits in memory.
+    const BATCH: i64 = 256;
+    if n > BATCH {
+        let mut parts = Vec::new();
+        let mut left = n;
+        while left > 0 {
+            let now = left.min(BATCH);
+            parts.push(draw_samples(model, now, sampling)?);
+            left -= now;
+        }
+        return Ok(Tensor::cat(&parts, 0));
+    }
     match (sampling, model.capabilities().stepped) {
         (None, _) => model.sample(n),
         // A stepped sampler works in [-1, 1], where its last step may overshoot.

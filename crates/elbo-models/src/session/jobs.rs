@@ -237,8 +237,12 @@ pub struct JobReport {
     pub run: PathBuf,
     /// The training loop's report.
     pub train: TrainReport,
-    /// The final evaluation on the test split, when the run completed.
+    /// The final evaluation on the test split, when the run completed and was not
+    /// stopped during it.
     pub eval: Option<EvalReport>,
+    /// The stop flag was raised (during training, or during the final evaluation, which
+    /// was then given up: the checkpoint is written either way).
+    pub stopped: bool,
     /// The newest sample grid.
     pub samples: Option<PathBuf>,
     /// The training curves, when drawn.
@@ -291,12 +295,14 @@ pub fn train(
         train::Finished::Completed => {
             let FinalEval { iw, examples } = plan.final_eval;
             let test = data::fixed_tensor(&splits.test, model.likelihood(), examples, device)?;
-            Some(eval::evaluate(model.as_ref(), &test, iw, 100))
+            eval::evaluate_until(model.as_ref(), &test, iw, 100, control.stop)
         }
         train::Finished::Interrupted { .. } => None,
     };
+    let stopped = control.stop.load(std::sync::atomic::Ordering::SeqCst);
     let curves = run.curves();
     Ok(JobReport {
+        stopped,
         samples: run.newest_samples(),
         curves: curves.exists().then_some(curves),
         run: run.root,

@@ -33,6 +33,7 @@ pub use crate::models::hvae::{HvaeArch, HvaeVariant};
 pub use crate::models::vae::VaePreset;
 pub use crate::nn::likelihood::Likelihood;
 pub use crate::sample::{SamplerSpec, SamplingOptions};
+pub use crate::sys::ffi::exit_now;
 pub use crate::sys::{DeviceSpec, RuntimeInfo, retain_freed_memory};
 pub use crate::train::aids::TrainingAids;
 pub use crate::train::{Control, Finished, Observer, Progress, RunStart};
@@ -114,6 +115,9 @@ pub fn evaluate_checkpoint(
     let restored = restore(path, device, true)?;
     let spec = data.cloned().unwrap_or_else(|| restored.trained_on());
     let splits = spec.load()?;
+    restored
+        .config
+        .check_images(image_shape(&splits.test), &format!("data {spec}"))?;
     let test = data::fixed_tensor(&splits.test, restored.model.likelihood(), limit, device)?;
     let iw = match iw {
         None if restored.model.capabilities().exact_bound.is_some() => None,
@@ -122,6 +126,10 @@ pub fn evaluate_checkpoint(
     };
     let report = eval::evaluate(restored.model.as_ref(), &test, iw, 100);
     Ok((restored, report))
+}
+
+fn image_shape(dataset: &elbo_data::Dataset) -> [i64; 3] {
+    dataset.image_shape().map(|d| d as i64)
 }
 
 /// The sampling a user asks for, against what `model` can do: `None` for the model's
@@ -174,6 +182,9 @@ pub fn frechet_of_checkpoint(
     let features = crate::eval::classifier::restore(classifier, device)?;
     let spec = data.cloned().unwrap_or_else(|| restored.trained_on());
     let splits = spec.load()?;
+    restored
+        .config
+        .check_images(image_shape(&splits.test), &format!("data {spec}"))?;
     let report = crate::eval::frechet::frechet_of_model(
         restored.model.as_ref(),
         &features.model,

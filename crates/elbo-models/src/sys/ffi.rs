@@ -52,6 +52,7 @@ mod sys {
         ) -> *mut c_char;
         pub fn elbo_clear_grads(tensors: *const *mut C_tensor, n: i64) -> *mut c_char;
         pub fn elbo_grad_enabled() -> c_int;
+        pub fn elbo_exit_now(code: c_int) -> !;
         pub fn elbo_retain_freed_memory(
             mmap_threshold: c_int,
             trim_threshold: c_int,
@@ -174,6 +175,23 @@ pub fn grad_enabled() -> bool {
     }
     #[cfg(not(elbo_ops))]
     true
+}
+
+/// Ends the process now with exit status `code`, running no destructors and no atexit
+/// handlers (C's `_exit` after flushing stdio): for a second Ctrl-C while another thread
+/// is inside libtorch. Every file elbo writes goes to a temporary name first, so nothing
+/// is left half-written under its final name. Without the compiled shim: an abort.
+pub fn exit_now(code: i32) -> ! {
+    #[cfg(elbo_ops)]
+    {
+        // SAFETY: an integer in; the call does not return.
+        unsafe { sys::elbo_exit_now(code) }
+    }
+    #[cfg(not(elbo_ops))]
+    {
+        let _ = code;
+        std::process::abort()
+    }
 }
 
 /// glibc's malloc: blocks up to `mmap_threshold` bytes come from the heap rather than

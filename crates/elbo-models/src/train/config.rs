@@ -141,8 +141,37 @@ impl TrainConfig {
     /// Checks the values that would make a run fail later.
     pub fn validate(&self) -> Result<()> {
         let bad = |detail: String| Err(Error::Config { detail });
+        if self.steps == 0 {
+            return bad(
+                "steps must be at least 1 (an untrained model is not a run), found 0".into(),
+            );
+        }
         if self.batch_size == 0 {
             return bad("batch_size must be at least 1, found 0".into());
+        }
+        if self.warmup_steps > self.steps {
+            return bad(format!(
+                "warmup_steps must be at most the {} steps of the run, found {}",
+                self.steps, self.warmup_steps
+            ));
+        }
+        if let LrDecay::Cosine { final_fraction } = self.decay
+            && !(0.0..=1.0).contains(&final_fraction)
+        {
+            return bad(format!(
+                "the cosine decay's final fraction must be in [0, 1], found {final_fraction}"
+            ));
+        }
+        let wd = self.adam.weight_decay;
+        if !(wd.is_finite() && (0.0..1.0).contains(&wd)) {
+            return bad(format!("weight_decay must be in [0, 1), found {wd}"));
+        }
+        if self.checkpoint_every == 0 || self.keep_checkpoints == 0 || self.log_every == 0 {
+            return bad(format!(
+                "checkpoint_every, keep_checkpoints and log_every must be at least 1, found \
+                 {}, {}, {}",
+                self.checkpoint_every, self.keep_checkpoints, self.log_every
+            ));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return bad(format!("lr must be positive and finite, found {}", self.lr));

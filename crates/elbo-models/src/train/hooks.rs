@@ -69,22 +69,31 @@ impl Hook for TestElbo<'_> {
     }
 }
 
-/// A grid of 64 samples and, given test images, rows of 8 inputs each followed by a row
-/// of their reconstructions, into the run's `samples/` folder.
+/// A grid of 64 samples and, given test images, rows of up to 8 inputs each followed by
+/// a row of their reconstructions, into the run's `samples/` folder.
 pub struct Pictures<'a> {
     model: &'a dyn ElboModel,
-    /// Up to 32 test images, a multiple of 8 (a grid needs whole rows).
+    /// Up to 32 test images, in whole rows.
     inputs: Option<Tensor>,
+    /// Images per row.
+    columns: i64,
 }
 
 impl<'a> Pictures<'a> {
     /// Pictures of `model`, with reconstructions of the first images of `test` if given.
     pub fn new(model: &'a dyn ElboModel, test: Option<&Tensor>) -> Pictures<'a> {
+        // Any number of test images: rows of 8 when there are 8 or more, else one row.
+        let available = test.map_or(0, |t| t.size()[0].min(32));
+        let columns = available.clamp(1, 8);
         let inputs = test.and_then(|t| {
-            let whole_rows = t.size()[0].min(32) / 8 * 8;
+            let whole_rows = available / columns * columns;
             (whole_rows > 0).then(|| t.narrow(0, 0, whole_rows))
         });
-        Pictures { model, inputs }
+        Pictures {
+            model,
+            inputs,
+            columns,
+        }
     }
 }
 
@@ -98,16 +107,17 @@ impl Hook for Pictures<'_> {
             let recon = tch::no_grad(|| self.model.reconstruct(inputs));
             let size = inputs.size();
             let (c, h, w) = (size[1], size[2], size[3]);
-            // Rows of 8 inputs, each followed by a row of their reconstructions.
+            // Rows of inputs, each followed by a row of their reconstructions.
+            let k = self.columns;
             let pairs = Tensor::stack(
                 &[
-                    unit(inputs).reshape([-1, 8, c, h, w]),
-                    unit(&recon).reshape([-1, 8, c, h, w]),
+                    unit(inputs).reshape([-1, k, c, h, w]),
+                    unit(&recon).reshape([-1, k, c, h, w]),
                 ],
                 1,
             )
             .flatten(0, 2);
-            image::save_grid(&pairs, 8, &at.run.epoch_reconstructions(at.epoch))?;
+            image::save_grid(&pairs, k, &at.run.epoch_reconstructions(at.epoch))?;
         }
         Ok(Vec::new())
     }

@@ -302,6 +302,14 @@ impl<'a> Trainer<'a> {
     ) -> Result<TrainReport> {
         let device = vs.device();
         self.prepare(device)?;
+        if train.is_empty() {
+            return Err(Error::Config {
+                detail: format!(
+                    "the training split of {} has no images: nothing to train on",
+                    self.config.data
+                ),
+            });
+        }
         let config = self.config.clone();
         let batching = Batching {
             batch_size: NonZeroUsize::new(config.batch_size).unwrap_or(NonZeroUsize::MIN),
