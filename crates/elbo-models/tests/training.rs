@@ -359,8 +359,7 @@ fn a_diverging_run_never_checkpoints_a_non_finite_state() {
             allow_changes: false,
         },
     )
-    .err()
-    .expect("the run diverges");
+    .expect_err("the run diverges");
     let named = match &err {
         elbo_models::Error::NonFiniteLoss {
             last_checkpoint, ..
