@@ -303,3 +303,43 @@ fn bad_options_are_refused_with_their_range() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
     }
 }
+
+/// Errors about files name the file and say what was expected.
+#[test]
+fn file_errors_name_the_path_and_what_was_expected() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let tensors = dir.path().join("step-000000001.safetensors");
+    std::fs::write(&tensors, b"not tensors").unwrap();
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec![
+                "train",
+                "vae",
+                "--steps",
+                "2",
+                "--run",
+                file.to_str().unwrap(),
+            ],
+            format!("{} is a file: expected a folder", file.display()),
+        ),
+        (
+            vec!["train", "vae", "--steps", "2", "--run", "/proc/elbo/x"],
+            "run folder /proc/elbo/x: No such file or directory".to_string(),
+        ),
+        (
+            vec!["eval", tensors.to_str().unwrap()],
+            "is not a checkpoint's JSON file: expected a run folder".to_string(),
+        ),
+        (
+            vec!["eval", dir.path().to_str().unwrap()],
+            "holds no checkpoint: expected a run folder".to_string(),
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(&expected), "{args:?}: {}", text(&out));
+    }
+}

@@ -45,8 +45,19 @@ pub fn save_grid(images: &Tensor, columns: i64, path: &Path) -> Result<()> {
             grid[dst..dst + w * c].copy_from_slice(&pixels[src..src + w * c]);
         }
     }
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+    if path.is_dir() {
+        return Err(Error::Config {
+            detail: format!(
+                "{} is a folder: expected the path of a PNG file",
+                path.display()
+            ),
+        });
+    }
+    let at = |e: std::io::Error| Error::Config {
+        detail: format!("writing {}: {e}", path.display()),
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(at)?;
     }
     write_atomically(path, |temp| {
         let file = std::io::BufWriter::new(std::fs::File::create(temp)?);
@@ -62,6 +73,10 @@ pub fn save_grid(images: &Tensor, columns: i64, path: &Path) -> Result<()> {
         writer.write_image_data(&grid).map_err(encoding)?;
         writer.finish().map_err(encoding)?;
         Ok(())
+    })
+    .map_err(|e| match e {
+        Error::Io(e) => at(e),
+        other => other,
     })
 }
 

@@ -216,6 +216,16 @@ pub fn load(json: &Path) -> Result<Loaded> {
     } else {
         json.to_path_buf()
     };
+    if json.extension().is_some_and(|e| e != "json") {
+        return Err(Error::Checkpoint {
+            detail: format!(
+                "{} is not a checkpoint's JSON file: expected a run folder, its checkpoints/ \
+                 folder, or a step-*.json file (the .safetensors beside it holds only the \
+                 tensors)",
+                json.display()
+            ),
+        });
+    }
     let text = fs::read_to_string(&json).map_err(|e| Error::Checkpoint {
         detail: format!("cannot read {}: {e}", json.display()),
     })?;

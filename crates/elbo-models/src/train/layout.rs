@@ -100,6 +100,14 @@ impl RunDir {
         let at = |e: std::io::Error| crate::Error::Config {
             detail: format!("run folder {}: {e}", self.root.display()),
         };
+        if self.root.exists() && !self.root.is_dir() {
+            return Err(crate::Error::Config {
+                detail: format!(
+                    "the run folder {} is a file: expected a folder (or a path to create one)",
+                    self.root.display()
+                ),
+            });
+        }
         std::fs::create_dir_all(&self.root).map_err(at)?;
         let path = self.lock_file();
         let mut file = std::fs::OpenOptions::new()
