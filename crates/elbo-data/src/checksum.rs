@@ -160,6 +160,7 @@ mod tests {
             name: Cow::Borrowed("abc"),
             md5: Cow::Owned(d.md5.clone()),
             sha256: None,
+            size: None,
         };
         verify("abc", &expected, &d, "kept").unwrap();
         expected.sha256 = Some(Cow::Borrowed("00"));

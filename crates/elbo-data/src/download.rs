@@ -71,6 +71,7 @@ pub fn fetch(
                 (digests, Outcome::AlreadyPresent)
             }
             None => {
+                crate::staging::remove_stale(dir, &file.name);
                 let url = manifest.url(file);
                 let staged = download_with_retries(&agent, &url, dir, file, config, observer)?;
                 let digests = staged.commit(file, &dest, "the downloaded file was deleted")?;
@@ -175,13 +176,30 @@ fn download_once(
         });
     }
     let total = response.body().content_length();
+    let too_large = |found: u64| {
+        Failure::Fatal(DataError::TooLarge {
+            url: url.to_owned(),
+            name: file.name.to_string(),
+            expected: file.size.unwrap_or(0),
+            found,
+        })
+    };
+    if let (Some(size), Some(total)) = (file.size, total)
+        && total > size
+    {
+        return Err(too_large(total));
+    }
     observer(DownloadEvent::Started {
         file: &file.name,
         source: url,
         total,
     });
     let mut staged = Staged::create(dir, &file.name).map_err(Failure::Fatal)?;
-    let mut reader = response.into_body().into_reader();
+    let mut reader = Capped {
+        inner: response.into_body().into_reader(),
+        limit: file.size.unwrap_or(u64::MAX),
+        read: 0,
+    };
     let name: &str = &file.name;
     let received = staged
         .copy_from(&mut reader, &mut |received| {
@@ -191,6 +209,9 @@ fn download_once(
             })
         })
         .map_err(|e| match e {
+            CopyError::Read(e) if e.kind() == std::io::ErrorKind::FileTooLarge => {
+                too_large(reader.read)
+            }
             CopyError::Read(e) => Failure::Retry(format!("the transfer broke off: {e}")),
             CopyError::Local(e) => Failure::Fatal(e),
         })?;
@@ -199,6 +220,27 @@ fn download_once(
             "the body ended after {received} of {total} bytes"
         ))),
         _ => Ok(staged),
+    }
+}
+
+/// A body reader that fails (`FileTooLarge`) as soon as more than `limit` bytes came.
+struct Capped<R> {
+    inner: R,
+    limit: u64,
+    read: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.read > self.limit {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                format!("more than {} bytes", self.limit),
+            ));
+        }
+        Ok(n)
     }
 }
 

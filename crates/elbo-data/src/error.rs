@@ -105,6 +105,21 @@ pub enum DataError {
         /// The last attempt's error.
         error: String,
     },
+    /// The server sends (or announces) more bytes than the file has: a wrong file, or a
+    /// server that would fill the disk.
+    #[error(
+        "{url} sends more than the {expected} bytes {name} has (it announced or sent {found}): refused, and nothing of it kept"
+    )]
+    TooLarge {
+        /// The URL requested.
+        url: String,
+        /// The file.
+        name: String,
+        /// Its size in bytes, from the manifest.
+        expected: u64,
+        /// The bytes announced (Content-Length) or received when refused.
+        found: u64,
+    },
     /// A request for data that the data set does not hold.
     #[error("index {index} is out of range for a data set of {len} examples")]
     IndexOutOfRange {

@@ -18,6 +18,9 @@ pub struct RemoteFile {
     pub md5: Cow<'static, str>,
     /// The sha256 digest the file must have, when it is known.
     pub sha256: Option<Cow<'static, str>>,
+    /// Its size in bytes, when known: a download that announces or sends more is cut
+    /// off and refused (before the digest could say so, and before it fills a disk).
+    pub size: Option<u64>,
 }
 
 /// The files of one data set and the base URL they are downloaded from.
@@ -44,12 +47,13 @@ impl Manifest {
     }
 }
 
-/// A [`RemoteFile`] with a known md5 and a sha256 still to be pinned.
-const fn md5_only(name: &'static str, md5: &'static str) -> RemoteFile {
+/// A [`RemoteFile`] with a known md5 and size, and a sha256 still to be pinned.
+const fn md5_only(name: &'static str, md5: &'static str, size: u64) -> RemoteFile {
     RemoteFile {
         name: Cow::Borrowed(name),
         md5: Cow::Borrowed(md5),
         sha256: None,
+        size: Some(size),
     }
 }
 
@@ -61,18 +65,22 @@ pub const MNIST: Manifest = Manifest {
         md5_only(
             "train-images-idx3-ubyte.gz",
             "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            9912422,
         ),
         md5_only(
             "train-labels-idx1-ubyte.gz",
             "d53e105ee54ea40749a09fcbcd1e9432",
+            28881,
         ),
         md5_only(
             "t10k-images-idx3-ubyte.gz",
             "9fb629c4189551a2d022fa330f9573f3",
+            1648877,
         ),
         md5_only(
             "t10k-labels-idx1-ubyte.gz",
             "ec29112dd5afa0611ce80d1b7f02629c",
+            4542,
         ),
     ]),
 };
@@ -85,18 +93,22 @@ pub const FASHION_MNIST: Manifest = Manifest {
         md5_only(
             "train-images-idx3-ubyte.gz",
             "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            26421880,
         ),
         md5_only(
             "train-labels-idx1-ubyte.gz",
             "25c81989df183df01b3e8a0aad5dffbe",
+            29515,
         ),
         md5_only(
             "t10k-images-idx3-ubyte.gz",
             "bef4ecab320f06d8554ea6380940ec79",
+            4422102,
         ),
         md5_only(
             "t10k-labels-idx1-ubyte.gz",
             "bb300cfdad3c16e7a12a480ee83cd310",
+            5148,
         ),
     ]),
 };
@@ -107,6 +119,7 @@ pub const CIFAR10: Manifest = Manifest {
     files: Cow::Borrowed(&[md5_only(
         "cifar-10-binary.tar.gz",
         "c32a1d4ab5d03f1284b67883e8d87530",
+        170052171,
     )]),
 };
 

@@ -34,7 +34,7 @@ impl Staged {
     /// A new, empty staged file for `name` in `dir`.
     pub(crate) fn create(dir: &Path, name: &str) -> Result<Self> {
         let file = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
+            .prefix(&format!(".{name}.{}.", std::process::id()))
             .suffix(".part")
             .tempfile_in(dir)
             .map_err(|e| DataError::io(dir, "creating a temporary file in", e))?;
@@ -95,6 +95,32 @@ impl Staged {
     }
 }
 
+/// Removes the staged files of `name` in `dir` that processes which are gone left behind
+/// (an interrupted download): `.<name>.<pid>.<random>.part` whose `pid` no longer runs
+/// (on Linux, no /proc/<pid>). Returns the files removed.
+pub(crate) fn remove_stale(dir: &Path, name: &str) -> Vec<std::path::PathBuf> {
+    let prefix = format!(".{name}.");
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file.strip_prefix(&prefix) else {
+            continue;
+        };
+        if !rest.ends_with(".part") {
+            continue;
+        }
+        let owner = rest.split('.').next().and_then(|p| p.parse::<u32>().ok());
+        let alive = owner.is_some_and(|pid| {
+            pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists()
+        });
+        // A staged file without a process id is from before they carried one: stale.
+        if !alive && std::fs::remove_file(entry.path()).is_ok() {
+            removed.push(entry.path());
+        }
+    }
+    removed
+}
+
 /// Flushes the folder holding `path`, so that a rename survives a crash.
 fn sync_parent(path: &Path) -> Result<()> {
     #[cfg(unix)]
@@ -121,7 +147,23 @@ mod tests {
             name: Cow::Borrowed("f.bin"),
             md5: Cow::Owned(d.md5),
             sha256: Some(Cow::Owned(d.sha256)),
+            size: None,
         }
+    }
+
+    #[test]
+    fn stale_staged_files_of_gone_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mine = Staged::create(dir.path(), "a.gz").unwrap();
+        // pid 0 is never a process's; the second is from before staged files had a pid.
+        for stale in [".a.gz.0.x1y2.part", ".a.gz.q7Zr.part"] {
+            std::fs::write(dir.path().join(stale), b"half").unwrap();
+        }
+        std::fs::write(dir.path().join(".b.gz.0.x.part"), b"other file").unwrap();
+        let removed = remove_stale(dir.path(), "a.gz");
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        assert!(mine.path().exists(), "a live download's file stays");
+        assert!(dir.path().join(".b.gz.0.x.part").exists());
     }
 
     #[test]

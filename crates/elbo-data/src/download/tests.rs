@@ -30,6 +30,7 @@ fn manifest_for(server: &TestServer, files: &[(String, Vec<u8>)]) -> Manifest {
                     name: Cow::Owned(name.clone()),
                     md5: Cow::Owned(d.md5),
                     sha256: Some(Cow::Owned(d.sha256)),
+                    size: None,
                 }
             })
             .collect(),
@@ -319,10 +320,64 @@ fn md5_only_manifests_verify_and_report_the_sha256_to_pin() {
             name: Cow::Borrowed("u.bin"),
             md5: Cow::Owned(digest_bytes(&body).md5),
             sha256: None,
+            size: None,
         }]),
     };
     let dir = tempfile::tempdir().unwrap();
     let fetched = fetch(&manifest, dir.path(), &fast(0), &mut |_| {}).unwrap();
     assert!(!fetched[0].sha256_pinned);
     assert_eq!(fetched[0].digests.sha256, digest_bytes(&body).sha256);
+}
+
+/// A server that announces more bytes than the manifest's size is refused at once
+/// (a stalled server announcing 10^12 bytes no longer hangs the download), and no
+/// staged file is left behind.
+#[test]
+fn a_body_larger_than_the_known_size_is_refused_and_nothing_kept() {
+    let server = TestServer::start();
+    let body = vec![7u8; 4096];
+    // Announces 4096 bytes, sends 10 and stalls until the connection closes.
+    server.script(
+        "/big.bin",
+        vec![Reply::Truncated {
+            body: body.clone(),
+            sent: 10,
+        }],
+    );
+    let d = digest_bytes(&body[..100]);
+    let manifest = Manifest {
+        base_url: Cow::Owned(server.base_url()),
+        files: Cow::Owned(vec![RemoteFile {
+            name: Cow::Borrowed("big.bin"),
+            md5: Cow::Owned(d.md5),
+            sha256: None,
+            size: Some(100),
+        }]),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let err = fetch(&manifest, dir.path(), &fast(3), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("sends more than the 100 bytes big.bin has (it announced or sent 4096)"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A staged file of an interrupted download (its process gone) is removed when the
+/// file is downloaded again.
+#[test]
+fn a_stale_part_file_is_removed_by_the_next_download() {
+    let server = TestServer::start();
+    let body = b"fresh".to_vec();
+    server.script("/f.bin", vec![Reply::Ok(body.clone())]);
+    let manifest = manifest_for(&server, &[("f.bin".to_string(), body)]);
+    let dir = tempfile::tempdir().unwrap();
+    let stale = dir.path().join(".f.bin.0.abc123.part");
+    std::fs::write(&stale, vec![0u8; 1000]).unwrap();
+    fetch(&manifest, dir.path(), &fast(0), &mut |_| {}).unwrap();
+    assert!(!stale.exists());
+    assert!(dir.path().join("f.bin").exists());
 }

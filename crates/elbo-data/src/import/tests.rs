@@ -15,6 +15,7 @@ fn manifest(files: &[(&str, &[u8])]) -> Manifest {
                     name: Cow::Owned((*name).to_owned()),
                     md5: Cow::Owned(d.md5),
                     sha256: Some(Cow::Owned(d.sha256)),
+                    size: None,
                 }
             })
             .collect(),
