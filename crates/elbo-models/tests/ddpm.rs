@@ -92,7 +92,7 @@ fn quick_config(steps: u64) -> TrainConfig {
         steps,
         batch_size: 32,
         lr: 2e-3,
-        warmup_steps: 5,
+        warmup_steps: 5.min(steps),
         clip_grad_norm: Some(1.0),
         ema_decay: Some(0.9),
         eval_examples: 16,

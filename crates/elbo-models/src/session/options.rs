@@ -169,7 +169,9 @@ impl TrainOptions {
             steps,
             batch_size,
             lr: self.lr.unwrap_or(defaults.lr),
-            warmup_steps: self.warmup.unwrap_or(defaults.warmup),
+            // A default warm-up longer than a short run is cut to the run; one asked for is
+            // checked as given.
+            warmup_steps: self.warmup.unwrap_or(defaults.warmup.min(steps)),
             decay: match self.cosine_to {
                 Some(final_fraction) => LrDecay::Cosine { final_fraction },
                 None => LrDecay::Constant,
@@ -234,6 +236,19 @@ mod tests {
             .resolve(&recipe, 9000, TrainingAids::default())
             .unwrap();
         assert_eq!(config.steps, 5, "steps win over epochs");
+        // The recipe's 200 warm-up steps are cut to a 5-step run; an asked-for warm-up
+        // longer than the run is left for the loop to refuse.
+        assert_eq!(config.warmup_steps, 5);
+        let asked = TrainOptions {
+            steps: Some(5),
+            warmup: Some(9),
+            ..TrainOptions::default()
+        };
+        let config = asked
+            .resolve(&recipe, 9000, TrainingAids::default())
+            .unwrap();
+        assert_eq!(config.warmup_steps, 9);
+        assert!(config.validate().is_err());
         let overflow = TrainOptions {
             epochs: Some(u64::MAX),
             ..TrainOptions::default()
