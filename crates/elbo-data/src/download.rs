@@ -29,16 +29,21 @@ pub struct DownloadConfig {
     pub timeout: Duration,
     /// The limit for the whole body of one file, if any.
     pub body_timeout: Option<Duration>,
+    /// The longest wait for the next bytes of a body: a server that sends nothing for
+    /// this long is given up on (and the attempt retried), however long the body.
+    pub idle_timeout: Duration,
 }
 
 impl Default for DownloadConfig {
-    /// 3 retries from 1 s, 30 s to connect and get headers, no limit on bodies.
+    /// 3 retries from 1 s, 30 s to connect and get headers, no limit on a whole body, 30
+    /// s without data.
     fn default() -> Self {
         DownloadConfig {
             retries: 3,
             backoff: Duration::from_secs(1),
             timeout: Duration::from_secs(30),
             body_timeout: None,
+            idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -126,7 +131,7 @@ fn download_with_retries(
     let mut delay = config.backoff;
     let mut attempt = 1;
     loop {
-        match download_once(agent, url, dir, file, observer) {
+        match download_once(agent, url, dir, file, config.idle_timeout, observer) {
             Ok(staged) => return Ok(staged),
             Err(Failure::Fatal(e)) => return Err(e),
             Err(Failure::Retry(error)) if attempt >= attempts => {
@@ -151,11 +156,20 @@ fn download_with_retries(
     }
 }
 
+/// What the thread that reads a body tells the one that waits for it.
+enum Transfer {
+    /// Bytes received so far.
+    Received(u64),
+    /// The body ended (or failed), after so many bytes read from the server.
+    Done(Box<std::result::Result<(Staged, u64), CopyError>>, u64),
+}
+
 fn download_once(
     agent: &ureq::Agent,
     url: &str,
     dir: &Path,
     file: &RemoteFile,
+    idle_timeout: Duration,
     observer: &mut dyn FnMut(DownloadEvent<'_>),
 ) -> std::result::Result<Staged, Failure> {
     // `identity`: the digests are of the file as stored, not of a re-encoding.
@@ -200,21 +214,55 @@ fn download_once(
         limit: file.size.unwrap_or(u64::MAX),
         read: 0,
     };
+    // The body is read on a thread of its own so that a server that stops sending can be
+    // given up on: a blocking read has no timeout between bytes. A thread given up on
+    // keeps its staged file until its read ends (or the process does; the next
+    // download of the file removes what is left).
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let progress = sender.clone();
+        let copied = staged.copy_from(&mut reader, &mut |received| {
+            let _ = progress.send(Transfer::Received(received));
+        });
+        let copied = Box::new(copied.map(|n| (staged, n)));
+        let _ = sender.send(Transfer::Done(copied, reader.read));
+    });
     let name: &str = &file.name;
-    let received = staged
-        .copy_from(&mut reader, &mut |received| {
-            observer(DownloadEvent::Progress {
-                file: name,
-                received,
-            })
-        })
-        .map_err(|e| match e {
-            CopyError::Read(e) if e.kind() == std::io::ErrorKind::FileTooLarge => {
-                too_large(reader.read)
+    let mut last = 0;
+    let (staged, received) = loop {
+        match receiver.recv_timeout(idle_timeout) {
+            Ok(Transfer::Received(received)) => {
+                last = received;
+                observer(DownloadEvent::Progress {
+                    file: name,
+                    received,
+                });
             }
-            CopyError::Read(e) => Failure::Retry(format!("the transfer broke off: {e}")),
-            CopyError::Local(e) => Failure::Fatal(e),
-        })?;
+            Ok(Transfer::Done(done, read)) => match *done {
+                Ok(done) => break done,
+                Err(e) => {
+                    return Err(match e {
+                        CopyError::Read(e) if e.kind() == std::io::ErrorKind::FileTooLarge => {
+                            too_large(read)
+                        }
+                        CopyError::Read(e) => {
+                            Failure::Retry(format!("the transfer broke off: {e}"))
+                        }
+                        CopyError::Local(e) => Failure::Fatal(e),
+                    });
+                }
+            },
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                return Err(Failure::Retry(format!(
+                    "the server sent nothing for {:.1} s (after {last} bytes)",
+                    idle_timeout.as_secs_f64()
+                )));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Failure::Retry("the transfer stopped without a word".into()));
+            }
+        }
+    };
     match total {
         Some(total) if received != total => Err(Failure::Retry(format!(
             "the body ended after {received} of {total} bytes"

@@ -46,9 +46,36 @@ enum Source<'a> {
     Gzip {
         // Boxed: the decoder's size depends on flate2's backend (large with zlib-rs,
         // which the workspace enables through the xtask's zip), the raw variant is a slice.
-        decoder: Box<GzDecoder<&'a [u8]>>,
+        decoder: Box<Members<'a>>,
         compressed_len: u64,
     },
+}
+
+/// The members of a gzip file, read as one stream as gunzip reads them: when a member
+/// ends and what follows starts with gzip's magic bytes, the next member is read;
+/// anything else after a member is left unread (the caller reports it as trailing).
+struct Members<'a> {
+    current: GzDecoder<&'a [u8]>,
+}
+
+impl<'a> Members<'a> {
+    /// The compressed bytes not consumed yet.
+    fn get_ref(&self) -> &&'a [u8] {
+        self.current.get_ref()
+    }
+}
+
+impl Read for Members<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let n = self.current.read(buf)?;
+            let rest: &[u8] = self.current.get_ref();
+            if n > 0 || buf.is_empty() || !is_gzip(rest) {
+                return Ok(n);
+            }
+            self.current = GzDecoder::new(rest);
+        }
+    }
 }
 
 impl<'a> Input<'a> {
@@ -56,7 +83,9 @@ impl<'a> Input<'a> {
     pub(crate) fn new(name: &'a str, bytes: &'a [u8]) -> Self {
         let source = if is_gzip(bytes) {
             Source::Gzip {
-                decoder: Box::new(GzDecoder::new(bytes)),
+                decoder: Box::new(Members {
+                    current: GzDecoder::new(bytes),
+                }),
                 compressed_len: bytes.len() as u64,
             }
         } else {
@@ -333,6 +362,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("cannot hold more than"), "{err}");
+    }
+
+    /// Concatenated gzip members are one stream (as gunzip reads them), not a
+    /// truncated file.
+    #[test]
+    fn a_multi_member_gzip_reads_as_one_stream() {
+        let mut packed = gzip(&[1, 2, 3]);
+        packed.extend(gzip(&[4, 5]));
+        let mut input = Input::new("f.gz", &packed);
+        assert_eq!(input.read_payload(5, "body").unwrap(), vec![1, 2, 3, 4, 5]);
+        input.finish("body").unwrap();
     }
 
     #[test]

@@ -21,6 +21,13 @@ pub(crate) enum Reply {
     Truncated { body: Vec<u8>, sent: usize },
     /// The connection closes without an answer.
     Drop,
+    /// 200 announcing the whole body's length, its first `sent` bytes, then nothing for
+    /// `hold` before the connection closes (a stalled server).
+    Stall {
+        body: Vec<u8>,
+        sent: usize,
+        hold: Duration,
+    },
 }
 
 #[derive(Default)]
@@ -143,6 +150,14 @@ fn serve(mut stream: TcpStream, state: &Mutex<State>) {
             .write_all(head(200, body.len()).as_bytes())
             .and_then(|()| stream.write_all(&body[..sent.min(body.len())])),
         Reply::Drop => Ok(()),
+        Reply::Stall { body, sent, hold } => {
+            let result = stream
+                .write_all(head(200, body.len()).as_bytes())
+                .and_then(|()| stream.write_all(&body[..sent.min(body.len())]))
+                .and_then(|()| stream.flush());
+            std::thread::sleep(hold);
+            result
+        }
     };
     let _ = stream.flush();
     let _ = stream.shutdown(Shutdown::Both);

@@ -15,6 +15,7 @@ fn fast(retries: u32) -> DownloadConfig {
         backoff: Duration::from_millis(10),
         timeout: Duration::from_secs(5),
         body_timeout: Some(Duration::from_secs(10)),
+        idle_timeout: Duration::from_secs(5),
     }
 }
 
@@ -380,4 +381,38 @@ fn a_stale_part_file_is_removed_by_the_next_download() {
     fetch(&manifest, dir.path(), &fast(0), &mut |_| {}).unwrap();
     assert!(!stale.exists());
     assert!(dir.path().join("f.bin").exists());
+}
+
+/// A server that stops sending in the middle of a body is given up on after the idle
+/// timeout (here 0.2 s), not when it closes the connection (3 s later), and nothing of the
+/// attempt is kept under the file's name.
+#[test]
+fn a_stalled_body_times_out_after_the_idle_timeout() {
+    let server = TestServer::start();
+    let body = vec![3u8; 1000];
+    server.script(
+        "/slow.bin",
+        vec![Reply::Stall {
+            body: body.clone(),
+            sent: 10,
+            hold: Duration::from_secs(3),
+        }],
+    );
+    let manifest = manifest_for(&server, &[("slow.bin".to_string(), body)]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = DownloadConfig {
+        idle_timeout: Duration::from_millis(200),
+        ..fast(0)
+    };
+    let started = std::time::Instant::now();
+    let err = fetch(&manifest, dir.path(), &config, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    let waited = started.elapsed();
+    assert!(
+        err.contains("sent nothing for 0.2 s (after 10 bytes)"),
+        "{err}"
+    );
+    assert!(waited < Duration::from_secs(2), "waited {waited:?}");
+    assert!(!dir.path().join("slow.bin").exists());
 }

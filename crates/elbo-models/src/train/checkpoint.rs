@@ -270,7 +270,11 @@ pub fn load(json: &Path) -> Result<Loaded> {
         }
     }
     let tensors = Tensor::read_safetensors(&tensor_path).map_err(|e| Error::Checkpoint {
-        detail: format!("cannot read the tensors {}: {e}", tensor_path.display()),
+        detail: format!(
+            "cannot read the tensors {}: {e} (expected the complete safetensors file the \
+             checkpoint's JSON names)",
+            tensor_path.display()
+        ),
     })?;
     Ok(Loaded {
         meta,
