@@ -343,3 +343,40 @@ fn file_errors_name_the_path_and_what_was_expected() {
         assert!(text(&out).contains(&expected), "{args:?}: {}", text(&out));
     }
 }
+
+/// Ctrl-C during the final evaluation (a slow IWAE bound) stops it: exit 130 within
+/// seconds, with the checkpoint already written and named.
+#[test]
+fn ctrl_c_during_the_final_evaluation_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("r");
+    let child = spawn(&[
+        "train",
+        "vae",
+        "--steps",
+        "3",
+        "--iw",
+        "100000",
+        "--run",
+        run_dir.to_str().unwrap(),
+    ]);
+    wait_for("the final checkpoint", || {
+        run_dir.join("checkpoints/step-000000003.json").exists()
+    });
+    // The IWAE-100000 bound on 1,000 images takes minutes: the signal lands in it.
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = Instant::now();
+    signal(&child, "INT");
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        sent.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert!(
+        text(&out).contains("interrupted during the final evaluation"),
+        "{}",
+        text(&out)
+    );
+}

@@ -425,3 +425,36 @@ fn resume_with_changed_options_is_refused_unless_allowed() {
         .expect("a resume line");
     assert!(resume_line.contains("\"lr\":[0.001,0.01]"), "{resume_line}");
 }
+
+/// A run killed before its first checkpoint leaves `config.json` and `metrics.jsonl`
+/// behind; running again (with or without --resume) starts afresh instead of appending
+/// to them, so no step is logged twice.
+#[test]
+fn a_folder_without_a_checkpoint_restarts_cleanly() {
+    let _generator = exclusive();
+    let (train_set, test_set) = subset(64, 8);
+    for resume in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("metrics.jsonl"),
+            "{\"kind\":\"step\",\"step\":5,\"epoch\":0,\"loss\":1.0}\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+        run(6, dir.path(), resume, &train_set, &test_set);
+        let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+        let steps: Vec<u64> = metrics
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"step\""))
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        // Epochs of 2 steps, a line every 5 steps and at each epoch's end; the stale line
+        // (step 5, loss 1.0) is gone.
+        assert_eq!(steps, [2, 4, 5, 6], "resume {resume}: {metrics}");
+        assert!(!metrics.contains("\"loss\":1.0}"), "{metrics}");
+    }
+}

@@ -151,6 +151,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("\"gan\" model"), "{err}");
+        let vae = ModelConfig::from_record(
+            "vae",
+            &serde_json::json!({
+                "image": [1, 28, 28], "latent_dim": 20, "likelihood": "bernoulli",
+                "arch": {"kind": "mlp", "hidden": [400]}
+            }),
+        )
+        .unwrap();
+        vae.check_images([1, 28, 28], "data mnist").unwrap();
+        let err = vae
+            .check_images([3, 32, 32], "data cifar10")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "data cifar10 has images of shape [3, 32, 32], the model takes [1, 28, 28]"
+            ),
+            "{err}"
+        );
+        let huge = serde_json::json!({
+            "image": [1, 100000, 100000], "latent_dim": 20, "likelihood": "bernoulli",
+            "arch": {"kind": "mlp", "hidden": [400]}
+        });
+        let err = ModelConfig::from_record("vae", &huge)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("out of range"), "{err}");
         let err = ModelConfig::from_record("vae", &serde_json::json!({"latent": 3}))
             .unwrap_err()
             .to_string();
