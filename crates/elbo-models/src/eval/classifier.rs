@@ -10,6 +10,9 @@
 //! Its checkpoints use the same format and run-folder layout as the generative models,
 //! under the family [`FAMILY`]; [`restore`] refuses any other family and
 //! [`crate::session::restore`] refuses a classifier.
+//!
+//! (About 500 lines: the network, its training step and test hook, its job and its
+//! restore are one concept.)
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;

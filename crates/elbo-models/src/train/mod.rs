@@ -13,6 +13,10 @@
 //! model's own noise (reparameterisation) comes from libtorch's generator, re-seeded
 //! from (seed, step) before each step. So training 2n steps and training n, stopping,
 //! resuming and training n more give the same weights, bit for bit, on the CPU.
+//!
+//! (About 600 lines: the loop and the policies that share its state, start or resume,
+//! the epoch end, the save of a finite state, are methods of the one `Trainer`, so that a
+//! step reads top to bottom; all that stands alone lives in the modules below.)
 
 pub mod aids;
 pub mod checkpoint;
