@@ -422,7 +422,12 @@ impl<'a> Trainer<'a> {
 
             let epoch_end = index % steps_per_epoch == 0 || index == config.steps;
             let log_now = index % config.log_every.max(1) == 0 || epoch_end;
-            let reported = outcome.reported.means();
+            // Reading the batch's terms back is a device sync: only at logged steps.
+            let reported = if log_now {
+                outcome.reported.means()
+            } else {
+                Vec::new()
+            };
             if let (true, Some(metrics)) = (log_now, metrics.as_mut()) {
                 let mut line = serde_json::json!({
                     "kind": "step", "step": index, "epoch": epoch, "loss": outcome.loss,
