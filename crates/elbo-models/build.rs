@@ -1,15 +1,23 @@
 //! Links libtorch so that this package's executables find it at run time (see
 //! libtorch_link.rs), and compiles `csrc/`: the libtorch operations tch does not expose
-//! and the fused GroupNorm + SiLU (see src/ffi.rs).
+//! and the fused GroupNorm + SiLU (see src/sys/ffi.rs) and, with Gloo's headers, the
+//! collectives of data-parallel training (src/sys/c10d.rs).
 include!("libtorch_link.rs");
 
 fn main() {
     link_libtorch();
     println!("cargo::rustc-check-cfg=cfg(elbo_ops)");
-    for file in ["elbo_ops.cpp", "elbo_ops.h", "group_norm.cpp"] {
+    println!("cargo::rustc-check-cfg=cfg(elbo_gloo)");
+    for file in [
+        "elbo_ops.cpp",
+        "elbo_ops.h",
+        "group_norm.cpp",
+        "distributed.cpp",
+    ] {
         println!("cargo:rerun-if-changed=csrc/{file}");
     }
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    println!("cargo:rerun-if-env-changed=ELBO_GLOO_INCLUDE");
     // Without libtorch (torch-sys in doc-only mode) there is nothing to compile against;
     // src/ffi.rs then falls back to tch's operations.
     let Some(lib) = std::env::var_os("DEP_TCH_LIBTORCH_LIB") else {
@@ -17,7 +25,15 @@ fn main() {
     };
     let include = std::path::Path::new(&lib).join("../include");
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_string());
-    cc::Build::new()
+    // Data-parallel training (csrc/distributed.cpp) compiles against c10d's Gloo process
+    // group, whose header includes Gloo's own; `cargo xtask setup` provides them and
+    // `.cargo/config.toml` names them as ELBO_GLOO_INCLUDE (the folder holding gloo/).
+    // Without them elbo-models builds for one process only (src/dist says so at run time).
+    let gloo = std::env::var_os("ELBO_GLOO_INCLUDE")
+        .map(std::path::PathBuf::from)
+        .filter(|dir| dir.join("gloo/config.h").is_file());
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
         .file("csrc/elbo_ops.cpp")
         .file("csrc/group_norm.cpp")
@@ -34,7 +50,24 @@ fn main() {
         .flag("-DGLOG_USE_GLOG_EXPORT")
         // libtorch's headers warn under C++17; they are not ours to fix.
         .warnings(false)
-        .flag("-w")
-        .compile("elbo_ops");
+        .flag("-w");
+    match &gloo {
+        Some(gloo) => {
+            println!(
+                "cargo:rerun-if-changed={}",
+                gloo.join("gloo/config.h").display()
+            );
+            build
+                .file("csrc/distributed.cpp")
+                .include(gloo)
+                .define("USE_C10D_GLOO", None);
+            println!("cargo:rustc-cfg=elbo_gloo");
+        }
+        None => println!(
+            "cargo:warning=Gloo's headers not found (ELBO_GLOO_INCLUDE): elbo-models is built \
+             without data-parallel training; `cargo xtask setup` installs them"
+        ),
+    }
+    build.compile("elbo_ops");
     println!("cargo:rustc-cfg=elbo_ops");
 }

@@ -9,6 +9,7 @@ mod bench;
 mod cargo;
 mod data;
 mod doctor;
+mod gloo;
 mod install;
 mod libtorch;
 mod pip;
@@ -87,7 +88,7 @@ fn run(command: Command) -> Result<()> {
     match command {
         Command::Setup { cuda, force } => {
             let variant = if cuda { Variant::Cuda } else { Variant::Cpu };
-            setup::run(&ws, variant, force).map(drop)
+            setup::run(&ws, variant, force, false).map(drop)
         }
         Command::Data(args) => data::run(&args),
         Command::Doctor => doctor::run(&ws),
@@ -113,13 +114,19 @@ fn run(command: Command) -> Result<()> {
 /// Sets up the managed CPU libtorch unless the user chose one (then checks it), keeping
 /// an already-installed CUDA variant when that is what the link points at.
 fn ensure_libtorch(ws: &Path) -> Result<()> {
+    ensure_libtorch_with(ws, false)
+}
+
+/// [`ensure_libtorch`], with Gloo's headers required (`cargo xtask test` proves the
+/// data-parallel path, which needs them).
+fn ensure_libtorch_with(ws: &Path, require_gloo: bool) -> Result<()> {
     let variant = match Source::current(ws) {
         Source::Managed => std::fs::read_link(ws.join(libtorch::LINK_NAME))
             .map(|target| Variant::of_lib_dir(&target.join("lib")))
             .unwrap_or(Variant::Cpu),
         _ => Variant::Cpu,
     };
-    setup::run(ws, variant, false).map(drop)
+    setup::run(ws, variant, false, require_gloo).map(drop)
 }
 
 /// Builds and runs `examples/outside-workspace`, a workspace of its own that uses elbo's
@@ -150,7 +157,7 @@ fn outside_workspace(ws: &Path) -> Result<()> {
 
 fn test(ws: &Path) -> Result<()> {
     let started = Instant::now();
-    ensure_libtorch(ws)?;
+    ensure_libtorch_with(ws, true)?;
     cargo::run(ws, &["fmt", "--all", "--", "--check"])?;
     cargo::run(
         ws,

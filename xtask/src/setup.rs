@@ -28,8 +28,14 @@ pub enum LinkChange {
     Changed(Option<PathBuf>),
 }
 
-/// Runs the set-up for `variant` (`force`: download again even when installed).
-pub fn run(workspace: &Path, variant: Variant, force: bool) -> Result<Resolved> {
+/// Runs the set-up for `variant` (`force`: download again even when installed), and
+/// makes Gloo's headers ready (`require_gloo`: their absence is an error, not a warning).
+pub fn run(
+    workspace: &Path,
+    variant: Variant,
+    force: bool,
+    require_gloo: bool,
+) -> Result<Resolved> {
     let started = std::time::Instant::now();
     let resolved = match Source::current(workspace) {
         Source::Managed => setup_managed(workspace, variant, force)?,
@@ -47,6 +53,14 @@ pub fn run(workspace: &Path, variant: Variant, force: bool) -> Result<Resolved> 
             resolved
         }
     };
+    match crate::gloo::ensure(workspace, &install::cache_dir()?) {
+        Ok(include) => eprintln!("Gloo's headers ready at {}", include.display()),
+        // Everything but data-parallel training builds without them.
+        Err(e) if !require_gloo => eprintln!(
+            "warning: {e:#}\n(without Gloo's headers elbo trains in one process only)"
+        ),
+        Err(e) => return Err(e),
+    }
     eprintln!(
         "libtorch {} ({}) ready at {} [{:.1} s]",
         resolved.version.as_deref().unwrap_or("of unknown version"),
@@ -147,7 +161,12 @@ fn setup_managed(workspace: &Path, variant: Variant, force: bool) -> Result<Reso
 /// Points `<workspace>/.libtorch` at `target`, atomically (a new link renamed over the
 /// old one). Refuses to replace anything that is not a link.
 pub fn link_workspace(workspace: &Path, target: &Path) -> Result<LinkChange> {
-    let link = workspace.join(LINK_NAME);
+    link_named(workspace, LINK_NAME, target)
+}
+
+/// Points the link `<workspace>/<name>` at `target`, as [`link_workspace`] does.
+pub fn link_named(workspace: &Path, name: &str, target: &Path) -> Result<LinkChange> {
+    let link = workspace.join(name);
     let previous = match std::fs::symlink_metadata(&link) {
         Ok(meta) if meta.file_type().is_symlink() => Some(std::fs::read_link(&link)?),
         Ok(_) => bail!(
@@ -160,7 +179,7 @@ pub fn link_workspace(workspace: &Path, target: &Path) -> Result<LinkChange> {
     if previous.as_deref() == Some(target) {
         return Ok(LinkChange::Unchanged);
     }
-    let staging = workspace.join(format!("{LINK_NAME}.tmp-{}", std::process::id()));
+    let staging = workspace.join(format!("{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_file(&staging);
     #[cfg(unix)]
     std::os::unix::fs::symlink(target, &staging)

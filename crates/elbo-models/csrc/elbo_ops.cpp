@@ -93,6 +93,19 @@ char* elbo_clear_grads(at::Tensor** tensors, int64_t n) {
   }
 }
 
+// Sets the gradient of `tensor` to `grad` (tch can read a gradient but not set one):
+// for a parameter that had none in this process while another process's had one.
+char* elbo_set_grad(at::Tensor* tensor, at::Tensor* grad) {
+  try {
+    tensor->mutable_grad() = *grad;
+    return nullptr;
+  } catch (const std::exception& e) {
+    return message(e.what());
+  } catch (...) {
+    return message("unknown C++ exception in elbo_set_grad");
+  }
+}
+
 // Whether autograd records operations now (not inside a no-grad region).
 int elbo_grad_enabled() { return at::GradMode::is_enabled() ? 1 : 0; }
 

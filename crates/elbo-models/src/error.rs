@@ -57,6 +57,13 @@ pub enum Error {
         /// The newest checkpoint, whose state was checked finite when written.
         last_checkpoint: Option<std::path::PathBuf>,
     },
+    #[error("data-parallel training: {detail}")]
+    /// A collective, the rendezvous or the process group failed (a lost or hung process,
+    /// a port in use, an unreachable store), with c10d's message.
+    Distributed {
+        /// c10d's message, with the operation and the rank.
+        detail: String,
+    },
     /// A data set could not be loaded.
     #[error("data: {detail}")]
     Data {

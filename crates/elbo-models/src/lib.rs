@@ -67,6 +67,7 @@
 #![warn(missing_docs)]
 
 pub mod data;
+pub mod dist;
 mod error;
 pub mod eval;
 pub mod models;

@@ -211,6 +211,7 @@ fn each_restore_refuses_the_other_family() {
         seed: 0,
         tensors: String::new(),
         tensors_sha256: None,
+        world_size: None,
     };
     let classifier_dir = dir.path().join("classifier");
     checkpoint::save(

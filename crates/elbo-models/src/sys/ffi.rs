@@ -30,7 +30,7 @@ pub struct FusedAdamStep {
 }
 
 #[cfg(elbo_ops)]
-mod sys {
+pub(crate) mod sys {
     use std::os::raw::{c_char, c_int};
     use torch_sys::C_tensor;
 
@@ -51,6 +51,7 @@ mod sys {
             decoupled: c_int,
         ) -> *mut c_char;
         pub fn elbo_clear_grads(tensors: *const *mut C_tensor, n: i64) -> *mut c_char;
+        pub fn elbo_set_grad(tensor: *mut C_tensor, grad: *mut C_tensor) -> *mut c_char;
         pub fn elbo_grad_enabled() -> c_int;
         pub fn elbo_exit_now(code: c_int) -> !;
         pub fn elbo_retain_freed_memory(
@@ -163,6 +164,30 @@ pub fn clear_grads(tensors: &[Tensor]) -> Result<(), String> {
         let _ = tensors;
         Err("elbo-models was built without libtorch".to_string())
     }
+}
+
+/// Makes `grad` the gradient of `tensor` (same shape, kind and device; tch can read a
+/// gradient but not set one). `Err` when the kernel was not built.
+pub fn set_grad(tensor: &Tensor, grad: &Tensor) -> Result<(), String> {
+    if tensor.size() != grad.size() || tensor.kind() != grad.kind() {
+        return Err(format!(
+            "a gradient of {:?} {:?} for a tensor of {:?} {:?}",
+            grad.kind(),
+            grad.size(),
+            tensor.kind(),
+            tensor.size()
+        ));
+    }
+    #[cfg(elbo_ops)]
+    {
+        // SAFETY: two live tensor handles borrowed for the call; the C side copies the
+        // gradient's handle (reference-counted) into the tensor's gradient slot.
+        sys::check(unsafe {
+            sys::elbo_set_grad(tensor.as_ptr() as *mut _, grad.as_ptr() as *mut _)
+        })
+    }
+    #[cfg(not(elbo_ops))]
+    Err("elbo-models was built without libtorch".to_string())
 }
 
 /// Whether autograd records operations now, i.e. the caller is not inside
@@ -308,6 +333,17 @@ mod tests {
         (&x * 2.0).sum(tch::Kind::Float).backward();
         // Not 3 + 2: nothing was accumulated onto the old gradient.
         assert_eq!(Vec::<f32>::try_from(x.grad()).unwrap(), vec![2.0, 2.0]);
+    }
+
+    #[test]
+    fn a_gradient_is_set_where_there_was_none_and_checked_for_shape() {
+        let _generator = crate::testing::generator_lock();
+        let x = Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);
+        assert!(!x.grad().defined());
+        set_grad(&x, &Tensor::from_slice(&[0.5f32, -1.0])).unwrap();
+        assert_eq!(Vec::<f32>::try_from(x.grad()).unwrap(), vec![0.5, -1.0]);
+        let err = set_grad(&x, &Tensor::from_slice(&[1.0f32])).unwrap_err();
+        assert!(err.contains("[1]") && err.contains("[2]"), "{err}");
     }
 
     #[test]

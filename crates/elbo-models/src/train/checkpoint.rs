@@ -42,6 +42,11 @@ pub struct CheckpointMeta {
     /// elbo recorded it, which are read unchecked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tensors_sha256: Option<String>,
+    /// The number of processes of the data-parallel job that wrote it (1: one process).
+    /// A run may resume with another number. Absent in checkpoints written before elbo
+    /// recorded it (all of one process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world_size: Option<usize>,
 }
 
 impl CheckpointMeta {
@@ -318,6 +323,7 @@ mod tests {
             seed: 1,
             tensors: String::new(),
             tensors_sha256: None,
+            world_size: None,
         }
     }
 

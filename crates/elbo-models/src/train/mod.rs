@@ -4,9 +4,11 @@
 //! clipping, the EMA, the NaN guard, the stop flag, resume, and when checkpoints and
 //! metrics lines are written. What a model brings is its [`TrainStep`] (the loss of a
 //! batch and what to report); what runs at each epoch's end are [`Hook`]s (test
-//! evaluation, sample pictures); where the run keeps what is [`layout`]. Two seams are
-//! left for data-parallel training: a [`GradientSync`] called between the backward
-//! pass and the optimiser step, and [`Trainer::writer`] (only one process writes files).
+//! evaluation, sample pictures); where the run keeps what is [`layout`]. In a
+//! data-parallel job ([`Trainer::parallel`], [`crate::dist`]) the same loop runs in every
+//! process: each takes its slice of every global batch, the gradients are reduced between
+//! the backward pass and the optimiser step ([`GradientSync`]), rank 0's state is
+//! broadcast at the start, and rank 0 alone writes the run folder and runs the hooks.
 //!
 //! Reproducibility: every random draw is a function of (seed, step). The data order and
 //! the pixel transforms come from elbo-data, keyed by (seed, epoch, example); the
@@ -41,28 +43,30 @@ pub use config::{AdamConfigSerde, LrDecay, TrainConfig};
 pub use events::{Control, Finished, Identity, Observer, Progress, RunStart, TrainReport};
 pub use hooks::{EpochEnd, Hook, Pictures, TestElbo, mean_elbo};
 pub use layout::RunDir;
+pub use state::rank_step_seed;
 pub use state::{Ema, load_weights, restore_state, state_tensors, step_seed, var_store};
 pub use step::{
-    Batch, ElboStep, GradientSync, Reported, StepFailure, StepLoss, StepOutcome, TrainStep,
-    optimise,
+    Batch, ElboStep, GradientSync, Replica, Reported, StepFailure, StepLoss, StepOutcome,
+    TrainStep, optimise,
 };
 
 use crate::data;
+use crate::dist::Parallel;
 use crate::error::{Error, Result};
 use crate::models::ElboModel;
 use checkpoint::CheckpointMeta;
 use metrics::MetricsLog;
 use optim::Adam;
 
-/// The training loop, with its policies: hooks at epoch ends, a gradient hook, and
-/// whether this process writes the run folder.
+/// The training loop, with its policies: hooks at epoch ends, the data-parallel job it
+/// is part of (if any), and whether this process writes the run folder.
 pub struct Trainer<'a> {
     config: TrainConfig,
     run: RunDir,
     identity: Identity,
     label: String,
     hooks: Vec<Box<dyn Hook + 'a>>,
-    sync: Option<&'a dyn GradientSync>,
+    parallel: Option<&'a Parallel>,
     writer: bool,
 }
 
@@ -81,7 +85,7 @@ impl<'a> Trainer<'a> {
             identity,
             label: label.into(),
             hooks: Vec::new(),
-            sync: None,
+            parallel: None,
             writer: true,
         }
     }
@@ -114,14 +118,17 @@ impl<'a> Trainer<'a> {
         self
     }
 
-    /// Hands every step's gradients to `sync` before the optimiser sees them.
-    pub fn gradient_sync(mut self, sync: &'a dyn GradientSync) -> Trainer<'a> {
-        self.sync = Some(sync);
+    /// Makes this loop one process of the data-parallel job `parallel`: it trains on its
+    /// slice of each global batch, reduces the gradients through the job's process group,
+    /// starts from rank 0's state, and writes the run folder only if it is rank 0.
+    pub fn parallel(mut self, parallel: &'a Parallel) -> Trainer<'a> {
+        self.writer = parallel.rank() == 0;
+        self.parallel = Some(parallel);
         self
     }
 
     /// Whether this process writes the run folder (config, metrics, checkpoints,
-    /// pictures); the default. In data-parallel training only one process does.
+    /// pictures); the default. In data-parallel training only rank 0 does.
     pub fn writer(mut self, writes: bool) -> Trainer<'a> {
         self.writer = writes;
         self
@@ -143,6 +150,7 @@ impl<'a> Trainer<'a> {
             seed: self.config.seed,
             tensors: String::new(),
             tensors_sha256: None,
+            world_size: Some(self.parallel.map_or(1, Parallel::size)),
         }
     }
 
@@ -315,6 +323,9 @@ impl<'a> Trainer<'a> {
             });
         }
         let config = self.config.clone();
+        if let Some(parallel) = self.parallel {
+            check_divisible(config.batch_size, train.len(), parallel.size())?;
+        }
         let batching = Batching {
             batch_size: NonZeroUsize::new(config.batch_size).unwrap_or(NonZeroUsize::MIN),
             drop_last: false,
@@ -331,14 +342,47 @@ impl<'a> Trainer<'a> {
         let steps_per_epoch = loader.batches_per_epoch().max(1) as u64;
         let mut adam = Adam::new(vs, config.adam.into());
         let mut ema = config.ema_decay.map(|_| Ema::new(vs));
-        let _lock = if self.writer {
-            let lock = self.run.lock()?;
-            self.run.remove_stale_temporaries();
-            Some(lock)
+        if let Some(parallel) = self.parallel {
+            let job = serde_json::json!({
+                "model": self.identity.family, "model_config": self.identity.config,
+                "train_config": serde_json::to_value(&config).unwrap_or_default(),
+                "train_examples": train.len(), "resume": control.resume,
+            });
+            parallel.same_everywhere(
+                "the model, the training options or the data",
+                &job.to_string(),
+            )?;
+        }
+        // Only the writer touches the run folder; in a data-parallel job the others then
+        // take rank 0's step and state.
+        let begun = if self.writer {
+            self.run.lock().and_then(|lock| {
+                self.run.remove_stale_temporaries();
+                let index = self.start_or_resume(control, vs, &mut adam, ema.as_mut())?;
+                Ok((Some(lock), index))
+            })
         } else {
-            None
+            Ok((None, 0))
         };
-        let mut index = self.start_or_resume(control, vs, &mut adam, ema.as_mut())?;
+        let (_lock, mut index) = match self.parallel {
+            None => begun?,
+            Some(parallel) => {
+                let failing = parallel.failing_ranks(begun.is_ok())?;
+                let (lock, index) = begun?;
+                if !failing.is_empty() {
+                    return Err(Error::Distributed {
+                        detail: format!(
+                            "rank {failing:?} could not start the run (its own message says                              why); rank {} stops too",
+                            parallel.rank()
+                        ),
+                    });
+                }
+                (
+                    lock,
+                    start_from_root(parallel, index, vs, &mut adam, ema.as_mut())?,
+                )
+            }
+        };
         observer.started(&RunStart {
             label: self.label.clone(),
             parameters: vs
@@ -374,9 +418,14 @@ impl<'a> Trainer<'a> {
                 order = loader.order(epoch);
                 order_epoch = epoch;
             }
-            let Some(indices) = order.batches(batching).nth(position) else {
+            let Some(global) = order.batches(batching).nth(position) else {
                 break;
             };
+            let indices = match self.parallel {
+                Some(parallel) => parallel.shard(global),
+                None => global,
+            };
+            let share = indices.len() as f64 / global.len().max(1) as f64;
             let images = loader
                 .config()
                 .transform
@@ -400,8 +449,14 @@ impl<'a> Trainer<'a> {
                 labels: Tensor::from_slice(&labels).to_device(device),
             };
 
-            let outcome = optimise(step, &mut adam, &batch, &config, index, self.sync).map_err(
-                |failure| match failure {
+            let replica = self.parallel.map(|parallel| Replica {
+                sync: parallel,
+                rank: parallel.rank(),
+                share,
+                stop_requested: control.stop.load(Ordering::SeqCst),
+            });
+            let outcome = optimise(step, &mut adam, &batch, &config, index, replica.as_ref())
+                .map_err(|failure| match failure {
                     StepFailure::NonFinite(value) => Error::NonFiniteLoss {
                         step: index + 1,
                         value,
@@ -410,8 +465,7 @@ impl<'a> Trainer<'a> {
                             .or_else(|| checkpoint::list(&self.run.checkpoints()).ok()?.pop()),
                     },
                     StepFailure::Sync(e) => e,
-                },
-            )?;
+                })?;
             skipped += u64::from(outcome.skipped);
             if let (false, Some(ema), Some(decay)) =
                 (outcome.skipped, ema.as_mut(), config.ema_decay)
@@ -423,11 +477,22 @@ impl<'a> Trainer<'a> {
             let epoch_end = index % steps_per_epoch == 0 || index == config.steps;
             let log_now = index % config.log_every.max(1) == 0 || epoch_end;
             // Reading the batch's terms back is a device sync: only at logged steps.
-            let reported = if log_now {
+            let mut reported = if log_now {
                 outcome.reported.means()
             } else {
                 Vec::new()
             };
+            if let (true, Some(parallel)) = (log_now, self.parallel) {
+                // The global batch's means: each process's, weighted by its share.
+                let mut values: Vec<f64> = reported.iter().map(|(_, v)| v * share).collect();
+                parallel.sum(&mut values)?;
+                for ((_, v), summed) in reported.iter_mut().zip(values) {
+                    *v = summed;
+                }
+            }
+            let stop_now = outcome
+                .stop
+                .unwrap_or_else(|| control.stop.load(Ordering::SeqCst));
             if let (true, Some(metrics)) = (log_now, metrics.as_mut()) {
                 let mut line = serde_json::json!({
                     "kind": "step", "step": index, "epoch": epoch, "loss": outcome.loss,
@@ -444,7 +509,9 @@ impl<'a> Trainer<'a> {
                 }
                 metrics.write(&line)?;
             }
-            if index % config.checkpoint_every.max(1) == 0 || index == config.steps {
+            let checkpoint_now =
+                index % config.checkpoint_every.max(1) == 0 || index == config.steps;
+            if checkpoint_now {
                 last_checkpoint =
                     Some(self.save(index, &adam, ema.as_ref(), vs, last_checkpoint.as_ref())?);
             }
@@ -452,6 +519,11 @@ impl<'a> Trainer<'a> {
             let mut evaluation = Vec::new();
             if epoch_end && self.writer {
                 evaluation = self.epoch_end(index, epoch + 1, metrics.as_mut())?;
+            }
+            if let (true, Some(parallel)) = (checkpoint_now || epoch_end, self.parallel) {
+                // The others wait here while rank 0 writes and evaluates, with a longer
+                // timeout than a step's.
+                parallel.barrier(parallel.slow_timeout())?;
             }
             if log_now {
                 let elapsed = started.elapsed().as_secs_f64().max(1e-9);
@@ -464,7 +536,7 @@ impl<'a> Trainer<'a> {
                     evaluation,
                 });
             }
-            if control.stop.load(Ordering::SeqCst) && index < config.steps {
+            if stop_now && index < config.steps {
                 let path = match &last_checkpoint {
                     Some(p) if layout::is_checkpoint_of(p, index) => p.clone(),
                     _ => self.save(index, &adam, ema.as_ref(), vs, last_checkpoint.as_ref())?,
@@ -564,6 +636,57 @@ impl<'a> Trainer<'a> {
             self.config.keep_checkpoints,
         )
     }
+}
+
+/// Refuses a data-parallel job whose global batch does not divide among its processes,
+/// or whose epochs end with a batch smaller than the number of processes.
+fn check_divisible(batch: usize, examples: usize, world: usize) -> Result<()> {
+    if batch % world != 0 {
+        return Err(Error::Config {
+            detail: format!(
+                "--batch-size {batch} is the global batch and does not divide among {world}                  processes: choose a multiple of {world} (e.g. {})",
+                (batch / world).max(1) * world
+            ),
+        });
+    }
+    let last = examples % batch;
+    if last != 0 && last < world {
+        return Err(Error::Config {
+            detail: format!(
+                "each epoch of {examples} examples ends with a batch of {last}, fewer than the                  {world} processes: choose a batch size that leaves at least {world} (or none)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Makes this process's step and state rank 0's: broadcasts the step, the weights, Adam's
+/// moments and the EMA; returns the step.
+fn start_from_root(
+    parallel: &Parallel,
+    index: u64,
+    vs: &mut VarStore,
+    adam: &mut Adam,
+    ema: Option<&mut Ema>,
+) -> Result<u64> {
+    let step = Tensor::from_slice(&[index as i64]);
+    parallel.broadcast_from_root(std::slice::from_ref(&step))?;
+    let index = step.int64_value(&[0]) as u64;
+    let named = state_tensors(vs, adam, ema.as_deref());
+    let received: Vec<Tensor> = named
+        .iter()
+        .map(|(_, t)| t.to_device(Device::Cpu).contiguous().copy())
+        .collect();
+    parallel.broadcast_from_root(&received)?;
+    if parallel.rank() != 0 {
+        let tensors = named
+            .iter()
+            .map(|(name, _)| name.clone())
+            .zip(received)
+            .collect();
+        restore_state(vs, adam, ema, &tensors, index)?;
+    }
+    Ok(index)
 }
 
 /// Trains `model` (whose variables live in `vs`) on `data` into `run` with the standard

@@ -19,6 +19,20 @@ pub fn step_seed(seed: u64, step: u64) -> i64 {
     (z ^ (z >> 31)) as i64 & i64::MAX
 }
 
+/// The seed of the model's draws at step `step` in the process of rank `rank` of a
+/// data-parallel job (so that processes do not draw the same noise); rank 0's is
+/// [`step_seed`], the one-process seed.
+pub fn rank_step_seed(seed: u64, step: u64, rank: usize) -> i64 {
+    if rank == 0 {
+        step_seed(seed, step)
+    } else {
+        step_seed(
+            seed ^ (rank as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93),
+            step,
+        )
+    }
+}
+
 /// The device-independent part of a model's set-up: a fresh [`VarStore`] on `device`
 /// with libtorch's generator seeded from the run's seed (so initial weights are a
 /// function of the seed).

@@ -8,7 +8,7 @@ use tch::{Kind, Tensor};
 use super::aids::TrainingAids;
 use super::config::TrainConfig;
 use super::optim::Adam;
-use super::state::step_seed;
+use super::state::rank_step_seed;
 use crate::data;
 use crate::error::Result;
 use crate::models::{ElboModel, ElboTerms};
@@ -104,11 +104,27 @@ impl TrainStep for ElboStep<'_> {
 }
 
 /// The seam between the backward pass and the optimiser step: what data-parallel
-/// training plugs in to reduce the gradients across processes.
+/// training plugs in to reduce the gradients across processes ([`crate::dist::Parallel`]).
 pub trait GradientSync {
-    /// Makes every gradient of `params` (those that have one) the same in every process:
-    /// their mean over the processes.
-    fn reduce(&self, params: &[Tensor]) -> Result<()>;
+    /// Replaces the gradient of every parameter of `params` by the sum over the processes
+    /// of each one's gradient times its `share` of the global batch (so, by the global
+    /// batch's mean gradient), and each value of `shared` by its sum over the processes,
+    /// in the same round. A parameter without a gradient counts as zero, and gets one if
+    /// any process had one.
+    fn reduce(&self, params: &[Tensor], share: f64, shared: &mut [f64]) -> Result<()>;
+}
+
+/// A step's part in a data-parallel job.
+pub struct Replica<'a> {
+    /// Reduces the gradients.
+    pub sync: &'a dyn GradientSync,
+    /// This process's rank: the model's draws are seeded by (seed, step, rank).
+    pub rank: usize,
+    /// This process's share of the global batch (its examples over the batch's).
+    pub share: f64,
+    /// Whether this process was asked to stop (Ctrl-C): the job stops after this step if
+    /// any process was.
+    pub stop_requested: bool,
 }
 
 /// What one optimiser step did.
@@ -125,6 +141,9 @@ pub struct StepOutcome {
     pub grad_norm: Option<f64>,
     /// Whether the update was skipped (`aids.skip_grad_norm`).
     pub skipped: bool,
+    /// In a data-parallel job, whether any process asked to stop (the same answer in
+    /// every process); `None` on one process.
+    pub stop: Option<bool>,
 }
 
 /// Why a step was not taken.
@@ -137,19 +156,25 @@ pub enum StepFailure {
 }
 
 /// One optimiser step of `step` on `batch`, the training loop's step `index` (counted
-/// from 0): seeds libtorch's generator from (seed, index), computes the loss,
-/// back-propagates, hands the gradients to `sync` (if any), clips or skips as `config`
+/// from 0): seeds libtorch's generator from (seed, index) (and the rank, in a
+/// data-parallel job), computes the loss, back-propagates, hands the gradients to the
+/// `replica`'s sync (if any) with the loss and the stop flag, clips or skips as `config`
 /// says and updates the weights at the scheduled learning rate. The EMA, if any, is the
-/// caller's. A non-finite loss fails before anything is updated.
+/// caller's. A non-finite loss (the global one, in a data-parallel job) fails before
+/// anything is updated.
 pub fn optimise(
     step: &dyn TrainStep,
     adam: &mut Adam,
     batch: &Batch,
     config: &TrainConfig,
     index: u64,
-    sync: Option<&dyn GradientSync>,
+    replica: Option<&Replica<'_>>,
 ) -> std::result::Result<StepOutcome, StepFailure> {
-    tch::manual_seed(step_seed(config.seed, index));
+    tch::manual_seed(rank_step_seed(
+        config.seed,
+        index,
+        replica.map_or(0, |r| r.rank),
+    ));
     let forward = || step.loss(batch, index);
     // The trainer checks that the device is CUDA and sets the autocast dtype to bf16.
     let StepLoss {
@@ -162,14 +187,35 @@ pub fn optimise(
         forward()
     };
     let loss = loss.to_kind(Kind::Float);
-    let loss_value = loss.double_value(&[]);
-    if !loss_value.is_finite() {
-        return Err(StepFailure::NonFinite(loss_value));
-    }
-    adam.zero_grad();
-    loss.backward();
-    if let Some(sync) = sync {
-        sync.reduce(adam.params()).map_err(StepFailure::Sync)?;
+    let mut loss_value = loss.double_value(&[]);
+    let mut stop = None;
+    match replica {
+        None => {
+            if !loss_value.is_finite() {
+                return Err(StepFailure::NonFinite(loss_value));
+            }
+            adam.zero_grad();
+            loss.backward();
+        }
+        Some(replica) => {
+            // Every process must take part in the reduction, whatever its own loss: the
+            // decision to stop on a non-finite loss is taken on the global one.
+            adam.zero_grad();
+            loss.backward();
+            let mut shared = [
+                loss_value * replica.share,
+                f64::from(u8::from(replica.stop_requested)),
+            ];
+            replica
+                .sync
+                .reduce(adam.params(), replica.share, &mut shared)
+                .map_err(StepFailure::Sync)?;
+            loss_value = shared[0];
+            stop = Some(shared[1] > 0.0);
+            if !loss_value.is_finite() {
+                return Err(StepFailure::NonFinite(loss_value));
+            }
+        }
     }
     let grad_norm = match (config.clip_grad_norm, config.aids.skip_grad_norm) {
         (None, None) => None,
@@ -189,5 +235,6 @@ pub fn optimise(
         lr,
         grad_norm,
         skipped,
+        stop,
     })
 }

@@ -1,0 +1,155 @@
+// Data-parallel training's collectives, on torch's own distributed engine (c10d) inside
+// the libtorch elbo links: a TCPStore for the rendezvous and a ProcessGroupGloo for CPU
+// tensors. Nothing here implements a collective or a socket: every operation is c10d's.
+// Compiled only when Gloo's headers were found (build.rs defines ELBO_GLOO); C++
+// exceptions never leave: each function returns nullptr, or a message from malloc that
+// names the operation and the rank (free it with elbo_free_message).
+
+#include <chrono>
+#include <exception>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include "elbo_ops.h"
+
+struct elbo_pg {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;
+  int rank;
+  int world;
+};
+
+namespace {
+
+using elbo::message;
+
+std::string where(const elbo_pg* pg, const char* op) {
+  return std::string(op) + " on rank " + std::to_string(pg->rank) + " of " +
+         std::to_string(pg->world);
+}
+
+std::chrono::milliseconds millis(int64_t ms) { return std::chrono::milliseconds(ms); }
+
+// Waits for `work`, turning a failure into an exception with c10d's message.
+void finish(const c10::intrusive_ptr<c10d::Work>& work, int64_t timeout_ms) {
+  work->wait(millis(timeout_ms));
+}
+
+// An exception's message; for libtorch's own errors without the C++ backtrace they
+// carry (which means nothing to a user of the command line).
+std::string describe(const std::exception& e) {
+  if (const auto* error = dynamic_cast<const c10::Error*>(&e)) {
+    return error->what_without_backtrace();
+  }
+  return e.what();
+}
+
+}  // namespace
+
+extern "C" {
+
+// Rendezvous of `world` processes on the TCPStore at host:port (this process hosts it
+// when `host_store` is 1, else connects to it, retrying until the timeout), under the
+// key prefix `prefix`, then a Gloo process group over it. The group's operations time
+// out after `timeout_ms`.
+char* elbo_pg_new(const char* host, int port, int rank, int world, int host_store,
+                  const char* prefix, int64_t timeout_ms, int gloo_threads, elbo_pg** out) {
+  *out = nullptr;
+  std::string at = std::string(host) + ":" + std::to_string(port);
+  std::string stage = "the rendezvous at " + at;
+  try {
+    c10d::TCPStoreOptions options;
+    options.port = static_cast<std::uint16_t>(port);
+    options.isServer = host_store != 0;
+    options.numWorkers = world;
+    options.waitWorkers = false;
+    options.timeout = millis(timeout_ms);
+    auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(host), options);
+    c10::intrusive_ptr<c10d::Store> store =
+        c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), tcp);
+    stage = "creating the Gloo process group (rendezvous at " + at + ")";
+    auto pg_options = c10d::ProcessGroupGloo::Options::create(millis(timeout_ms));
+    pg_options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    pg_options->threads = gloo_threads;
+    auto gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, pg_options);
+    *out = new elbo_pg{store, gloo, rank, world};
+    return nullptr;
+  } catch (const std::exception& e) {
+    return message(stage + " failed on rank " + std::to_string(rank) + " of " +
+                   std::to_string(world) + ": " + describe(e));
+  } catch (...) {
+    return message(stage + " failed with an unknown C++ exception");
+  }
+}
+
+void elbo_pg_free(elbo_pg* pg) { delete pg; }
+
+// Sums each of the n tensors (contiguous, on the CPU) over the processes, in place: the
+// operations are all started, then all waited for.
+char* elbo_pg_allreduce_sum(elbo_pg* pg, at::Tensor** tensors, int64_t n, int64_t timeout_ms) {
+  try {
+    c10d::AllreduceOptions options;
+    options.reduceOp = c10d::ReduceOp::SUM;
+    options.timeout = millis(timeout_ms);
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    works.reserve(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      std::vector<at::Tensor> one{*tensors[i]};
+      works.push_back(pg->gloo->allreduce(one, options));
+    }
+    for (auto& work : works) {
+      finish(work, timeout_ms);
+    }
+    return nullptr;
+  } catch (const std::exception& e) {
+    return message(where(pg, "all-reduce") + ": " + describe(e));
+  } catch (...) {
+    return message(where(pg, "all-reduce") + ": unknown C++ exception");
+  }
+}
+
+// Overwrites each of the n tensors with the one of rank `root`.
+char* elbo_pg_broadcast(elbo_pg* pg, at::Tensor** tensors, int64_t n, int root,
+                        int64_t timeout_ms) {
+  try {
+    c10d::BroadcastOptions options;
+    options.rootRank = root;
+    options.timeout = millis(timeout_ms);
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    works.reserve(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      std::vector<at::Tensor> one{*tensors[i]};
+      works.push_back(pg->gloo->broadcast(one, options));
+    }
+    for (auto& work : works) {
+      finish(work, timeout_ms);
+    }
+    return nullptr;
+  } catch (const std::exception& e) {
+    return message(where(pg, "broadcast") + ": " + describe(e));
+  } catch (...) {
+    return message(where(pg, "broadcast") + ": unknown C++ exception");
+  }
+}
+
+// Returns when every process has called it (or fails after the timeout).
+char* elbo_pg_barrier(elbo_pg* pg, int64_t timeout_ms) {
+  try {
+    c10d::BarrierOptions options;
+    options.timeout = millis(timeout_ms);
+    finish(pg->gloo->barrier(options), timeout_ms);
+    return nullptr;
+  } catch (const std::exception& e) {
+    return message(where(pg, "barrier") + ": " + describe(e));
+  } catch (...) {
+    return message(where(pg, "barrier") + ": unknown C++ exception");
+  }
+}
+
+}  // extern "C"

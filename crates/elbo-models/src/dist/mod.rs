@@ -1,0 +1,350 @@
+//! Data-parallel training on torch's own distributed engine (c10d, Gloo on the CPU): who
+//! this process is among its peers ([`World`], read from the torch.distributed env://
+//! variables that `elbo train --nproc`, torchrun and cluster launchers set), and the
+//! process group that training uses ([`Parallel`]): the gradient all-reduce in buckets
+//! (it is the trainer's [`GradientSync`]), the broadcast of rank 0's state, and the checks
+//! that every process runs the same job.
+//!
+//! Semantics (the README states them): the batch size is the global batch, each rank
+//! takes its contiguous slice of every global batch of the shared seeded order; the
+//! gradient is the global batch's mean gradient (each rank's gradient weighted by its
+//! share of the batch, summed); rank 0 alone writes the run folder; draws inside the model
+//! are seeded by (seed, step, rank).
+
+mod reduce;
+
+use std::time::Duration;
+
+use tch::{Device, Tensor};
+
+pub use crate::sys::c10d::{AVAILABLE, ProcessGroup, Rendezvous};
+pub use reduce::{DEFAULT_BUCKET_BYTES, buckets};
+
+use crate::error::{Error, Result};
+
+/// The default timeout of the rendezvous and of every collective: long enough for a
+/// checkpoint write between two steps, short enough to notice a lost process.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The variables of the torch.distributed env:// convention, as a launcher sets them.
+pub const ENV_VARS: [&str; 6] = [
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+];
+
+/// This process's place among the processes of a data-parallel job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct World {
+    /// Global rank, in `0..size`.
+    pub rank: usize,
+    /// The number of processes.
+    pub size: usize,
+    /// The rank among the processes of this node (picks `cuda:LOCAL_RANK`).
+    pub local_rank: usize,
+    /// The number of processes on this node.
+    pub local_size: usize,
+    /// Where the rendezvous store is.
+    pub master_addr: String,
+    /// Its port.
+    pub master_port: u16,
+    /// The launcher's agent already hosts the store (torchrun sets
+    /// `TORCHELASTIC_USE_AGENT_STORE=True`): every rank connects as a client.
+    pub agent_store: bool,
+    /// torchrun's `TORCHELASTIC_RESTART_COUNT` (0 otherwise): keys of a restarted
+    /// attempt do not meet the old ones.
+    pub restart_count: u64,
+}
+
+impl World {
+    /// The world the environment describes, `None` for a single process (no
+    /// `WORLD_SIZE`, or `WORLD_SIZE=1`).
+    pub fn from_env() -> Result<Option<World>> {
+        World::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`World::from_env`] over any source of variables.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<World>> {
+        let Some(size) = var("WORLD_SIZE") else {
+            return Ok(None);
+        };
+        let number = |name: &str, text: &str| -> Result<usize> {
+            text.trim().parse::<usize>().map_err(|_| Error::Config {
+                detail: format!("{name}={text:?} is not a whole number"),
+            })
+        };
+        let size = number("WORLD_SIZE", &size)?;
+        if size == 0 {
+            return Err(Error::Config {
+                detail: "WORLD_SIZE=0: a job has at least one process".to_string(),
+            });
+        }
+        if size == 1 {
+            return Ok(None);
+        }
+        let needed = |name: &str| {
+            var(name).ok_or_else(|| Error::Config {
+                detail: format!(
+                    "WORLD_SIZE={size} asks for data-parallel training, but {name} is not set: \
+                     a launcher sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT (and \
+                     LOCAL_RANK, LOCAL_WORLD_SIZE) for every process"
+                ),
+            })
+        };
+        let rank = number("RANK", &needed("RANK")?)?;
+        if rank >= size {
+            return Err(Error::Config {
+                detail: format!("RANK={rank} is not below WORLD_SIZE={size}"),
+            });
+        }
+        let local_size = match var("LOCAL_WORLD_SIZE") {
+            Some(text) => number("LOCAL_WORLD_SIZE", &text)?,
+            None => size,
+        };
+        let local_rank = match var("LOCAL_RANK") {
+            Some(text) => number("LOCAL_RANK", &text)?,
+            None => rank % local_size.max(1),
+        };
+        if local_rank >= local_size.max(1) {
+            return Err(Error::Config {
+                detail: format!(
+                    "LOCAL_RANK={local_rank} is not below LOCAL_WORLD_SIZE={local_size}"
+                ),
+            });
+        }
+        let master_addr = needed("MASTER_ADDR")?;
+        let port_text = needed("MASTER_PORT")?;
+        let master_port = port_text
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| Error::Config {
+                detail: format!("MASTER_PORT={port_text:?} is not a port (1 to 65535)"),
+            })?;
+        let agent_store = var("TORCHELASTIC_USE_AGENT_STORE")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+        let restart_count = match var("TORCHELASTIC_RESTART_COUNT") {
+            Some(text) => number("TORCHELASTIC_RESTART_COUNT", &text)? as u64,
+            None => 0,
+        };
+        Ok(Some(World {
+            rank,
+            size,
+            local_rank,
+            local_size,
+            master_addr,
+            master_port,
+            agent_store,
+            restart_count,
+        }))
+    }
+
+    /// The variables that describe this process to a child (what `--nproc` sets).
+    pub fn vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("RANK", self.rank.to_string()),
+            ("WORLD_SIZE", self.size.to_string()),
+            ("LOCAL_RANK", self.local_rank.to_string()),
+            ("LOCAL_WORLD_SIZE", self.local_size.to_string()),
+            ("MASTER_ADDR", self.master_addr.clone()),
+            ("MASTER_PORT", self.master_port.to_string()),
+        ]
+    }
+
+    /// The rendezvous of this process: rank 0 hosts the store unless a launcher's agent
+    /// does. Keys go under the prefix torch.distributed uses for the attempt.
+    pub fn rendezvous(&self, timeout: Duration) -> Rendezvous {
+        Rendezvous {
+            host: self.master_addr.clone(),
+            port: self.master_port,
+            rank: self.rank,
+            world: self.size,
+            host_store: self.rank == 0 && !self.agent_store,
+            prefix: format!("/worker/attempt_{}/elbo/", self.restart_count),
+            timeout,
+            gloo_threads: 2,
+        }
+    }
+
+    /// The device this process trains on, given the one asked for: `cuda` becomes
+    /// `cuda:LOCAL_RANK`.
+    pub fn device(&self, asked: Device) -> Device {
+        match asked {
+            Device::Cuda(_) => Device::Cuda(self.local_rank),
+            other => other,
+        }
+    }
+}
+
+/// The process group of a data-parallel training job, with what the trainer asks of it.
+#[derive(Debug)]
+pub struct Parallel {
+    group: ProcessGroup,
+    bucket_bytes: usize,
+}
+
+impl Parallel {
+    /// Meets the other processes of `world` (waits up to `timeout` for all of them; every
+    /// collective later fails after `timeout` too).
+    pub fn connect(world: &World, timeout: Duration) -> Result<Parallel> {
+        let group = ProcessGroup::connect(&world.rendezvous(timeout)).map_err(|detail| {
+            Error::Distributed {
+                detail: format!(
+                    "{detail} (MASTER_ADDR={}, MASTER_PORT={}, timeout {} s)",
+                    world.master_addr,
+                    world.master_port,
+                    timeout.as_secs_f64()
+                ),
+            }
+        })?;
+        Ok(Parallel::over(group))
+    }
+
+    /// A job over an existing process group.
+    pub fn over(group: ProcessGroup) -> Parallel {
+        Parallel {
+            group,
+            bucket_bytes: DEFAULT_BUCKET_BYTES,
+        }
+    }
+
+    /// Gradients are reduced in buckets of at most `bytes` (default 25 MiB, as
+    /// PyTorch's DDP).
+    pub fn with_bucket_bytes(mut self, bytes: usize) -> Parallel {
+        self.bucket_bytes = bytes.max(1);
+        self
+    }
+
+    /// This process's rank.
+    pub fn rank(&self) -> usize {
+        self.group.rank()
+    }
+
+    /// The number of processes.
+    pub fn size(&self) -> usize {
+        self.group.world()
+    }
+
+    /// The process group.
+    pub fn group(&self) -> &ProcessGroup {
+        &self.group
+    }
+
+    /// How long the other processes may wait while rank 0 alone works (a test
+    /// evaluation, sample pictures): thirty times the timeout.
+    pub fn slow_timeout(&self) -> Duration {
+        self.group.timeout() * 30
+    }
+
+    fn failed(&self, detail: String) -> Error {
+        Error::Distributed { detail }
+    }
+
+    /// This process's contiguous slice of a global batch: `len * rank / size` to
+    /// `len * (rank + 1) / size` (equal slices when the size divides the batch).
+    pub fn shard<'b>(&self, global: &'b [usize]) -> &'b [usize] {
+        let (n, r, w) = (global.len(), self.rank(), self.size());
+        &global[n * r / w..n * (r + 1) / w]
+    }
+
+    /// Which ranks report `ok == false`, the same list in every process (one
+    /// all-reduce).
+    pub fn failing_ranks(&self, ok: bool) -> Result<Vec<usize>> {
+        let mut flags = vec![0f32; self.size()];
+        flags[self.rank()] = if ok { 0.0 } else { 1.0 };
+        let flags = Tensor::from_slice(&flags);
+        self.group
+            .all_reduce_sum(std::slice::from_ref(&flags))
+            .map_err(|e| self.failed(e))?;
+        let flags = Vec::<f32>::try_from(&flags).unwrap_or_default();
+        Ok(flags
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| **f > 0.0)
+            .map(|(r, _)| r)
+            .collect())
+    }
+
+    /// Checks that every process holds the same `text` (`what` names it in the error),
+    /// naming the ranks that differ from rank 0.
+    pub fn same_everywhere(&self, what: &str, text: &str) -> Result<()> {
+        use sha2::Digest;
+        let own: Vec<u8> = sha2::Sha256::digest(text.as_bytes()).to_vec();
+        let root = Tensor::from_slice(&own);
+        self.group
+            .broadcast(std::slice::from_ref(&root), 0)
+            .map_err(|e| self.failed(e))?;
+        let same = Vec::<u8>::try_from(&root).unwrap_or_default() == own;
+        let differ = self.failing_ranks(same)?;
+        if differ.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Config {
+            detail: format!(
+                "the {} processes of this job disagree on {what}: rank{} {} differ{} from \
+                 rank 0. Every process must run the same command on the same data",
+                self.size(),
+                if differ.len() > 1 { "s" } else { "" },
+                differ
+                    .iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if differ.len() > 1 { "" } else { "s" },
+            ),
+        })
+    }
+
+    /// Overwrites every tensor with rank 0's, in place (any device; through contiguous
+    /// CPU copies when needed).
+    pub fn broadcast_from_root(&self, tensors: &[Tensor]) -> Result<()> {
+        tch::no_grad(|| {
+            let in_place = |t: &Tensor| t.device() == Device::Cpu && t.is_contiguous();
+            let staged: Vec<Tensor> = tensors
+                .iter()
+                .map(|t| {
+                    if in_place(t) {
+                        t.shallow_clone()
+                    } else {
+                        t.to_device(Device::Cpu).contiguous()
+                    }
+                })
+                .collect();
+            self.group
+                .broadcast(&staged, 0)
+                .map_err(|e| self.failed(e))?;
+            for (t, s) in tensors.iter().zip(&staged) {
+                if !in_place(t) {
+                    t.shallow_clone().copy_(s);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The sum over processes of each value (one all-reduce of a small f64 tensor).
+    pub fn sum(&self, values: &mut [f64]) -> Result<()> {
+        if values.is_empty() {
+            return Ok(());
+        }
+        let t = Tensor::from_slice(values);
+        self.group
+            .all_reduce_sum(std::slice::from_ref(&t))
+            .map_err(|e| self.failed(e))?;
+        let summed = Vec::<f64>::try_from(&t).map_err(|e| self.failed(e.to_string()))?;
+        values.copy_from_slice(&summed);
+        Ok(())
+    }
+
+    /// Waits for every process, up to `timeout`.
+    pub fn barrier(&self, timeout: Duration) -> Result<()> {
+        self.group.barrier(timeout).map_err(|e| self.failed(e))
+    }
+}
+
+#[cfg(test)]
+mod tests;
