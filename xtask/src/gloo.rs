@@ -68,9 +68,10 @@ pub fn ensure(workspace: &Path, cache: &Path) -> Result<PathBuf> {
 /// Downloads the pinned package, checks it and unpacks its headers into `include`
 /// (through a temporary folder renamed into place: never half there).
 fn fetch(include: &Path) -> Result<()> {
-    let parent = include.parent().context("the include folder has a parent")?;
-    std::fs::create_dir_all(parent)
-        .with_context(|| format!("creating {}", parent.display()))?;
+    let parent = include
+        .parent()
+        .context("the include folder has a parent")?;
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let work = tempfile_dir(parent)?;
     let result = (|| {
         let status = Command::new("apt-get")

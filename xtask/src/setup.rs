@@ -56,9 +56,9 @@ pub fn run(
     match crate::gloo::ensure(workspace, &install::cache_dir()?) {
         Ok(include) => eprintln!("Gloo's headers ready at {}", include.display()),
         // Everything but data-parallel training builds without them.
-        Err(e) if !require_gloo => eprintln!(
-            "warning: {e:#}\n(without Gloo's headers elbo trains in one process only)"
-        ),
+        Err(e) if !require_gloo => {
+            eprintln!("warning: {e:#}\n(without Gloo's headers elbo trains in one process only)")
+        }
         Err(e) => return Err(e),
     }
     eprintln!(

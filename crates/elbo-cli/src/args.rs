@@ -98,6 +98,18 @@ pub struct LoopArgs {
     /// Continue the run in --run from its newest checkpoint.
     #[arg(long, requires = "run")]
     pub resume: bool,
+    /// Train on N processes of this machine (data-parallel on torch's c10d with Gloo):
+    /// --batch-size stays the global batch, each process takes its slice. Under
+    /// torchrun or another launcher that sets RANK and WORLD_SIZE, leave it out.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub nproc: Option<u16>,
+    /// With --nproc: the port of the rendezvous on 127.0.0.1 (default: a free one).
+    #[arg(long, requires = "nproc")]
+    pub master_port: Option<u16>,
+    /// Seconds a data-parallel process waits for the others (the rendezvous, each
+    /// collective) before it gives up with an error.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    pub dist_timeout: f64,
     /// With --resume: accept training options that differ from the run's (each change
     /// is recorded in metrics.jsonl; the run is then not bit-exact to an unbroken one).
     #[arg(long, requires = "resume")]

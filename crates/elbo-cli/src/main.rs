@@ -5,6 +5,7 @@
 
 mod args;
 mod eval;
+mod launch;
 mod progress;
 mod train;
 

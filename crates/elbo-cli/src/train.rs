@@ -9,7 +9,8 @@ use elbo_models::session::{
     self, ClassifierJob, ClassifierTrainConfig, Control, Finished, Job, JobReport,
 };
 
-use crate::args::{ClassifierArgs, DeviceArgs, TrainModel};
+use crate::args::{ClassifierArgs, DeviceArgs, LoopArgs, TrainModel};
+use crate::launch;
 use crate::progress::{ProgressView, print_eval};
 
 /// Applies `--threads` and resolves `--device`.
@@ -20,37 +21,100 @@ pub fn device(args: &DeviceArgs) -> Result<elbo_models::session::Device> {
     Ok(args.device.resolve()?)
 }
 
-/// Runs `elbo train <model>`.
+/// Runs `elbo train <model>`: as the launcher of `--nproc` workers, as one process of a
+/// data-parallel job (RANK and WORLD_SIZE set by `--nproc`, torchrun or another
+/// launcher), or alone.
 pub fn run(model: TrainModel) -> Result<ExitCode> {
+    let looped = match &model {
+        TrainModel::Vae(args) => &args.train,
+        TrainModel::Hvae(args) => &args.train,
+        TrainModel::Ddpm(args) => &args.train,
+        TrainModel::Classifier(_) => return classifier_of(model),
+    };
+    let timeout = dist_timeout(looped)?;
+    let world = session::World::from_env()?;
+    match (looped.nproc.map(usize::from), &world) {
+        (Some(n), Some(world)) if n > 1 => anyhow::bail!(
+            "--nproc {n} starts the processes itself, but this process is already rank {} \
+             of {} (RANK and WORLD_SIZE are set, by torchrun or another launcher): leave \
+             --nproc out",
+            world.rank,
+            world.size
+        ),
+        (Some(n), None) if n > 1 => return launch::run(n, looped.master_port, timeout),
+        _ => {}
+    }
+    match &world {
+        None => train_as(model, None),
+        Some(world) => {
+            launch::follow_launcher();
+            let rank = format!("rank {} of {}", world.rank, world.size);
+            let parallel = session::Parallel::connect(world, timeout).context(rank.clone())?;
+            train_as(model, Some((world, &parallel))).context(rank)
+        }
+    }
+}
+
+fn classifier_of(model: TrainModel) -> Result<ExitCode> {
+    match model {
+        TrainModel::Classifier(args) => classifier(*args),
+        _ => unreachable!("only called for the classifier"),
+    }
+}
+
+/// `--dist-timeout` as a duration (a positive, finite number of seconds).
+fn dist_timeout(args: &LoopArgs) -> Result<std::time::Duration> {
+    let secs = args.dist_timeout;
+    if !(secs.is_finite() && secs > 0.0) {
+        anyhow::bail!("--dist-timeout must be a positive number of seconds, found {secs}");
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// Trains alone, or as one process of a data-parallel job (rank 0 shows progress and
+/// the results; the others are silent unless they fail).
+fn train_as(
+    model: TrainModel,
+    parallel: Option<(&session::World, &session::Parallel)>,
+) -> Result<ExitCode> {
+    let place = |asked| match parallel {
+        Some((world, _)) => world.device(asked),
+        None => asked,
+    };
     let (job, resume, allow_changes): (Box<dyn Job>, bool, bool) = match model {
         TrainModel::Vae(args) => (
-            Box::new(args.job(device(&args.run.device)?)),
+            Box::new(args.job(place(device(&args.run.device)?))),
             args.train.resume,
             args.train.allow_changes,
         ),
         TrainModel::Hvae(args) => (
-            Box::new(args.job(device(&args.run.device)?)),
+            Box::new(args.job(place(device(&args.run.device)?))),
             args.train.resume,
             args.train.allow_changes,
         ),
         TrainModel::Ddpm(args) => (
-            Box::new(args.job(device(&args.run.device)?)),
+            Box::new(args.job(place(device(&args.run.device)?))),
             args.train.resume,
             args.train.allow_changes,
         ),
         TrainModel::Classifier(args) => return classifier(*args),
     };
     let stop = stop_flag()?;
+    let control = Control {
+        resume,
+        stop: &stop,
+        allow_changes,
+    };
+    let group = parallel.map(|(_, p)| p);
+    if group.is_some_and(|p| p.rank() != 0) {
+        let report = session::train_parallel(job.as_ref(), group, control, &mut ())?;
+        return Ok(match report.train.finished {
+            Finished::Interrupted { .. } => ExitCode::from(130),
+            Finished::Completed => ExitCode::SUCCESS,
+        });
+    }
     let mut progress = ProgressView::new();
-    let report = session::train(
-        job.as_ref(),
-        Control {
-            resume,
-            stop: &stop,
-            allow_changes,
-        },
-        &mut progress,
-    )?;
+    let report = session::train_parallel(job.as_ref(), group, control, &mut progress)?;
     progress.finish();
     finish(&report)
 }

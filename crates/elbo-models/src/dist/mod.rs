@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tch::{Device, Tensor};
 
-pub use crate::sys::c10d::{AVAILABLE, ProcessGroup, Rendezvous};
+pub use crate::sys::c10d::{AVAILABLE, ProcessGroup, Rendezvous, UNAVAILABLE};
 pub use reduce::{DEFAULT_BUCKET_BYTES, buckets};
 
 use crate::error::{Error, Result};

@@ -9,6 +9,7 @@ use elbo_data::Splits;
 
 use super::options::{TrainDefaults, TrainOptions};
 use crate::data;
+use crate::dist::Parallel;
 use crate::error::{Error, Result};
 use crate::eval::{self, EvalReport};
 use crate::models::ModelConfig;
@@ -263,6 +264,19 @@ pub fn train(
     control: Control<'_>,
     observer: &mut dyn Observer,
 ) -> Result<JobReport> {
+    train_parallel(job, None, control, observer)
+}
+
+/// [`train`] as one process of the data-parallel job `parallel` (when given): every
+/// process runs this with the same job; rank 0 writes the run folder, evaluates at each
+/// epoch's end and after training; the others train and return without evaluation.
+pub fn train_parallel(
+    job: &dyn Job,
+    parallel: Option<&Parallel>,
+    control: Control<'_>,
+    observer: &mut dyn Observer,
+) -> Result<JobReport> {
+    let writer = parallel.is_none_or(|p| p.rank() == 0);
     let plan = job.plan();
     let options = plan.options;
     let splits: Splits = options.data.load()?;
@@ -276,6 +290,7 @@ pub fn train(
     let run = train::RunDir::new(run_folder(options.run.as_ref(), &label));
     let test = match config.eval_examples {
         0 => None,
+        _ if !writer => None,
         n => Some(data::fixed_tensor(
             &splits.test,
             model.likelihood(),
@@ -284,20 +299,18 @@ pub fn train(
         )?),
     };
     let step = model.train_step(&config.aids)?;
-    let report = Trainer::for_model(model.as_ref(), config, run.clone(), label, test).fit(
-        step.as_ref(),
-        &mut vs,
-        &splits.train,
-        control,
-        observer,
-    )?;
+    let mut trainer = Trainer::for_model(model.as_ref(), config, run.clone(), label, test);
+    if let Some(parallel) = parallel {
+        trainer = trainer.parallel(parallel);
+    }
+    let report = trainer.fit(step.as_ref(), &mut vs, &splits.train, control, observer)?;
     let eval = match report.finished {
-        train::Finished::Completed => {
+        train::Finished::Completed if writer => {
             let FinalEval { iw, examples } = plan.final_eval;
             let test = data::fixed_tensor(&splits.test, model.likelihood(), examples, device)?;
             eval::evaluate_until(model.as_ref(), &test, iw, 100, control.stop)
         }
-        train::Finished::Interrupted { .. } => None,
+        _ => None,
     };
     let stopped = control.stop.load(std::sync::atomic::Ordering::SeqCst);
     let curves = run.curves();

@@ -15,12 +15,16 @@ use tch::nn::VarStore;
 
 pub use jobs::{
     DdpmJob, ElboTraining, FinalEval, HvaeJob, Job, JobReport, Plan, VaeJob, run_folder, train,
-    utc_stamp,
+    train_parallel, utc_stamp,
 };
 pub use options::{Length, TrainDefaults, TrainOptions};
 
 // What the front door's callers name: the options of the jobs and what comes back.
 pub use crate::data::DataSpec;
+pub use crate::dist::{
+    AVAILABLE as DATA_PARALLEL, DEFAULT_TIMEOUT, ENV_VARS, Parallel,
+    UNAVAILABLE as NO_DATA_PARALLEL, World,
+};
 pub use crate::eval::classifier::{
     ClassifierJob, ClassifierReport, ClassifierTrainConfig, run_job as train_classifier,
 };

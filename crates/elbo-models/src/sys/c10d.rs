@@ -15,6 +15,11 @@ use tch::{Device, Tensor};
 /// Whether this build has the Gloo process group (Gloo's headers were found).
 pub const AVAILABLE: bool = cfg!(elbo_gloo);
 
+/// Why data-parallel training is unavailable when [`AVAILABLE`] is false.
+pub const UNAVAILABLE: &str = "this elbo was built without Gloo's headers, so without \
+     data-parallel training: run `cargo xtask setup` (or set ELBO_GLOO_INCLUDE to the \
+     folder holding gloo/) and build again";
+
 /// Where and how the processes meet.
 #[derive(Clone, Debug)]
 pub struct Rendezvous {
