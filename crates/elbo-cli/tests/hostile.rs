@@ -384,3 +384,180 @@ fn ctrl_c_during_the_final_evaluation_stops_it() {
         text(&out)
     );
 }
+
+/// The worker processes `--nproc` started from the launcher `launcher`, by rank (read
+/// from their environment).
+fn workers_of(launcher: &Child) -> Vec<(usize, u32)> {
+    let children = format!("/proc/{0}/task/{0}/children", launcher.id());
+    let mut out: Vec<(usize, u32)> = std::fs::read_to_string(children)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|pid| pid.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            let rank = env
+                .split(|b| *b == 0)
+                .find_map(|kv| kv.strip_prefix(b"RANK="))?;
+            Some((std::str::from_utf8(rank).ok()?.parse().ok()?, pid))
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// `--nproc 2` end to end: the two workers train one run (rank 0 writes it, the
+/// checkpoint says 2 processes), the launcher reports as one process would, and a batch
+/// that does not divide among the processes is refused with the numbers.
+#[test]
+fn nproc_2_trains_one_run_and_refuses_an_indivisible_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("r");
+    let r = run_dir.to_str().unwrap();
+    let out = run(&[
+        "train",
+        "vae",
+        "--steps",
+        "12",
+        "--batch-size",
+        "32",
+        "--run",
+        r,
+        "--nproc",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert_eq!(
+        said.matches("checkpoint ").count(),
+        1,
+        "only rank 0 reports: {said}"
+    );
+    assert_eq!(checkpoint_json(&run_dir)["world_size"], 2);
+    assert_eq!(checkpoint_json(&run_dir)["step"], 12);
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    let mut steps: Vec<u64> = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "step")
+        .filter_map(|v| v["step"].as_u64())
+        .collect();
+    let logged = steps.len();
+    steps.dedup();
+    assert!(
+        logged > 0 && steps.len() == logged,
+        "each step written once: {metrics}"
+    );
+
+    let odd = run(&[
+        "train",
+        "vae",
+        "--steps",
+        "2",
+        "--batch-size",
+        "33",
+        "--run",
+        dir.path().join("odd").to_str().unwrap(),
+        "--nproc",
+        "2",
+    ]);
+    assert_eq!(odd.status.code(), Some(1), "{}", text(&odd));
+    assert!(
+        text(&odd).contains("--batch-size 33 is the global batch and does not divide among 2"),
+        "{}",
+        text(&odd)
+    );
+    // Under a launcher that set the variables already, --nproc is a mistake.
+    let nested = elbo()
+        .args(["train", "vae", "--steps", "2", "--nproc", "2"])
+        .envs([
+            ("RANK", "0"),
+            ("WORLD_SIZE", "2"),
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("MASTER_PORT", "1"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(nested.status.code(), Some(1), "{}", text(&nested));
+    assert!(
+        text(&nested).contains("leave --nproc out"),
+        "{}",
+        text(&nested)
+    );
+}
+
+/// A worker killed with kill -9: the other one stops with c10d's error, the launcher
+/// names the lost rank and exits with its status (137) well within the timeout; then
+/// Ctrl-C to a healthy job: one checkpoint (rank 0's), every process exits with 130.
+#[test]
+fn a_killed_worker_ends_the_job_and_ctrl_c_stops_every_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    for case in ["kill", "ctrl-c"] {
+        let run_dir = dir.path().join(case);
+        let r = run_dir.to_str().unwrap();
+        let launcher = spawn(&[
+            "train",
+            "vae",
+            "--steps",
+            "1000000",
+            "--batch-size",
+            "32",
+            "--checkpoint-every",
+            "50",
+            "--run",
+            r,
+            "--nproc",
+            "2",
+            "--dist-timeout",
+            "20",
+        ]);
+        wait_for("a first checkpoint", || {
+            files(&run_dir.join("checkpoints"))
+                .iter()
+                .any(|p| p.extension().is_some_and(|e| e == "json"))
+        });
+        let workers = workers_of(&launcher);
+        assert_eq!(workers.len(), 2, "{workers:?}");
+        let started = Instant::now();
+        if case == "kill" {
+            let killed = Command::new("kill")
+                .args(["-9", &workers[1].1.to_string()])
+                .status()
+                .unwrap();
+            assert!(killed.success());
+        } else {
+            signal(&launcher, "INT");
+        }
+        let out = launcher.wait_with_output().unwrap();
+        let said = text(&out);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{case}: the job took {:?} to stop",
+            started.elapsed()
+        );
+        for (_, pid) in &workers {
+            assert!(
+                !Path::new(&format!("/proc/{pid}/environ")).exists()
+                    || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                        .is_ok_and(|s| s.contains(") Z ")),
+                "{case}: worker {pid} is still running"
+            );
+        }
+        if case == "kill" {
+            assert_eq!(out.status.code(), Some(137), "{said}");
+            assert!(
+                said.contains("worker of rank 1 (of 2) was killed by signal 9 (SIGKILL) first"),
+                "{said}"
+            );
+            assert!(said.contains("rank 0 of 2"), "rank 0's own error: {said}");
+        } else {
+            assert_eq!(out.status.code(), Some(130), "{said}");
+            assert_eq!(said.matches("interrupted after step").count(), 1, "{said}");
+            let step = checkpoint_json(&run_dir)["step"].as_u64().unwrap();
+            assert!(
+                said.contains(&format!("interrupted after step {step}")),
+                "{said}"
+            );
+            assert!(temporaries(&run_dir).is_empty());
+        }
+    }
+}
