@@ -7,9 +7,10 @@
 //! resident memory. The step is the training loop's own (`elbo_models::train::optimise`):
 //! forward, loss, backward, Adam; `--task sample` times a DDPM's DDIM sampling instead.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
+use elbo_models::dist::{Parallel, World};
 use elbo_models::models::draw_samples;
 use elbo_models::train::optim::Adam;
 use elbo_models::train::{self, TrainConfig};
@@ -222,8 +223,23 @@ fn samplings(args: &Args) -> Result<serde_json::Value, String> {
     }))
 }
 
-/// Times training steps of `args.model`.
+/// Times training steps of `args.model`; under a launcher (RANK, WORLD_SIZE, ... set:
+/// `torchrun --no-python --nproc-per-node 2 steptime ...`) as one rank of a
+/// data-parallel job, each rank stepping on its `batch / world` slice with the gradient
+/// all-reduce of training (`--batch` stays the global batch).
 fn train_steps(args: &Args) -> Result<serde_json::Value, String> {
+    let world = World::from_env().map_err(|e| e.to_string())?;
+    let parallel = match &world {
+        Some(w) => Some(Parallel::connect(w, Duration::from_secs(120)).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let ranks = world.as_ref().map_or(1, |w| w.size);
+    if args.batch % ranks != 0 {
+        return Err(format!(
+            "--batch {} does not divide among {ranks} ranks",
+            args.batch
+        ));
+    }
     let vs: VarStore = train::var_store(args.seed, Device::Cpu);
     let model = elbo_benches::preset_model(&args.model, &vs.root())?;
     let params: i64 = vs
@@ -231,17 +247,30 @@ fn train_steps(args: &Args) -> Result<serde_json::Value, String> {
         .iter()
         .map(|t| t.numel() as i64)
         .sum();
-    let batch = elbo_benches::training_batch(model.as_ref(), args.batch, Device::Cpu)?;
+    let batch = elbo_benches::training_batch(model.as_ref(), args.batch / ranks, Device::Cpu)?;
     let config = TrainConfig {
         seed: args.seed,
         ..TrainConfig::default()
     };
     let mut adam = Adam::new(&vs, config.adam.into());
     let loss = model.train_step(&config.aids).map_err(|e| e.to_string())?;
+    let replica = parallel.as_ref().map(|p| train::Replica {
+        sync: p,
+        rank: p.rank(),
+        share: 1.0 / ranks as f64,
+        stop_requested: false,
+    });
     let mut one = |step: u64| {
-        train::optimise(loss.as_ref(), &mut adam, &batch, &config, step, None)
-            .map(|_| ())
-            .map_err(|failure| format!("{failure:?} at step {}", step + 1))
+        train::optimise(
+            loss.as_ref(),
+            &mut adam,
+            &batch,
+            &config,
+            step,
+            replica.as_ref(),
+        )
+        .map(|_| ())
+        .map_err(|failure| format!("{failure:?} at step {}", step + 1))
     };
     for step in 0..args.warmup {
         one(step)?;
@@ -250,12 +279,16 @@ fn train_steps(args: &Args) -> Result<serde_json::Value, String> {
         step_ms,
         faults_per_step,
     } = timed(args, |i| one(args.warmup + i))?;
+    if world.as_ref().is_some_and(|w| w.rank != 0) {
+        return Ok(serde_json::Value::Null);
+    }
     Ok(serde_json::json!({
         "side": "elbo",
         "model": args.model,
         "task": "train",
         "params": params,
         "batch": args.batch,
+        "world": ranks,
         "threads": args.threads,
         "warmup": args.warmup,
         "reps": args.reps,
@@ -274,6 +307,7 @@ fn main() -> std::process::ExitCode {
         eprintln!("steptime: glibc malloc left as it is: {message}");
     }
     match run(&args) {
+        Ok(serde_json::Value::Null) => std::process::ExitCode::SUCCESS,
         Ok(report) => {
             println!("{report}");
             std::process::ExitCode::SUCCESS

@@ -487,11 +487,12 @@ fn nproc_2_trains_one_run_and_refuses_an_indivisible_batch() {
 
 /// A worker killed with kill -9: the other one stops with c10d's error, the launcher
 /// names the lost rank and exits with its status (137) well within the timeout; then
-/// Ctrl-C to a healthy job: one checkpoint (rank 0's), every process exits with 130.
+/// Ctrl-C (or SIGTERM) to a healthy job: one checkpoint (rank 0's), every process exits
+/// with 130.
 #[test]
 fn a_killed_worker_ends_the_job_and_ctrl_c_stops_every_worker() {
     let dir = tempfile::tempdir().unwrap();
-    for case in ["kill", "ctrl-c"] {
+    for case in ["kill", "ctrl-c", "sigterm"] {
         let run_dir = dir.path().join(case);
         let r = run_dir.to_str().unwrap();
         let launcher = spawn(&[
@@ -524,8 +525,11 @@ fn a_killed_worker_ends_the_job_and_ctrl_c_stops_every_worker() {
                 .status()
                 .unwrap();
             assert!(killed.success());
-        } else {
+        } else if case == "ctrl-c" {
             signal(&launcher, "INT");
+        } else {
+            // A cluster's preemption: SIGTERM stops the job as Ctrl-C does.
+            signal(&launcher, "TERM");
         }
         let out = launcher.wait_with_output().unwrap();
         let said = text(&out);
