@@ -234,7 +234,7 @@ fn train_steps(args: &Args) -> Result<serde_json::Value, String> {
         None => None,
     };
     let ranks = world.as_ref().map_or(1, |w| w.size);
-    if args.batch % ranks != 0 {
+    if !args.batch.is_multiple_of(ranks) {
         return Err(format!(
             "--batch {} does not divide among {ranks} ranks",
             args.batch

@@ -159,7 +159,7 @@ fn buckets_of_mixed_sizes_and_a_missing_gradient_reduce_to_the_mean() {
                 continue;
             }
             let k = (i + 1) as f64 * (1.0 + r);
-            loss = loss + (w * k).sum(Kind::Float);
+            loss += (w * k).sum(Kind::Float);
         }
         loss.backward();
         let mut shared = [];

@@ -641,7 +641,7 @@ impl<'a> Trainer<'a> {
 /// Refuses a data-parallel job whose global batch does not divide among its processes,
 /// or whose epochs end with a batch smaller than the number of processes.
 fn check_divisible(batch: usize, examples: usize, world: usize) -> Result<()> {
-    if batch % world != 0 {
+    if !batch.is_multiple_of(world) {
         return Err(Error::Config {
             detail: format!(
                 "--batch-size {batch} is the global batch and does not divide among {world}                  processes: choose a multiple of {world} (e.g. {})",
@@ -728,4 +728,29 @@ pub struct TrainData<'a> {
     pub train: &'a Dataset,
     /// Test examples (evaluated at each epoch's end).
     pub test: &'a Dataset,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_divisible;
+
+    #[test]
+    fn a_global_batch_must_divide_among_the_processes_and_leave_each_an_example() {
+        let _generator = crate::testing::generator_lock();
+        assert!(check_divisible(64, 9000, 2).is_ok());
+        assert!(
+            check_divisible(64, 9000, 1).is_ok(),
+            "one process takes anything"
+        );
+        let err = check_divisible(63, 9000, 2).unwrap_err().to_string();
+        assert!(
+            err.contains("--batch-size 63") && err.contains("among 2") && err.contains("62"),
+            "{err}"
+        );
+        // 9,001 examples in batches of 64 end with a batch of 41 (fine for 2 processes);
+        // 8,961 end with one of 1, which 2 processes cannot share.
+        assert!(check_divisible(64, 9001, 2).is_ok());
+        let err = check_divisible(64, 8961, 2).unwrap_err().to_string();
+        assert!(err.contains("ends with a batch of 1"), "{err}");
+    }
 }
