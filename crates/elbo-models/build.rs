@@ -8,6 +8,7 @@ fn main() {
     link_libtorch();
     println!("cargo::rustc-check-cfg=cfg(elbo_ops)");
     println!("cargo::rustc-check-cfg=cfg(elbo_gloo)");
+    println!("cargo::rustc-check-cfg=cfg(elbo_nccl)");
     for file in [
         "elbo_ops.cpp",
         "elbo_ops.h",
@@ -62,6 +63,29 @@ fn main() {
                 .include(gloo)
                 .define("USE_C10D_GLOO", None);
             println!("cargo:rustc-cfg=elbo_gloo");
+            // The CUDA libtorch of `cargo xtask setup --cuda` keeps NCCL's and CUDA's
+            // headers beside its libraries (site-packages layout: torch/lib ->
+            // ../../nvidia/...): with them, the NCCL process group is compiled too.
+            let nvidia = std::path::Path::new(&lib).join("../../nvidia");
+            let nccl = nvidia.join("nccl/include");
+            let cuda = nvidia.join("cu13/include");
+            let has_cuda = std::path::Path::new(&lib).join("libtorch_cuda.so").exists();
+            let headers = nccl.join("nccl.h").is_file() && cuda.join("crt/host_config.h").is_file();
+            if has_cuda && headers {
+                build
+                    .include(&nccl)
+                    .include(&cuda)
+                    .include(cuda.join("cccl"))
+                    .define("USE_C10D_NCCL", None)
+                    .define("ELBO_NCCL", None);
+                println!("cargo:rustc-cfg=elbo_nccl");
+            } else if has_cuda {
+                println!(
+                    "cargo:warning=a CUDA libtorch without NCCL's and CUDA's headers \
+                     (nvidia/nccl/include, nvidia/cu13/include/crt): data-parallel training \
+                     on GPUs uses Gloo; `cargo xtask setup --cuda --force` installs them"
+                );
+            }
         }
         None => println!(
             "cargo:warning=Gloo's headers not found (ELBO_GLOO_INCLUDE): elbo-models is built \

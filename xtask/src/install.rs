@@ -70,7 +70,8 @@ pub fn cache_dir() -> Result<PathBuf> {
 
 /// Where a wheel member goes in the install, relative to its root, or `None` to skip it.
 /// CPU installs leave out the CUDA libraries except the two `libtorch_cpu.so` loads;
-/// both leave out `libtorch_python.so` (only Python extensions use it).
+/// both leave out `libtorch_python.so` (only Python extensions use it). CUDA installs
+/// keep NCCL's and CUDA's headers (`nvidia/{nccl,cu13}/include`).
 pub fn destination(member: &Path, variant: Variant) -> Option<PathBuf> {
     let parts: Vec<&str> = member.iter().filter_map(|p| p.to_str()).collect();
     match parts.as_slice() {
@@ -82,6 +83,10 @@ pub fn destination(member: &Path, variant: Variant) -> Option<PathBuf> {
                 || file.starts_with("libcaffe2_nvrtc");
             let keep = *file != "libtorch_python.so" && (variant == Variant::Cuda || !cuda_only);
             keep.then(|| member.to_path_buf())
+        }
+        // NCCL's and CUDA's headers, to compile elbo's NCCL process group (CUDA only).
+        ["nvidia", "nccl" | "cu13", "include", _, ..] if variant == Variant::Cuda => {
+            Some(member.to_path_buf())
         }
         ["nvidia", _, "lib", file] if is_shared_library(file) => {
             let keep = match variant {
@@ -306,7 +311,14 @@ mod tests {
         );
         write_wheel(
             &dir.join("nvidia_cuda_runtime-13.0.96-py3-none-manylinux_2_17_x86_64.whl"),
-            &[("nvidia/cu13/lib/libcudart.so.13", b"cudart")],
+            &[
+                ("nvidia/cu13/lib/libcudart.so.13", b"cudart"),
+                ("nvidia/cu13/include/cuda_runtime_api.h", b"// header"),
+            ],
+        );
+        write_wheel(
+            &dir.join("nvidia_nccl_cu13-2.28.3-py3-none-manylinux_2_18_x86_64.whl"),
+            &[("nvidia/nccl/include/nccl.h", b"// header")],
         );
         write_wheel(
             &dir.join("nvidia_cuda_cupti-13.0.85-py3-none-manylinux_2_25_x86_64.whl"),
@@ -344,6 +356,8 @@ mod tests {
             "torch/lib/libc10_cuda.so",
             "torch/lib/libtorch_python.so",
             "nvidia/cu13/lib/libnvperf_host.so",
+            "nvidia/cu13/include",
+            "nvidia/nccl",
             "triton",
         ] {
             assert!(!dir.join(dropped).exists(), "{dropped} should be left out");
@@ -375,6 +389,11 @@ mod tests {
         assert!(dir.ends_with("2.13.0-cuda"));
         assert!(dir.join("torch/lib/libtorch_cuda.so").is_file());
         assert!(dir.join("nvidia/cu13/lib/libnvperf_host.so").is_file());
+        assert!(
+            dir.join("nvidia/nccl/include/nccl.h").is_file(),
+            "NCCL's headers kept"
+        );
+        assert!(dir.join("nvidia/cu13/include/cuda_runtime_api.h").is_file());
         assert!(!dir.join("torch/lib/libtorch_python.so").exists());
         assert_eq!(Variant::of_lib_dir(&dir.join("torch/lib")), Variant::Cuda);
     }

@@ -13,6 +13,11 @@ use crate::libtorch::{TORCH_VERSION, Variant};
 pub const CPU_EXTRA_WHEELS: [&str; 2] =
     ["nvidia-cuda-runtime==13.0.96", "nvidia-cuda-cupti==13.0.85"];
 
+/// Header-only CUDA wheels that the CUDA variant adds to torch's dependencies: c10d's
+/// `ProcessGroupNCCL.hpp` includes ATen's CUDA headers, which need the CUDA compiler's
+/// `crt/` and libcu++'s `nv/target`, in no runtime wheel (nothing of them is linked).
+pub const CUDA_HEADER_WHEELS: [&str; 2] = ["nvidia-cuda-crt==13.0.88", "nvidia-cuda-cccl==13.0.85"];
+
 /// How to call pip.
 #[derive(Debug, Clone)]
 pub struct Pip {
@@ -61,8 +66,9 @@ impl Pip {
                 args.push("--no-deps".into());
                 args.extend(CPU_EXTRA_WHEELS.map(String::from));
             }
-            // The wheel's declared dependencies bring every CUDA 13 library.
-            Variant::Cuda => {}
+            // The wheel's declared dependencies bring every CUDA 13 library; the header
+            // wheels let elbo compile its NCCL process group.
+            Variant::Cuda => args.extend(CUDA_HEADER_WHEELS.map(String::from)),
         }
         args
     }
@@ -253,6 +259,8 @@ mod tests {
         assert!(cpu.contains(&"nvidia-cuda-cupti==13.0.85".to_string()));
         let cuda = pip("python3").download_args(Variant::Cuda, dest);
         assert!(!cuda.contains(&"--no-deps".to_string()));
+        assert!(cuda.contains(&"nvidia-cuda-crt==13.0.88".to_string()));
+        assert!(!cpu.contains(&"nvidia-cuda-crt==13.0.88".to_string()));
         assert!(
             cuda.windows(2)
                 .any(|w| w == ["--platform", "manylinux_2_28_x86_64"])

@@ -36,7 +36,7 @@ struct Args {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let world = World::from_env()?.ok_or("run under a launcher: WORLD_SIZE is not set (or 1)")?;
-    let parallel = Parallel::connect(&world, Duration::from_secs(60))?;
+    let parallel = Parallel::connect(&world, Duration::from_secs(60), Device::Cpu)?;
     let n = (args.mib * 1024.0 * 1024.0 / 4.0) as i64;
     let bucket = Tensor::ones([n], (Kind::Float, Device::Cpu));
     let group = parallel.group();

@@ -230,7 +230,10 @@ fn samplings(args: &Args) -> Result<serde_json::Value, String> {
 fn train_steps(args: &Args) -> Result<serde_json::Value, String> {
     let world = World::from_env().map_err(|e| e.to_string())?;
     let parallel = match &world {
-        Some(w) => Some(Parallel::connect(w, Duration::from_secs(120)).map_err(|e| e.to_string())?),
+        Some(w) => Some(
+            Parallel::connect(w, Duration::from_secs(120), Device::Cpu)
+                .map_err(|e| e.to_string())?,
+        ),
         None => None,
     };
     let ranks = world.as_ref().map_or(1, |w| w.size);

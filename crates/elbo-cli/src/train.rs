@@ -25,10 +25,10 @@ pub fn device(args: &DeviceArgs) -> Result<elbo_models::session::Device> {
 /// data-parallel job (RANK and WORLD_SIZE set by `--nproc`, torchrun or another
 /// launcher), or alone.
 pub fn run(model: TrainModel) -> Result<ExitCode> {
-    let looped = match &model {
-        TrainModel::Vae(args) => &args.train,
-        TrainModel::Hvae(args) => &args.train,
-        TrainModel::Ddpm(args) => &args.train,
+    let (looped, device_args) = match &model {
+        TrainModel::Vae(args) => (&args.train, &args.run.device),
+        TrainModel::Hvae(args) => (&args.train, &args.run.device),
+        TrainModel::Ddpm(args) => (&args.train, &args.run.device),
         TrainModel::Classifier(_) => return classifier_of(model),
     };
     let timeout = dist_timeout(looped)?;
@@ -49,7 +49,8 @@ pub fn run(model: TrainModel) -> Result<ExitCode> {
         Some(world) => {
             launch::follow_launcher();
             let rank = format!("rank {} of {}", world.rank, world.size);
-            let parallel = session::Parallel::connect(world, timeout).context(rank.clone())?;
+            let on = world.device(device(device_args)?);
+            let parallel = session::Parallel::connect(world, timeout, on).context(rank.clone())?;
             train_as(model, Some((world, &parallel))).context(rank)
         }
     }

@@ -1,7 +1,9 @@
 // Data-parallel training's collectives, on torch's own distributed engine (c10d) inside
-// the libtorch elbo links: a TCPStore for the rendezvous and a ProcessGroupGloo for CPU
-// tensors. Nothing here implements a collective or a socket: every operation is c10d's.
-// Compiled only when Gloo's headers were found (build.rs defines ELBO_GLOO); C++
+// the libtorch elbo links: a TCPStore for the rendezvous, then a ProcessGroupGloo (CPU
+// tensors) or, in a CUDA build, a ProcessGroupNCCL (CUDA tensors). Nothing here
+// implements a collective or a socket: every operation is c10d's. Compiled only when
+// Gloo's headers were found (build.rs defines USE_C10D_GLOO; ELBO_NCCL and
+// USE_C10D_NCCL when libtorch_cuda.so and NCCL's and CUDA's headers are there too). C++
 // exceptions never leave: each function returns nullptr, or a message from malloc that
 // names the operation and the rank (free it with elbo_free_message).
 
@@ -15,12 +17,15 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef ELBO_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 #include "elbo_ops.h"
 
 struct elbo_pg {
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;
+  c10::intrusive_ptr<c10d::Backend> backend;
   int rank;
   int world;
 };
@@ -56,10 +61,11 @@ extern "C" {
 
 // Rendezvous of `world` processes on the TCPStore at host:port (this process hosts it
 // when `host_store` is 1, else connects to it, retrying until the timeout), under the
-// key prefix `prefix`, then a Gloo process group over it. The group's operations time
-// out after `timeout_ms`.
+// key prefix `prefix`, then a process group over it: Gloo, or NCCL when `nccl` is 1.
+// The group's operations time out after `timeout_ms`.
 char* elbo_pg_new(const char* host, int port, int rank, int world, int host_store,
-                  const char* prefix, int64_t timeout_ms, int gloo_threads, elbo_pg** out) {
+                  const char* prefix, int64_t timeout_ms, int gloo_threads, int nccl,
+                  elbo_pg** out) {
   *out = nullptr;
   std::string at = std::string(host) + ":" + std::to_string(port);
   std::string stage = "the rendezvous at " + at;
@@ -73,12 +79,25 @@ char* elbo_pg_new(const char* host, int port, int rank, int world, int host_stor
     auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(host), options);
     c10::intrusive_ptr<c10d::Store> store =
         c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), tcp);
-    stage = "creating the Gloo process group (rendezvous at " + at + ")";
-    auto pg_options = c10d::ProcessGroupGloo::Options::create(millis(timeout_ms));
-    pg_options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
-    pg_options->threads = gloo_threads;
-    auto gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, pg_options);
-    *out = new elbo_pg{store, gloo, rank, world};
+    c10::intrusive_ptr<c10d::Backend> backend;
+    if (nccl != 0) {
+      stage = "creating the NCCL process group (rendezvous at " + at + ")";
+#ifdef ELBO_NCCL
+      auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
+      nccl_options->timeout = millis(timeout_ms);
+      backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, nccl_options);
+#else
+      return message(stage + ": this elbo was built without NCCL (it needs the CUDA "
+                     "libtorch with NCCL's headers: cargo xtask setup --cuda)");
+#endif
+    } else {
+      stage = "creating the Gloo process group (rendezvous at " + at + ")";
+      auto pg_options = c10d::ProcessGroupGloo::Options::create(millis(timeout_ms));
+      pg_options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+      pg_options->threads = gloo_threads;
+      backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, pg_options);
+    }
+    *out = new elbo_pg{store, backend, rank, world};
     return nullptr;
   } catch (const std::exception& e) {
     return message(stage + " failed on rank " + std::to_string(rank) + " of " +
@@ -90,8 +109,9 @@ char* elbo_pg_new(const char* host, int port, int rank, int world, int host_stor
 
 void elbo_pg_free(elbo_pg* pg) { delete pg; }
 
-// Sums each of the n tensors (contiguous, on the CPU) over the processes, in place: the
-// operations are all started, then all waited for.
+// Sums each of the n tensors (contiguous; on the CPU for Gloo, on the process's GPU for
+// NCCL) over the processes, in place: the operations are all started, then all waited
+// for.
 char* elbo_pg_allreduce_sum(elbo_pg* pg, at::Tensor** tensors, int64_t n, int64_t timeout_ms) {
   try {
     c10d::AllreduceOptions options;
@@ -101,7 +121,7 @@ char* elbo_pg_allreduce_sum(elbo_pg* pg, at::Tensor** tensors, int64_t n, int64_
     works.reserve(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) {
       std::vector<at::Tensor> one{*tensors[i]};
-      works.push_back(pg->gloo->allreduce(one, options));
+      works.push_back(pg->backend->allreduce(one, options));
     }
     for (auto& work : works) {
       finish(work, timeout_ms);
@@ -125,7 +145,7 @@ char* elbo_pg_broadcast(elbo_pg* pg, at::Tensor** tensors, int64_t n, int root,
     works.reserve(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) {
       std::vector<at::Tensor> one{*tensors[i]};
-      works.push_back(pg->gloo->broadcast(one, options));
+      works.push_back(pg->backend->broadcast(one, options));
     }
     for (auto& work : works) {
       finish(work, timeout_ms);
@@ -143,7 +163,7 @@ char* elbo_pg_barrier(elbo_pg* pg, int64_t timeout_ms) {
   try {
     c10d::BarrierOptions options;
     options.timeout = millis(timeout_ms);
-    finish(pg->gloo->barrier(options), timeout_ms);
+    finish(pg->backend->barrier(options), timeout_ms);
     return nullptr;
   } catch (const std::exception& e) {
     return message(where(pg, "barrier") + ": " + describe(e));

@@ -102,7 +102,7 @@ fn worker(kind: &str) {
     let world = World::from_env().unwrap();
     let parallel = world
         .as_ref()
-        .map(|w| Parallel::connect(w, std::time::Duration::from_secs(30)).unwrap());
+        .map(|w| Parallel::connect(w, std::time::Duration::from_secs(30), Device::Cpu).unwrap());
     let mut trainer = Trainer::for_model(
         model.as_ref(),
         config,

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tch::{Device, Tensor};
 
-pub use crate::sys::c10d::{AVAILABLE, ProcessGroup, Rendezvous, UNAVAILABLE};
+pub use crate::sys::c10d::{AVAILABLE, Backend, NCCL, ProcessGroup, Rendezvous, UNAVAILABLE};
 pub use reduce::{DEFAULT_BUCKET_BYTES, buckets};
 
 use crate::error::{Error, Result};
@@ -155,9 +155,10 @@ impl World {
         ]
     }
 
-    /// The rendezvous of this process: rank 0 hosts the store unless a launcher's agent
+    /// The rendezvous of this process, for training on `device` (NCCL for a GPU when
+    /// this build has it, else Gloo): rank 0 hosts the store unless a launcher's agent
     /// does. Keys go under the prefix torch.distributed uses for the attempt.
-    pub fn rendezvous(&self, timeout: Duration) -> Rendezvous {
+    pub fn rendezvous(&self, timeout: Duration, device: Device) -> Rendezvous {
         Rendezvous {
             host: self.master_addr.clone(),
             port: self.master_port,
@@ -167,6 +168,10 @@ impl World {
             prefix: format!("/worker/attempt_{}/elbo/", self.restart_count),
             timeout,
             gloo_threads: 2,
+            backend: match self.device(device) {
+                Device::Cuda(index) if NCCL => Backend::Nccl { device: index },
+                _ => Backend::Gloo,
+            },
         }
     }
 
@@ -188,19 +193,22 @@ pub struct Parallel {
 }
 
 impl Parallel {
-    /// Meets the other processes of `world` (waits up to `timeout` for all of them; every
-    /// collective later fails after `timeout` too).
-    pub fn connect(world: &World, timeout: Duration) -> Result<Parallel> {
-        let group = ProcessGroup::connect(&world.rendezvous(timeout)).map_err(|detail| {
-            Error::Distributed {
-                detail: format!(
-                    "{detail} (MASTER_ADDR={}, MASTER_PORT={}, timeout {} s)",
-                    world.master_addr,
-                    world.master_port,
-                    timeout.as_secs_f64()
-                ),
-            }
-        })?;
+    /// Meets the other processes of `world` to train on `device` (waits up to `timeout`
+    /// for all of them; every collective later fails after `timeout` too). On a GPU the
+    /// group is NCCL's when this build has it ([`NCCL`]); otherwise Gloo's, through CPU
+    /// copies of the tensors.
+    pub fn connect(world: &World, timeout: Duration, device: Device) -> Result<Parallel> {
+        let group =
+            ProcessGroup::connect(&world.rendezvous(timeout, device)).map_err(|detail| {
+                Error::Distributed {
+                    detail: format!(
+                        "{detail} (MASTER_ADDR={}, MASTER_PORT={}, timeout {} s)",
+                        world.master_addr,
+                        world.master_port,
+                        timeout.as_secs_f64()
+                    ),
+                }
+            })?;
         Ok(Parallel::over(group))
     }
 
@@ -244,6 +252,11 @@ impl Parallel {
         Error::Distributed { detail }
     }
 
+    /// The device of the group's tensors (the CPU for Gloo, this process's GPU for NCCL).
+    pub fn device(&self) -> Device {
+        self.group.backend().device()
+    }
+
     /// This process's contiguous slice of a global batch: `len * rank / size` to
     /// `len * (rank + 1) / size` (equal slices when the size divides the batch).
     pub fn shard<'b>(&self, global: &'b [usize]) -> &'b [usize] {
@@ -256,11 +269,11 @@ impl Parallel {
     pub fn failing_ranks(&self, ok: bool) -> Result<Vec<usize>> {
         let mut flags = vec![0f32; self.size()];
         flags[self.rank()] = if ok { 0.0 } else { 1.0 };
-        let flags = Tensor::from_slice(&flags);
+        let flags = Tensor::from_slice(&flags).to_device(self.device());
         self.group
             .all_reduce_sum(std::slice::from_ref(&flags))
             .map_err(|e| self.failed(e))?;
-        let flags = Vec::<f32>::try_from(&flags).unwrap_or_default();
+        let flags = Vec::<f32>::try_from(&flags.to_device(Device::Cpu)).unwrap_or_default();
         Ok(flags
             .iter()
             .enumerate()
@@ -274,11 +287,11 @@ impl Parallel {
     pub fn same_everywhere(&self, what: &str, text: &str) -> Result<()> {
         use sha2::Digest;
         let own: Vec<u8> = sha2::Sha256::digest(text.as_bytes()).to_vec();
-        let root = Tensor::from_slice(&own);
+        let root = Tensor::from_slice(&own).to_device(self.device());
         self.group
             .broadcast(std::slice::from_ref(&root), 0)
             .map_err(|e| self.failed(e))?;
-        let same = Vec::<u8>::try_from(&root).unwrap_or_default() == own;
+        let same = Vec::<u8>::try_from(&root.to_device(Device::Cpu)).unwrap_or_default() == own;
         let differ = self.failing_ranks(same)?;
         if differ.is_empty() {
             return Ok(());
@@ -300,17 +313,18 @@ impl Parallel {
     }
 
     /// Overwrites every tensor with rank 0's, in place (any device; through contiguous
-    /// CPU copies when needed).
+    /// copies on the group's device when needed).
     pub fn broadcast_from_root(&self, tensors: &[Tensor]) -> Result<()> {
+        let device = self.device();
         tch::no_grad(|| {
-            let in_place = |t: &Tensor| t.device() == Device::Cpu && t.is_contiguous();
+            let in_place = |t: &Tensor| t.device() == device && t.is_contiguous();
             let staged: Vec<Tensor> = tensors
                 .iter()
                 .map(|t| {
                     if in_place(t) {
                         t.shallow_clone()
                     } else {
-                        t.to_device(Device::Cpu).contiguous()
+                        t.to_device(device).contiguous()
                     }
                 })
                 .collect();
@@ -331,11 +345,12 @@ impl Parallel {
         if values.is_empty() {
             return Ok(());
         }
-        let t = Tensor::from_slice(values);
+        let t = Tensor::from_slice(values).to_device(self.device());
         self.group
             .all_reduce_sum(std::slice::from_ref(&t))
             .map_err(|e| self.failed(e))?;
-        let summed = Vec::<f64>::try_from(&t).map_err(|e| self.failed(e.to_string()))?;
+        let summed = Vec::<f64>::try_from(&t.to_device(Device::Cpu))
+            .map_err(|e| self.failed(e.to_string()))?;
         values.copy_from_slice(&summed);
         Ok(())
     }

@@ -3,9 +3,10 @@
 //! waited for; the step's shared scalars (the loss, the stop flag) and one
 //! "has a gradient" flag per parameter travel in the same round as a small f64 tensor.
 //!
-//! The reduction runs after the backward pass, not overlapped with it: on the CPU both
-//! compete for the same cores, and the measured reduction is a small part of a step (see
-//! the README's data-parallel section for the numbers).
+//! The buckets live on the group's device: the CPU for Gloo (CUDA gradients are copied
+//! there and back), the GPU for NCCL. The reduction runs after the backward pass, not
+//! overlapped with it: on the CPU both compete for the same cores, and the measured
+//! reduction is a small part of a step (see the README's data-parallel section).
 
 use tch::{Kind, Tensor};
 
@@ -43,6 +44,7 @@ pub fn buckets(sizes: &[(usize, Kind)], cap: usize) -> Vec<Vec<usize>> {
 
 impl GradientSync for Parallel {
     fn reduce(&self, params: &[Tensor], share: f64, shared: &mut [f64]) -> Result<()> {
+        let device = self.device();
         tch::no_grad(|| {
             let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
             let sizes: Vec<(usize, Kind)> = params.iter().map(|p| (p.numel(), p.kind())).collect();
@@ -54,9 +56,9 @@ impl GradientSync for Parallel {
                         .iter()
                         .map(|&i| {
                             if grads[i].defined() {
-                                grads[i].reshape([-1]).to_device(tch::Device::Cpu)
+                                grads[i].reshape([-1]).to_device(device)
                             } else {
-                                Tensor::zeros([sizes[i].0 as i64], (sizes[i].1, tch::Device::Cpu))
+                                Tensor::zeros([sizes[i].0 as i64], (sizes[i].1, device))
                             }
                         })
                         .collect();
@@ -67,15 +69,18 @@ impl GradientSync for Parallel {
                 .collect();
             let mut extras: Vec<f64> = shared.to_vec();
             extras.extend(grads.iter().map(|g| f64::from(u8::from(g.defined()))));
-            let extras = Tensor::from_slice(&extras);
+            let extras = Tensor::from_slice(&extras).to_device(device);
             let mut round: Vec<Tensor> = flats.iter().map(Tensor::shallow_clone).collect();
             round.push(extras.shallow_clone());
             self.group()
                 .all_reduce_sum(&round)
                 .map_err(|detail| Error::Distributed { detail })?;
-            let extras = Vec::<f64>::try_from(&extras).map_err(|e| Error::Distributed {
-                detail: format!("reading the reduced scalars: {e}"),
-            })?;
+            let extras =
+                Vec::<f64>::try_from(&extras.to_device(tch::Device::Cpu)).map_err(|e| {
+                    Error::Distributed {
+                        detail: format!("reading the reduced scalars: {e}"),
+                    }
+                })?;
             let (summed, defined) = extras.split_at(shared.len());
             shared.copy_from_slice(summed);
             for (bucket, flat) in buckets.iter().zip(&flats) {

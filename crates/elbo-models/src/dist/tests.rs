@@ -41,9 +41,12 @@ fn on_ranks<T: Send>(size: usize, body: impl Fn(Parallel) -> T + Sync) -> Vec<T>
             .map(|rank| {
                 let body = &body;
                 scope.spawn(move || {
-                    let parallel =
-                        Parallel::connect(&world(rank, size, port), Duration::from_secs(20))
-                            .unwrap();
+                    let parallel = Parallel::connect(
+                        &world(rank, size, port),
+                        Duration::from_secs(20),
+                        tch::Device::Cpu,
+                    )
+                    .unwrap();
                     body(parallel)
                 })
             })
@@ -81,13 +84,24 @@ fn the_environment_describes_the_world_or_says_what_is_wrong() {
     assert_eq!((w.rank, w.size, w.local_rank, w.local_size), (3, 4, 1, 2));
     assert_eq!((w.master_addr.as_str(), w.master_port), ("node0", 29500));
     assert!(w.agent_store);
-    let r = w.rendezvous(DEFAULT_TIMEOUT);
+    let r = w.rendezvous(DEFAULT_TIMEOUT, tch::Device::Cpu);
+    assert_eq!(r.backend, Backend::Gloo);
     assert!(
         !r.host_store,
         "under an agent store rank 3 (and rank 0) connect"
     );
     assert_eq!(r.prefix, "/worker/attempt_2/elbo/");
     assert_eq!(w.device(tch::Device::Cuda(0)), tch::Device::Cuda(1));
+    let on_gpu = w.rendezvous(DEFAULT_TIMEOUT, tch::Device::Cuda(0)).backend;
+    if NCCL {
+        assert_eq!(on_gpu, Backend::Nccl { device: 1 }, "LOCAL_RANK's GPU");
+    } else {
+        assert_eq!(
+            on_gpu,
+            Backend::Gloo,
+            "without NCCL, Gloo through CPU copies"
+        );
+    }
     assert_eq!(w.device(tch::Device::Cpu), tch::Device::Cpu);
     // The variables a launcher sets describe the same world.
     let back: Vec<(String, String)> = w
@@ -209,7 +223,7 @@ fn a_missing_peer_or_a_taken_port_fails_the_rendezvous_with_where_and_why() {
     // A port someone else holds: rank 0 cannot host the store there.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let err = Parallel::connect(&world(0, 2, port), Duration::from_secs(2))
+    let err = Parallel::connect(&world(0, 2, port), Duration::from_secs(2), tch::Device::Cpu)
         .unwrap_err()
         .to_string();
     assert!(err.contains(&format!("MASTER_PORT={port}")), "{err}");
@@ -217,7 +231,7 @@ fn a_missing_peer_or_a_taken_port_fails_the_rendezvous_with_where_and_why() {
     // Nobody hosts the store: rank 1 gives up after the timeout.
     let port = free_port();
     let started = std::time::Instant::now();
-    let err = Parallel::connect(&world(1, 2, port), Duration::from_secs(2))
+    let err = Parallel::connect(&world(1, 2, port), Duration::from_secs(2), tch::Device::Cpu)
         .unwrap_err()
         .to_string();
     assert!(err.contains("rendezvous at 127.0.0.1"), "{err}");

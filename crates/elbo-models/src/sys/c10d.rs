@@ -1,6 +1,7 @@
 //! torch's distributed engine, c10d, as the libtorch elbo links ships it: a `TCPStore`
-//! rendezvous and a Gloo process group (`csrc/distributed.cpp`), with the three
-//! collectives data-parallel training needs: all-reduce (sum), broadcast and barrier.
+//! rendezvous and a Gloo process group for CPU tensors, or an NCCL one for CUDA tensors
+//! in a CUDA build (`csrc/distributed.cpp`), with the three collectives data-parallel
+//! training needs: all-reduce (sum), broadcast and barrier.
 //!
 //! Every call passes tch's tensor handles (`at::Tensor*`) to C functions that read them
 //! during the call only; c10d's C++ exceptions come back as messages naming the
@@ -14,6 +15,31 @@ use tch::{Device, Tensor};
 
 /// Whether this build has the Gloo process group (Gloo's headers were found).
 pub const AVAILABLE: bool = cfg!(elbo_gloo);
+
+/// Whether this build has the NCCL process group (a CUDA libtorch with NCCL's headers).
+pub const NCCL: bool = cfg!(elbo_nccl);
+
+/// The engine of a process group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Gloo: CPU tensors, over TCP.
+    Gloo,
+    /// NCCL: tensors on this process's GPU.
+    Nccl {
+        /// The GPU's index.
+        device: usize,
+    },
+}
+
+impl Backend {
+    /// The device the group's tensors live on.
+    pub fn device(self) -> Device {
+        match self {
+            Backend::Gloo => Device::Cpu,
+            Backend::Nccl { device } => Device::Cuda(device),
+        }
+    }
+}
 
 /// Why data-parallel training is unavailable when [`AVAILABLE`] is false.
 pub const UNAVAILABLE: &str = "this elbo was built without Gloo's headers, so without \
@@ -39,6 +65,8 @@ pub struct Rendezvous {
     pub timeout: Duration,
     /// Gloo's worker threads per process.
     pub gloo_threads: usize,
+    /// Gloo or NCCL.
+    pub backend: Backend,
 }
 
 #[cfg(elbo_gloo)]
@@ -63,6 +91,7 @@ mod raw {
             prefix: *const c_char,
             timeout_ms: i64,
             gloo_threads: c_int,
+            nccl: c_int,
             out: *mut *mut Pg,
         ) -> *mut c_char;
         pub fn elbo_pg_free(pg: *mut Pg);
@@ -90,6 +119,7 @@ pub struct ProcessGroup {
     rank: usize,
     world: usize,
     timeout: Duration,
+    backend: Backend,
 }
 
 // SAFETY: c10d's process groups are used from any thread (PyTorch calls them from
@@ -134,6 +164,7 @@ impl ProcessGroup {
                     prefix.as_ptr(),
                     millis(r.timeout),
                     r.gloo_threads.max(1) as i32,
+                    i32::from(matches!(r.backend, Backend::Nccl { .. })),
                     &mut out,
                 )
             })?;
@@ -143,6 +174,7 @@ impl ProcessGroup {
                 rank: r.rank,
                 world: r.world,
                 timeout: r.timeout,
+                backend: r.backend,
             })
         }
         #[cfg(not(elbo_gloo))]
@@ -169,8 +201,14 @@ impl ProcessGroup {
         self.timeout
     }
 
-    /// Replaces each tensor by its sum over the processes, in place. Each must be a
-    /// contiguous CPU tensor, of the same shape and kind in every process.
+    /// Gloo or NCCL.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Replaces each tensor by its sum over the processes, in place. Each must be
+    /// contiguous and on the group's device ([`Backend::device`]), of the same shape and
+    /// kind in every process.
     pub fn all_reduce_sum(&self, tensors: &[Tensor]) -> Result<(), String> {
         self.all_reduce_sum_within(tensors, self.timeout)
     }
@@ -181,7 +219,7 @@ impl ProcessGroup {
         tensors: &[Tensor],
         timeout: Duration,
     ) -> Result<(), String> {
-        check_tensors("all-reduce", tensors)?;
+        check_tensors("all-reduce", tensors, self.backend)?;
         #[cfg(elbo_gloo)]
         {
             let handles = handles(tensors);
@@ -204,7 +242,7 @@ impl ProcessGroup {
 
     /// Overwrites each tensor with rank `root`'s (same shapes and kinds everywhere).
     pub fn broadcast(&self, tensors: &[Tensor], root: usize) -> Result<(), String> {
-        check_tensors("broadcast", tensors)?;
+        check_tensors("broadcast", tensors, self.backend)?;
         #[cfg(elbo_gloo)]
         {
             let handles = handles(tensors);
@@ -258,13 +296,14 @@ fn handles(tensors: &[Tensor]) -> Vec<*mut torch_sys::C_tensor> {
     tensors.iter().map(|t| t.as_ptr() as *mut _).collect()
 }
 
-fn check_tensors(op: &str, tensors: &[Tensor]) -> Result<(), String> {
+fn check_tensors(op: &str, tensors: &[Tensor], backend: Backend) -> Result<(), String> {
     for t in tensors {
-        if t.device() != Device::Cpu {
+        if t.device() != backend.device() {
             return Err(format!(
-                "{op} of a tensor on {:?}: the Gloo process group reduces CPU tensors (NCCL \
-                 for CUDA tensors is not built in this elbo)",
-                t.device()
+                "{op} of a tensor on {:?} in a process group of {backend:?}, whose tensors \
+                 are on {:?}",
+                t.device(),
+                backend.device()
             ));
         }
         if !t.is_contiguous() {
