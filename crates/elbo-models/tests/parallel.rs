@@ -96,13 +96,21 @@ fn worker(kind: &str) {
     let mut config = config(steps, ema);
     config.seed += var("ELBO_PARALLEL_SEED_OFFSET").parse::<u64>().unwrap();
     let train = train_set();
-    let mut vs = train::var_store(config.seed, Device::Cpu);
+    let world = World::from_env().unwrap();
+    let device = match (std::env::var("ELBO_PARALLEL_DEVICE").as_deref(), &world) {
+        (Ok("cuda"), Some(w)) => w.device(Device::Cuda(0)),
+        _ => Device::Cpu,
+    };
+    let mut vs = train::var_store(config.seed, device);
     let model = model(kind, &vs);
     let step = model.train_step(&config.aids).unwrap();
-    let world = World::from_env().unwrap();
     let parallel = world
         .as_ref()
-        .map(|w| Parallel::connect(w, std::time::Duration::from_secs(30), Device::Cpu).unwrap());
+        .map(|w| Parallel::connect(w, std::time::Duration::from_secs(30), device).unwrap());
+    if let Some(p) = &parallel {
+        // On a GPU, a CUDA build reduces with NCCL, on the GPU itself.
+        assert_eq!(p.device(), device, "the process group's device");
+    }
     let mut trainer = Trainer::for_model(
         model.as_ref(),
         config,
@@ -135,15 +143,17 @@ fn worker(kind: &str) {
     let named: Vec<(String, Tensor)> = vs
         .variables()
         .into_iter()
-        .map(|(n, t)| (format!("model.{n}"), t.detach().copy()))
+        .map(|(n, t)| (format!("model.{n}"), t.detach().to_device(Device::Cpu)))
         .collect();
     Tensor::write_safetensors(&named, dir.join(format!("rank-{rank}.safetensors"))).unwrap();
 }
 
 /// Runs a job of `ranks` processes of this binary; returns each rank's exit code and
 /// what it printed on stderr.
+#[allow(clippy::too_many_arguments)]
 fn job(
     kind: &str,
+    device: &str,
     ranks: usize,
     dir: &Path,
     steps: u64,
@@ -161,6 +171,7 @@ fn job(
             let mut command = Command::new(std::env::current_exe().unwrap());
             command
                 .env(WORKER, kind)
+                .env("ELBO_PARALLEL_DEVICE", device)
                 .env("ELBO_PARALLEL_DIR", dir)
                 .env("ELBO_PARALLEL_STEPS", steps.to_string())
                 .env("ELBO_PARALLEL_RESUME", if resume { "1" } else { "0" })
@@ -309,7 +320,7 @@ fn checkpoint_weights(dir: &Path) -> (checkpoint::CheckpointMeta, BTreeMap<Strin
 
 fn two_ranks_equal_one_process_averaging_the_same_half_batches(kind: &str) {
     let dir = tempfile::tempdir().unwrap();
-    succeeded(&job(kind, 2, dir.path(), 20, false, false, |_| 0));
+    succeeded(&job(kind, "cpu", 2, dir.path(), 20, false, false, |_| 0));
     let expected = reference(kind, 20);
     let rank0 = load(&dir.path().join("rank-0.safetensors"));
     let rank1 = load(&dir.path().join("rank-1.safetensors"));
@@ -346,10 +357,19 @@ fn two_ranks_equal_one_process_averaging_the_same_half_batches(kind: &str) {
 
 fn resume_under_two_ranks_is_bit_exact_and_one_process_may_take_over() {
     let straight = tempfile::tempdir().unwrap();
-    succeeded(&job("vae", 2, straight.path(), 20, false, true, |_| 0));
+    succeeded(&job(
+        "vae",
+        "cpu",
+        2,
+        straight.path(),
+        20,
+        false,
+        true,
+        |_| 0,
+    ));
     let broken = tempfile::tempdir().unwrap();
-    succeeded(&job("vae", 2, broken.path(), 10, false, true, |_| 0));
-    succeeded(&job("vae", 2, broken.path(), 20, true, true, |_| 0));
+    succeeded(&job("vae", "cpu", 2, broken.path(), 10, false, true, |_| 0));
+    succeeded(&job("vae", "cpu", 2, broken.path(), 20, true, true, |_| 0));
     let (meta_a, a) = checkpoint_weights(straight.path());
     let (meta_b, b) = checkpoint_weights(broken.path());
     assert_eq!((meta_a.step, meta_b.step), (20, 20));
@@ -368,14 +388,16 @@ fn resume_under_two_ranks_is_bit_exact_and_one_process_may_take_over() {
         .collect();
     assert_eq!(max_abs_difference(&weights, &rank1), 0.0);
     // One process goes on from the two-rank checkpoint.
-    succeeded(&job("vae", 1, broken.path(), 25, true, true, |_| 0));
+    succeeded(&job("vae", "cpu", 1, broken.path(), 25, true, true, |_| 0));
     let (meta, _) = checkpoint_weights(broken.path());
     assert_eq!((meta.step, meta.world_size), (25, Some(1)));
 }
 
 fn ranks_that_disagree_stop_before_training_and_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let results = job("vae", 2, dir.path(), 5, false, false, |rank| rank as u64);
+    let results = job("vae", "cpu", 2, dir.path(), 5, false, false, |rank| {
+        rank as u64
+    });
     for (rank, (code, stderr)) in results.iter().enumerate() {
         assert_eq!(*code, 3, "rank {rank}: {stderr}");
         assert!(
@@ -387,6 +409,24 @@ fn ranks_that_disagree_stop_before_training_and_are_named() {
         !dir.path().join("run/checkpoints").exists(),
         "nothing was trained or written"
     );
+}
+
+/// Two ranks on two GPUs, with NCCL: the job trains, and both ranks end with the same
+/// weights (run with `--features cuda-tests` on a machine with two GPUs).
+#[cfg(feature = "cuda-tests")]
+fn two_ranks_on_two_gpus_with_nccl() {
+    let gpus = tch::Cuda::device_count();
+    if gpus < 2 {
+        println!("two_ranks_on_two_gpus_with_nccl: {gpus} GPU(s) here, 2 needed: not run");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    succeeded(&job("ddpm", "cuda", 2, dir.path(), 20, false, true, |_| 0));
+    let rank0 = load(&dir.path().join("rank-0.safetensors"));
+    let rank1 = load(&dir.path().join("rank-1.safetensors"));
+    assert_eq!(max_abs_difference(&rank0, &rank1), 0.0);
+    let (meta, _) = checkpoint_weights(dir.path());
+    assert_eq!((meta.step, meta.world_size), (20, Some(2)));
 }
 
 fn main() {
@@ -416,6 +456,8 @@ fn main() {
             &ranks_that_disagree_stop_before_training_and_are_named,
         ),
     ];
+    #[cfg(feature = "cuda-tests")]
+    two_ranks_on_two_gpus_with_nccl();
     for (name, test) in tests {
         let started = std::time::Instant::now();
         test();
