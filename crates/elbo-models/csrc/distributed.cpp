@@ -109,53 +109,58 @@ char* elbo_pg_new(const char* host, int port, int rank, int world, int host_stor
 
 void elbo_pg_free(elbo_pg* pg) { delete pg; }
 
-// Sums each of the n tensors (contiguous; on the CPU for Gloo, on the process's GPU for
-// NCCL) over the processes, in place: the operations are all started, then all waited
-// for.
-char* elbo_pg_allreduce_sum(elbo_pg* pg, at::Tensor** tensors, int64_t n, int64_t timeout_ms) {
+}  // extern "C"
+
+namespace {
+
+// Starts `start(tensor)` for each of the n tensors, then waits for all of them; a failure
+// becomes a message naming `op` and the rank.
+template <typename Start>
+char* each_tensor(elbo_pg* pg, const char* op, at::Tensor** tensors, int64_t n,
+                  int64_t timeout_ms, Start start) {
   try {
-    c10d::AllreduceOptions options;
-    options.reduceOp = c10d::ReduceOp::SUM;
-    options.timeout = millis(timeout_ms);
     std::vector<c10::intrusive_ptr<c10d::Work>> works;
     works.reserve(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) {
       std::vector<at::Tensor> one{*tensors[i]};
-      works.push_back(pg->backend->allreduce(one, options));
+      works.push_back(start(one));
     }
     for (auto& work : works) {
       finish(work, timeout_ms);
     }
     return nullptr;
   } catch (const std::exception& e) {
-    return message(where(pg, "all-reduce") + ": " + describe(e));
+    return message(where(pg, op) + ": " + describe(e));
   } catch (...) {
-    return message(where(pg, "all-reduce") + ": unknown C++ exception");
+    return message(where(pg, op) + ": unknown C++ exception");
   }
+}
+
+}  // namespace
+
+extern "C" {
+
+// Sums each of the n tensors (contiguous; on the CPU for Gloo, on the process's GPU for
+// NCCL) over the processes, in place: the operations are all started, then all waited
+// for.
+char* elbo_pg_allreduce_sum(elbo_pg* pg, at::Tensor** tensors, int64_t n, int64_t timeout_ms) {
+  c10d::AllreduceOptions options;
+  options.reduceOp = c10d::ReduceOp::SUM;
+  options.timeout = millis(timeout_ms);
+  return each_tensor(pg, "all-reduce", tensors, n, timeout_ms, [&](std::vector<at::Tensor>& one) {
+    return pg->backend->allreduce(one, options);
+  });
 }
 
 // Overwrites each of the n tensors with the one of rank `root`.
 char* elbo_pg_broadcast(elbo_pg* pg, at::Tensor** tensors, int64_t n, int root,
                         int64_t timeout_ms) {
-  try {
-    c10d::BroadcastOptions options;
-    options.rootRank = root;
-    options.timeout = millis(timeout_ms);
-    std::vector<c10::intrusive_ptr<c10d::Work>> works;
-    works.reserve(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) {
-      std::vector<at::Tensor> one{*tensors[i]};
-      works.push_back(pg->backend->broadcast(one, options));
-    }
-    for (auto& work : works) {
-      finish(work, timeout_ms);
-    }
-    return nullptr;
-  } catch (const std::exception& e) {
-    return message(where(pg, "broadcast") + ": " + describe(e));
-  } catch (...) {
-    return message(where(pg, "broadcast") + ": unknown C++ exception");
-  }
+  c10d::BroadcastOptions options;
+  options.rootRank = root;
+  options.timeout = millis(timeout_ms);
+  return each_tensor(pg, "broadcast", tensors, n, timeout_ms, [&](std::vector<at::Tensor>& one) {
+    return pg->backend->broadcast(one, options);
+  });
 }
 
 // Returns when every process has called it (or fails after the timeout).

@@ -75,13 +75,7 @@ fn ddim(steps: usize) -> SamplingOptions {
 }
 
 fn tiny(objective: Objective, loss: LossKind) -> DdpmConfig {
-    let mut config = DdpmConfig::preset(DdpmPreset::Mnist, [1, 28, 28]).unwrap();
-    config.unet.base_channels = 8;
-    config.unet.channel_mults = vec![1, 2];
-    config.unet.res_blocks = 1;
-    config.unet.attention_resolutions = vec![14];
-    config.unet.norm_groups = 4;
-    config.timesteps = 100;
+    let mut config = common::tiny_ddpm();
     config.objective = objective;
     config.loss = loss;
     config

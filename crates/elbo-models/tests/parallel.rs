@@ -22,7 +22,7 @@ use elbo_data::{Batching, Dataset, EpochSeed, Loader, LoaderConfig};
 use elbo_models::data;
 use elbo_models::dist::{Parallel, World};
 use elbo_models::models::ElboModel;
-use elbo_models::models::ddpm::{Ddpm, DdpmConfig, DdpmPreset};
+use elbo_models::models::ddpm::Ddpm;
 use elbo_models::models::vae::{Vae, VaeConfig, VaePreset};
 use elbo_models::nn::likelihood::Likelihood;
 use elbo_models::train::optim::Adam;
@@ -45,13 +45,7 @@ fn model(kind: &str, vs: &VarStore) -> Box<dyn ElboModel> {
             Box::new(Vae::new(&vs.root(), config).unwrap())
         }
         "ddpm" => {
-            let mut config = DdpmConfig::preset(DdpmPreset::Mnist, [1, 28, 28]).unwrap();
-            config.unet.base_channels = 8;
-            config.unet.channel_mults = vec![1, 2];
-            config.unet.res_blocks = 1;
-            config.unet.attention_resolutions = vec![14];
-            config.unet.norm_groups = 4;
-            config.timesteps = 100;
+            let config = common::tiny_ddpm();
             let sampling = elbo_models::sample::SamplingOptions {
                 sampler: "ddim-2".parse().unwrap(),
                 clip_x0: true,

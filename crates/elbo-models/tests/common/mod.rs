@@ -30,3 +30,17 @@ pub fn subset(train_n: usize, test_n: usize) -> (Dataset, Dataset) {
     };
     (cut(&splits.train, train_n), cut(&splits.test, test_n))
 }
+
+/// ddpm-mnist's configuration with a small UNet (8 base channels, one resolution step,
+/// one block each) and 100 timesteps: a DDPM whose steps take milliseconds.
+pub fn tiny_ddpm() -> elbo_models::models::ddpm::DdpmConfig {
+    use elbo_models::models::ddpm::{DdpmConfig, DdpmPreset};
+    let mut config = DdpmConfig::preset(DdpmPreset::Mnist, [1, 28, 28]).unwrap();
+    config.unet.base_channels = 8;
+    config.unet.channel_mults = vec![1, 2];
+    config.unet.res_blocks = 1;
+    config.unet.attention_resolutions = vec![14];
+    config.unet.norm_groups = 4;
+    config.timesteps = 100;
+    config
+}
