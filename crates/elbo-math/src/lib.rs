@@ -166,6 +166,7 @@ pub mod denoising_matching;
 pub mod diag_gaussian;
 pub mod diffusion;
 pub mod discretized;
+pub mod dpm_solver;
 pub mod elbo;
 pub mod error;
 pub mod frechet;

@@ -294,7 +294,14 @@ fn samplers_give_images_in_range_and_a_trajectory() {
     tch::manual_seed(0);
     let vs = VarStore::new(Device::Cpu);
     let model = tiny_model(&vs, Objective::Eps, LossKind::Simple);
-    for sampler in ["ancestral", "ddim-10", "ddim-10-eta=1-quadratic"] {
+    for sampler in [
+        "ancestral",
+        "ddim-10",
+        "ddim-10-eta=1-quadratic",
+        "dpm++2m-6",
+        "dpm++3m-6-karras",
+        "dpm++1-4-logsnr",
+    ] {
         let options = SamplingOptions {
             sampler: sampler.parse().unwrap(),
             clip_x0: true,

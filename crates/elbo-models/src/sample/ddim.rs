@@ -32,7 +32,7 @@ impl Sampler for Ddim {
         trajectory: &mut Trajectory,
     ) -> Result<Tensor> {
         let process = denoiser.process();
-        let kept = kept_timesteps(process.timesteps(), self.steps, self.spacing)?;
+        let kept = kept_timesteps(process, self.steps, self.spacing)?;
         // The process itself when every step is kept, else its respaced version.
         let respaced;
         let grid: &dyn NoiseProcess = if kept.len() == process.timesteps() {

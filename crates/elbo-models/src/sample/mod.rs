@@ -1,5 +1,6 @@
 //! Sampling a diffusion model's reverse process: one [`Sampler`] trait, one file per
-//! sampler ([`ancestral`], [`ddim`]), the names users type parsed in one place
+//! sampler ([`ancestral`], [`ddim`], [`dpm`]: DPM-Solver++), the names users type parsed
+//! in one place
 //! ([`SamplerSpec`]), over a [`NoiseProcess`] (alpha, sigma, log-SNR on the model's time
 //! grid) and a [`Denoiser`] (the model's predictions at a step).
 //!
@@ -8,6 +9,7 @@
 
 pub mod ancestral;
 pub mod ddim;
+pub mod dpm;
 mod spec;
 
 use elbo_math::NoiseSchedule;
@@ -164,7 +166,7 @@ pub fn sample(
     frames: usize,
 ) -> Result<(Tensor, Vec<Tensor>)> {
     let big_t = denoiser.process().timesteps();
-    options.sampler.validate(big_t)?;
+    options.sampler.validate(denoiser.process())?;
     let sampler = options.sampler.build();
     let mut trajectory = Trajectory::new(frames, sampler.network_calls(big_t));
     let x = sampler.run(denoiser, shape, options.clip_x0, &mut trajectory)?;

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use elbo_math::schedule::evenly_spaced_timesteps;
 use serde::{Deserialize, Serialize};
 
-use super::{Sampler, ancestral::Ancestral, ddim::Ddim};
+use super::{NoiseProcess, Sampler, ancestral::Ancestral, ddim::Ddim, dpm::DpmSolverPp};
 use crate::error::{Error, Result};
 
 /// How the kept timesteps of a shortened sampler are spread over `1..=T`.
@@ -19,10 +19,36 @@ pub enum Spacing {
     /// `round(T (i / S)^2)`, denser near the data (DDIM's choice for CIFAR-10), pushed
     /// up where rounding would repeat a step.
     Quadratic,
+    /// Evenly spaced in log-SNR between t = T and t = 1 (DPM-Solver's `logSNR` steps),
+    /// each the grid's nearest step.
+    LogSnr,
+    /// Karras et al.'s (2022) noise levels with rho = 7: `sigma_i^(1/7)` evenly spaced
+    /// between those of t = T and t = 1, for `sigma = sqrt((1 - alpha_bar) /
+    /// alpha_bar)`, each the grid's nearest step.
+    Karras,
+}
+
+impl Spacing {
+    /// The suffix of a sampler name (empty for uniform).
+    fn suffix(self) -> &'static str {
+        match self {
+            Spacing::Uniform => "",
+            Spacing::Quadratic => "-quadratic",
+            Spacing::LogSnr => "-logsnr",
+            Spacing::Karras => "-karras",
+        }
+    }
+
+    fn from_suffix(part: &str) -> Option<Spacing> {
+        [Spacing::Quadratic, Spacing::LogSnr, Spacing::Karras]
+            .into_iter()
+            .find(|s| s.suffix().strip_prefix('-') == Some(part))
+    }
 }
 
 /// A sampler as a user names it: the one grammar of sampler names (`ancestral`,
-/// `ddim-50`, `ddim-100-eta=1`, `ddim-20-quadratic`), parsed and printed here only.
+/// `ddim-50`, `ddim-100-eta=1`, `ddim-20-quadratic`, `dpm++2m-15`, `dpm++3m-10-logsnr`),
+/// parsed and printed here only.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum SamplerSpec {
@@ -35,6 +61,16 @@ pub enum SamplerSpec {
         steps: usize,
         /// The noise scale.
         eta: f64,
+        /// Which timesteps.
+        spacing: Spacing,
+    },
+    /// DPM-Solver++ of order 1 (`dpm++1`, DDIM), 2 (`dpm++2m`) or 3 (`dpm++3m`),
+    /// multistep, over `steps` timesteps.
+    DpmSolverPp {
+        /// Network evaluations (timesteps kept).
+        steps: usize,
+        /// 1, 2 or 3.
+        order: usize,
         /// Which timesteps.
         spacing: Spacing,
     },
@@ -55,44 +91,57 @@ impl Default for SamplerSpec {
 impl FromStr for SamplerSpec {
     type Err = Error;
 
-    /// `ancestral`, or `ddim-S` with optional `-eta=E` and `-quadratic`: `ddim-50`,
-    /// `ddim-100-eta=1`, `ddim-50-quadratic`.
+    /// `ancestral`; `ddim-S` with optional `-eta=E`; `dpm++1-S`, `dpm++2m-S`,
+    /// `dpm++3m-S`; either with an optional spacing `-quadratic`, `-logsnr`, `-karras`:
+    /// `ddim-50`, `ddim-100-eta=1`, `ddim-50-quadratic`, `dpm++2m-15-karras`.
     fn from_str(text: &str) -> Result<SamplerSpec> {
         let bad = || Error::Config {
             detail: format!(
-                "unknown sampler {text:?}: expected ancestral or ddim-S[-eta=E][-quadratic] \
-                 (for example ddim-50)"
+                "unknown sampler {text:?}: expected ancestral, ddim-S[-eta=E] or \
+                 dpm++1-S, dpm++2m-S, dpm++3m-S, each with an optional spacing -quadratic, \
+                 -logsnr or -karras (for example ddim-50, dpm++2m-15)"
             ),
         };
         if text == "ancestral" {
             return Ok(SamplerSpec::Ancestral);
         }
         let mut parts = text.split('-');
-        if parts.next() != Some("ddim") {
-            return Err(bad());
-        }
+        let order = match parts.next() {
+            Some("ddim") => None,
+            Some("dpm++1") => Some(1),
+            Some("dpm++2m") => Some(2),
+            Some("dpm++3m") => Some(3),
+            _ => return Err(bad()),
+        };
         let steps = parts
             .next()
             .and_then(|s| s.parse::<usize>().ok())
             .ok_or_else(bad)?;
         let (mut eta, mut spacing) = (0.0, Spacing::Uniform);
         for part in parts {
-            if let Some(value) = part.strip_prefix("eta=") {
-                eta = value
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|e| e.is_finite() && *e >= 0.0)
-                    .ok_or_else(bad)?;
-            } else if part == "quadratic" {
-                spacing = Spacing::Quadratic;
-            } else {
-                return Err(bad());
+            match (part.strip_prefix("eta="), Spacing::from_suffix(part)) {
+                (Some(value), _) if order.is_none() => {
+                    eta = value
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|e| e.is_finite() && *e >= 0.0)
+                        .ok_or_else(bad)?;
+                }
+                (None, Some(s)) => spacing = s,
+                _ => return Err(bad()),
             }
         }
-        Ok(SamplerSpec::Ddim {
-            steps,
-            eta,
-            spacing,
+        Ok(match order {
+            None => SamplerSpec::Ddim {
+                steps,
+                eta,
+                spacing,
+            },
+            Some(order) => SamplerSpec::DpmSolverPp {
+                steps,
+                order,
+                spacing,
+            },
         })
     }
 }
@@ -110,40 +159,107 @@ impl fmt::Display for SamplerSpec {
                 if *eta != 0.0 {
                     write!(f, "-eta={eta}")?;
                 }
-                if *spacing == Spacing::Quadratic {
-                    f.write_str("-quadratic")?;
-                }
-                Ok(())
+                f.write_str(spacing.suffix())
+            }
+            SamplerSpec::DpmSolverPp {
+                steps,
+                order,
+                spacing,
+            } => {
+                let kind = if *order == 1 { "1" } else { "m" };
+                let order = if *order == 1 {
+                    String::new()
+                } else {
+                    order.to_string()
+                };
+                write!(f, "dpm++{order}{kind}-{steps}{}", spacing.suffix())
             }
         }
     }
 }
 
-/// `count` timesteps of `1..=big_t` spaced as asked, strictly increasing, ending at T.
-pub fn kept_timesteps(big_t: usize, count: usize, spacing: Spacing) -> Result<Vec<usize>> {
+/// `count` timesteps of `1..=T` (T the process's steps) spaced as asked, strictly
+/// increasing, ending at T.
+pub fn kept_timesteps(
+    process: &dyn NoiseProcess,
+    count: usize,
+    spacing: Spacing,
+) -> Result<Vec<usize>> {
+    let big_t = process.timesteps();
     if count == 0 || count > big_t {
         return Err(Error::Config {
             detail: format!("a sampler needs between 1 and T = {big_t} steps, found {count}"),
         });
     }
-    match spacing {
-        Spacing::Uniform => evenly_spaced_timesteps(big_t, count).map_err(|e| Error::Config {
-            detail: e.to_string(),
-        }),
-        Spacing::Quadratic => {
-            let mut out = Vec::with_capacity(count);
-            let mut previous = 0usize;
-            for i in 1..=count {
-                let fraction = i as f64 / count as f64;
-                let ideal = (big_t as f64 * fraction * fraction).round() as usize;
-                // Leave room for the steps still to come (each at least one higher).
-                let t = ideal.max(previous + 1).min(big_t - (count - i));
-                out.push(t);
-                previous = t;
-            }
-            Ok(out)
+    // For the spacings in noise level: each target (a log-SNR, from t = 1 to t = T) as
+    // the grid step whose log-SNR is nearest.
+    let nearest = |targets: Vec<f64>| -> Result<Vec<usize>> {
+        let grid: Vec<f64> = (1..=big_t)
+            .map(|t| process.log_snr(t))
+            .collect::<Result<_>>()?;
+        Ok(targets
+            .into_iter()
+            .map(|target| {
+                let closest = grid
+                    .iter()
+                    .enumerate()
+                    .min_by(|a, b| (a.1 - target).abs().total_cmp(&(b.1 - target).abs()));
+                closest.map_or(big_t, |(i, _)| i + 1)
+            })
+            .collect())
+    };
+    let fraction = |i: usize| {
+        if count == 1 {
+            1.0
+        } else {
+            (i - 1) as f64 / (count - 1) as f64
         }
+    };
+    let ideal: Vec<usize> = match spacing {
+        Spacing::Uniform => {
+            return evenly_spaced_timesteps(big_t, count).map_err(|e| Error::Config {
+                detail: e.to_string(),
+            });
+        }
+        Spacing::Quadratic => (1..=count)
+            .map(|i| {
+                let fraction = i as f64 / count as f64;
+                (big_t as f64 * fraction * fraction).round() as usize
+            })
+            .collect(),
+        Spacing::LogSnr => {
+            let (low, high) = (process.log_snr(big_t)?, process.log_snr(1)?);
+            nearest(
+                (1..=count)
+                    .map(|i| high + (low - high) * fraction(i))
+                    .collect(),
+            )?
+        }
+        Spacing::Karras => {
+            // sigma = exp(-log_snr / 2); sigma^(1/rho) evenly spaced from t = 1 to T.
+            const RHO: f64 = 7.0;
+            let root = |t: usize| -> Result<f64> { Ok((-process.log_snr(t)? / 2.0 / RHO).exp()) };
+            let (small, large) = (root(1)?, root(big_t)?);
+            nearest(
+                (1..=count)
+                    .map(|i| {
+                        let sigma = (small + (large - small) * fraction(i)).powf(RHO);
+                        -2.0 * sigma.ln()
+                    })
+                    .collect(),
+            )?
+        }
+    };
+    // Strictly rising, each at least one above the last, leaving room for the steps
+    // still to come, and ending at T.
+    let mut out = Vec::with_capacity(count);
+    let mut previous = 0usize;
+    for (i, t) in ideal.into_iter().enumerate() {
+        let t = t.max(previous + 1).min(big_t - (count - 1 - i));
+        out.push(t);
+        previous = t;
     }
+    Ok(out)
 }
 
 impl SamplerSpec {
@@ -160,13 +276,37 @@ impl SamplerSpec {
                 eta,
                 spacing,
             }),
+            SamplerSpec::DpmSolverPp {
+                steps,
+                order,
+                spacing,
+            } => Box::new(DpmSolverPp {
+                steps,
+                order,
+                spacing,
+            }),
         }
     }
 
-    /// Checks that it fits a process of `big_t` steps (no more steps than T).
-    pub fn validate(&self, big_t: usize) -> Result<()> {
-        if let SamplerSpec::Ddim { steps, spacing, .. } = *self {
-            kept_timesteps(big_t, steps, spacing)?;
+    /// Checks that it fits `process` (no more steps than T; an order of 1 to 3).
+    pub fn validate(&self, process: &dyn NoiseProcess) -> Result<()> {
+        match *self {
+            SamplerSpec::Ancestral => {}
+            SamplerSpec::Ddim { steps, spacing, .. } => {
+                kept_timesteps(process, steps, spacing)?;
+            }
+            SamplerSpec::DpmSolverPp {
+                steps,
+                order,
+                spacing,
+            } => {
+                if !(1..=3).contains(&order) {
+                    return Err(Error::Config {
+                        detail: format!("DPM-Solver++ has orders 1 to 3, found {order}"),
+                    });
+                }
+                kept_timesteps(process, steps, spacing)?;
+            }
         }
         Ok(())
     }
@@ -184,6 +324,11 @@ mod tests {
             "ddim-50",
             "ddim-100-eta=1",
             "ddim-20-quadratic",
+            "ddim-20-logsnr",
+            "dpm++1-10",
+            "dpm++2m-15",
+            "dpm++3m-10-karras",
+            "dpm++2m-20-logsnr",
         ] {
             let s: SamplerSpec = text.parse().unwrap();
             assert_eq!(s.to_string(), text);
@@ -196,27 +341,65 @@ mod tests {
                 spacing: Spacing::Uniform
             }
         );
-        for bad in ["ddpm", "ddim", "ddim-x", "ddim-5-eta=-1", "ddim-5-cubic"] {
+        assert_eq!(
+            "dpm++2m-15".parse::<SamplerSpec>().unwrap(),
+            SamplerSpec::DpmSolverPp {
+                steps: 15,
+                order: 2,
+                spacing: Spacing::Uniform
+            }
+        );
+        for bad in [
+            "ddpm",
+            "ddim",
+            "ddim-x",
+            "ddim-5-eta=-1",
+            "ddim-5-cubic",
+            "dpm++2-15",
+            "dpm++4m-15",
+            "dpm++2m-15-eta=1",
+        ] {
             let err = bad.parse::<SamplerSpec>().unwrap_err().to_string();
-            assert!(err.contains("expected ancestral or ddim-S"), "{bad}: {err}");
+            assert!(err.contains("expected ancestral, ddim-S"), "{bad}: {err}");
         }
     }
 
     #[test]
     fn kept_timesteps_rise_strictly_and_end_at_t() {
         let _generator = crate::testing::generator_lock();
-        for spacing in [Spacing::Uniform, Spacing::Quadratic] {
+        let linear = |big_t| elbo_math::NoiseSchedule::linear(big_t, 1e-4, 0.02).unwrap();
+        let all = [
+            Spacing::Uniform,
+            Spacing::Quadratic,
+            Spacing::LogSnr,
+            Spacing::Karras,
+        ];
+        for spacing in all {
             for (big_t, count) in [(1000, 50), (1000, 1000), (10, 3), (7, 7), (1000, 1)] {
-                let kept = kept_timesteps(big_t, count, spacing).unwrap();
+                let kept = kept_timesteps(&linear(big_t), count, spacing).unwrap();
                 assert_eq!(kept.len(), count);
                 assert_eq!(*kept.last().unwrap(), big_t, "{spacing:?} {big_t} {count}");
                 assert!(kept[0] >= 1);
                 assert!(kept.windows(2).all(|w| w[0] < w[1]), "{kept:?}");
             }
         }
-        let quadratic = kept_timesteps(1000, 10, Spacing::Quadratic).unwrap();
+        let quadratic = kept_timesteps(&linear(1000), 10, Spacing::Quadratic).unwrap();
         assert_eq!(quadratic[..3], [10, 40, 90]);
-        let err = kept_timesteps(100, 101, Spacing::Uniform)
+        // In noise level: denser near the data than uniform in time.
+        let first_gap = |spacing| {
+            let kept = kept_timesteps(&linear(1000), 20, spacing).unwrap();
+            kept[1] - kept[0]
+        };
+        let (uniform, logsnr, karras) = (
+            first_gap(Spacing::Uniform),
+            first_gap(Spacing::LogSnr),
+            first_gap(Spacing::Karras),
+        );
+        assert!(
+            karras < uniform && logsnr < uniform,
+            "{karras} {logsnr} {uniform}"
+        );
+        let err = kept_timesteps(&linear(100), 101, Spacing::Uniform)
             .unwrap_err()
             .to_string();
         assert!(err.contains("between 1 and T = 100"), "{err}");

@@ -215,7 +215,7 @@ impl Ddpm {
     /// The model with `sampling` as what [`ElboModel::sample`] uses (the sample grids of
     /// training, say); an error if the sampler does not fit T.
     pub fn with_sampling(mut self, sampling: SamplingOptions) -> Result<Ddpm> {
-        sampling.sampler.validate(self.diffusion.timesteps())?;
+        sampling.sampler.validate(self.process())?;
         self.sampling = sampling;
         Ok(self)
     }
