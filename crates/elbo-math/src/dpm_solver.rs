@@ -149,7 +149,7 @@ fn multistep_weighing_d2(history: &[Point], next: Point, d2_weight: f64) -> Resu
     // lambda must rise: oldest < ... < current < next.
     let mut later = next_lambda;
     for (i, &l) in lambdas.iter().enumerate() {
-        if !(l < later) {
+        if l.is_nan() || l >= later {
             return Err(MathError::OutOfRange {
                 what: "half log-SNR of the solver's points (it must rise towards the data)",
                 expected: "below the next point's",
