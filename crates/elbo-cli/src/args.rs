@@ -304,9 +304,9 @@ pub struct EvalArgs {
     /// The seed of --frechet's draws and of its choice of training images.
     #[arg(long, default_value_t = 0, requires = "frechet")]
     pub seed: u64,
-    /// A DDPM's sampler for --frechet: ancestral, ddim-S[-eta=E], or DPM-Solver++
-    /// dpm++1-S, dpm++2m-S, dpm++3m-S; a spacing -quadratic, -logsnr or -karras may
-    /// follow (default ddim-50).
+    /// A DDPM's sampler for --frechet: ancestral, ddim-S[-eta=E], DPM-Solver++
+    /// dpm++1-S, dpm++2m-S, dpm++3m-S, or unipc-S; a spacing -quadratic, -logsnr or
+    /// -karras may follow (default ddim-50).
     #[arg(long, requires = "frechet", value_parser = parse::<SamplerSpec>)]
     pub sampler: Option<SamplerSpec>,
     #[command(flatten)]
@@ -331,9 +331,9 @@ pub struct SampleArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: i64,
     /// A DDPM's sampler: ancestral (Ho et al.'s algorithm 2, T steps), ddim-S[-eta=E],
-    /// or DPM-Solver++ dpm++1-S, dpm++2m-S, dpm++3m-S (S network calls); a spacing
-    /// -quadratic, -logsnr or -karras may follow (default ddim-50: 50 steps, eta 0,
-    /// uniform).
+    /// DPM-Solver++ dpm++1-S, dpm++2m-S, dpm++3m-S, or unipc-S (S network calls); a
+    /// spacing -quadratic, -logsnr or -karras may follow (default ddim-50: 50 steps,
+    /// eta 0, uniform).
     #[arg(long, value_parser = parse::<SamplerSpec>)]
     pub sampler: Option<SamplerSpec>,
     /// A DDPM: do not clip each step's prediction of x_0 to [-1, 1].

@@ -176,6 +176,7 @@ pub mod normal_cdf;
 pub mod parameterisation;
 pub mod schedule;
 pub mod testbed;
+pub mod unipc;
 mod validate;
 
 pub use diag_gaussian::DiagGaussian;

@@ -301,6 +301,7 @@ fn samplers_give_images_in_range_and_a_trajectory() {
         "dpm++2m-6",
         "dpm++3m-6-karras",
         "dpm++1-4-logsnr",
+        "unipc-6",
     ] {
         let options = SamplingOptions {
             sampler: sampler.parse().unwrap(),

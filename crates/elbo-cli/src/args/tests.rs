@@ -177,7 +177,10 @@ fn eval_and_sample_parse() {
     let Command::Sample(dpm) = dpm.command else {
         panic!("a sample command")
     };
-    assert_eq!(dpm.sampler.map(|s| s.to_string()).as_deref(), Some("dpm++2m-15"));
+    assert_eq!(
+        dpm.sampler.map(|s| s.to_string()).as_deref(),
+        Some("dpm++2m-15")
+    );
     let cli = parse_args(&["elbo", "sample", "runs/x", "--sampler", "ddim-20"]).unwrap();
     let Command::Sample(args) = cli.command else {
         panic!("expected sample");

@@ -1,5 +1,6 @@
 //! Sampling a diffusion model's reverse process: one [`Sampler`] trait, one file per
-//! sampler ([`ancestral`], [`ddim`], [`dpm`]: DPM-Solver++), the names users type parsed
+//! sampler ([`ancestral`], [`ddim`], [`dpm`]: DPM-Solver++, [`unipc`]), the names users
+//! type parsed
 //! in one place
 //! ([`SamplerSpec`]), over a [`NoiseProcess`] (alpha, sigma, log-SNR on the model's time
 //! grid) and a [`Denoiser`] (the model's predictions at a step).
@@ -11,6 +12,7 @@ pub mod ancestral;
 pub mod ddim;
 pub mod dpm;
 mod spec;
+pub mod unipc;
 
 use elbo_math::NoiseSchedule;
 use tch::{Device, Kind, Tensor};

@@ -7,7 +7,9 @@ use std::str::FromStr;
 use elbo_math::schedule::evenly_spaced_timesteps;
 use serde::{Deserialize, Serialize};
 
-use super::{NoiseProcess, Sampler, ancestral::Ancestral, ddim::Ddim, dpm::DpmSolverPp};
+use super::{
+    NoiseProcess, Sampler, ancestral::Ancestral, ddim::Ddim, dpm::DpmSolverPp, unipc::UniPc,
+};
 use crate::error::{Error, Result};
 
 /// How the kept timesteps of a shortened sampler are spread over `1..=T`.
@@ -47,8 +49,8 @@ impl Spacing {
 }
 
 /// A sampler as a user names it: the one grammar of sampler names (`ancestral`,
-/// `ddim-50`, `ddim-100-eta=1`, `ddim-20-quadratic`, `dpm++2m-15`, `dpm++3m-10-logsnr`),
-/// parsed and printed here only.
+/// `ddim-50`, `ddim-100-eta=1`, `ddim-20-quadratic`, `dpm++2m-15`, `dpm++3m-10-logsnr`,
+/// `unipc-10`), parsed and printed here only.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum SamplerSpec {
@@ -74,6 +76,13 @@ pub enum SamplerSpec {
         /// Which timesteps.
         spacing: Spacing,
     },
+    /// UniPC (bh2, order 2, with its corrector) over `steps` timesteps.
+    UniPc {
+        /// Network evaluations (timesteps kept).
+        steps: usize,
+        /// Which timesteps.
+        spacing: Spacing,
+    },
 }
 
 impl Default for SamplerSpec {
@@ -92,13 +101,13 @@ impl FromStr for SamplerSpec {
     type Err = Error;
 
     /// `ancestral`; `ddim-S` with optional `-eta=E`; `dpm++1-S`, `dpm++2m-S`,
-    /// `dpm++3m-S`; either with an optional spacing `-quadratic`, `-logsnr`, `-karras`:
-    /// `ddim-50`, `ddim-100-eta=1`, `ddim-50-quadratic`, `dpm++2m-15-karras`.
+    /// `dpm++3m-S`; `unipc-S`; each with an optional spacing `-quadratic`, `-logsnr`,
+    /// `-karras`: `ddim-50`, `ddim-100-eta=1`, `ddim-50-quadratic`, `dpm++2m-15-karras`.
     fn from_str(text: &str) -> Result<SamplerSpec> {
         let bad = || Error::Config {
             detail: format!(
-                "unknown sampler {text:?}: expected ancestral, ddim-S[-eta=E] or \
-                 dpm++1-S, dpm++2m-S, dpm++3m-S, each with an optional spacing -quadratic, \
+                "unknown sampler {text:?}: expected ancestral, ddim-S[-eta=E], dpm++1-S, \
+                 dpm++2m-S, dpm++3m-S or unipc-S, each with an optional spacing -quadratic, \
                  -logsnr or -karras (for example ddim-50, dpm++2m-15)"
             ),
         };
@@ -106,8 +115,10 @@ impl FromStr for SamplerSpec {
             return Ok(SamplerSpec::Ancestral);
         }
         let mut parts = text.split('-');
+        // None: DDIM; Some(0): UniPC; Some(k): DPM-Solver++ of order k.
         let order = match parts.next() {
             Some("ddim") => None,
+            Some("unipc") => Some(0),
             Some("dpm++1") => Some(1),
             Some("dpm++2m") => Some(2),
             Some("dpm++3m") => Some(3),
@@ -137,6 +148,7 @@ impl FromStr for SamplerSpec {
                 eta,
                 spacing,
             },
+            Some(0) => SamplerSpec::UniPc { steps, spacing },
             Some(order) => SamplerSpec::DpmSolverPp {
                 steps,
                 order,
@@ -173,6 +185,9 @@ impl fmt::Display for SamplerSpec {
                     order.to_string()
                 };
                 write!(f, "dpm++{order}{kind}-{steps}{}", spacing.suffix())
+            }
+            SamplerSpec::UniPc { steps, spacing } => {
+                write!(f, "unipc-{steps}{}", spacing.suffix())
             }
         }
     }
@@ -285,6 +300,7 @@ impl SamplerSpec {
                 order,
                 spacing,
             }),
+            SamplerSpec::UniPc { steps, spacing } => Box::new(UniPc { steps, spacing }),
         }
     }
 
@@ -292,7 +308,7 @@ impl SamplerSpec {
     pub fn validate(&self, process: &dyn NoiseProcess) -> Result<()> {
         match *self {
             SamplerSpec::Ancestral => {}
-            SamplerSpec::Ddim { steps, spacing, .. } => {
+            SamplerSpec::Ddim { steps, spacing, .. } | SamplerSpec::UniPc { steps, spacing } => {
                 kept_timesteps(process, steps, spacing)?;
             }
             SamplerSpec::DpmSolverPp {
@@ -329,6 +345,8 @@ mod tests {
             "dpm++2m-15",
             "dpm++3m-10-karras",
             "dpm++2m-20-logsnr",
+            "unipc-10",
+            "unipc-8-karras",
         ] {
             let s: SamplerSpec = text.parse().unwrap();
             assert_eq!(s.to_string(), text);
@@ -358,6 +376,8 @@ mod tests {
             "dpm++2-15",
             "dpm++4m-15",
             "dpm++2m-15-eta=1",
+            "unipc",
+            "unipc-5-eta=1",
         ] {
             let err = bad.parse::<SamplerSpec>().unwrap_err().to_string();
             assert!(err.contains("expected ancestral, ddim-S"), "{bad}: {err}");
