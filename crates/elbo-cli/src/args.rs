@@ -309,6 +309,15 @@ pub struct EvalArgs {
     /// -karras may follow (default ddim-50).
     #[arg(long, requires = "frechet", value_parser = parse::<SamplerSpec>)]
     pub sampler: Option<SamplerSpec>,
+    /// With --frechet, for a DDPM: the quality-versus-cost sweep, N samples with each
+    /// of DDIM at 5, 10, 15, 20, 50 network calls and DPM-Solver++ 2M and UniPC at 5,
+    /// 10, 15, 20; writes the chart of the distance against the calls.
+    #[arg(long, requires = "frechet", conflicts_with = "sampler")]
+    pub sweep: bool,
+    /// With --sweep: the chart's file (default frechet-sweep.png in the run folder; the
+    /// points go beside it as .json).
+    #[arg(long, requires = "sweep")]
+    pub sweep_out: Option<PathBuf>,
     #[command(flatten)]
     pub device: DeviceArgs,
 }

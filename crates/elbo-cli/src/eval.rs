@@ -1,7 +1,7 @@
 //! `elbo eval`, `elbo sample` and `elbo plot`: parse, call the library once, print.
 
 use anyhow::Result;
-use elbo_models::session::{self, FrechetConfig, SampleRequest};
+use elbo_models::session::{self, FrechetConfig, SampleRequest, SamplerSpec};
 
 use crate::args::{EvalArgs, PlotArgs, SampleArgs};
 use crate::progress::print_eval;
@@ -28,6 +28,37 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         sampling: args.sampler.map(session::clipped),
         ..FrechetConfig::default()
     };
+    if args.sweep {
+        let (restored, report) = session::frechet_sweep(
+            &args.checkpoint,
+            classifier,
+            args.data.as_ref(),
+            &config,
+            &SamplerSpec::sweep(),
+            device,
+            args.sweep_out.as_deref(),
+            &mut |point| {
+                println!(
+                    "{:<12} {:>4} network calls per image: Fréchet distance {:.3}",
+                    point.sampler.to_string(),
+                    point.network_calls,
+                    point.distance
+                )
+            },
+        )?;
+        print_checkpoint(&restored);
+        println!(
+            "  floor: {} training images vs the test images: {:.3}",
+            report.samples, report.floor
+        );
+        println!(
+            "chart {}
+points {}",
+            report.plot.display(),
+            report.json.display()
+        );
+        return Ok(());
+    }
     let (restored, report) = session::frechet_of_checkpoint(
         &args.checkpoint,
         classifier,

@@ -187,6 +187,59 @@ fn learns_digits_round_trips_and_anchors_the_frechet_distance() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("a vae model has a single sampler"), "{err}");
+
+    // A sweep over samplers: refused for the VAE; for a (small, untrained) DDPM one point
+    // per sampler, at its network calls, grouped by family in the chart with the floor.
+    let samplers: Vec<elbo_models::sample::SamplerSpec> = ["ddim-2", "ddim-3", "dpm++2m-2"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let small = FrechetConfig {
+        samples: 20,
+        batch: 10,
+        ..config
+    };
+    let err = frechet::sweep(
+        &vae,
+        &model,
+        &splits,
+        &small,
+        &samplers,
+        Device::Cpu,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("samples in steps"), "{err}");
+    let ddpm =
+        elbo_models::models::ddpm::Ddpm::new(&(vs.root() / "ddpm"), common::tiny_ddpm()).unwrap();
+    let mut seen = 0;
+    let (points, floor) = frechet::sweep(
+        &ddpm,
+        &model,
+        &splits,
+        &small,
+        &samplers,
+        Device::Cpu,
+        &mut |_| seen += 1,
+    )
+    .unwrap();
+    assert_eq!(seen, 3);
+    let calls: Vec<usize> = points.iter().map(|p| p.network_calls).collect();
+    assert_eq!(calls, [2, 3, 2]);
+    assert!(
+        points
+            .iter()
+            .all(|p| p.distance.is_finite() && p.distance > floor)
+    );
+    let figure = frechet::sweep_figure(&points, floor, "sweep");
+    let names: Vec<&str> = figure.panels[0]
+        .series
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(names, ["ddim", "dpm++2m", "floor (training images)"]);
+    assert_eq!(figure.panels[0].series[0].points.len(), 2);
 }
 
 #[test]

@@ -173,6 +173,38 @@ fn eval_and_sample_parse() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("--classifier"), "{err}");
+    let sweep = parse_args(&[
+        "elbo",
+        "eval",
+        "runs/x",
+        "--frechet",
+        "100",
+        "--classifier",
+        "c",
+        "--sweep",
+    ])
+    .unwrap();
+    let Command::Eval(sweep) = sweep.command else {
+        panic!("an eval command")
+    };
+    assert!(sweep.sweep && sweep.sweep_out.is_none());
+    let both = [
+        "elbo",
+        "eval",
+        "runs/x",
+        "--frechet",
+        "9",
+        "--classifier",
+        "c",
+        "--sweep",
+    ];
+    let err = parse_args(&[&both[..], &["--sampler", "ddim-5"]].concat())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--sampler"),
+        "a sweep chooses its samplers: {err}"
+    );
     let dpm = parse_args(&["elbo", "sample", "runs/x", "--sampler", "dpm++2m-15"]).unwrap();
     let Command::Sample(dpm) = dpm.command else {
         panic!("a sample command")

@@ -17,7 +17,7 @@ use crate::data;
 use crate::error::{Error, Result};
 use crate::eval::classifier::{self, Classifier};
 use crate::models::{ElboModel, draw_samples};
-use crate::sample::SamplingOptions;
+use crate::sample::{SamplerSpec, SamplingOptions};
 
 /// How the distance is measured.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -171,4 +171,98 @@ pub fn frechet_of_model(
         config.sampling.as_ref(),
     )?;
     frechet_of_images(classifier, &images, splits, config, device)
+}
+/// One point of a quality-versus-cost sweep.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SweepPoint {
+    /// The sampler.
+    pub sampler: SamplerSpec,
+    /// Its network calls per image.
+    pub network_calls: usize,
+    /// The Fréchet distance of its samples.
+    pub distance: f64,
+}
+
+/// The Fréchet distance of `model`'s samples with each of `samplers` (x_0 clipped), all
+/// with `config`'s N, seed and batch (`config.sampling` is ignored); `on_point` sees each
+/// result as it comes. Returns the points and the floor of N training images.
+pub fn sweep(
+    model: &dyn ElboModel,
+    classifier: &Classifier,
+    splits: &Splits,
+    config: &FrechetConfig,
+    samplers: &[SamplerSpec],
+    device: Device,
+    on_point: &mut dyn FnMut(&SweepPoint),
+) -> Result<(Vec<SweepPoint>, f64)> {
+    let Some(stepped) = model.capabilities().stepped else {
+        return Err(Error::Config {
+            detail: format!(
+                "a sweep over samplers needs a model that samples in steps (a DDPM), not a {} \
+                 model",
+                model.config().family()
+            ),
+        });
+    };
+    let big_t = stepped.process().timesteps();
+    let mut points = Vec::with_capacity(samplers.len());
+    let mut floor = f64::NAN;
+    for sampler in samplers {
+        sampler.validate(stepped.process())?;
+        let config = FrechetConfig {
+            sampling: Some(SamplingOptions {
+                sampler: *sampler,
+                clip_x0: true,
+            }),
+            ..*config
+        };
+        let report = frechet_of_model(model, classifier, splits, &config, device)?;
+        floor = report.train_floor;
+        let point = SweepPoint {
+            sampler: *sampler,
+            network_calls: sampler.build().network_calls(big_t),
+            distance: report.distance,
+        };
+        on_point(&point);
+        points.push(point);
+    }
+    Ok((points, floor))
+}
+
+/// The sweep as a chart: the Fréchet distance against network calls per image, one
+/// curve per sampler family, and the floor of N training images.
+pub fn sweep_figure(points: &[SweepPoint], floor: f64, title: &str) -> elbo_plot::Figure {
+    let mut series: Vec<elbo_plot::Series> = Vec::new();
+    for point in points {
+        let family = point.sampler.family();
+        let xy = (point.network_calls as f64, point.distance);
+        match series.iter_mut().find(|s| s.name == family) {
+            Some(s) => s.points.push(xy),
+            None => series.push(elbo_plot::Series {
+                name: family,
+                points: vec![xy],
+                style: elbo_plot::Style::LineAndDots,
+            }),
+        }
+    }
+    for s in &mut series {
+        s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    let calls = points.iter().map(|p| p.network_calls as f64);
+    let (low, high) = calls.fold((f64::INFINITY, 0.0f64), |(l, h), c| (l.min(c), h.max(c)));
+    if floor.is_finite() && low.is_finite() {
+        series.push(elbo_plot::Series {
+            name: "floor (training images)".to_string(),
+            points: vec![(low, floor), (high, floor)],
+            style: elbo_plot::Style::Line,
+        });
+    }
+    elbo_plot::Figure {
+        title: title.to_string(),
+        panels: vec![elbo_plot::Panel {
+            title: "Frechet distance (classifier features)".to_string(),
+            x_label: "network calls per image".to_string(),
+            series,
+        }],
+    }
 }

@@ -145,6 +145,8 @@ pub trait Interpolating {
 pub trait SteppedSampling {
     /// The sampler [`ElboModel::sample`] uses.
     fn default_sampling(&self) -> SamplingOptions;
+    /// The noise process its samplers run on (T, alpha-bar, log-SNR).
+    fn process(&self) -> &dyn crate::sample::NoiseProcess;
     /// `n` samples with `options`, and `frames` states along the way (the last is the
     /// result); an error if the sampler does not fit the model (more steps than T).
     fn sample_with(

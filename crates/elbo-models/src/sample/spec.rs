@@ -278,6 +278,59 @@ pub fn kept_timesteps(
 }
 
 impl SamplerSpec {
+    /// Its name without the step count: `ancestral`, `ddim`, `dpm++2m`, `unipc-logsnr`
+    /// (the curves of a quality-versus-cost sweep).
+    pub fn family(&self) -> String {
+        match *self {
+            SamplerSpec::Ancestral => "ancestral".to_string(),
+            SamplerSpec::Ddim { eta, spacing, .. } => {
+                let eta = if eta == 0.0 {
+                    String::new()
+                } else {
+                    format!("-eta={eta}")
+                };
+                format!("ddim{eta}{}", spacing.suffix())
+            }
+            SamplerSpec::DpmSolverPp { order, spacing, .. } => {
+                let kind = if order == 1 {
+                    "1".to_string()
+                } else {
+                    format!("{order}m")
+                };
+                format!("dpm++{kind}{}", spacing.suffix())
+            }
+            SamplerSpec::UniPc { spacing, .. } => format!("unipc{}", spacing.suffix()),
+        }
+    }
+
+    /// The samplers of a quality-versus-cost sweep: DDIM at 5, 10, 15, 20 and 50 network
+    /// calls, DPM-Solver++ 2M and UniPC at 5, 10, 15 and 20 (uniform spacing, as each
+    /// sampler's default; ancestral sampling, at T calls, is left to `--sampler`).
+    pub fn sweep() -> Vec<SamplerSpec> {
+        let uniform = Spacing::Uniform;
+        let mut out: Vec<SamplerSpec> = [5, 10, 15, 20, 50]
+            .map(|steps| SamplerSpec::Ddim {
+                steps,
+                eta: 0.0,
+                spacing: uniform,
+            })
+            .to_vec();
+        for steps in [5, 10, 15, 20] {
+            out.push(SamplerSpec::DpmSolverPp {
+                steps,
+                order: 2,
+                spacing: uniform,
+            });
+        }
+        for steps in [5, 10, 15, 20] {
+            out.push(SamplerSpec::UniPc {
+                steps,
+                spacing: uniform,
+            });
+        }
+        out
+    }
+
     /// The sampler it names.
     pub fn build(&self) -> Box<dyn Sampler> {
         match *self {
@@ -382,6 +435,22 @@ mod tests {
             let err = bad.parse::<SamplerSpec>().unwrap_err().to_string();
             assert!(err.contains("expected ancestral, ddim-S"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn families_group_a_sweep_by_sampler() {
+        let _generator = crate::testing::generator_lock();
+        let families: Vec<String> = SamplerSpec::sweep()
+            .iter()
+            .map(SamplerSpec::family)
+            .collect();
+        assert_eq!(families.iter().filter(|f| *f == "ddim").count(), 5);
+        assert_eq!(families.iter().filter(|f| *f == "dpm++2m").count(), 4);
+        assert_eq!(families.iter().filter(|f| *f == "unipc").count(), 4);
+        let named = |text: &str| text.parse::<SamplerSpec>().unwrap().family();
+        assert_eq!(named("ddim-10-eta=1-karras"), "ddim-eta=1-karras");
+        assert_eq!(named("dpm++1-7-logsnr"), "dpm++1-logsnr");
+        assert_eq!(named("ancestral"), "ancestral");
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub use crate::dist::{
 pub use crate::eval::classifier::{
     ClassifierJob, ClassifierReport, ClassifierTrainConfig, run_job as train_classifier,
 };
-pub use crate::eval::frechet::{FrechetConfig, FrechetReport};
+pub use crate::eval::frechet::{FrechetConfig, FrechetReport, SweepPoint};
 pub use crate::eval::{ACTIVE_UNIT_THRESHOLD, ActiveUnits, EvalReport};
 pub use crate::models::ddpm::{
     DdpmPreset, LossKind, Objective, Recipe, RecipeName, ScheduleKind, VarianceKind,
@@ -196,6 +196,99 @@ pub fn frechet_of_checkpoint(
         config,
         device,
     )?;
+    Ok((restored, report))
+}
+
+/// What a quality-versus-cost sweep measured, and where it wrote it.
+#[derive(Clone, Debug)]
+pub struct SweepReport {
+    /// One point per sampler, in the order run.
+    pub points: Vec<SweepPoint>,
+    /// The floor of N training images.
+    pub floor: f64,
+    /// N.
+    pub samples: usize,
+    /// The chart (Fréchet distance against network calls per image).
+    pub plot: PathBuf,
+    /// The points as JSON, beside the chart.
+    pub json: PathBuf,
+}
+
+/// [`frechet_of_checkpoint`] for each of `samplers` (see
+/// [`SamplerSpec::sweep`](crate::sample::SamplerSpec::sweep)) with the same N and seed,
+/// restoring the model, the classifier and the data once; `on_point` sees each point as
+/// it is measured. Writes the chart to `out` (default: `frechet-sweep.png` in the run
+/// folder) and the points to the same name with `.json`.
+#[allow(clippy::too_many_arguments)]
+pub fn frechet_sweep(
+    path: &Path,
+    classifier: &Path,
+    data: Option<&DataSpec>,
+    config: &FrechetConfig,
+    samplers: &[SamplerSpec],
+    device: Device,
+    out: Option<&Path>,
+    on_point: &mut dyn FnMut(&SweepPoint),
+) -> Result<(Restored, SweepReport)> {
+    let restored = restore(path, device, true)?;
+    let features = crate::eval::classifier::restore(classifier, device)?;
+    let spec = data.cloned().unwrap_or_else(|| restored.trained_on());
+    let splits = spec.load()?;
+    restored
+        .config
+        .check_images(image_shape(&splits.test), &format!("data {spec}"))?;
+    let (points, floor) = crate::eval::frechet::sweep(
+        restored.model.as_ref(),
+        &features.model,
+        &splits,
+        config,
+        samplers,
+        device,
+        on_point,
+    )?;
+    let plot = match out {
+        Some(out) => out.to_path_buf(),
+        None => restored
+            .path
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("."))
+            .join("frechet-sweep.png"),
+    };
+    let title = format!(
+        "{} step {}: {} samples vs {} test images",
+        restored.meta.model,
+        restored.meta.step,
+        config.samples,
+        splits.test.len()
+    );
+    let figure = crate::eval::frechet::sweep_figure(&points, floor, &title);
+    elbo_plot::write(&plot, &figure).map_err(|e| Error::Config {
+        detail: format!("writing {}: {e}", plot.display()),
+    })?;
+    let json = plot.with_extension("json");
+    let value = serde_json::json!({
+        "checkpoint": restored.path, "step": restored.meta.step, "samples": config.samples,
+        "seed": config.seed, "floor": floor,
+        "points": points.iter().map(|p| serde_json::json!({
+            "sampler": p.sampler.to_string(), "network_calls": p.network_calls,
+            "distance": p.distance,
+        })).collect::<Vec<_>>(),
+    });
+    checkpoint::write_atomically(&json, |temp| {
+        std::fs::write(
+            temp,
+            serde_json::to_string_pretty(&value).unwrap_or_default(),
+        )?;
+        Ok(())
+    })?;
+    let report = SweepReport {
+        points,
+        floor,
+        samples: config.samples,
+        plot,
+        json,
+    };
     Ok((restored, report))
 }
 

@@ -215,7 +215,7 @@ impl Ddpm {
     /// The model with `sampling` as what [`ElboModel::sample`] uses (the sample grids of
     /// training, say); an error if the sampler does not fit T.
     pub fn with_sampling(mut self, sampling: SamplingOptions) -> Result<Ddpm> {
-        sampling.sampler.validate(self.process())?;
+        sampling.sampler.validate(Denoiser::process(&self))?;
         self.sampling = sampling;
         Ok(self)
     }
@@ -372,6 +372,10 @@ impl SteppedSampling for Ddpm {
     /// unless [`Ddpm::with_sampling`] chose otherwise.
     fn default_sampling(&self) -> SamplingOptions {
         self.sampling
+    }
+
+    fn process(&self) -> &dyn NoiseProcess {
+        Denoiser::process(self)
     }
 
     fn sample_with(
