@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use elbo_math::dpm_solver::{Point, multistep, step_orders};
 use tch::Tensor;
 
-use super::{Denoiser, Sampler, Spacing, Trajectory, kept_timesteps, start};
+use super::{Denoiser, NoiseProcess, Sampler, Spacing, Trajectory, kept_timesteps, start};
 use crate::error::{Error, Result};
 
 /// The DPM-Solver++ sampler.
@@ -25,10 +25,53 @@ pub struct DpmSolverPp {
     pub spacing: Spacing,
 }
 
-fn math(e: elbo_math::MathError) -> Error {
+/// A solver's message as elbo's error.
+pub(super) fn math(solver: &str, e: elbo_math::MathError) -> Error {
     Error::Config {
-        detail: format!("DPM-Solver++: {e}"),
+        detail: format!("{solver}: {e}"),
     }
+}
+
+/// The solver's point at step `t` of `process` (`t = 0`: the data, `alpha_bar = 1`).
+pub(super) fn point_at(process: &dyn NoiseProcess, t: usize) -> Result<Point> {
+    Point::from_alpha_bar(process.alpha_bar(t)?).map_err(|e| math("a solver point", e))
+}
+
+/// The step after kept step `i` (of `1..=kept.len()`): the kept step below, or the data.
+pub(super) fn step_below(kept: &[usize], i: usize) -> usize {
+    if i > 1 { kept[i - 2] } else { 0 }
+}
+
+/// `x * x_weight + sum_j weights[j] * predictions[j]` (the predictions newest first).
+pub(super) fn combine<'t>(
+    x: &Tensor,
+    x_weight: f64,
+    weights: &[f64],
+    predictions: impl Iterator<Item = &'t Tensor>,
+) -> Tensor {
+    let mut out = x * x_weight;
+    for (weight, prediction) in weights.iter().zip(predictions) {
+        out += prediction * *weight;
+    }
+    out
+}
+
+/// One DPM-Solver++ step of `order` from the newest point of `history` (points and
+/// their predictions of `x_0`, newest first), whose state is `x`, to `next`.
+pub(super) fn solver_step(
+    x: &Tensor,
+    history: &VecDeque<(Point, Tensor)>,
+    order: usize,
+    next: Point,
+) -> Result<Tensor> {
+    let points: Vec<Point> = history.iter().take(order).map(|(p, _)| *p).collect();
+    let step = multistep(&points, next).map_err(|e| math("DPM-Solver++", e))?;
+    Ok(combine(
+        x,
+        step.x_weight,
+        &step.data,
+        history.iter().map(|(_, d)| d),
+    ))
 }
 
 impl Sampler for DpmSolverPp {
@@ -45,35 +88,16 @@ impl Sampler for DpmSolverPp {
     ) -> Result<Tensor> {
         let process = denoiser.process();
         let kept = kept_timesteps(process, self.steps, self.spacing)?;
-        let point = |t: usize| -> Result<Point> {
-            Point::from_alpha_bar(process.alpha_bar(t)?).map_err(math)
-        };
         let orders = step_orders(kept.len(), self.order);
         let mut x = start(shape, denoiser.device());
         // (point, prediction of x_0 there), newest first.
         let mut history: VecDeque<(Point, Tensor)> = VecDeque::with_capacity(self.order);
         for (n, i) in (1..=kept.len()).rev().enumerate() {
-            let here = point(kept[i - 1])?;
             let (x0_hat, _) = denoiser.predict(&x, kept[i - 1], clip_x0);
-            history.push_front((here, x0_hat));
+            history.push_front((point_at(process, kept[i - 1])?, x0_hat));
             history.truncate(self.order.max(1));
-            // The data (t = 0, alpha_bar = 1) after the last kept step.
-            let next = if i > 1 {
-                point(kept[i - 2])?
-            } else {
-                Point {
-                    alpha: 1.0,
-                    sigma: 0.0,
-                }
-            };
-            let order = orders[n].min(history.len());
-            let points: Vec<Point> = history.iter().take(order).map(|(p, _)| *p).collect();
-            let step = multistep(&points, next).map_err(math)?;
-            let mut updated = &x * step.x_weight;
-            for (weight, (_, prediction)) in step.data.iter().zip(&history) {
-                updated += prediction * *weight;
-            }
-            x = updated;
+            let next = point_at(process, step_below(&kept, i))?;
+            x = solver_step(&x, &history, orders[n].min(history.len()), next)?;
             trajectory.step(&x);
         }
         Ok(x)
@@ -83,7 +107,7 @@ impl Sampler for DpmSolverPp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sample::{NoiseProcess, SamplerSpec, ddim::Ddim};
+    use crate::sample::{SamplerSpec, ddim::Ddim};
     use elbo_math::NoiseSchedule;
     use tch::{Device, Kind};
 

@@ -7,12 +7,13 @@
 
 use std::collections::VecDeque;
 
-use elbo_math::dpm_solver::{Point, multistep, step_orders};
+use elbo_math::dpm_solver::{Point, step_orders};
 use elbo_math::unipc::corrector;
 use tch::Tensor;
 
+use super::dpm::{combine, math, point_at, solver_step, step_below};
 use super::{Denoiser, Sampler, Spacing, Trajectory, kept_timesteps, start};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// The UniPC sampler (bh2, order 2, with its corrector).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -21,12 +22,6 @@ pub struct UniPc {
     pub steps: usize,
     /// Which timesteps.
     pub spacing: Spacing,
-}
-
-fn math(e: elbo_math::MathError) -> Error {
-    Error::Config {
-        detail: format!("UniPC: {e}"),
-    }
 }
 
 impl Sampler for UniPc {
@@ -43,9 +38,6 @@ impl Sampler for UniPc {
     ) -> Result<Tensor> {
         let process = denoiser.process();
         let kept = kept_timesteps(process, self.steps, self.spacing)?;
-        let point = |t: usize| -> Result<Point> {
-            Point::from_alpha_bar(process.alpha_bar(t)?).map_err(math)
-        };
         let orders = step_orders(kept.len(), 2);
         let mut x = start(shape, denoiser.device());
         // (point, prediction of x_0 there), newest first.
@@ -53,34 +45,23 @@ impl Sampler for UniPc {
         // The state the last step started from, and that step's order.
         let mut previous: Option<(Tensor, usize)> = None;
         for (n, i) in (1..=kept.len()).rev().enumerate() {
-            let here = point(kept[i - 1])?;
+            let here = point_at(process, kept[i - 1])?;
             let (prediction, _) = denoiser.predict(&x, kept[i - 1], clip_x0);
             if let Some((x_start, order)) = previous.take() {
                 let points: Vec<Point> = history.iter().take(order).map(|(p, _)| *p).collect();
-                let c = corrector(&points, here).map_err(math)?;
-                let mut corrected = &x_start * c.x_weight + &prediction * c.at_t;
-                for (weight, (_, older)) in c.data.iter().zip(&history) {
-                    corrected += older * *weight;
-                }
-                x = corrected;
+                let c = corrector(&points, here).map_err(|e| math("UniPC", e))?;
+                x = combine(
+                    &x_start,
+                    c.x_weight,
+                    &c.data,
+                    history.iter().map(|(_, d)| d),
+                ) + &prediction * c.at_t;
             }
             history.push_front((here, prediction));
             history.truncate(2);
-            let next = if i > 1 {
-                point(kept[i - 2])?
-            } else {
-                Point {
-                    alpha: 1.0,
-                    sigma: 0.0,
-                }
-            };
             let order = orders[n].min(history.len());
-            let points: Vec<Point> = history.iter().take(order).map(|(p, _)| *p).collect();
-            let step = multistep(&points, next).map_err(math)?;
-            let mut updated = &x * step.x_weight;
-            for (weight, (_, prediction)) in step.data.iter().zip(&history) {
-                updated += prediction * *weight;
-            }
+            let next = point_at(process, step_below(&kept, i))?;
+            let updated = solver_step(&x, &history, order, next)?;
             previous = Some((x, order));
             x = updated;
             trajectory.step(&x);
