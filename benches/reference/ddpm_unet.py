@@ -70,6 +70,9 @@ class UnetConfig:
     attention_resolutions: list = field(default_factory=lambda: [7])
     dropout: float = 0.0
     norm_groups: int = 8
+    # unet.rs `num_classes`: class-conditional when set (absent from an unconditional
+    # checkpoint's JSON).
+    num_classes: int = None
 
 
 def ddpm_mnist_config():
@@ -169,6 +172,10 @@ class UNet(nn.Module):
         g = config.norm_groups
         self.time1 = nn.Linear(ch, temb)
         self.time2 = nn.Linear(temb, temb)
+        # unet.rs `label`: num_classes + 1 embeddings (the last the null label's) added
+        # to the time embedding; unconditional networks have none.
+        if config.num_classes is not None:
+            self.label = nn.Embedding(config.num_classes + 1, temb)
         self.input = conv3(config.in_channels, ch)
         levels = len(config.channel_mults)
         # (name, kind) in forward order; kind "stage", "down" or "up".
@@ -220,8 +227,15 @@ class UNet(nn.Module):
         self.out_norm = nn.GroupNorm(g, c)
         self.output = conv3(c, config.in_channels, zero=True)
 
-    def forward(self, x, t, train):
+    def forward(self, x, t, train, labels=None):
+        """`labels` (B,) int64 in 0..=num_classes of a class-conditional network; None is
+        the null label (unet.rs `forward_labelled`)."""
         temb = self.time2(F.silu(self.time1(timestep_embedding(t, self.config.base_channels))))
+        if self.config.num_classes is not None:
+            if labels is None:
+                labels = torch.full((x.shape[0],), self.config.num_classes,
+                                    dtype=torch.int64, device=x.device)
+            temb = temb + self.label(labels)
         h = self.input(x)
         skips = [h]
         for name, kind in self.down_order:
@@ -275,10 +289,11 @@ class DDPM(nn.Module):
     """model.rs `Ddpm` with the ddpm-mnist defaults (linear schedule, T = 1000, eps
     objective, L_simple). State-dict names: `unet.*` (an elbo checkpoint's `model.*`)."""
 
-    def __init__(self, config=None, timesteps=1000):
+    def __init__(self, config=None, timesteps=1000, cond_drop=0.0):
         super().__init__()
         self.unet = UNet(config)
         self.timesteps = timesteps
+        self.cond_drop = cond_drop
         self.image = (self.unet.config.in_channels, self.unet.config.image_size,
                       self.unet.config.image_size)
         self.lab = log_alpha_bar(linear_betas(timesteps))  # f64, index t - 1
@@ -293,15 +308,30 @@ class DDPM(nn.Module):
         """schedule.rs `at`: coef[t] shaped (B, 1, ..., 1)."""
         return coef.index_select(0, t).reshape([-1] + [1] * (like.dim() - 1))
 
-    def loss(self, x0):
-        """model.rs `Ddpm::loss`, LossKind::Simple, Objective::Eps: t ~ U{1..T}, eps ~
-        N(0, I), mean over every element of (eps_theta(x_t, t) - eps)^2."""
+    def loss(self, x0, labels=None):
+        """model.rs `Ddpm::training_loss`, LossKind::Simple, Objective::Eps: t ~ U{1..T},
+        eps ~ N(0, I), mean over every element of (eps_theta(x_t, t, label) - eps)^2. A
+        class-conditional network sees each label, or with probability cond_drop the null
+        label (drawn after t and eps, as elbo does)."""
         b = x0.shape[0]
         t = torch.randint(1, self.timesteps + 1, (b,), dtype=torch.int64, device=x0.device)
         eps = torch.randn_like(x0)
         x_t = self.at(self.signal, t, x0) * x0 + self.at(self.noise, t, x0) * eps
-        prediction = self.unet(x_t, t, self.training)
+        if self.unet.config.num_classes is not None and labels is not None and self.cond_drop > 0:
+            dropped = torch.rand(labels.shape, device=x0.device) < self.cond_drop
+            labels = labels.masked_fill(dropped, self.unet.config.num_classes)
+        prediction = self.unet(x_t, t, self.training, labels)
         return (prediction - eps).square().mean()
+
+    def guided(self, x, t, labels, w):
+        """guidance.rs `Guided::output`: (1 + w) eps(x, label) - w eps(x, null) from one
+        call on the doubled batch (w = 0: the conditional network alone)."""
+        if w == 0:
+            return self.unet(x, t, False, labels)
+        null = torch.full_like(labels, self.unet.config.num_classes)
+        both = self.unet(torch.cat([x, x]), torch.cat([t, t]), False, torch.cat([labels, null]))
+        cond, uncond = both.chunk(2)
+        return (1.0 + w) * cond - w * uncond
 
     def alpha_bar(self, timesteps, i):
         """The respaced schedule's alpha_bar(i) (NoiseSchedule::respace): 1 at i = 0."""
@@ -315,7 +345,7 @@ class DDPM(nn.Module):
         return beta * (-math.expm1(l_prev)) / (-math.expm1(l_i))
 
     @torch.no_grad()
-    def ddim_sample(self, n, steps=50, eta=0.0, clip_x0=True):
+    def ddim_sample(self, n, steps=50, eta=0.0, clip_x0=True, label=None, w=0.0):
         """sampler.rs `sample` with SamplerKind::Ddim { steps, eta, Spacing::Uniform }
         and clip_x0 (the preview / bench setting): x_T ~ N(0, I), then for i = S..1 one
         network call at t = round(i T / S), a standard normal z drawn every step (also
@@ -327,7 +357,11 @@ class DDPM(nn.Module):
         timesteps = ddim_timesteps(self.timesteps, steps)
         for i in range(len(timesteps), 0, -1):
             t = torch.full((n,), timesteps[i - 1], dtype=torch.int64, device=device)
-            prediction = self.unet(x, t, False)
+            if label is None:
+                prediction = self.unet(x, t, False)
+            else:
+                labels = torch.full((n,), label, dtype=torch.int64, device=device)
+                prediction = self.guided(x, t, labels, w)
             z = torch.randn_like(x)
             s, nz = self.at(self.signal, t, x), self.at(self.noise, t, x)
             x0 = (x - nz * prediction) / s
@@ -456,7 +490,7 @@ def load_elbo_checkpoint(path, weights_prefix="model."):
     for key, value in expected.items():
         if cfg[key] != value:
             raise SystemExit(f"{path}: {key} {cfg[key]}, the twin has {value}")
-    model = DDPM(UnetConfig(**cfg["unet"]), cfg["timesteps"])
+    model = DDPM(UnetConfig(**cfg["unet"]), cfg["timesteps"], cfg.get("cond_drop", 0.0))
     weights = {k[len(weights_prefix):]: v for k, v in tensors.items()
                if k.startswith(weights_prefix)}
     own = model.state_dict()
@@ -499,7 +533,10 @@ def check_checkpoint(args):
         with torch.no_grad():
             losses = [model.loss(x).item() for _ in range(args.repeats)]
             torch.manual_seed(args.seed)
-            samples = model.ddim_sample(args.samples, steps=50)
+            conditional = model.unet.config.num_classes is not None
+            samples = model.ddim_sample(args.samples, steps=50,
+                                        label=args.label if conditional else None,
+                                        w=args.guidance if conditional else 0.0)
         info.update(
             step=meta["step"],
             l_simple_mean=float(np.mean(losses)),
@@ -536,6 +573,10 @@ def main():
     c.add_argument("--repeats", type=int, default=5)
     c.add_argument("--samples", type=int, default=16)
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--label", type=int, default=0,
+                   help="a class-conditional checkpoint's class for the DDIM samples")
+    c.add_argument("--guidance", type=float, default=0.0,
+                   help="and its classifier-free guidance w")
     c.add_argument("--data", type=Path, default=DEFAULT_DATA)
     f = sub.add_parser("flops", help="analytic vs FlopCounterMode forward FLOPs")
     f.add_argument("--batch", type=int, default=4)

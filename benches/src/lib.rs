@@ -86,7 +86,8 @@ pub fn ddim(steps: usize) -> SamplingOptions {
             eta: 0.0,
             spacing: Spacing::Uniform,
         },
-        clip_x0: true,
+        clip_x0: elbo_models::sample::ClipX0::Static,
+        guidance: None,
     }
 }
 

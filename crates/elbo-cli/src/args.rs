@@ -7,9 +7,10 @@ use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use elbo_models::session::{
-    self, DataSpec, DdpmJob, DdpmPreset, Device, DeviceSpec, ElboTraining, HvaeArch, HvaeJob,
-    HvaeVariant, Likelihood, LossKind, Objective, Recipe, RecipeName, SamplerSpec, ScheduleKind,
-    TrainDefaults, TrainOptions, TrainingAids, VaeJob, VaePreset, VarianceKind,
+    self, Classes, ClipX0, DataSpec, DdpmJob, DdpmPreset, Device, DeviceSpec, ElboTraining,
+    Guidance, HvaeArch, HvaeJob, HvaeVariant, Likelihood, LossKind, Objective, Recipe, RecipeName,
+    SamplerSpec, ScheduleKind, TrainDefaults, TrainOptions, TrainingAids, VaeJob, VaePreset,
+    VarianceKind,
 };
 
 /// Latent-variable generative models (VAE, hierarchical VAE, DDPM) on libtorch.
@@ -61,6 +62,52 @@ where
     T::Err: std::fmt::Display,
 {
     text.parse::<T>().map_err(|e| e.to_string())
+}
+
+/// How a DDPM's steps treat their prediction of x_0, and a class-conditional DDPM's
+/// classes and guidance (`elbo sample`, `elbo eval --frechet`).
+#[derive(Debug, Args)]
+pub struct StepArgs {
+    /// A DDPM: do not clip each step's prediction of x_0 to [-1, 1].
+    #[arg(long, conflicts_with = "dynamic_threshold")]
+    pub no_clip: bool,
+    /// A DDPM: Saharia et al.'s dynamic thresholding instead of clipping: per image, the
+    /// P quantile of |x_0| (at least 1) becomes the range x_0 is clipped to and divided
+    /// by (they use 0.995).
+    #[arg(long, value_name = "P")]
+    pub dynamic_threshold: Option<f64>,
+    /// A class-conditional DDPM (trained with --cond-drop): draw this class, or `all`
+    /// (as many of each class in class order: one row per class in a grid).
+    #[arg(long, value_name = "K|all", value_parser = parse::<Classes>)]
+    pub class: Option<Classes>,
+    /// With --class: classifier-free guidance's w, eps = (1 + w) eps(x, class) - w
+    /// eps(x, null) (default 0: the conditional model alone).
+    #[arg(long, value_name = "W", requires = "class")]
+    pub guidance: Option<f64>,
+}
+
+impl StepArgs {
+    /// What each step does with its x_0.
+    pub fn clip_x0(&self) -> ClipX0 {
+        match (self.no_clip, self.dynamic_threshold) {
+            (true, _) => ClipX0::None,
+            (false, Some(percentile)) => ClipX0::Dynamic { percentile },
+            (false, None) => ClipX0::Static,
+        }
+    }
+
+    /// The classes and guidance asked for.
+    pub fn guidance(&self) -> Option<Guidance> {
+        self.class.map(|classes| Guidance {
+            classes,
+            scale: self.guidance.unwrap_or(0.0),
+        })
+    }
+
+    /// Whether any of these options was given.
+    pub fn any(&self) -> bool {
+        self.no_clip || self.dynamic_threshold.is_some() || self.class.is_some()
+    }
 }
 
 /// Where to compute.
@@ -247,6 +294,12 @@ pub struct DdpmArgs {
     /// Dropout in the residual blocks (default: the preset's).
     #[arg(long)]
     pub dropout: Option<f64>,
+    /// Class-conditional, for classifier-free guidance: each training label is replaced
+    /// by the null label with this probability (e.g. 0.1), so that the one network also
+    /// learns the unconditional model. `elbo sample --class K --guidance W` then draws a
+    /// class.
+    #[arg(long, value_name = "P")]
+    pub cond_drop: Option<f64>,
     /// After training, evaluate the full bound on this many test images (T network
     /// calls each); `elbo eval --examples N` measures more.
     #[arg(long, default_value_t = 100)]
@@ -312,12 +365,26 @@ pub struct EvalArgs {
     /// With --frechet, for a DDPM: the quality-versus-cost sweep, N samples with each
     /// of DDIM at 5, 10, 15, 20, 50 network calls and DPM-Solver++ 2M and UniPC at 5,
     /// 10, 15, 20; writes the chart of the distance against the calls.
-    #[arg(long, requires = "frechet", conflicts_with = "sampler")]
+    #[arg(long, requires = "frechet", conflicts_with_all = ["sampler", "class"])]
     pub sweep: bool,
-    /// With --sweep: the chart's file (default frechet-sweep.png in the run folder; the
-    /// points go beside it as .json).
-    #[arg(long, requires = "sweep")]
+    /// With --frechet, for a class-conditional DDPM: at each guidance scale w of the
+    /// list (e.g. 0,1,3), N samples (as many of each class) with --sampler; their
+    /// Fréchet distance and the classifier's accuracy on them, per class; writes the
+    /// chart against w.
+    #[arg(
+        long,
+        value_name = "W,W,...",
+        value_delimiter = ',',
+        requires = "frechet",
+        conflicts_with_all = ["sweep", "class"]
+    )]
+    pub guidance_sweep: Option<Vec<f64>>,
+    /// With --sweep or --guidance-sweep: the chart's file (default frechet-sweep.png or
+    /// guidance-sweep.png in the run folder; the points go beside it as .json).
+    #[arg(long)]
     pub sweep_out: Option<PathBuf>,
+    #[command(flatten)]
+    pub steps: StepArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -345,9 +412,8 @@ pub struct SampleArgs {
     /// eta 0, uniform).
     #[arg(long, value_parser = parse::<SamplerSpec>)]
     pub sampler: Option<SamplerSpec>,
-    /// A DDPM: do not clip each step's prediction of x_0 to [-1, 1].
-    #[arg(long)]
-    pub no_clip: bool,
+    #[command(flatten)]
+    pub steps: StepArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -493,6 +559,7 @@ impl DdpmArgs {
             loss: self.loss,
             variance: self.variance,
             dropout: self.dropout,
+            cond_drop: self.cond_drop,
             final_examples: self.final_examples,
             train: self.train.options(&self.run, device),
         }

@@ -1,7 +1,7 @@
 //! `elbo eval`, `elbo sample` and `elbo plot`: parse, call the library once, print.
 
 use anyhow::Result;
-use elbo_models::session::{self, FrechetConfig, SampleRequest, SamplerSpec};
+use elbo_models::session::{self, FrechetConfig, SampleRequest, SamplerSpec, SamplingOptions};
 
 use crate::args::{EvalArgs, PlotArgs, SampleArgs};
 use crate::progress::print_eval;
@@ -11,6 +11,12 @@ use crate::train::device;
 pub fn eval(args: EvalArgs) -> Result<()> {
     let device = device(&args.device)?;
     let (Some(samples), Some(classifier)) = (args.frechet, &args.classifier) else {
+        if args.steps.any() {
+            anyhow::bail!(
+                "--no-clip, --dynamic-threshold, --class and --guidance shape the samples of \
+                 --frechet; the bound does not sample"
+            );
+        }
         let (restored, report) = session::evaluate_checkpoint(
             &args.checkpoint,
             args.data.as_ref(),
@@ -22,12 +28,56 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         print_eval(&report);
         return Ok(());
     };
+    let steps = &args.steps;
+    let sampling = (args.sampler.is_some() || steps.any()).then(|| SamplingOptions {
+        sampler: args.sampler.unwrap_or_default(),
+        clip_x0: steps.clip_x0(),
+        guidance: steps.guidance(),
+    });
     let config = FrechetConfig {
         samples,
         seed: args.seed,
-        sampling: args.sampler.map(session::clipped),
+        sampling,
         ..FrechetConfig::default()
     };
+    if let Some(scales) = &args.guidance_sweep {
+        let (restored, report) = session::guidance_sweep(
+            &args.checkpoint,
+            classifier,
+            args.data.as_ref(),
+            &config,
+            scales,
+            device,
+            args.sweep_out.as_deref(),
+            &mut |point| {
+                let classes: Vec<String> = point
+                    .class_accuracy
+                    .iter()
+                    .map(|a| format!("{:.0}", 100.0 * a))
+                    .collect();
+                println!(
+                    "w {:<5} Fréchet distance {:>8.3}  accuracy {:>5.1} %  per class (%) {}",
+                    point.scale,
+                    point.distance,
+                    100.0 * point.accuracy,
+                    classes.join(" ")
+                )
+            },
+        )?;
+        print_sweep_files(
+            &restored,
+            report.samples,
+            report.floor,
+            &report.plot,
+            &report.json,
+        );
+        return Ok(());
+    }
+    if args.sweep_out.is_some() && !args.sweep {
+        anyhow::bail!(
+            "--sweep-out names the chart of --sweep or --guidance-sweep, and neither was given"
+        );
+    }
     if args.sweep {
         let (restored, report) = session::frechet_sweep(
             &args.checkpoint,
@@ -46,16 +96,12 @@ pub fn eval(args: EvalArgs) -> Result<()> {
                 )
             },
         )?;
-        print_checkpoint(&restored);
-        println!(
-            "  floor: {} training images vs the test images: {:.3}",
-            report.samples, report.floor
-        );
-        println!(
-            "chart {}
-points {}",
-            report.plot.display(),
-            report.json.display()
+        print_sweep_files(
+            &restored,
+            report.samples,
+            report.floor,
+            &report.plot,
+            &report.json,
         );
         return Ok(());
     }
@@ -82,6 +128,18 @@ points {}",
     Ok(())
 }
 
+fn print_sweep_files(
+    restored: &session::Restored,
+    samples: usize,
+    floor: f64,
+    plot: &std::path::Path,
+    json: &std::path::Path,
+) {
+    print_checkpoint(restored);
+    println!("  floor: {samples} training images vs the test images: {floor:.3}");
+    println!("chart {}\npoints {}", plot.display(), json.display());
+}
+
 fn print_checkpoint(restored: &session::Restored) {
     println!(
         "checkpoint {} (step {})",
@@ -98,7 +156,8 @@ pub fn sample(args: SampleArgs) -> Result<()> {
         out: args.out,
         interpolation_steps: args.interpolate,
         sampler: args.sampler,
-        clip_x0: !args.no_clip,
+        clip_x0: args.steps.clip_x0(),
+        guidance: args.steps.guidance(),
         seed: args.seed,
     };
     for path in session::sample_checkpoint(&args.checkpoint, &request, device)? {

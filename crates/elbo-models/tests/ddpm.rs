@@ -4,9 +4,13 @@
 
 use std::sync::atomic::AtomicBool;
 
-use elbo_models::models::ddpm::{Ddpm, DdpmConfig, DdpmPreset, LossKind, Objective, VarianceKind};
-use elbo_models::models::{ElboModel, SteppedSampling, draw_samples, trajectory};
-use elbo_models::sample::{SamplerSpec, SamplingOptions};
+use elbo_models::models::ddpm::{
+    Ddpm, DdpmConfig, DdpmPreset, Guided, LossKind, Objective, VarianceKind, drop_labels,
+};
+use elbo_models::models::{ElboModel, ModelConfig, SteppedSampling, draw_samples, trajectory};
+use elbo_models::sample::{
+    self as sample, Classes, ClipX0, Denoiser, Guidance, NoiseProcess, SamplerSpec, SamplingOptions,
+};
 use elbo_models::train::{self, Control, RunDir, TrainConfig, TrainData};
 use elbo_models::{data, eval, session};
 use tch::{Device, nn::VarStore};
@@ -70,7 +74,8 @@ fn tiny_model(vs: &VarStore, objective: Objective, loss: LossKind) -> Ddpm {
 fn ddim(steps: usize) -> SamplingOptions {
     SamplingOptions {
         sampler: format!("ddim-{steps}").parse().unwrap(),
-        clip_x0: true,
+        clip_x0: elbo_models::sample::ClipX0::Static,
+        guidance: None,
     }
 }
 
@@ -305,7 +310,8 @@ fn samplers_give_images_in_range_and_a_trajectory() {
     ] {
         let options = SamplingOptions {
             sampler: sampler.parse().unwrap(),
-            clip_x0: true,
+            clip_x0: elbo_models::sample::ClipX0::Static,
+            guidance: None,
         };
         let x = tch::no_grad(|| draw_samples(&model, 3, Some(&options))).unwrap();
         assert_eq!(x.size(), [3, 1, 28, 28], "{sampler}");
@@ -319,7 +325,8 @@ fn samplers_give_images_in_range_and_a_trajectory() {
     let model = model
         .with_sampling(SamplingOptions {
             sampler: SamplerSpec::default(),
-            clip_x0: true,
+            clip_x0: elbo_models::sample::ClipX0::Static,
+            guidance: None,
         })
         .unwrap();
     tch::manual_seed(5);
@@ -332,4 +339,280 @@ fn samplers_give_images_in_range_and_a_trajectory() {
     let err = model.with_sampling(ddim(500)).err().unwrap().to_string();
     assert!(err.contains("between 1 and T = 100"), "{err}");
     assert!(strip.isfinite().all().int64_value(&[]) == 1);
+}
+
+/// A class-conditional tiny DDPM with every weight redrawn (the zero-initialised output
+/// convolution would otherwise make its output independent of the label).
+fn tiny_conditional(vs: &VarStore, cond_drop: f64) -> Ddpm {
+    let config = common::tiny_ddpm().conditional(10, cond_drop).unwrap();
+    let model = Ddpm::new(&vs.root(), config).unwrap();
+    tch::no_grad(|| {
+        for (_, mut v) in vs.variables() {
+            let fresh = v.randn_like() * 0.2;
+            v.copy_(&fresh);
+        }
+    });
+    model
+}
+
+fn guided(classes: Classes, scale: f64) -> SamplingOptions {
+    SamplingOptions {
+        sampler: "ddim-4".parse().unwrap(),
+        clip_x0: ClipX0::Static,
+        guidance: Some(Guidance { classes, scale }),
+    }
+}
+
+fn max_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+/// The network as a test sees it: `labels` given explicitly, whatever the sampler asks.
+struct Labelled<'a> {
+    model: &'a Ddpm,
+    label: i64,
+}
+
+impl Denoiser for Labelled<'_> {
+    fn process(&self) -> &dyn NoiseProcess {
+        Denoiser::process(self.model)
+    }
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+    fn predict(&self, x_t: &tch::Tensor, t: usize, clip_x0: ClipX0) -> (tch::Tensor, tch::Tensor) {
+        let n = x_t.size()[0];
+        let t = tch::Tensor::full([n], t as i64, (tch::Kind::Int64, Device::Cpu));
+        let labels = tch::Tensor::full([n], self.label, (tch::Kind::Int64, Device::Cpu));
+        let output = self
+            .model
+            .unet()
+            .forward_labelled(x_t, &t, Some(&labels), false);
+        self.model
+            .diffusion()
+            .predictions(&output, x_t, &t, clip_x0)
+    }
+    fn reverse_step(
+        &self,
+        x0_hat: &tch::Tensor,
+        x_t: &tch::Tensor,
+        t: usize,
+    ) -> (tch::Tensor, f64) {
+        self.model.reverse_step(x0_hat, x_t, t)
+    }
+}
+
+/// Classifier-free guidance: both predictions from one call on the doubled batch equal
+/// the two separate calls; w = 0 is the conditional network; w = 2 is 3 cond - 2 uncond;
+/// and the label changes the output (so none of this holds by accident).
+#[test]
+fn guidance_combines_the_conditional_and_the_null_label_from_one_call() {
+    let _guard = exclusive();
+    tch::manual_seed(1);
+    let vs = VarStore::new(Device::Cpu);
+    let model = tiny_conditional(&vs, 0.1);
+    let x = tch::Tensor::randn([4, 1, 28, 28], (tch::Kind::Float, Device::Cpu));
+    let t = tch::Tensor::from_slice(&[1i64, 30, 60, 100]);
+    let three = tch::Tensor::full([4], 3, (tch::Kind::Int64, Device::Cpu));
+    tch::no_grad(|| {
+        let unet = model.unet();
+        let cond = unet.forward_labelled(&x, &t, Some(&three), false);
+        let uncond = unet.forward(&x, &t, false);
+        let null = tch::Tensor::full([4], 10, (tch::Kind::Int64, Device::Cpu));
+        // The null-label path: no labels is the null label, exactly.
+        assert!(uncond.equal(&unet.forward_labelled(&x, &t, Some(&null), false)));
+        assert!(max_diff(&cond, &uncond) > 1e-2, "the label does not matter");
+        let at = |w: f64| {
+            Guided::new(
+                &model,
+                &Guidance {
+                    classes: Classes::One(3),
+                    scale: w,
+                },
+                4,
+            )
+            .unwrap()
+        };
+        let (c, u) = at(2.0).both(&x, &t);
+        // Outputs are O(1) in f32; a batch of 8 instead of 4 may change the order of
+        // the convolutions' sums, nothing more: 1e-5.
+        assert!(max_diff(&c, &cond) < 1e-5 && max_diff(&u, &uncond) < 1e-5);
+        assert!(at(0.0).output(&x, &t).equal(&cond));
+        let expected = &cond * 3.0 - &uncond * 2.0;
+        assert!(max_diff(&at(2.0).output(&x, &t), &expected) < 1e-4);
+    });
+}
+
+/// Sampling: guidance w = 0 is the conditional model's own sample (the same draws
+/// through a test-side denoiser that hands the network the label), an unguided draw of
+/// a conditional model is its null label's, w > 0 changes the samples, and `all` draws
+/// the classes in turn.
+#[test]
+fn guided_samples_follow_the_label_and_w_0_is_the_conditional_model() {
+    let _guard = exclusive();
+    let vs = VarStore::new(Device::Cpu);
+    let model = tiny_conditional(&vs, 0.1);
+    let draw = |options: &SamplingOptions, n: i64, seed: i64| {
+        tch::manual_seed(seed);
+        tch::no_grad(|| model.sample_with(n, options, 0)).unwrap().0
+    };
+    let by_hand = |label: i64, n: i64, seed: i64| {
+        tch::manual_seed(seed);
+        let options = SamplingOptions {
+            guidance: None,
+            ..guided(Classes::All, 0.0)
+        };
+        let denoiser = Labelled {
+            model: &model,
+            label,
+        };
+        tch::no_grad(|| sample::sample(&denoiser, &[n, 1, 28, 28], &options, 0))
+            .unwrap()
+            .0
+    };
+    let w0 = draw(&guided(Classes::One(3), 0.0), 3, 7);
+    assert!(w0.equal(&by_hand(3, 3, 7)));
+    let unguided = draw(
+        &SamplingOptions {
+            guidance: None,
+            ..guided(Classes::All, 0.0)
+        },
+        3,
+        7,
+    );
+    assert!(unguided.equal(&by_hand(10, 3, 7)));
+    assert!(max_diff(&w0, &unguided) > 1e-3);
+    let w2 = draw(&guided(Classes::One(3), 2.0), 3, 7);
+    assert!(max_diff(&w0, &w2) > 1e-3);
+    // `all`: n / 10 of each class, in class order, as if drawn class by class.
+    let all = draw(&guided(Classes::All, 1.0), 20, 9);
+    tch::manual_seed(9);
+    let parts: Vec<_> = (0..10)
+        .map(|k| {
+            tch::no_grad(|| model.sample_with(2, &guided(Classes::One(k), 1.0), 0))
+                .unwrap()
+                .0
+        })
+        .collect();
+    assert!(all.equal(&tch::Tensor::cat(&parts, 0)));
+}
+
+/// What guidance refuses, each with what it expected and found.
+#[test]
+fn guidance_errors_say_what_was_expected() {
+    let _guard = exclusive();
+    let vs = VarStore::new(Device::Cpu);
+    let conditional = tiny_conditional(&vs, 0.1);
+    let vs0 = VarStore::new(Device::Cpu);
+    let undropped = tiny_conditional(&vs0, 0.0);
+    let vs1 = VarStore::new(Device::Cpu);
+    let unconditional = Ddpm::new(&vs1.root(), common::tiny_ddpm()).unwrap();
+    let err = |model: &Ddpm, options: SamplingOptions, n: i64| {
+        tch::no_grad(|| model.sample_with(n, &options, 0))
+            .err()
+            .unwrap()
+            .to_string()
+    };
+    for (model, options, n, expected) in [
+        (
+            &unconditional,
+            guided(Classes::One(1), 0.0),
+            2,
+            "found an unconditional one",
+        ),
+        (
+            &conditional,
+            guided(Classes::One(10), 0.0),
+            2,
+            "a class between 0 and 9 (the model has 10), found 10",
+        ),
+        (
+            &conditional,
+            guided(Classes::One(1), -1.0),
+            2,
+            "finite w >= 0, found -1",
+        ),
+        (
+            &conditional,
+            guided(Classes::One(1), f64::NAN),
+            2,
+            "found NaN",
+        ),
+        (&undropped, guided(Classes::One(1), 1.0), 2, "--cond-drop 0"),
+        (
+            &conditional,
+            guided(Classes::All, 1.0),
+            7,
+            "multiple of 10, found 7",
+        ),
+        (
+            &conditional,
+            SamplingOptions {
+                clip_x0: ClipX0::Dynamic { percentile: 1.5 },
+                ..guided(Classes::One(1), 1.0)
+            },
+            2,
+            "percentile must be in (0, 1], found 1.5",
+        ),
+    ] {
+        let message = err(model, options, n);
+        assert!(message.contains(expected), "{message}");
+    }
+    // w = 0 needs no null label.
+    assert!(tch::no_grad(|| undropped.sample_with(2, &guided(Classes::One(1), 0.0), 0)).is_ok());
+    assert!(
+        DdpmConfig {
+            cond_drop: 0.1,
+            ..common::tiny_ddpm()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("needs a class-conditional network")
+    );
+}
+
+/// Label dropout replaces each label by the null label with probability p and leaves
+/// the others; p = 0 draws nothing.
+#[test]
+fn label_dropout_replaces_a_fraction_p_with_the_null_label() {
+    let _guard = exclusive();
+    tch::manual_seed(3);
+    let n = 100_000i64;
+    let labels = tch::Tensor::arange(n, (tch::Kind::Int64, Device::Cpu)).remainder(10);
+    let dropped = drop_labels(&labels, 10, 0.1);
+    let nulls = dropped.eq(10).sum(tch::Kind::Int64).int64_value(&[]) as f64 / n as f64;
+    // Binomial: sd sqrt(p (1 - p) / n) = 0.00095; 4 sd.
+    assert!(
+        (nulls - 0.1).abs() < 4.0 * (0.1f64 * 0.9 / n as f64).sqrt(),
+        "{nulls}"
+    );
+    let kept = dropped.ne(10);
+    assert!(
+        dropped
+            .masked_select(&kept)
+            .equal(&labels.masked_select(&kept))
+    );
+    tch::manual_seed(4);
+    assert!(drop_labels(&labels, 10, 0.0).equal(&labels));
+    let after = tch::Tensor::rand([1], (tch::Kind::Float, Device::Cpu));
+    tch::manual_seed(4);
+    assert!(after.equal(&tch::Tensor::rand([1], (tch::Kind::Float, Device::Cpu))));
+}
+
+/// An unconditional configuration's JSON has no trace of conditioning (its checkpoints
+/// are those of before); a conditional one records both fields.
+#[test]
+fn unconditional_configs_are_unchanged_and_conditional_ones_record_their_classes() {
+    let json = ModelConfig::Ddpm(common::tiny_ddpm()).to_json().to_string();
+    assert!(
+        !json.contains("num_classes") && !json.contains("cond_drop"),
+        "{json}"
+    );
+    let conditional = common::tiny_ddpm().conditional(10, 0.1).unwrap();
+    let json = ModelConfig::Ddpm(conditional.clone()).to_json().to_string();
+    assert!(
+        json.contains("\"num_classes\":10") && json.contains("\"cond_drop\":0.1"),
+        "{json}"
+    );
 }

@@ -48,7 +48,8 @@ fn model(kind: &str, vs: &VarStore) -> Box<dyn ElboModel> {
             let config = common::tiny_ddpm();
             let sampling = elbo_models::sample::SamplingOptions {
                 sampler: "ddim-2".parse().unwrap(),
-                clip_x0: true,
+                clip_x0: elbo_models::sample::ClipX0::Static,
+                guidance: None,
             };
             Box::new(
                 Ddpm::new(&vs.root(), config)

@@ -17,7 +17,7 @@ use crate::data;
 use crate::error::{Error, Result};
 use crate::eval::classifier::{self, Classifier};
 use crate::models::{ElboModel, draw_samples};
-use crate::sample::{SamplerSpec, SamplingOptions};
+use crate::sample::{Classes, Guidance, SamplerSpec, SamplingOptions};
 
 /// How the distance is measured.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -73,8 +73,14 @@ pub fn unit_samples(
     tch::manual_seed((seed & i64::MAX as u64) as i64);
     let mut parts = Vec::new();
     let mut left = n as i64;
+    // Drawing as many of each class orders the whole draw: one call.
+    let batch = if sampling.is_none_or(SamplingOptions::splits) {
+        batch.max(1)
+    } else {
+        left
+    };
     while left > 0 {
-        let size = left.min(batch.max(1));
+        let size = left.min(batch);
         let images = tch::no_grad(|| draw_samples(model, size, sampling))?;
         parts.push(data::to_unit_range(model.likelihood(), &images).clamp(0.0, 1.0));
         left -= size;
@@ -210,10 +216,7 @@ pub fn sweep(
     for sampler in samplers {
         sampler.validate(stepped.process())?;
         let config = FrechetConfig {
-            sampling: Some(SamplingOptions {
-                sampler: *sampler,
-                clip_x0: true,
-            }),
+            sampling: Some(SamplingOptions::clipped(*sampler)),
             ..*config
         };
         let report = frechet_of_model(model, classifier, splits, &config, device)?;
@@ -264,5 +267,148 @@ pub fn sweep_figure(points: &[SweepPoint], floor: f64, title: &str) -> elbo_plot
             x_label: "network calls per image".to_string(),
             series,
         }],
+    }
+}
+
+/// One point of a guidance sweep: a class-conditional model's samples at one guidance
+/// scale, as many of each class.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GuidancePoint {
+    /// w.
+    pub scale: f64,
+    /// The Fréchet distance of all the samples (every class alike) to the test images.
+    pub distance: f64,
+    /// The fraction of samples the classifier assigns to the class they were drawn for.
+    pub accuracy: f64,
+    /// The same for each class.
+    pub class_accuracy: Vec<f64>,
+}
+
+/// For each guidance scale of `scales`: `config.samples` samples of the class-conditional
+/// `model`, as many of each class (N must be a multiple of the classes), with
+/// `config.sampling`'s sampler and treatment of `x_0` (default DDIM-50, clipped; its
+/// guidance is replaced), the same seed for every scale; their Fréchet distance and
+/// the classifier's accuracy on them, overall and per class. `on_point` sees each
+/// result as it comes. Returns the points and the floor of N training images.
+pub fn guidance_sweep(
+    model: &dyn ElboModel,
+    classifier: &Classifier,
+    splits: &Splits,
+    config: &FrechetConfig,
+    scales: &[f64],
+    device: Device,
+    on_point: &mut dyn FnMut(&GuidancePoint),
+) -> Result<(Vec<GuidancePoint>, f64)> {
+    let classes = model
+        .capabilities()
+        .stepped
+        .and_then(|s| s.classes())
+        .ok_or_else(|| Error::Config {
+            detail: format!(
+                "a guidance sweep needs a class-conditional DDPM (trained with --cond-drop), \
+                 found {}",
+                model.config().family()
+            ),
+        })?;
+    let n = config.samples as i64;
+    if n < 2 * classes || n % classes != 0 {
+        return Err(Error::Config {
+            detail: format!(
+                "a guidance sweep draws as many samples of each of the {classes} classes: \
+                 expected a multiple of {classes} of at least {}, found {n}",
+                2 * classes
+            ),
+        });
+    }
+    let base = config.sampling.unwrap_or_default();
+    let per_class = n / classes;
+    let labels = Tensor::arange(classes, (tch::Kind::Int64, device))
+        .repeat_interleave_self_int(per_class, None, None);
+    let mut points = Vec::with_capacity(scales.len());
+    let mut floor = f64::NAN;
+    for &scale in scales {
+        let sampling = SamplingOptions {
+            guidance: Some(Guidance {
+                classes: Classes::All,
+                scale,
+            }),
+            ..base
+        };
+        let config = FrechetConfig {
+            sampling: Some(sampling),
+            ..*config
+        };
+        let images = unit_samples(
+            model,
+            config.samples,
+            config.batch,
+            config.seed,
+            Some(&sampling),
+        )?
+        .to_device(device);
+        let report = frechet_of_images(classifier, &images, splits, &config, device)?;
+        floor = report.train_floor;
+        let class_accuracy = (0..classes)
+            .map(|k| {
+                let range = |t: &Tensor| t.narrow(0, k * per_class, per_class);
+                classifier::accuracy(classifier, &range(&images), &range(&labels), config.batch)
+            })
+            .collect();
+        let point = GuidancePoint {
+            scale,
+            distance: report.distance,
+            accuracy: classifier::accuracy(classifier, &images, &labels, config.batch),
+            class_accuracy,
+        };
+        on_point(&point);
+        points.push(point);
+    }
+    Ok((points, floor))
+}
+
+/// The guidance sweep as a chart: the Fréchet distance and the classifier's accuracy
+/// (overall, and of the worst class) against the guidance scale.
+pub fn guidance_figure(points: &[GuidancePoint], floor: f64, title: &str) -> elbo_plot::Figure {
+    let series = |name: &str, y: &dyn Fn(&GuidancePoint) -> f64| elbo_plot::Series {
+        name: name.to_string(),
+        points: points.iter().map(|p| (p.scale, y(p))).collect(),
+        style: elbo_plot::Style::LineAndDots,
+    };
+    let mut distance = vec![series("samples", &|p| p.distance)];
+    let (low, high) = points
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), p| {
+            (l.min(p.scale), h.max(p.scale))
+        });
+    if floor.is_finite() && low.is_finite() {
+        distance.push(elbo_plot::Series {
+            name: "floor (training images)".to_string(),
+            points: vec![(low, floor), (high, floor)],
+            style: elbo_plot::Style::Line,
+        });
+    }
+    let worst = |p: &GuidancePoint| {
+        p.class_accuracy
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min)
+    };
+    elbo_plot::Figure {
+        title: title.to_string(),
+        panels: vec![
+            elbo_plot::Panel {
+                title: "Frechet distance (classifier features)".to_string(),
+                x_label: "guidance scale w".to_string(),
+                series: distance,
+            },
+            elbo_plot::Panel {
+                title: "classifier accuracy on the samples".to_string(),
+                x_label: "guidance scale w".to_string(),
+                series: vec![
+                    series("all classes", &|p| p.accuracy),
+                    series("worst class", &worst),
+                ],
+            },
+        ],
     }
 }

@@ -147,8 +147,14 @@ pub trait SteppedSampling {
     fn default_sampling(&self) -> SamplingOptions;
     /// The noise process its samplers run on (T, alpha-bar, log-SNR).
     fn process(&self) -> &dyn crate::sample::NoiseProcess;
+    /// The classes of a class-conditional model (`None`: unconditional).
+    fn classes(&self) -> Option<i64>;
+    /// An error unless `options` fit the model: the sampler fits T, a dynamic
+    /// threshold's quantile is in (0, 1], and guidance asks a class-conditional model
+    /// for its classes with a scale it can use.
+    fn check(&self, options: &SamplingOptions) -> Result<()>;
     /// `n` samples with `options`, and `frames` states along the way (the last is the
-    /// result); an error if the sampler does not fit the model (more steps than T).
+    /// result); an error if they do not fit the model ([`SteppedSampling::check`]).
     fn sample_with(
         &self,
         n: i64,
@@ -174,7 +180,7 @@ pub fn draw_samples(
 ) -> Result<Tensor> {
     // Batches of at most this many images: any n fits in memory.
     const BATCH: i64 = 256;
-    if n > BATCH {
+    if n > BATCH && sampling.is_none_or(SamplingOptions::splits) {
         let mut parts = Vec::new();
         let mut left = n;
         while left > 0 {
@@ -183,6 +189,12 @@ pub fn draw_samples(
             left -= now;
         }
         return Ok(Tensor::cat(&parts, 0));
+    }
+    if let (Some(options), Some(stepped)) = (sampling, model.capabilities().stepped)
+        && !options.splits()
+    {
+        // Drawn class by class by the model itself.
+        return Ok(stepped.sample_with(n, options, 0)?.0.clamp(-1.0, 1.0));
     }
     match (sampling, model.capabilities().stepped) {
         (None, _) => model.sample(n),

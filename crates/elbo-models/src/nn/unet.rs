@@ -35,6 +35,11 @@ pub struct UnetConfig {
     pub dropout: f64,
     /// GroupNorm groups.
     pub norm_groups: i64,
+    /// Class-conditional: the number of classes, whose learned embeddings (one more for
+    /// the null label, index `num_classes`) are added to the time embedding. `None` (and
+    /// absent from checkpoints): unconditional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_classes: Option<i64>,
 }
 
 impl UnetConfig {
@@ -65,6 +70,13 @@ impl UnetConfig {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout must be in [0, 1), found {}", self.dropout));
+        }
+        if let Some(classes) = self.num_classes
+            && !(1..=100_000).contains(&classes)
+        {
+            return bad(format!(
+                "a class-conditional UNet needs between 1 and 100000 classes, found {classes}"
+            ));
         }
         for &m in &self.channel_mults {
             let c = self.base_channels * m;
@@ -217,6 +229,8 @@ pub struct Unet {
     config: UnetConfig,
     time1: nn::Linear,
     time2: nn::Linear,
+    /// The class embeddings (num_classes + 1 rows, the last the null label's).
+    label: Option<nn::Embedding>,
     input: Conv,
     down: Vec<Layer>,
     middle: (ResBlock, Attention, ResBlock),
@@ -292,6 +306,10 @@ impl Unet {
             config: config.clone(),
             time1: nn::linear(p / "time1", ch, temb, Default::default()),
             time2: nn::linear(p / "time2", temb, temb, Default::default()),
+            // torch.nn.Embedding's initialisation: N(0, 1).
+            label: config
+                .num_classes
+                .map(|k| nn::embedding(p / "label", k + 1, temb, Default::default())),
             input: conv3(p / "input", config.in_channels, ch, 1, false),
             down,
             middle,
@@ -306,11 +324,39 @@ impl Unet {
         &self.config
     }
 
+    /// The null label of a class-conditional network (`num_classes`), `None` for an
+    /// unconditional one.
+    pub fn null_label(&self) -> Option<i64> {
+        self.config.num_classes
+    }
+
     /// The network at images `x` (B, C, H, W) and integer timesteps `t` (B,); dropout
-    /// only when `train`.
+    /// only when `train`. A class-conditional network sees the null label (the
+    /// unconditional model it learned through label dropout).
     pub fn forward(&self, x: &Tensor, t: &Tensor, train: bool) -> Tensor {
+        self.forward_labelled(x, t, None, train)
+    }
+
+    /// [`Unet::forward`] with class labels `labels` (B,), int64 in `0..=num_classes`
+    /// (`num_classes` is the null label); `None` is the null label. An unconditional
+    /// network has no label embedding and ignores `labels`: callers check
+    /// [`Unet::null_label`] first.
+    pub fn forward_labelled(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        labels: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
         let emb = timestep_embedding(t, self.config.base_channels);
-        let temb = self.time2.forward(&self.time1.forward(&emb).silu());
+        let mut temb = self.time2.forward(&self.time1.forward(&emb).silu());
+        if let (Some(table), Some(null)) = (&self.label, self.config.num_classes) {
+            let labels = match labels {
+                Some(labels) => labels.shallow_clone(),
+                None => Tensor::full([x.size()[0]], null, (Kind::Int64, x.device())),
+            };
+            temb = temb + table.forward(&labels);
+        }
         // Every residual block projects SiLU(temb): activated once here.
         let temb_act = temb.silu();
         let mut h = self.input.forward(x);

@@ -4,7 +4,7 @@
 
 use tch::Tensor;
 
-use super::{Denoiser, Sampler, Trajectory, start};
+use super::{ClipX0, Denoiser, Sampler, Trajectory, start};
 use crate::error::Result;
 
 /// The ancestral sampler.
@@ -20,7 +20,7 @@ impl Sampler for Ancestral {
         &self,
         denoiser: &dyn Denoiser,
         shape: &[i64],
-        clip_x0: bool,
+        clip_x0: ClipX0,
         trajectory: &mut Trajectory,
     ) -> Result<Tensor> {
         let mut x = start(shape, denoiser.device());

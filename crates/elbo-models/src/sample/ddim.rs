@@ -5,7 +5,7 @@
 
 use tch::Tensor;
 
-use super::{Denoiser, NoiseProcess, Sampler, Spacing, Trajectory, kept_timesteps, start};
+use super::{ClipX0, Denoiser, NoiseProcess, Sampler, Spacing, Trajectory, kept_timesteps, start};
 use crate::error::Result;
 
 /// The DDIM sampler.
@@ -28,7 +28,7 @@ impl Sampler for Ddim {
         &self,
         denoiser: &dyn Denoiser,
         shape: &[i64],
-        clip_x0: bool,
+        clip_x0: ClipX0,
         trajectory: &mut Trajectory,
     ) -> Result<Tensor> {
         let process = denoiser.process();

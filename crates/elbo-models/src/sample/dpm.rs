@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use elbo_math::dpm_solver::{Point, multistep, step_orders};
 use tch::Tensor;
 
-use super::{Denoiser, NoiseProcess, Sampler, Spacing, Trajectory, kept_timesteps, start};
+use super::{ClipX0, Denoiser, NoiseProcess, Sampler, Spacing, Trajectory, kept_timesteps, start};
 use crate::error::{Error, Result};
 
 /// The DPM-Solver++ sampler.
@@ -83,7 +83,7 @@ impl Sampler for DpmSolverPp {
         &self,
         denoiser: &dyn Denoiser,
         shape: &[i64],
-        clip_x0: bool,
+        clip_x0: ClipX0,
         trajectory: &mut Trajectory,
     ) -> Result<Tensor> {
         let process = denoiser.process();
@@ -126,7 +126,7 @@ mod tests {
         fn device(&self) -> Device {
             Device::Cpu
         }
-        fn predict(&self, x_t: &Tensor, t: usize, _clip_x0: bool) -> (Tensor, Tensor) {
+        fn predict(&self, x_t: &Tensor, t: usize, _clip_x0: ClipX0) -> (Tensor, Tensor) {
             let ab = NoiseProcess::alpha_bar(&self.schedule, t).unwrap();
             let (a, sigma) = (ab.sqrt(), (1.0 - ab).sqrt());
             let shrink = a * self.s * self.s / (a * a * self.s * self.s + sigma * sigma);
@@ -144,7 +144,7 @@ mod tests {
         let noise = Tensor::randn([4096], (Kind::Float, Device::Cpu));
         tch::manual_seed(11);
         let x = sampler
-            .run(denoiser, &[4096], false, &mut Trajectory::new(0, 1))
+            .run(denoiser, &[4096], ClipX0::None, &mut Trajectory::new(0, 1))
             .unwrap();
         (noise, x)
     }

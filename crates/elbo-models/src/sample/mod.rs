@@ -81,9 +81,9 @@ pub trait Denoiser {
     /// Where the model's tensors live.
     fn device(&self) -> Device;
     /// One network call at step `t` (of `1..=T`) on the batch `x_t`: the predictions of
-    /// `x_0` and of `eps`; with `clip_x0`, `x_0` is clipped to [-1, 1] and `eps`
-    /// recomputed from it.
-    fn predict(&self, x_t: &Tensor, t: usize, clip_x0: bool) -> (Tensor, Tensor);
+    /// `x_0` and of `eps`; `x_0` clipped as `clip_x0` says (and `eps` then recomputed
+    /// from it).
+    fn predict(&self, x_t: &Tensor, t: usize, clip_x0: ClipX0) -> (Tensor, Tensor);
     /// The ancestral reverse step `p(x_{t-1} | x_t)` at the predicted `x_0`: its mean and
     /// its variance (the model's choice of variance).
     fn reverse_step(&self, x0_hat: &Tensor, x_t: &Tensor, t: usize) -> (Tensor, f64);
@@ -99,26 +99,158 @@ pub trait Sampler {
         &self,
         denoiser: &dyn Denoiser,
         shape: &[i64],
-        clip_x0: bool,
+        clip_x0: ClipX0,
         trajectory: &mut Trajectory,
     ) -> Result<Tensor>;
 }
 
-/// How to sample: which sampler, and whether each step clips its prediction of `x_0`.
+/// What each step does with its prediction of `x_0` before using it.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub enum ClipX0 {
+    /// Nothing.
+    None,
+    /// Clips it to [-1, 1], the data's range (Ho et al.; the default).
+    #[default]
+    Static,
+    /// Saharia et al.'s (2022) dynamic thresholding: per example, `s` = the `percentile`
+    /// quantile of `|x_0|` (at least 1), then `x_0` is clipped to [-s, s] and divided by
+    /// `s`. Pixels that a large guidance scale pushes past the data's range are pulled
+    /// back inside it instead of saturating. Saharia et al. use the 0.995 quantile.
+    Dynamic {
+        /// The quantile, in (0, 1].
+        percentile: f64,
+    },
+}
+
+impl ClipX0 {
+    /// Saharia et al.'s quantile.
+    pub const SAHARIA_PERCENTILE: f64 = 0.995;
+
+    /// An error unless a dynamic threshold's quantile is in (0, 1].
+    pub fn validate(self) -> Result<()> {
+        match self {
+            ClipX0::Dynamic { percentile } if !(percentile > 0.0 && percentile <= 1.0) => {
+                Err(Error::Config {
+                    detail: format!(
+                        "the dynamic threshold's percentile must be in (0, 1], found {percentile}"
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `x0` (shape (B, ...)) as this rule leaves it.
+    pub fn apply(self, x0: &Tensor) -> Tensor {
+        match self {
+            ClipX0::None => x0.shallow_clone(),
+            ClipX0::Static => x0.clamp(-1.0, 1.0),
+            ClipX0::Dynamic { percentile } => {
+                let b = x0.size()[0];
+                let s = x0
+                    .abs()
+                    .reshape([b, -1])
+                    .quantile_scalar(percentile, 1, true, "linear")
+                    .clamp_min(1.0);
+                let mut shape = vec![b];
+                shape.resize(x0.dim(), 1);
+                let s = s.reshape(&shape);
+                x0.clamp_tensor(Some(-&s), Some(s.shallow_clone())) / s
+            }
+        }
+    }
+}
+
+/// Classifier-free guidance (Ho & Salimans 2022) for a class-conditional model: the
+/// prediction `(1 + w) eps(x, c) - w eps(x, null)` (in whatever the network predicts,
+/// which is linear in eps), both terms from one network call on a doubled batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Guidance {
+    /// Which classes to draw.
+    pub classes: Classes,
+    /// `w`: 0 is the plain conditional model (one network call on the batch), larger
+    /// trades diversity for fidelity to the class.
+    pub scale: f64,
+}
+
+/// The classes a guided draw asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Classes {
+    /// Every sample of this class.
+    One(i64),
+    /// As many of each class, in class order (n must be a multiple of the number of
+    /// classes): a grid with n / classes columns has one row per class.
+    All,
+}
+
+impl std::fmt::Display for Classes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Classes::One(k) => write!(f, "{k}"),
+            Classes::All => f.write_str("all"),
+        }
+    }
+}
+
+impl std::str::FromStr for Classes {
+    type Err = Error;
+    /// `all`, or a class number.
+    fn from_str(s: &str) -> Result<Classes> {
+        if s == "all" {
+            return Ok(Classes::All);
+        }
+        s.parse::<i64>()
+            .ok()
+            .filter(|k| *k >= 0)
+            .map(Classes::One)
+            .ok_or_else(|| Error::Config {
+                detail: format!("a class is `all` or a class number (0, 1, ...), found `{s}`"),
+            })
+    }
+}
+
+/// How to sample: which sampler, what each step does with its prediction of `x_0`, and
+/// for a class-conditional model which classes and how strongly guided.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SamplingOptions {
     /// The sampler.
     pub sampler: SamplerSpec,
-    /// Clip each step's prediction of `x_0` to [-1, 1] (Ho et al.; the default).
-    pub clip_x0: bool,
+    /// Each step's treatment of its prediction of `x_0` (default: clipped to [-1, 1]).
+    pub clip_x0: ClipX0,
+    /// Classes and guidance (`None`: unguided; a class-conditional model then draws from
+    /// its null label, the unconditional model it learned).
+    pub guidance: Option<Guidance>,
+}
+
+impl SamplingOptions {
+    /// `sampler` with each step's `x_0` clipped, unguided.
+    pub fn clipped(sampler: SamplerSpec) -> SamplingOptions {
+        SamplingOptions {
+            sampler,
+            ..SamplingOptions::default()
+        }
+    }
+
+    /// Whether a batch of n may be drawn as several smaller batches with the same
+    /// options: not when drawing as many of each class, which orders the whole batch.
+    pub fn splits(&self) -> bool {
+        !matches!(
+            self.guidance,
+            Some(Guidance {
+                classes: Classes::All,
+                ..
+            })
+        )
+    }
 }
 
 impl Default for SamplingOptions {
-    /// DDIM-50, clipped.
+    /// DDIM-50, clipped, unguided.
     fn default() -> Self {
         SamplingOptions {
             sampler: SamplerSpec::default(),
-            clip_x0: true,
+            clip_x0: ClipX0::Static,
+            guidance: None,
         }
     }
 }
@@ -169,6 +301,7 @@ pub fn sample(
 ) -> Result<(Tensor, Vec<Tensor>)> {
     let big_t = denoiser.process().timesteps();
     options.sampler.validate(denoiser.process())?;
+    options.clip_x0.validate()?;
     let sampler = options.sampler.build();
     let mut trajectory = Trajectory::new(frames, sampler.network_calls(big_t));
     let x = sampler.run(denoiser, shape, options.clip_x0, &mut trajectory)?;
@@ -182,3 +315,58 @@ fn start(shape: &[i64], device: Device) -> Tensor {
 
 /// The network as the bound and the samplers' tests see it: output at `(x_t, t)`.
 pub type Network<'a> = dyn Fn(&Tensor, &Tensor) -> Tensor + 'a;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(t: &Tensor) -> Vec<f64> {
+        Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
+    }
+
+    /// Saharia et al.'s rule by hand: the quantile of |x| by linear interpolation
+    /// between order statistics, floored at 1; clip to [-s, s]; divide by s.
+    fn by_hand(x: &[f64], q: f64) -> Vec<f64> {
+        let mut sorted: Vec<f64> = x.iter().map(|v| v.abs()).collect();
+        sorted.sort_by(f64::total_cmp);
+        let pos = q * (sorted.len() - 1) as f64;
+        let (i, frac) = (pos.floor() as usize, pos.fract());
+        let upper = sorted[(i + 1).min(sorted.len() - 1)];
+        let s = (sorted[i] + frac * (upper - sorted[i])).max(1.0);
+        x.iter().map(|v| v.clamp(-s, s) / s).collect()
+    }
+
+    #[test]
+    fn dynamic_thresholding_rescales_each_example_by_its_quantile() {
+        let wide = [0.0, -0.5, 1.0, -1.5, 2.0, -2.5, 3.0, -3.5, 4.0];
+        let narrow = [0.2, -0.9, 0.5, 0.0, 1.0, -0.3, 0.7, -1.0, 0.1];
+        let x = Tensor::from_slice(&[wide, narrow].concat())
+            .to_kind(Kind::Float)
+            .reshape([2, 1, 3, 3]);
+        let q = 0.8;
+        let got = values(&ClipX0::Dynamic { percentile: q }.apply(&x));
+        // The wide example's 0.8 quantile is 3.2 (between 3.0 and 3.5): s = 3.2, so its
+        // values shrink and the largest saturate at 1; the narrow one's is below 1: s = 1,
+        // unchanged.
+        let expected = [by_hand(&wide, q), by_hand(&narrow, q)].concat();
+        assert!((expected[8] - 1.0).abs() < 1e-12 && (expected[2] - 1.0 / 3.2).abs() < 1e-12);
+        for (g, e) in got.iter().zip(&expected) {
+            assert!((g - e).abs() < 1e-6, "{got:?} vs {expected:?}");
+        }
+        assert_eq!(values(&ClipX0::Static.apply(&x))[8], 1.0);
+        assert_eq!(values(&ClipX0::None.apply(&x)), values(&x));
+        assert!(ClipX0::Dynamic { percentile: 0.0 }.validate().is_err());
+        assert!(ClipX0::Dynamic { percentile: 1.0 }.validate().is_ok());
+    }
+
+    #[test]
+    fn classes_parse_and_print() {
+        for text in ["all", "0", "7"] {
+            assert_eq!(text.parse::<Classes>().unwrap().to_string(), text);
+        }
+        for bad in ["-1", "x", ""] {
+            let err = bad.parse::<Classes>().unwrap_err().to_string();
+            assert!(err.contains("`all` or a class number"), "{err}");
+        }
+    }
+}

@@ -12,7 +12,7 @@ use elbo_math::unipc::corrector;
 use tch::Tensor;
 
 use super::dpm::{combine, math, point_at, solver_step, step_below};
-use super::{Denoiser, Sampler, Spacing, Trajectory, kept_timesteps, start};
+use super::{ClipX0, Denoiser, Sampler, Spacing, Trajectory, kept_timesteps, start};
 use crate::error::Result;
 
 /// The UniPC sampler (bh2, order 2, with its corrector).
@@ -33,7 +33,7 @@ impl Sampler for UniPc {
         &self,
         denoiser: &dyn Denoiser,
         shape: &[i64],
-        clip_x0: bool,
+        clip_x0: ClipX0,
         trajectory: &mut Trajectory,
     ) -> Result<Tensor> {
         let process = denoiser.process();

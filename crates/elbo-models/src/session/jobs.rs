@@ -154,6 +154,10 @@ impl Job for HvaeJob {
     }
 }
 
+/// The classes of a class-conditional DDPM: every data set elbo reads has 10 (its
+/// readers check each label against it).
+pub const CLASSES: i64 = 10;
+
 /// A DDPM training job (`elbo train ddpm`): a preset with changes, a recipe for the
 /// training settings the options do not give.
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -174,6 +178,10 @@ pub struct DdpmJob {
     pub variance: Option<VarianceKind>,
     /// Dropout in the residual blocks (default the preset's).
     pub dropout: Option<f64>,
+    /// Class-conditional with this label dropout (`--cond-drop`; `None`: unconditional):
+    /// the network learns `p(x | class)` and, from the dropped labels, `p(x)`, which
+    /// classifier-free guidance combines at sampling.
+    pub cond_drop: Option<f64>,
     /// Test images of the final evaluation of the full bound (T network calls each).
     pub final_examples: usize,
     /// The run.
@@ -207,7 +215,10 @@ impl DdpmJob {
         if let Some(v) = self.dropout {
             config.unet.dropout = v;
         }
-        config.unet.validate()?;
+        if let Some(p) = self.cond_drop {
+            config = config.conditional(CLASSES, p)?;
+        }
+        config.validate()?;
         Ok(config)
     }
 }

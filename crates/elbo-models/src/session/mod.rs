@@ -28,7 +28,7 @@ pub use crate::dist::{
 pub use crate::eval::classifier::{
     ClassifierJob, ClassifierReport, ClassifierTrainConfig, run_job as train_classifier,
 };
-pub use crate::eval::frechet::{FrechetConfig, FrechetReport, SweepPoint};
+pub use crate::eval::frechet::{FrechetConfig, FrechetReport, GuidancePoint, SweepPoint};
 pub use crate::eval::{ACTIVE_UNIT_THRESHOLD, ActiveUnits, EvalReport};
 pub use crate::models::ddpm::{
     DdpmPreset, LossKind, Objective, Recipe, RecipeName, ScheduleKind, VarianceKind,
@@ -36,7 +36,7 @@ pub use crate::models::ddpm::{
 pub use crate::models::hvae::{HvaeArch, HvaeVariant};
 pub use crate::models::vae::VaePreset;
 pub use crate::nn::likelihood::Likelihood;
-pub use crate::sample::{SamplerSpec, SamplingOptions};
+pub use crate::sample::{Classes, ClipX0, Guidance, SamplerSpec, SamplingOptions};
 pub use crate::sys::ffi::exit_now;
 pub use crate::sys::{DeviceSpec, RuntimeInfo, retain_freed_memory};
 pub use crate::train::aids::TrainingAids;
@@ -137,29 +137,33 @@ fn image_shape(dataset: &elbo_data::Dataset) -> [i64; 3] {
 }
 
 /// The sampling a user asks for, against what `model` can do: `None` for the model's
-/// own sampling; a sampler or unclipped steps need a model that samples in steps.
+/// own sampling; a sampler, another treatment of `x_0` or guidance need a model that
+/// samples in steps, and must fit it ([`SteppedSampling::check`](crate::models::SteppedSampling::check)).
 pub fn sampling_for(
     model: &dyn ElboModel,
     sampler: Option<SamplerSpec>,
-    clip_x0: bool,
+    clip_x0: ClipX0,
+    guidance: Option<Guidance>,
 ) -> Result<Option<SamplingOptions>> {
-    if sampler.is_none() && clip_x0 {
+    if sampler.is_none() && clip_x0 == ClipX0::Static && guidance.is_none() {
         return Ok(None);
     }
     let Some(stepped) = model.capabilities().stepped else {
         return Err(Error::Config {
             detail: format!(
-                "a {} model has a single sampler; --sampler and --no-clip apply to models \
-                 that sample in steps (DDPMs)",
+                "a {} model has a single sampler; --sampler, --no-clip, --dynamic-threshold, \
+                 --class and --guidance apply to models that sample in steps (DDPMs)",
                 model.config().family()
             ),
         });
     };
-    let default = stepped.default_sampling();
-    Ok(Some(SamplingOptions {
-        sampler: sampler.unwrap_or(default.sampler),
+    let options = SamplingOptions {
+        sampler: sampler.unwrap_or(stepped.default_sampling().sampler),
         clip_x0,
-    }))
+        guidance,
+    };
+    stepped.check(&options)?;
+    Ok(Some(options))
 }
 
 /// The sample quality of the checkpoint at `path`: the Fréchet distance between
@@ -181,6 +185,7 @@ pub fn frechet_of_checkpoint(
             restored.model.as_ref(),
             Some(options.sampler),
             options.clip_x0,
+            options.guidance,
         )?;
     }
     let features = crate::eval::classifier::restore(classifier, device)?;
@@ -199,19 +204,99 @@ pub fn frechet_of_checkpoint(
     Ok((restored, report))
 }
 
-/// What a quality-versus-cost sweep measured, and where it wrote it.
+/// What a sweep (over samplers, or over guidance scales) measured, and where it wrote
+/// it.
 #[derive(Clone, Debug)]
-pub struct SweepReport {
-    /// One point per sampler, in the order run.
-    pub points: Vec<SweepPoint>,
+pub struct SweepReport<P = SweepPoint> {
+    /// One point per sampler or scale, in the order run.
+    pub points: Vec<P>,
     /// The floor of N training images.
     pub floor: f64,
     /// N.
     pub samples: usize,
-    /// The chart (Fréchet distance against network calls per image).
+    /// The chart.
     pub plot: PathBuf,
     /// The points as JSON, beside the chart.
     pub json: PathBuf,
+}
+
+/// What a sweep measures and draws: `measure` runs it on the restored model, the
+/// classifier and the data; `figure` draws its points; `point` writes one as JSON.
+struct Sweep<'a, P> {
+    /// The chart's file name in the run folder when none is given.
+    default_name: &'a str,
+    measure: &'a mut dyn FnMut(
+        &dyn ElboModel,
+        &crate::eval::classifier::Classifier,
+        &elbo_data::Splits,
+    ) -> Result<(Vec<P>, f64)>,
+    figure: fn(&[P], f64, &str) -> elbo_plot::Figure,
+    point: fn(&P) -> serde_json::Value,
+}
+
+/// Restores the model, the classifier and the data once, runs `sweep`, and writes its
+/// chart to `out` (default: `sweep.default_name` in the run folder) and its points to
+/// the same name with `.json`.
+fn run_sweep<P>(
+    path: &Path,
+    classifier: &Path,
+    data: Option<&DataSpec>,
+    config: &FrechetConfig,
+    device: Device,
+    out: Option<&Path>,
+    sweep: Sweep<'_, P>,
+) -> Result<(Restored, SweepReport<P>)> {
+    let restored = restore(path, device, true)?;
+    let features = crate::eval::classifier::restore(classifier, device)?;
+    let spec = data.cloned().unwrap_or_else(|| restored.trained_on());
+    let splits = spec.load()?;
+    restored
+        .config
+        .check_images(image_shape(&splits.test), &format!("data {spec}"))?;
+    let (points, floor) = (sweep.measure)(restored.model.as_ref(), &features.model, &splits)?;
+    let plot = match out {
+        Some(out) => out.to_path_buf(),
+        None => restored
+            .path
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("."))
+            .join(sweep.default_name),
+    };
+    let title = format!(
+        "{} step {}: {} samples vs {} test images",
+        restored.meta.model,
+        restored.meta.step,
+        config.samples,
+        splits.test.len()
+    );
+    elbo_plot::write(&plot, &(sweep.figure)(&points, floor, &title)).map_err(|e| {
+        Error::Config {
+            detail: format!("writing {}: {e}", plot.display()),
+        }
+    })?;
+    let json = plot.with_extension("json");
+    let value = serde_json::json!({
+        "checkpoint": restored.path, "step": restored.meta.step, "samples": config.samples,
+        "seed": config.seed, "floor": floor,
+        "sampling": config.sampling.map(|s| format!("{s:?}")),
+        "points": points.iter().map(sweep.point).collect::<Vec<_>>(),
+    });
+    checkpoint::write_atomically(&json, |temp| {
+        std::fs::write(
+            temp,
+            serde_json::to_string_pretty(&value).unwrap_or_default(),
+        )?;
+        Ok(())
+    })?;
+    let report = SweepReport {
+        points,
+        floor,
+        samples: config.samples,
+        plot,
+        json,
+    };
+    Ok((restored, report))
 }
 
 /// [`frechet_of_checkpoint`] for each of `samplers` (see
@@ -230,66 +315,57 @@ pub fn frechet_sweep(
     out: Option<&Path>,
     on_point: &mut dyn FnMut(&SweepPoint),
 ) -> Result<(Restored, SweepReport)> {
-    let restored = restore(path, device, true)?;
-    let features = crate::eval::classifier::restore(classifier, device)?;
-    let spec = data.cloned().unwrap_or_else(|| restored.trained_on());
-    let splits = spec.load()?;
-    restored
-        .config
-        .check_images(image_shape(&splits.test), &format!("data {spec}"))?;
-    let (points, floor) = crate::eval::frechet::sweep(
-        restored.model.as_ref(),
-        &features.model,
-        &splits,
-        config,
-        samplers,
-        device,
-        on_point,
-    )?;
-    let plot = match out {
-        Some(out) => out.to_path_buf(),
-        None => restored
-            .path
-            .parent()
-            .and_then(Path::parent)
-            .unwrap_or(Path::new("."))
-            .join("frechet-sweep.png"),
+    let mut measure = |model: &dyn ElboModel, features: &_, splits: &_| {
+        crate::eval::frechet::sweep(model, features, splits, config, samplers, device, on_point)
     };
-    let title = format!(
-        "{} step {}: {} samples vs {} test images",
-        restored.meta.model,
-        restored.meta.step,
-        config.samples,
-        splits.test.len()
-    );
-    let figure = crate::eval::frechet::sweep_figure(&points, floor, &title);
-    elbo_plot::write(&plot, &figure).map_err(|e| Error::Config {
-        detail: format!("writing {}: {e}", plot.display()),
-    })?;
-    let json = plot.with_extension("json");
-    let value = serde_json::json!({
-        "checkpoint": restored.path, "step": restored.meta.step, "samples": config.samples,
-        "seed": config.seed, "floor": floor,
-        "points": points.iter().map(|p| serde_json::json!({
-            "sampler": p.sampler.to_string(), "network_calls": p.network_calls,
-            "distance": p.distance,
-        })).collect::<Vec<_>>(),
-    });
-    checkpoint::write_atomically(&json, |temp| {
-        std::fs::write(
-            temp,
-            serde_json::to_string_pretty(&value).unwrap_or_default(),
-        )?;
-        Ok(())
-    })?;
-    let report = SweepReport {
-        points,
-        floor,
-        samples: config.samples,
-        plot,
-        json,
+    let sweep = Sweep {
+        default_name: "frechet-sweep.png",
+        measure: &mut measure,
+        figure: crate::eval::frechet::sweep_figure,
+        point: |p: &SweepPoint| {
+            serde_json::json!({
+                "sampler": p.sampler.to_string(), "network_calls": p.network_calls,
+                "distance": p.distance,
+            })
+        },
     };
-    Ok((restored, report))
+    run_sweep(path, classifier, data, config, device, out, sweep)
+}
+
+/// The guidance sweep of a class-conditional DDPM (see
+/// [`guidance_sweep`](crate::eval::frechet::guidance_sweep)): at each of `scales`,
+/// `config.samples` samples, as many of each class, with `config.sampling`'s sampler;
+/// their Fréchet distance and the classifier's accuracy on them, overall and per class.
+/// Writes the chart to `out` (default: `guidance-sweep.png` in the run folder) and the
+/// points to the same name with `.json`.
+#[allow(clippy::too_many_arguments)]
+pub fn guidance_sweep(
+    path: &Path,
+    classifier: &Path,
+    data: Option<&DataSpec>,
+    config: &FrechetConfig,
+    scales: &[f64],
+    device: Device,
+    out: Option<&Path>,
+    on_point: &mut dyn FnMut(&GuidancePoint),
+) -> Result<(Restored, SweepReport<GuidancePoint>)> {
+    let mut measure = |model: &dyn ElboModel, features: &_, splits: &_| {
+        crate::eval::frechet::guidance_sweep(
+            model, features, splits, config, scales, device, on_point,
+        )
+    };
+    let sweep = Sweep {
+        default_name: "guidance-sweep.png",
+        measure: &mut measure,
+        figure: crate::eval::frechet::guidance_figure,
+        point: |p: &GuidancePoint| {
+            serde_json::json!({
+                "guidance": p.scale, "distance": p.distance, "accuracy": p.accuracy,
+                "class_accuracy": p.class_accuracy,
+            })
+        },
+    };
+    run_sweep(path, classifier, data, config, device, out, sweep)
 }
 
 /// Writes `n` samples of a restored model as a PNG grid at `out` (8 columns), drawn with
@@ -315,7 +391,18 @@ pub fn write_samples(
         crate::eval::image::save_grid(&data::to_unit_range(likelihood, images), columns, path)
     };
     let samples = tch::no_grad(|| draw_samples(model, n, sampling))?;
-    grid(&samples, 8, out)?;
+    // Every class: one row per class.
+    let classes = match (sampling.and_then(|s| s.guidance), capabilities.stepped) {
+        (
+            Some(Guidance {
+                classes: Classes::All,
+                ..
+            }),
+            Some(stepped),
+        ) => stepped.classes(),
+        _ => None,
+    };
+    grid(&samples, classes.map_or(8, |c| (n / c).max(1)), out)?;
     let mut written = vec![out.to_path_buf()];
     let stem = out
         .file_stem()
@@ -333,7 +420,8 @@ pub fn write_samples(
         let options = sampling
             .copied()
             .unwrap_or_else(|| stepped.default_sampling());
-        let strip = tch::no_grad(|| trajectory(stepped, &options, n.clamp(1, 8), 10))?;
+        let rows = classes.unwrap_or(n.clamp(1, 8));
+        let strip = tch::no_grad(|| trajectory(stepped, &options, rows, 10))?;
         let path = out.with_file_name(format!("{stem}-trajectory.png"));
         grid(&strip, 10, &path)?;
         written.push(path);
@@ -369,12 +457,9 @@ pub fn seed_draws(seed: i64) {
     tch::manual_seed(seed);
 }
 
-/// The sampler `sampler` with each step's `x_0` clipped (the default).
+/// The sampler `sampler` with each step's `x_0` clipped (the default), unguided.
 pub fn clipped(sampler: SamplerSpec) -> SamplingOptions {
-    SamplingOptions {
-        sampler,
-        clip_x0: true,
-    }
+    SamplingOptions::clipped(sampler)
 }
 
 /// What `elbo sample` asks for.
@@ -388,8 +473,10 @@ pub struct SampleRequest {
     pub interpolation_steps: Option<i64>,
     /// A stepped model's sampler (`None`: its default).
     pub sampler: Option<SamplerSpec>,
-    /// Clip each step's prediction of `x_0`.
-    pub clip_x0: bool,
+    /// What each step does with its prediction of `x_0`.
+    pub clip_x0: ClipX0,
+    /// A class-conditional model's classes and guidance.
+    pub guidance: Option<Guidance>,
     /// The seed of the draws.
     pub seed: i64,
 }
@@ -407,7 +494,12 @@ pub fn sample_checkpoint(
         });
     }
     let restored = restore(path, device, true)?;
-    let sampling = sampling_for(restored.model.as_ref(), request.sampler, request.clip_x0)?;
+    let sampling = sampling_for(
+        restored.model.as_ref(),
+        request.sampler,
+        request.clip_x0,
+        request.guidance,
+    )?;
     seed_draws(request.seed);
     write_samples(
         &restored,

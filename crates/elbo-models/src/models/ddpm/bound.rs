@@ -16,7 +16,7 @@ use tch::{Kind, Tensor};
 
 use super::diffusion::{Decoder, Diffusion};
 use crate::models::ElboTerms;
-use crate::sample::Network;
+use crate::sample::{ClipX0, Network};
 
 /// The groups of timesteps the denoising terms are reported in: `2..=10`, then each
 /// decade up to T.
@@ -59,7 +59,7 @@ pub fn bound_terms(
 /// there.
 fn draw(diffusion: &Diffusion, network: &Network<'_>, x0: &Tensor, t: &Tensor) -> (Tensor, Tensor) {
     let x_t = diffusion.q_sample(x0, t, &x0.randn_like());
-    let (x0_hat, _) = diffusion.predictions(&network(&x_t, t), &x_t, t, false);
+    let (x0_hat, _) = diffusion.predictions(&network(&x_t, t), &x_t, t, ClipX0::None);
     (x_t, x0_hat)
 }
 
@@ -131,7 +131,7 @@ pub fn log_weights(
         let x_t = &mean_q + x_prev.randn_like() * beta.sqrt();
         log_w -= crate::nn::gaussian::log_density(&x_t, &mean_q, &log_var_q);
         let tt = Tensor::full([k * b], t as i64, (Kind::Int64, device));
-        let (x0_hat, _) = diffusion.predictions(&network(&x_t, &tt), &x_t, &tt, false);
+        let (x0_hat, _) = diffusion.predictions(&network(&x_t, &tt), &x_t, &tt, ClipX0::None);
         log_w += if t == 1 {
             diffusion.reconstruction(&x0k, &x_t, &tt, &x0_hat, decoder)
         } else {

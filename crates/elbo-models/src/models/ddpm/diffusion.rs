@@ -12,6 +12,7 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{Error, Result};
 use crate::nn::gaussian::{kl_divergence, kl_to_standard_normal, log_density};
 use crate::nn::likelihood::discretized_gaussian_log_prob;
+use crate::sample::ClipX0;
 
 /// The noise schedule family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,13 +192,13 @@ impl Diffusion {
     }
 
     /// The network's output at `(x_t, t)` as predictions of `x_0` and of `eps`, `x_0`
-    /// clipped to [-1, 1] (and `eps` recomputed from it) when `clip_x0`.
+    /// as `clip_x0` says (and `eps` then recomputed from it).
     pub fn predictions(
         &self,
         output: &Tensor,
         x_t: &Tensor,
         t: &Tensor,
-        clip_x0: bool,
+        clip_x0: ClipX0,
     ) -> (Tensor, Tensor) {
         let s = Self::at(&self.signal, t, x_t);
         let n = Self::at(&self.noise, t, x_t);
@@ -206,11 +207,11 @@ impl Diffusion {
             Objective::X0 => (output.shallow_clone(), (x_t - &s * output) / &n),
             Objective::V => (&s * x_t - &n * output, &n * x_t + &s * output),
         };
-        if clip_x0 {
-            let x0 = x0.clamp(-1.0, 1.0);
-            let eps = (x_t - &s * &x0) / &n;
+        if clip_x0 == ClipX0::None {
             (x0, eps)
         } else {
+            let x0 = clip_x0.apply(&x0);
+            let eps = (x_t - &s * &x0) / &n;
             (x0, eps)
         }
     }
@@ -313,7 +314,7 @@ mod tests {
             let d =
                 Diffusion::new(schedule, objective, VarianceKind::FixedSmall, Device::Cpu).unwrap();
             let x_t = d.q_sample(&x0, &t, &eps);
-            let (x0_hat, eps_hat) = d.predictions(&d.target(&x0, &t, &eps), &x_t, &t, false);
+            let (x0_hat, eps_hat) = d.predictions(&d.target(&x0, &t, &eps), &x_t, &t, ClipX0::None);
             // f32 arithmetic on O(1) values; at t = 3 x0 from eps divides by sqrt(abar)~1
             // and eps from x0 by sqrt(1 - abar)~0.02, which amplifies rounding 50-fold.
             let err = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
@@ -332,7 +333,7 @@ mod tests {
         for t in [2usize, 10, 49] {
             let tt = Tensor::from_slice(&[t as i64]);
             let x_t = d.q_sample(&x0, &tt, &eps);
-            let (x0_hat, _) = d.predictions(&eps_hat, &x_t, &tt, false);
+            let (x0_hat, _) = d.predictions(&eps_hat, &x_t, &tt, ClipX0::None);
             let got = values(&d.denoising_matching(&x0, &x_t, &tt, &x0_hat))[0];
             let weights = denoising_matching::denoising_matching_weights(
                 d.schedule(),

@@ -11,6 +11,7 @@
 
 pub mod bound;
 pub mod diffusion;
+pub mod guidance;
 
 use elbo_data::Transform;
 use serde::{Deserialize, Serialize};
@@ -22,10 +23,13 @@ use crate::models::names::named_option;
 use crate::models::{Capabilities, ElboModel, ElboTerms, ExactBound, ModelConfig, SteppedSampling};
 use crate::nn::likelihood::Likelihood;
 pub use crate::nn::unet::{Unet, UnetConfig};
-use crate::sample::{Denoiser, NoiseProcess, SamplerSpec, SamplingOptions, Spacing};
+use crate::sample::{
+    Classes, ClipX0, Denoiser, Guidance, NoiseProcess, SamplerSpec, SamplingOptions, Spacing,
+};
 use crate::train::aids::TrainingAids;
 use crate::train::{Batch, Reported, StepLoss, TrainStep};
 pub use diffusion::{Decoder, Diffusion, Objective, ScheduleKind, VarianceKind};
+pub use guidance::Guided;
 
 /// The family name in checkpoints.
 pub const FAMILY: &str = "ddpm";
@@ -89,6 +93,17 @@ pub struct DdpmConfig {
     pub loss: LossKind,
     /// The reverse-step variance.
     pub variance: VarianceKind,
+    /// Label dropout of a class-conditional model (`unet.num_classes` set): the
+    /// probability that training replaces an example's label with the null label, which
+    /// teaches the same network the unconditional model that classifier-free guidance
+    /// needs (Ho & Salimans 2022 use 0.1 to 0.2). 0 (and absent from checkpoints) for an
+    /// unconditional model.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cond_drop: f64,
+}
+
+fn is_zero(p: &f64) -> bool {
+    *p == 0.0
 }
 
 impl DdpmConfig {
@@ -120,15 +135,50 @@ impl DdpmConfig {
                 attention_resolutions: attention,
                 dropout,
                 norm_groups: groups,
+                num_classes: None,
             },
             schedule: ScheduleKind::Linear,
             timesteps: 1000,
             objective: Objective::Eps,
             loss: LossKind::Simple,
             variance: VarianceKind::FixedLarge,
+            cond_drop: 0.0,
         };
-        config.unet.validate()?;
+        config.validate()?;
         Ok(config)
+    }
+
+    /// The preset made class-conditional on `classes` classes, with label dropout
+    /// `cond_drop` during training.
+    pub fn conditional(mut self, classes: i64, cond_drop: f64) -> Result<DdpmConfig> {
+        self.unet.num_classes = Some(classes);
+        self.cond_drop = cond_drop;
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// Checks that the model can be built: the network, and label dropout in [0, 1) on a
+    /// class-conditional network only.
+    pub fn validate(&self) -> Result<()> {
+        self.unet.validate()?;
+        if !(0.0..1.0).contains(&self.cond_drop) {
+            return Err(Error::Config {
+                detail: format!(
+                    "label dropout (--cond-drop) must be in [0, 1), found {}",
+                    self.cond_drop
+                ),
+            });
+        }
+        if self.cond_drop > 0.0 && self.unet.num_classes.is_none() {
+            return Err(Error::Config {
+                detail: format!(
+                    "label dropout {} needs a class-conditional network (num_classes), found \
+                     an unconditional one",
+                    self.cond_drop
+                ),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -192,18 +242,16 @@ pub struct Ddpm {
 impl Ddpm {
     /// The model under `path` (whose device the coefficient tensors share).
     pub fn new(path: &nn::Path<'_>, config: DdpmConfig) -> Result<Ddpm> {
+        config.validate()?;
         let unet = Unet::new(&(path / "unet"), &config.unet)?;
         let schedule = config.schedule.build(config.timesteps)?;
         let diffusion = Diffusion::new(schedule, config.objective, config.variance, path.device())?;
         // DDIM-50 when T >= 50, else DDIM over all T steps.
-        let sampling = SamplingOptions {
-            sampler: SamplerSpec::Ddim {
-                steps: diffusion.timesteps().min(50),
-                eta: 0.0,
-                spacing: Spacing::Uniform,
-            },
-            clip_x0: true,
-        };
+        let sampling = SamplingOptions::clipped(SamplerSpec::Ddim {
+            steps: diffusion.timesteps().min(50),
+            eta: 0.0,
+            spacing: Spacing::Uniform,
+        });
         Ok(Ddpm {
             config,
             unet,
@@ -215,7 +263,7 @@ impl Ddpm {
     /// The model with `sampling` as what [`ElboModel::sample`] uses (the sample grids of
     /// training, say); an error if the sampler does not fit T.
     pub fn with_sampling(mut self, sampling: SamplingOptions) -> Result<Ddpm> {
-        sampling.sampler.validate(Denoiser::process(&self))?;
+        self.check(&sampling)?;
         self.sampling = sampling;
         Ok(self)
     }
@@ -223,6 +271,11 @@ impl Ddpm {
     /// The configuration.
     pub fn config(&self) -> &DdpmConfig {
         &self.config
+    }
+
+    /// The network.
+    pub fn unet(&self) -> &Unet {
+        &self.unet
     }
 
     /// The schedule and coefficients.
@@ -240,16 +293,28 @@ impl Ddpm {
         [n, u.in_channels, u.image_size, u.image_size]
     }
 
-    /// Its training loss on `x` at a uniform t: `L_simple` or the bound's term (per
-    /// dimension), with what to report.
-    fn training_loss(&self, x: &Tensor) -> StepLoss {
+    /// The null label of a class-conditional model (its number of classes), `None` for
+    /// an unconditional one.
+    pub fn null_label(&self) -> Option<i64> {
+        self.unet.null_label()
+    }
+
+    /// Its training loss on `x` (labels `labels`) at a uniform t: `L_simple` or the
+    /// bound's term (per dimension), with what to report. A class-conditional model sees
+    /// each label, or with probability `cond_drop` the null label.
+    fn training_loss(&self, x: &Tensor, labels: &Tensor) -> StepLoss {
         let d = &self.diffusion;
         let b = x.size()[0];
         let big_t = d.timesteps() as i64;
         let t = Tensor::randint_low(1, big_t + 1, [b], (Kind::Int64, x.device()));
         let eps = x.randn_like();
         let x_t = d.q_sample(x, &t, &eps);
-        let output = self.unet.forward(&x_t, &t, true);
+        // Drawn after t and eps, and only when conditional: an unconditional model's
+        // draws are those of before.
+        let labels = self
+            .null_label()
+            .map(|null| drop_labels(labels, null, self.config.cond_drop));
+        let output = self.unet.forward_labelled(&x_t, &t, labels.as_ref(), true);
         let (name, loss) = match self.config.loss {
             LossKind::Simple => (
                 "l_simple",
@@ -257,7 +322,7 @@ impl Ddpm {
             ),
             LossKind::Vlb => {
                 let dims = (x.numel() as i64 / b.max(1)) as f64;
-                let (x0_hat, _) = d.predictions(&output, &x_t, &t, false);
+                let (x0_hat, _) = d.predictions(&output, &x_t, &t, ClipX0::None);
                 let kl = d.denoising_matching(x, &x_t, &t, &x0_hat);
                 let nll = -d.reconstruction(x, &x_t, &t, &x0_hat, Decoder::Discretized);
                 let term = kl.where_self(&t.gt(1), &nll);
@@ -281,8 +346,34 @@ impl TrainStep for DdpmStep<'_> {
     }
 
     fn loss(&self, batch: &Batch, _step: u64) -> StepLoss {
-        self.0.training_loss(&batch.x)
+        self.0.training_loss(&batch.x, &batch.labels)
     }
+}
+
+/// The number of classes of a guided draw of `n` of each class from `model`: an error
+/// unless the model is class-conditional and n a multiple of its classes.
+fn guided_classes(model: &Ddpm, n: i64) -> Result<i64> {
+    let classes = guidance::classes_of(model)?;
+    if n % classes != 0 {
+        return Err(Error::Config {
+            detail: format!(
+                "drawing every class draws as many of each: expected a number of samples that \
+                 is a multiple of {classes}, found {n}"
+            ),
+        });
+    }
+    Ok(classes)
+}
+
+/// Classifier-free guidance's label dropout: each of `labels` replaced by `null` with
+/// probability `p` (one uniform draw per label when `p > 0`, none otherwise).
+pub fn drop_labels(labels: &Tensor, null: i64, p: f64) -> Tensor {
+    let labels = labels.to_kind(Kind::Int64);
+    if p <= 0.0 {
+        return labels;
+    }
+    let dropped = Tensor::rand(labels.size(), (Kind::Float, labels.device())).lt(p);
+    labels.masked_fill(&dropped, null)
 }
 
 impl Denoiser for Ddpm {
@@ -294,7 +385,7 @@ impl Denoiser for Ddpm {
         self.diffusion.device()
     }
 
-    fn predict(&self, x_t: &Tensor, t: usize, clip_x0: bool) -> (Tensor, Tensor) {
+    fn predict(&self, x_t: &Tensor, t: usize, clip_x0: ClipX0) -> (Tensor, Tensor) {
         let t = Tensor::full([x_t.size()[0]], t as i64, (Kind::Int64, x_t.device()));
         let output = self.unet.forward(x_t, &t, false);
         self.diffusion.predictions(&output, x_t, &t, clip_x0)
@@ -341,7 +432,7 @@ impl ElboModel for Ddpm {
         let t = Tensor::full([x.size()[0]], t_mid, (Kind::Int64, x.device()));
         let x_t = d.q_sample(x, &t, &x.randn_like());
         let output = self.unet.forward(&x_t, &t, false);
-        d.predictions(&output, &x_t, &t, true).0
+        d.predictions(&output, &x_t, &t, ClipX0::Static).0
     }
 
     /// Refuses the VAEs' aids (KL warm-up, free bits): a DDPM has no KL term to weigh.
@@ -378,13 +469,74 @@ impl SteppedSampling for Ddpm {
         Denoiser::process(self)
     }
 
+    fn classes(&self) -> Option<i64> {
+        self.null_label()
+    }
+
+    fn check(&self, options: &SamplingOptions) -> Result<()> {
+        options.sampler.validate(Denoiser::process(self))?;
+        options.clip_x0.validate()?;
+        match options.guidance {
+            None => Ok(()),
+            Some(guidance) => {
+                let one = match guidance.classes {
+                    Classes::All => Guidance {
+                        classes: Classes::One(0),
+                        ..guidance
+                    },
+                    Classes::One(_) => guidance,
+                };
+                Guided::new(self, &one, 1).map(|_| ())
+            }
+        }
+    }
+
+    /// With `options.guidance`, a class-conditional model's guided draw ([`Guided`]);
+    /// `Classes::All` draws n / classes of each class in turn (in batches of at most
+    /// 256), in class order, and keeps the frames of each.
     fn sample_with(
         &self,
         n: i64,
         options: &SamplingOptions,
         frames: usize,
     ) -> Result<(Tensor, Vec<Tensor>)> {
-        tch::no_grad(|| crate::sample::sample(self, &self.image_shape(n), options, frames))
+        self.check(options)?;
+        let Some(guidance) = options.guidance else {
+            return tch::no_grad(|| {
+                crate::sample::sample(self, &self.image_shape(n), options, frames)
+            });
+        };
+        let Classes::All = guidance.classes else {
+            let guided = Guided::new(self, &guidance, n)?;
+            return tch::no_grad(|| {
+                crate::sample::sample(&guided, &self.image_shape(n), options, frames)
+            });
+        };
+        let classes = guided_classes(self, n)?;
+        let mut images = Vec::new();
+        let mut kept: Vec<Vec<Tensor>> = Vec::new();
+        for class in 0..classes {
+            let mut left = n / classes;
+            while left > 0 {
+                let now = left.min(256);
+                let one = SamplingOptions {
+                    guidance: Some(Guidance {
+                        classes: Classes::One(class),
+                        ..guidance
+                    }),
+                    ..*options
+                };
+                let (x, states) = self.sample_with(now, &one, frames)?;
+                images.push(x);
+                kept.resize_with(states.len().max(kept.len()), Vec::new);
+                for (all, state) in kept.iter_mut().zip(states) {
+                    all.push(state);
+                }
+                left -= now;
+            }
+        }
+        let frames = kept.iter().map(|f| Tensor::cat(f, 0)).collect();
+        Ok((Tensor::cat(&images, 0), frames))
     }
 }
 
