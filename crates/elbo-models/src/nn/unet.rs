@@ -349,14 +349,17 @@ impl Unet {
         train: bool,
     ) -> Tensor {
         let emb = timestep_embedding(t, self.config.base_channels);
-        let mut temb = self.time2.forward(&self.time1.forward(&emb).silu());
-        if let (Some(table), Some(null)) = (&self.label, self.config.num_classes) {
-            let labels = match labels {
-                Some(labels) => labels.shallow_clone(),
-                None => Tensor::full([x.size()[0]], null, (Kind::Int64, x.device())),
-            };
-            temb = temb + table.forward(&labels);
-        }
+        let temb = self.time2.forward(&self.time1.forward(&emb).silu());
+        let temb = match (&self.label, self.config.num_classes) {
+            (Some(table), Some(null)) => {
+                let labels = match labels {
+                    Some(labels) => labels.shallow_clone(),
+                    None => Tensor::full([x.size()[0]], null, (Kind::Int64, x.device())),
+                };
+                temb + table.forward(&labels)
+            }
+            _ => temb,
+        };
         // Every residual block projects SiLU(temb): activated once here.
         let temb_act = temb.silu();
         let mut h = self.input.forward(x);

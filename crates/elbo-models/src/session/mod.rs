@@ -220,16 +220,21 @@ pub struct SweepReport<P = SweepPoint> {
     pub json: PathBuf,
 }
 
+/// A sweep's measurement on the restored model, the classifier and the data: its
+/// points and the floor.
+type Measure<'a, P> = dyn FnMut(
+        &dyn ElboModel,
+        &crate::eval::classifier::Classifier,
+        &elbo_data::Splits,
+    ) -> Result<(Vec<P>, f64)>
+    + 'a;
+
 /// What a sweep measures and draws: `measure` runs it on the restored model, the
 /// classifier and the data; `figure` draws its points; `point` writes one as JSON.
 struct Sweep<'a, P> {
     /// The chart's file name in the run folder when none is given.
     default_name: &'a str,
-    measure: &'a mut dyn FnMut(
-        &dyn ElboModel,
-        &crate::eval::classifier::Classifier,
-        &elbo_data::Splits,
-    ) -> Result<(Vec<P>, f64)>,
+    measure: &'a mut Measure<'a, P>,
     figure: fn(&[P], f64, &str) -> elbo_plot::Figure,
     point: fn(&P) -> serde_json::Value,
 }
@@ -368,15 +373,16 @@ pub fn guidance_sweep(
     run_sweep(path, classifier, data, config, device, out, sweep)
 }
 
-/// Writes `n` samples of a restored model as a PNG grid at `out` (8 columns), drawn with
-/// `sampling` (see [`sampling_for`]; `None`: the model's own), and, with
+/// Writes `n` samples of a restored model as a PNG grid at `out` (8 columns; with
+/// guidance of every class, one row per class), drawn with `sampling` (see
+/// [`sampling_for`]; `None`: the model's own), and, with
 /// `interpolation_steps`, latent interpolation strips beside it
 /// (`<out>-interpolations.png`). For a hierarchical model it also writes, for each `k`
 /// from 1 to the number of layers minus 1, `<out>-fixed-top-<k>.png`: rows of 8 that
 /// share a draw of the top `k` layers and redraw the layers below (as many rows as `n`
 /// fills, at least one). For a model that samples in steps (a DDPM) it writes
-/// `<out>-trajectory.png`: up to 8 rows of 10 states from `x_T` (left) to `x_0`
-/// (right). Returns the files written.
+/// `<out>-trajectory.png`: up to 8 rows (one per class with every class) of up to 10
+/// states from `x_T` (left) to `x_0` (right). Returns the files written.
 pub fn write_samples(
     restored: &Restored,
     n: i64,
@@ -423,7 +429,8 @@ pub fn write_samples(
         let rows = classes.unwrap_or(n.clamp(1, 8));
         let strip = tch::no_grad(|| trajectory(stepped, &options, rows, 10))?;
         let path = out.with_file_name(format!("{stem}-trajectory.png"));
-        grid(&strip, 10, &path)?;
+        // A sampler of fewer than 10 steps keeps one state per step.
+        grid(&strip, (strip.size()[0] / rows).max(1), &path)?;
         written.push(path);
     }
     if let Some(steps) = interpolation_steps {
