@@ -2,13 +2,17 @@
 """PyTorch twin of elbo's `ddpm-mnist` DDPM (UNet noise predictor, linear schedule,
 T = 1000, eps objective, L_simple), for the speed comparison of issue 8.
 
-    python ddpm_unet.py check-checkpoint RUN_OR_CHECKPOINT [--threads 1]
+    python ddpm_unet.py check-checkpoint RUN_OR_CHECKPOINT [--threads 1] [--label K --guidance W]
+    python ddpm_unet.py compare-samples RUN_OR_CHECKPOINT GRID.png [--n 8] [--label K --guidance W]
     python ddpm_unet.py flops [--batch 4]
 
 `check-checkpoint` loads an elbo `ddpm` checkpoint into the twin (`load_state_dict`
 with strict=True after asserting every name, shape and the count), then evaluates
 L_simple on the first 256 training images with the raw and the EMA weights, and draws a
-few DDIM-50 samples. `flops` prints the analytic forward FLOPs of one UNet evaluation
+few DDIM-50 samples (of class --label with guidance --guidance for a class-conditional
+checkpoint). `compare-samples` draws the twin's DDIM samples with the seed, class and
+guidance `elbo sample --seed S --sampler ddim-50 --class K --guidance W` used and
+compares them with elbo's grid, grey level by grey level. `flops` prints the analytic forward FLOPs of one UNet evaluation
 (`unet_flops`) beside torch.utils.flop_counter.FlopCounterMode's count. Both print JSON.
 
 The module mirrors crates/elbo-models/src/ddpm/{unet.rs,embedding.rs,model.rs,
@@ -551,6 +555,34 @@ def check_checkpoint(args):
     print(json.dumps(out))
 
 
+def compare_samples(args):
+    """The twin's DDIM samples beside a grid `elbo sample` wrote with the same seed,
+    sampler, class and guidance (EMA weights, as elbo samples): both draw from
+    libtorch's generator in the same order, so the images agree to the grey level unless
+    the network, the guidance or the sampler differ."""
+    torch.set_num_threads(args.threads)
+    _, model, _ = load_elbo_checkpoint(args.checkpoint, "ema.")
+    model.eval()
+    torch.manual_seed(args.seed)
+    conditional = model.unet.config.num_classes is not None
+    x = model.ddim_sample(args.n, steps=args.steps,
+                          label=args.label if conditional else None,
+                          w=args.guidance if conditional else 0.0).clamp(-1.0, 1.0)
+    twin = np.round((x.numpy() + 1.0) / 2.0 * 255.0)[:, 0]
+    grid = elbo_compat.read_png_gray(args.png).astype(np.float64)
+    side, pad, columns = twin.shape[-1], 2, min(args.n, 8)
+    elbo = np.stack([grid[pad + (side + pad) * (i // columns):][:side,
+                          pad + (side + pad) * (i % columns):][:, :side]
+                     for i in range(args.n)])
+    difference = np.abs(elbo - twin)
+    print(json.dumps({"checkpoint": str(args.checkpoint), "png": str(args.png),
+                      "label": args.label, "guidance": args.guidance, "steps": args.steps,
+                      "max_grey_level_difference": float(difference.max()),
+                      "mean_grey_level_difference": float(difference.mean()),
+                      "pixels_differing": int((difference > 0).sum()),
+                      "saturated_fraction": float(((twin == 0) | (twin == 255)).mean())}))
+
+
 def flops_command(args):
     torch.manual_seed(0)
     model = DDPM()
@@ -578,10 +610,21 @@ def main():
     c.add_argument("--guidance", type=float, default=0.0,
                    help="and its classifier-free guidance w")
     c.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    s = sub.add_parser("compare-samples",
+                       help="the twin's DDIM samples vs a grid of `elbo sample` (same seed)")
+    s.add_argument("checkpoint", type=Path)
+    s.add_argument("png", type=Path)
+    s.add_argument("--n", type=int, default=8)
+    s.add_argument("--steps", type=int, default=50)
+    s.add_argument("--label", type=int, default=0)
+    s.add_argument("--guidance", type=float, default=0.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--threads", type=int, default=1)
     f = sub.add_parser("flops", help="analytic vs FlopCounterMode forward FLOPs")
     f.add_argument("--batch", type=int, default=4)
     args = parser.parse_args()
-    {"check-checkpoint": check_checkpoint, "flops": flops_command}[args.command](args)
+    {"check-checkpoint": check_checkpoint, "compare-samples": compare_samples,
+     "flops": flops_command}[args.command](args)
 
 
 if __name__ == "__main__":

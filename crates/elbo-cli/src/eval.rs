@@ -64,13 +64,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
                 )
             },
         )?;
-        print_sweep_files(
-            &restored,
-            report.samples,
-            report.floor,
-            &report.plot,
-            &report.json,
-        );
+        print_sweep(&restored, &report);
         return Ok(());
     }
     if args.sweep_out.is_some() && !args.sweep {
@@ -96,13 +90,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
                 )
             },
         )?;
-        print_sweep_files(
-            &restored,
-            report.samples,
-            report.floor,
-            &report.plot,
-            &report.json,
-        );
+        print_sweep(&restored, &report);
         return Ok(());
     }
     let (restored, report) = session::frechet_of_checkpoint(
@@ -128,16 +116,17 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_sweep_files(
-    restored: &session::Restored,
-    samples: usize,
-    floor: f64,
-    plot: &std::path::Path,
-    json: &std::path::Path,
-) {
+fn print_sweep<P>(restored: &session::Restored, report: &session::SweepReport<P>) {
     print_checkpoint(restored);
-    println!("  floor: {samples} training images vs the test images: {floor:.3}");
-    println!("chart {}\npoints {}", plot.display(), json.display());
+    println!(
+        "  floor: {} training images vs the test images: {:.3}",
+        report.samples, report.floor
+    );
+    println!(
+        "chart {}\npoints {}",
+        report.plot.display(),
+        report.json.display()
+    );
 }
 
 fn print_checkpoint(restored: &session::Restored) {

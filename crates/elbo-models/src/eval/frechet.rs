@@ -232,6 +232,19 @@ pub fn sweep(
     Ok((points, floor))
 }
 
+/// The floor of N training images as a flat line across the range of `xs` (none when
+/// either is missing).
+fn floor_series(xs: impl Iterator<Item = f64>, floor: f64) -> Option<elbo_plot::Series> {
+    let (low, high) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), x| {
+        (l.min(x), h.max(x))
+    });
+    (floor.is_finite() && low.is_finite()).then(|| elbo_plot::Series {
+        name: "floor (training images)".to_string(),
+        points: vec![(low, floor), (high, floor)],
+        style: elbo_plot::Style::Line,
+    })
+}
+
 /// The sweep as a chart: the Fréchet distance against network calls per image, one
 /// curve per sampler family, and the floor of N training images.
 pub fn sweep_figure(points: &[SweepPoint], floor: f64, title: &str) -> elbo_plot::Figure {
@@ -252,14 +265,7 @@ pub fn sweep_figure(points: &[SweepPoint], floor: f64, title: &str) -> elbo_plot
         s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
     let calls = points.iter().map(|p| p.network_calls as f64);
-    let (low, high) = calls.fold((f64::INFINITY, 0.0f64), |(l, h), c| (l.min(c), h.max(c)));
-    if floor.is_finite() && low.is_finite() {
-        series.push(elbo_plot::Series {
-            name: "floor (training images)".to_string(),
-            points: vec![(low, floor), (high, floor)],
-            style: elbo_plot::Style::Line,
-        });
-    }
+    series.extend(floor_series(calls, floor));
     elbo_plot::Figure {
         title: title.to_string(),
         panels: vec![elbo_plot::Panel {
@@ -375,18 +381,7 @@ pub fn guidance_figure(points: &[GuidancePoint], floor: f64, title: &str) -> elb
         style: elbo_plot::Style::LineAndDots,
     };
     let mut distance = vec![series("samples", &|p| p.distance)];
-    let (low, high) = points
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), p| {
-            (l.min(p.scale), h.max(p.scale))
-        });
-    if floor.is_finite() && low.is_finite() {
-        distance.push(elbo_plot::Series {
-            name: "floor (training images)".to_string(),
-            points: vec![(low, floor), (high, floor)],
-            style: elbo_plot::Style::Line,
-        });
-    }
+    distance.extend(floor_series(points.iter().map(|p| p.scale), floor));
     let worst = |p: &GuidancePoint| {
         p.class_accuracy
             .iter()
