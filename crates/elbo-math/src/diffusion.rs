@@ -40,6 +40,17 @@ impl ForwardMarginal {
         self.one_minus_alpha_bar.sqrt()
     }
 
+    /// The marginal with `alpha_bar` and `1 - alpha_bar` given separately (so that a
+    /// tiny `1 - alpha_bar` keeps its precision), each in (0, 1).
+    pub fn from_parts(alpha_bar: f64, one_minus_alpha_bar: f64) -> Result<ForwardMarginal> {
+        validate::unit_open("alpha_bar", alpha_bar, None)?;
+        validate::unit_open("1 - alpha_bar", one_minus_alpha_bar, None)?;
+        Ok(ForwardMarginal {
+            alpha_bar,
+            one_minus_alpha_bar,
+        })
+    }
+
     /// `x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps` (the seeds' eq. 27).
     pub fn sample(&self, x0: f64, eps: f64) -> f64 {
         self.signal() * x0 + self.noise() * eps

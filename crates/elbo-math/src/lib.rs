@@ -176,8 +176,10 @@ pub mod normal_cdf;
 pub mod parameterisation;
 pub mod schedule;
 pub mod testbed;
+pub mod timesteps;
 pub mod unipc;
 mod validate;
+pub mod vdm;
 
 pub use diag_gaussian::DiagGaussian;
 pub use elbo::ElboTerms;
