@@ -9,8 +9,8 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use elbo_models::session::{
     self, Classes, ClipX0, DataSpec, DdpmJob, DdpmPreset, Device, DeviceSpec, ElboTraining,
     Guidance, HvaeArch, HvaeJob, HvaeVariant, Likelihood, LossKind, Objective, Recipe, RecipeName,
-    SamplerSpec, ScheduleKind, TrainDefaults, TrainOptions, TrainingAids, VaeJob, VaePreset,
-    VarianceKind,
+    SamplerSpec, ScheduleKind, TimestepSampling, TrainDefaults, TrainOptions, TrainingAids, VaeJob,
+    VaePreset, VarianceKind,
 };
 
 /// Latent-variable generative models (VAE, hierarchical VAE, DDPM) on libtorch.
@@ -288,6 +288,11 @@ pub struct DdpmArgs {
     /// simple (L_simple, default) or vlb (the bound's own weighting).
     #[arg(long, value_parser = parse::<LossKind>)]
     pub loss: Option<LossKind>,
+    /// How training draws timesteps: uniform (default) or loss-second-moment (improved
+    /// DDPM's importance sampling, with --loss vlb: p_t proportional to the root mean
+    /// square of the last 10 losses at t, each term weighted by 1 / (T p_t)).
+    #[arg(long, value_name = "SAMPLER", value_parser = parse::<TimestepSampling>)]
+    pub t_sampler: Option<TimestepSampling>,
     /// The reverse variance: fixed-large (beta, default) or fixed-small (beta-tilde).
     #[arg(long, value_parser = parse::<VarianceKind>)]
     pub variance: Option<VarianceKind>,
@@ -557,6 +562,7 @@ impl DdpmArgs {
             timesteps: self.timesteps,
             objective: self.objective,
             loss: self.loss,
+            timestep_sampling: self.t_sampler,
             variance: self.variance,
             dropout: self.dropout,
             cond_drop: self.cond_drop,

@@ -616,3 +616,72 @@ fn unconditional_configs_are_unchanged_and_conditional_ones_record_their_classes
         "{json}"
     );
 }
+
+/// Importance-sampled timesteps (`--loss vlb --t-sampler loss-second-moment`): the
+/// sampler warms up (T = 10: every t has 10 losses after a few steps of 32), its loss
+/// history is in each checkpoint, and a resume from a warm checkpoint continues the
+/// same run bit for bit (the history decides the draws). With `L_simple` it is refused.
+#[test]
+fn importance_sampled_timesteps_checkpoint_their_history_and_resume_exactly() {
+    use elbo_models::models::ddpm::TimestepSampling;
+    let _guard = exclusive();
+    let (train_set, test_set) = subset(256, 32);
+    let data = TrainData {
+        train: &train_set,
+        test: &test_set,
+    };
+    let stop = AtomicBool::new(false);
+    let control = |resume| Control {
+        resume,
+        stop: &stop,
+        allow_changes: false,
+    };
+    let config = || {
+        let mut c = tiny(Objective::Eps, LossKind::Vlb);
+        c.timesteps = 10;
+        c.timestep_sampling = TimestepSampling::LossSecondMoment;
+        c
+    };
+    let run = |dir: &std::path::Path, steps: u64, resume: bool| {
+        let mut vs = train::var_store(0, Device::Cpu);
+        let model = Ddpm::new(&vs.root(), config())
+            .unwrap()
+            .with_sampling(ddim(5))
+            .unwrap();
+        train::train(
+            &model,
+            &mut vs,
+            &data,
+            &quick_config(steps),
+            &RunDir::new(dir),
+            control(resume),
+            &mut (),
+        )
+        .unwrap();
+        vs
+    };
+    let whole = tempfile::tempdir().unwrap();
+    let unbroken = run(whole.path(), 16, false);
+    let split = tempfile::tempdir().unwrap();
+    run(split.path(), 8, false);
+    // The step-8 checkpoint holds a warm history: 10 losses at each of the 10 steps.
+    let newest = elbo_models::train::checkpoint::list(&split.path().join("checkpoints"))
+        .unwrap()
+        .pop()
+        .unwrap();
+    let loaded = elbo_models::train::checkpoint::load(&newest).unwrap();
+    let counts = &loaded.tensors["step.timesteps.counts"];
+    assert_eq!(Vec::<f64>::try_from(counts).unwrap(), vec![10.0; 10]);
+    let resumed = run(split.path(), 16, true);
+    let a = unbroken.variables();
+    for (name, b) in resumed.variables() {
+        assert!(a[&name].equal(&b), "{name} differs after resume");
+    }
+    let mut simple = config();
+    simple.loss = LossKind::Simple;
+    let err = simple.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("need --loss vlb, found --loss simple"),
+        "{err}"
+    );
+}

@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 use crate::eval::{self, EvalReport};
 use crate::models::ModelConfig;
 use crate::models::ddpm::{
-    DdpmConfig, DdpmPreset, LossKind, Objective, Recipe, RecipeName, ScheduleKind, VarianceKind,
+    DdpmConfig, DdpmPreset, LossKind, Objective, Recipe, RecipeName, ScheduleKind,
+    TimestepSampling, VarianceKind,
 };
 use crate::models::hvae::{HvaeArch, HvaeConfig, HvaeVariant};
 use crate::models::vae::{VaeConfig, VaePreset};
@@ -174,6 +175,9 @@ pub struct DdpmJob {
     pub objective: Option<Objective>,
     /// What training minimises (default `L_simple`).
     pub loss: Option<LossKind>,
+    /// How training draws timesteps (default uniform; importance sampling needs
+    /// `loss: Vlb`).
+    pub timestep_sampling: Option<TimestepSampling>,
     /// The reverse variance (default fixed-large).
     pub variance: Option<VarianceKind>,
     /// Dropout in the residual blocks (default the preset's).
@@ -208,6 +212,9 @@ impl DdpmJob {
         }
         if let Some(v) = self.loss {
             config.loss = v;
+        }
+        if let Some(v) = self.timestep_sampling {
+            config.timestep_sampling = v;
         }
         if let Some(v) = self.variance {
             config.variance = v;

@@ -31,7 +31,8 @@ pub use crate::eval::classifier::{
 pub use crate::eval::frechet::{FrechetConfig, FrechetReport, GuidancePoint, SweepPoint};
 pub use crate::eval::{ACTIVE_UNIT_THRESHOLD, ActiveUnits, EvalReport};
 pub use crate::models::ddpm::{
-    DdpmPreset, LossKind, Objective, Recipe, RecipeName, ScheduleKind, VarianceKind,
+    DdpmPreset, LossKind, Objective, Recipe, RecipeName, ScheduleKind, TimestepSampling,
+    VarianceKind,
 };
 pub use crate::models::hvae::{HvaeArch, HvaeVariant};
 pub use crate::models::vae::VaePreset;

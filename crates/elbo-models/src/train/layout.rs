@@ -23,6 +23,8 @@ pub const MODEL: &str = "model.";
 pub const ADAM: &str = "adam.";
 /// The prefix of the EMA weights.
 pub const EMA: &str = "ema.";
+/// The prefix of a training step's own state ([`super::TrainStep::state`]).
+pub const STEP: &str = "step.";
 
 /// A run folder.
 #[derive(Clone, Debug)]

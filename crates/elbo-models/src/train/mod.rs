@@ -31,6 +31,7 @@ pub mod optim;
 mod state;
 mod step;
 
+use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -176,6 +177,7 @@ impl<'a> Trainer<'a> {
     fn start_or_resume(
         &self,
         control: Control<'_>,
+        step: &dyn TrainStep,
         vs: &mut VarStore,
         adam: &mut Adam,
         ema: Option<&mut Ema>,
@@ -213,6 +215,14 @@ impl<'a> Trainer<'a> {
                     });
                 }
                 restore_state(vs, adam, ema, &loaded.tensors, loaded.meta.step)?;
+                let own: BTreeMap<String, Tensor> = loaded
+                    .tensors
+                    .iter()
+                    .filter_map(|(k, t)| {
+                        Some((k.strip_prefix(layout::STEP)?.to_string(), t.copy()))
+                    })
+                    .collect();
+                step.restore(&own)?;
                 if self.writer {
                     metrics::truncate(&run.metrics(), loaded.meta.step)?;
                     if !changes.is_empty() {
@@ -325,6 +335,15 @@ impl<'a> Trainer<'a> {
         let config = self.config.clone();
         if let Some(parallel) = self.parallel {
             check_divisible(config.batch_size, train.len(), parallel.size())?;
+            if let Some((name, _)) = step.state().first() {
+                return Err(Error::Config {
+                    detail: format!(
+                        "this training step keeps state of its own from step to step \
+                         ({name}), which each process would grow apart and data-parallel \
+                         training does not reduce: train it in one process"
+                    ),
+                });
+            }
         }
         let batching = Batching {
             batch_size: NonZeroUsize::new(config.batch_size).unwrap_or(NonZeroUsize::MIN),
@@ -358,7 +377,7 @@ impl<'a> Trainer<'a> {
         let begun = if self.writer {
             self.run.lock().and_then(|lock| {
                 self.run.remove_stale_temporaries();
-                let index = self.start_or_resume(control, vs, &mut adam, ema.as_mut())?;
+                let index = self.start_or_resume(control, step, vs, &mut adam, ema.as_mut())?;
                 Ok((Some(lock), index))
             })
         } else {
@@ -512,8 +531,14 @@ impl<'a> Trainer<'a> {
             let checkpoint_now =
                 index % config.checkpoint_every.max(1) == 0 || index == config.steps;
             if checkpoint_now {
-                last_checkpoint =
-                    Some(self.save(index, &adam, ema.as_ref(), vs, last_checkpoint.as_ref())?);
+                last_checkpoint = Some(self.save(
+                    index,
+                    step,
+                    &adam,
+                    ema.as_ref(),
+                    vs,
+                    last_checkpoint.as_ref(),
+                )?);
             }
             // Nothing optional runs before the checkpoint of this step is on disk.
             let mut evaluation = Vec::new();
@@ -539,7 +564,14 @@ impl<'a> Trainer<'a> {
             if stop_now && index < config.steps {
                 let path = match &last_checkpoint {
                     Some(p) if layout::is_checkpoint_of(p, index) => p.clone(),
-                    _ => self.save(index, &adam, ema.as_ref(), vs, last_checkpoint.as_ref())?,
+                    _ => self.save(
+                        index,
+                        step,
+                        &adam,
+                        ema.as_ref(),
+                        vs,
+                        last_checkpoint.as_ref(),
+                    )?,
                 };
                 return Ok(TrainReport {
                     finished: Finished::Interrupted { step: index },
@@ -550,7 +582,7 @@ impl<'a> Trainer<'a> {
         }
         let checkpoint = match last_checkpoint {
             Some(p) => p,
-            None => self.save(index, &adam, ema.as_ref(), vs, None)?,
+            None => self.save(index, step, &adam, ema.as_ref(), vs, None)?,
         };
         Ok(TrainReport {
             finished: Finished::Completed,
@@ -602,12 +634,19 @@ impl<'a> Trainer<'a> {
     fn save(
         &self,
         step: u64,
+        train_step: &dyn TrainStep,
         adam: &Adam,
         ema: Option<&Ema>,
         vs: &VarStore,
         last: Option<&PathBuf>,
     ) -> Result<PathBuf> {
-        let tensors = state_tensors(vs, adam, ema);
+        let mut tensors = state_tensors(vs, adam, ema);
+        tensors.extend(
+            train_step
+                .state()
+                .into_iter()
+                .map(|(name, t)| (format!("{}{name}", layout::STEP), t)),
+        );
         let not_finite = tch::no_grad(|| {
             tensors
                 .iter()

@@ -2,6 +2,8 @@
 //! batch and what is reported of it; [`optimise`] owns everything else (seeding, the
 //! backward pass, the gradient hook, clipping or skipping, the Adam update).
 
+use std::collections::BTreeMap;
+
 use elbo_data::Transform;
 use tch::{Kind, Tensor};
 
@@ -62,6 +64,17 @@ pub trait TrainStep {
     /// The loss of `batch` at step `step` (counted from 0). Draws from libtorch's
     /// generator, which [`optimise`] has seeded from (seed, step).
     fn loss(&self, batch: &Batch, step: u64) -> StepLoss;
+    /// What the step carries from one step to the next (an importance sampler's loss
+    /// history), saved with every checkpoint (under the prefix `step.`) so that a resume
+    /// continues the same run. None by default.
+    fn state(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+    /// Restores [`TrainStep::state`] from a checkpoint's tensors (names without the
+    /// prefix); an error if they are missing or do not fit.
+    fn restore(&self, _tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The step of a model trained on its ELBO: the negative mean ELBO, reshaped by the

@@ -13,7 +13,11 @@ pub mod bound;
 pub mod diffusion;
 pub mod guidance;
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
 use elbo_data::Transform;
+use elbo_math::timesteps::LossSecondMoment;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor, nn};
 
@@ -46,6 +50,27 @@ pub enum LossKind {
     Vlb,
 }
 
+/// How training draws each example's timestep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimestepSampling {
+    /// Uniformly on `1..=T` (Ho et al.).
+    #[default]
+    Uniform,
+    /// Improved DDPM's importance sampling for `--loss vlb`
+    /// ([`elbo_math::timesteps::LossSecondMoment`]): `p_t` proportional to the root
+    /// mean square of the last 10 losses at t (uniform until every t has 10), each
+    /// example's term weighted by `1 / (T p_t)`, so the loss stays an unbiased estimate
+    /// of the bound's mean term with a lower variance.
+    LossSecondMoment,
+}
+
+impl TimestepSampling {
+    fn is_uniform(&self) -> bool {
+        *self == TimestepSampling::Uniform
+    }
+}
+
 /// The DDPM presets (see [`DdpmConfig::preset`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum DdpmPreset {
@@ -73,6 +98,7 @@ named_option!(
     DdpmPreset => "DDPM preset",
     RecipeName => "DDPM recipe",
     LossKind => "loss",
+    TimestepSampling => "timestep sampler",
     ScheduleKind => "schedule",
     Objective => "objective",
     VarianceKind => "variance",
@@ -100,6 +126,10 @@ pub struct DdpmConfig {
     /// unconditional model.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cond_drop: f64,
+    /// How training draws timesteps (uniform, and absent from checkpoints, unless
+    /// importance-sampled with `--loss vlb`).
+    #[serde(default, skip_serializing_if = "TimestepSampling::is_uniform")]
+    pub timestep_sampling: TimestepSampling,
 }
 
 fn is_zero(p: &f64) -> bool {
@@ -143,6 +173,7 @@ impl DdpmConfig {
             loss: LossKind::Simple,
             variance: VarianceKind::FixedLarge,
             cond_drop: 0.0,
+            timestep_sampling: TimestepSampling::Uniform,
         };
         config.validate()?;
         Ok(config)
@@ -166,6 +197,17 @@ impl DdpmConfig {
                 detail: format!(
                     "label dropout (--cond-drop) must be in [0, 1), found {}",
                     self.cond_drop
+                ),
+            });
+        }
+        if self.timestep_sampling == TimestepSampling::LossSecondMoment
+            && self.loss != LossKind::Vlb
+        {
+            return Err(Error::Config {
+                detail: format!(
+                    "importance-sampled timesteps (loss-second-moment) weigh the bound's terms; \
+                     they need --loss vlb, found --loss {}",
+                    self.loss
                 ),
             });
         }
@@ -302,11 +344,25 @@ impl Ddpm {
     /// Its training loss on `x` (labels `labels`) at a uniform t: `L_simple` or the
     /// bound's term (per dimension), with what to report. A class-conditional model sees
     /// each label, or with probability `cond_drop` the null label.
-    fn training_loss(&self, x: &Tensor, labels: &Tensor) -> StepLoss {
+    fn training_loss(
+        &self,
+        x: &Tensor,
+        labels: &Tensor,
+        sampler: Option<&RefCell<LossSecondMoment>>,
+    ) -> StepLoss {
         let d = &self.diffusion;
         let b = x.size()[0];
         let big_t = d.timesteps() as i64;
-        let t = Tensor::randint_low(1, big_t + 1, [b], (Kind::Int64, x.device()));
+        let (t, weights) = match sampler {
+            None => (
+                Tensor::randint_low(1, big_t + 1, [b], (Kind::Int64, x.device())),
+                None,
+            ),
+            Some(sampler) => {
+                let (t, w) = importance_draws(&sampler.borrow(), b);
+                (t.to_device(x.device()), Some(w.to_device(x.device())))
+            }
+        };
         let eps = x.randn_like();
         let x_t = d.q_sample(x, &t, &eps);
         // Drawn after t and eps, and only when conditional: an unconditional model's
@@ -325,8 +381,15 @@ impl Ddpm {
                 let (x0_hat, _) = d.predictions(&output, &x_t, &t, ClipX0::None);
                 let kl = d.denoising_matching(x, &x_t, &t, &x0_hat);
                 let nll = -d.reconstruction(x, &x_t, &t, &x0_hat, Decoder::Discretized);
-                let term = kl.where_self(&t.gt(1), &nll);
-                ("vlb_term_per_dim", term.mean(Kind::Float) / dims)
+                let term = kl.where_self(&t.gt(1), &nll) / dims;
+                let loss = match (&weights, sampler) {
+                    (Some(w), Some(sampler)) => {
+                        record_losses(&mut sampler.borrow_mut(), &t, &term);
+                        (term * w).mean(Kind::Float)
+                    }
+                    _ => term.mean(Kind::Float),
+                };
+                ("vlb_term_per_dim", loss)
             }
         };
         StepLoss {
@@ -337,8 +400,49 @@ impl Ddpm {
     }
 }
 
-/// A DDPM's training step: its own objective ([`LossKind`]), not the ELBO.
-struct DdpmStep<'a>(&'a Ddpm);
+/// `b` timesteps drawn from `sampler` (one uniform draw each from libtorch's generator,
+/// on the CPU) and their importance weights `1 / (T p_t)`.
+fn importance_draws(sampler: &LossSecondMoment, b: i64) -> (Tensor, Tensor) {
+    let u = Tensor::rand([b], (Kind::Double, tch::Device::Cpu));
+    let u = Vec::<f64>::try_from(u).unwrap_or_default();
+    let (t, w): (Vec<i64>, Vec<f64>) = u
+        .iter()
+        .map(|&u| {
+            let (t, w) = sampler.draw(u);
+            (t as i64, w)
+        })
+        .unzip();
+    (
+        Tensor::from_slice(&t),
+        Tensor::from_slice(&w).to_kind(Kind::Float),
+    )
+}
+
+/// Records each example's (unweighted) term at its timestep. Non-finite terms are left
+/// out: the training loop's guard deals with such a step.
+fn record_losses(sampler: &mut LossSecondMoment, t: &Tensor, term: &Tensor) {
+    let to_vec = |x: &Tensor| {
+        Vec::<f64>::try_from(x.detach().to_device(tch::Device::Cpu).to_kind(Kind::Double))
+            .unwrap_or_default()
+    };
+    for (t, loss) in to_vec(t).into_iter().zip(to_vec(term)) {
+        if loss.is_finite() {
+            // t came from the sampler's own draw: within 1..=T.
+            let _ = sampler.record(t as usize, loss);
+        }
+    }
+}
+
+/// The names of an importance sampler's state in checkpoints (under the step prefix).
+const SAMPLER_LOSSES: &str = "timesteps.losses";
+const SAMPLER_COUNTS: &str = "timesteps.counts";
+
+/// A DDPM's training step: its own objective ([`LossKind`]), not the ELBO; with
+/// importance-sampled timesteps, the sampler and its loss history.
+struct DdpmStep<'a> {
+    model: &'a Ddpm,
+    sampler: Option<RefCell<LossSecondMoment>>,
+}
 
 impl TrainStep for DdpmStep<'_> {
     fn transform(&self, horizontal_flip: bool) -> Transform {
@@ -346,8 +450,84 @@ impl TrainStep for DdpmStep<'_> {
     }
 
     fn loss(&self, batch: &Batch, _step: u64) -> StepLoss {
-        self.0.training_loss(&batch.x, &batch.labels)
+        self.model
+            .training_loss(&batch.x, &batch.labels, self.sampler.as_ref())
     }
+
+    /// The importance sampler's loss history: (T, 10) losses (zero-padded, oldest
+    /// first) and (T,) counts, in f64.
+    fn state(&self) -> Vec<(String, Tensor)> {
+        let Some(sampler) = &self.sampler else {
+            return Vec::new();
+        };
+        let sampler = sampler.borrow();
+        let history = sampler.history();
+        let width = LossSecondMoment::IMPROVED_DDPM.0;
+        let mut losses = vec![0.0f64; history.len() * width];
+        for (row, kept) in history.iter().enumerate() {
+            losses[row * width..row * width + kept.len()].copy_from_slice(kept);
+        }
+        let counts: Vec<f64> = history.iter().map(|k| k.len() as f64).collect();
+        vec![
+            (
+                SAMPLER_LOSSES.to_string(),
+                Tensor::from_slice(&losses).reshape([history.len() as i64, width as i64]),
+            ),
+            (SAMPLER_COUNTS.to_string(), Tensor::from_slice(&counts)),
+        ]
+    }
+
+    fn restore(&self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+        let Some(sampler) = &self.sampler else {
+            return Ok(());
+        };
+        let (Some(losses), Some(counts)) =
+            (tensors.get(SAMPLER_LOSSES), tensors.get(SAMPLER_COUNTS))
+        else {
+            return Err(Error::Checkpoint {
+                detail: format!(
+                    "{SAMPLER_LOSSES} and {SAMPLER_COUNTS} are missing: the run samples its \
+                     timesteps by importance, the checkpoint has no loss history"
+                ),
+            });
+        };
+        let steps = self.model.diffusion.timesteps();
+        let width = LossSecondMoment::IMPROVED_DDPM.0;
+        let bad = |what: String| Error::Checkpoint { detail: what };
+        if losses.size() != [steps as i64, width as i64] || counts.size() != [steps as i64] {
+            return Err(bad(format!(
+                "the loss history has shape {:?} and counts {:?}, expected [{steps}, {width}] \
+                 and [{steps}]",
+                losses.size(),
+                counts.size()
+            )));
+        }
+        let losses = Vec::<f64>::try_from(losses.to_kind(Kind::Double).flatten(0, -1))?;
+        let counts = Vec::<f64>::try_from(counts.to_kind(Kind::Double))?;
+        let history = counts
+            .iter()
+            .enumerate()
+            .map(|(row, &n)| {
+                let n = n as usize;
+                (n as f64 == counts[row] && n <= width)
+                    .then(|| losses[row * width..row * width + n].to_vec())
+                    .ok_or_else(|| bad(format!("timestep {}: a count of {n}", row + 1)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let fresh = new_sampler(steps)?;
+        *sampler.borrow_mut() = fresh
+            .with_history(history)
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// Improved DDPM's sampler over `1..=steps`.
+fn new_sampler(steps: usize) -> Result<LossSecondMoment> {
+    let (history, uniform) = LossSecondMoment::IMPROVED_DDPM;
+    LossSecondMoment::new(steps, history, uniform).map_err(|e| Error::Config {
+        detail: format!("the timestep sampler: {e}"),
+    })
 }
 
 /// The number of classes of a guided draw of `n` of each class from `model`: an error
@@ -446,7 +626,16 @@ impl ElboModel for Ddpm {
                 ),
             });
         }
-        Ok(Box::new(DdpmStep(self)))
+        let sampler = match self.config.timestep_sampling {
+            TimestepSampling::Uniform => None,
+            TimestepSampling::LossSecondMoment => {
+                Some(RefCell::new(new_sampler(self.diffusion.timesteps())?))
+            }
+        };
+        Ok(Box::new(DdpmStep {
+            model: self,
+            sampler,
+        }))
     }
 
     fn capabilities(&self) -> Capabilities<'_> {
