@@ -355,9 +355,8 @@ class DDPM(nn.Module):
         network call at t = round(i T / S), a standard normal z drawn every step (also
         when eta = 0, as elbo does), x0 clipped to [-1, 1] and eps recomputed from it.
         Returns the final x (not clamped again; with clipping it is the clipped x0)."""
-        c, h, w = self.image
         device = self.signal.device
-        x = torch.randn(n, c, h, w, device=device)
+        x = torch.randn(n, *self.image, device=device)
         timesteps = ddim_timesteps(self.timesteps, steps)
         for i in range(len(timesteps), 0, -1):
             t = torch.full((n,), timesteps[i - 1], dtype=torch.int64, device=device)
