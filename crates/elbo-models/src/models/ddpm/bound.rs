@@ -55,6 +55,36 @@ pub fn bound_terms(
     with_ends(diffusion, network, x0, decoder, layers)
 }
 
+/// The bound's term of each example at its own timestep `t` (nats): the
+/// denoising-matching KL for t >= 2, the decoder's negative log-likelihood `-L_0` at
+/// t = 1, from `x_t` and the prediction `x0_hat` there. What `--loss vlb` trains on.
+pub fn term(
+    diffusion: &Diffusion,
+    x0: &Tensor,
+    x_t: &Tensor,
+    t: &Tensor,
+    x0_hat: &Tensor,
+    decoder: Decoder,
+) -> Tensor {
+    let kl = diffusion.denoising_matching(x0, x_t, t, x0_hat);
+    let nll = -diffusion.reconstruction(x0, x_t, t, x0_hat, decoder);
+    kl.where_self(&t.gt(1), &nll)
+}
+
+/// [`term`] at the timesteps `t` (one per example), with one draw of `x_t`: one
+/// network call. The table of these over every t is what the variance of a one-sample
+/// estimate of the bound is computed from.
+pub fn terms_at(
+    diffusion: &Diffusion,
+    network: &Network<'_>,
+    x0: &Tensor,
+    t: &Tensor,
+    decoder: Decoder,
+) -> Tensor {
+    let (x_t, x0_hat) = draw(diffusion, network, x0, t);
+    term(diffusion, x0, &x_t, t, &x0_hat, decoder)
+}
+
 /// `x_t ~ q(x_t | x_0)` at the timesteps `t`, and the network's prediction of `x_0`
 /// there.
 fn draw(diffusion: &Diffusion, network: &Network<'_>, x0: &Tensor, t: &Tensor) -> (Tensor, Tensor) {

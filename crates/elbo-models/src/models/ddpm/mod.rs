@@ -325,8 +325,8 @@ impl Ddpm {
         &self.diffusion
     }
 
-    /// The network in evaluation mode (no dropout).
-    fn network(&self) -> impl Fn(&Tensor, &Tensor) -> Tensor + '_ {
+    /// The network in evaluation mode (no dropout; a conditional model's null label).
+    pub fn network(&self) -> impl Fn(&Tensor, &Tensor) -> Tensor + '_ {
         move |x: &Tensor, t: &Tensor| self.unet.forward(x, t, false)
     }
 
@@ -379,9 +379,7 @@ impl Ddpm {
             LossKind::Vlb => {
                 let dims = (x.numel() as i64 / b.max(1)) as f64;
                 let (x0_hat, _) = d.predictions(&output, &x_t, &t, ClipX0::None);
-                let kl = d.denoising_matching(x, &x_t, &t, &x0_hat);
-                let nll = -d.reconstruction(x, &x_t, &t, &x0_hat, Decoder::Discretized);
-                let term = kl.where_self(&t.gt(1), &nll) / dims;
+                let term = bound::term(d, x, &x_t, &t, &x0_hat, Decoder::Discretized) / dims;
                 let loss = match (&weights, sampler) {
                     (Some(w), Some(sampler)) => {
                         record_losses(&mut sampler.borrow_mut(), &t, &term);
