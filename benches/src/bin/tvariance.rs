@@ -110,17 +110,14 @@ struct Moments {
     sd_weighted: f64,
 }
 
-/// The converged sampler's p over the rows of `table` (one row per t).
+/// The converged sampler's p over the rows of `table` (one row per t): a
+/// [`LossSecondMoment`] holding each row as its history.
 fn importance(table: &[Vec<f64>], uniform_share: f64) -> Vec<f64> {
-    let rms: Vec<f64> = table
-        .iter()
-        .map(|row| (row.iter().map(|l| l * l).sum::<f64>() / row.len() as f64).sqrt())
-        .collect();
-    let total: f64 = rms.iter().sum();
-    let steps = table.len() as f64;
-    rms.iter()
-        .map(|w| w / total * (1.0 - uniform_share) + uniform_share / steps)
-        .collect()
+    let width = table.first().map_or(1, Vec::len).max(1);
+    LossSecondMoment::new(table.len(), width, uniform_share)
+        .and_then(|s| s.with_history(table.to_vec()))
+        .map(|s| s.probabilities())
+        .unwrap_or_else(|_| vec![1.0 / table.len() as f64; table.len()])
 }
 
 /// The one-sample estimates of the sum of `table`'s rows for each image (column): at a

@@ -128,19 +128,27 @@ impl LossSecondMoment {
     /// The timestep at the uniform draw `u` in [0, 1) (inverse CDF of
     /// [`LossSecondMoment::probabilities`]) and its importance weight `1 / (T p_t)`.
     pub fn draw(&self, u: f64) -> (usize, f64) {
+        self.draws(&[u])[0]
+    }
+
+    /// [`LossSecondMoment::draw`] for each of `us`, the probabilities computed once.
+    pub fn draws(&self, us: &[f64]) -> Vec<(usize, f64)> {
         let p = self.probabilities();
-        let mut cumulative = 0.0;
-        let mut chosen = p.len();
-        for (i, pi) in p.iter().enumerate() {
-            cumulative += pi;
-            if u < cumulative {
-                chosen = i + 1;
-                break;
-            }
-        }
-        // Rounding can leave the cumulative sum a hair below 1: the last step then.
-        let chosen = chosen.clamp(1, p.len());
-        (chosen, 1.0 / (p.len() as f64 * p[chosen - 1]))
+        let cumulative: Vec<f64> = p
+            .iter()
+            .scan(0.0, |sum, pi| {
+                *sum += pi;
+                Some(*sum)
+            })
+            .collect();
+        us.iter()
+            .map(|&u| {
+                // The first t whose cumulative probability exceeds u; rounding can leave
+                // the last a hair below 1, and then it is the last step.
+                let chosen = (cumulative.partition_point(|&c| c <= u) + 1).min(p.len());
+                (chosen, 1.0 / (p.len() as f64 * p[chosen - 1]))
+            })
+            .collect()
     }
 
     /// The losses kept at each timestep (index t - 1), oldest first: the state to

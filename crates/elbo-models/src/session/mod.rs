@@ -288,13 +288,7 @@ fn run_sweep<P>(
         "sampling": config.sampling.map(|s| format!("{s:?}")),
         "points": points.iter().map(sweep.point).collect::<Vec<_>>(),
     });
-    checkpoint::write_atomically(&json, |temp| {
-        std::fs::write(
-            temp,
-            serde_json::to_string_pretty(&value).unwrap_or_default(),
-        )?;
-        Ok(())
-    })?;
+    checkpoint::write_json_atomically(&json, &value)?;
     let report = SweepReport {
         points,
         floor,

@@ -129,6 +129,18 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
     result
 }
 
+/// Writes `value` as pretty-printed JSON to `path`, whole or not at all
+/// ([`write_atomically`]).
+pub fn write_json_atomically(path: &Path, value: &serde_json::Value) -> Result<()> {
+    write_atomically(path, |temp| {
+        fs::write(
+            temp,
+            serde_json::to_string_pretty(value).unwrap_or_default(),
+        )?;
+        Ok(())
+    })
+}
+
 /// Saves a checkpoint into `dir` (created if needed), then removes all but the newest
 /// `keep` checkpoints. Returns the JSON file's path.
 pub fn save(

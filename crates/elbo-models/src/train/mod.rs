@@ -268,13 +268,7 @@ impl<'a> Trainer<'a> {
                 "model_config": meta.model_config,
                 "train_config": meta.train_config,
             });
-            checkpoint::write_atomically(&run.config(), |temp| {
-                std::fs::write(
-                    temp,
-                    serde_json::to_string_pretty(&value).unwrap_or_default(),
-                )?;
-                Ok(())
-            })?;
+            checkpoint::write_json_atomically(&run.config(), &value)?;
         }
         Ok(0)
     }

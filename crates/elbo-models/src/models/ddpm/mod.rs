@@ -403,12 +403,10 @@ impl Ddpm {
 fn importance_draws(sampler: &LossSecondMoment, b: i64) -> (Tensor, Tensor) {
     let u = Tensor::rand([b], (Kind::Double, tch::Device::Cpu));
     let u = Vec::<f64>::try_from(u).unwrap_or_default();
-    let (t, w): (Vec<i64>, Vec<f64>) = u
-        .iter()
-        .map(|&u| {
-            let (t, w) = sampler.draw(u);
-            (t as i64, w)
-        })
+    let (t, w): (Vec<i64>, Vec<f64>) = sampler
+        .draws(&u)
+        .into_iter()
+        .map(|(t, w)| (t as i64, w))
         .unzip();
     (
         Tensor::from_slice(&t),
