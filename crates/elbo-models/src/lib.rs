@@ -50,7 +50,7 @@
 //!
 //! // The bound on 100 test images, term by term, with the IWAE bound of 10 samples.
 //! let test = data::fixed_tensor(&splits.test, model.likelihood(), Some(100), device)?;
-//! let bound = eval::evaluate(model.as_ref(), &test, Some(10), 100);
+//! let bound = eval::evaluate(model.as_ref(), &test, Some(10), 100)?;
 //! // Ten importance samples tighten a barely trained VAE's bound by nats per image.
 //! assert!(bound.elbo < 0.0 && bound.iwae.unwrap().1 > bound.elbo);
 //!

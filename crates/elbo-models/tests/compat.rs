@@ -66,7 +66,7 @@ fn a_checkpoint_of_the_format_before_the_redesign_loads_and_resumes() {
     assert_eq!(restored.trained_on(), data::DataSpec::Bundled);
     let (train_set, test_set) = subset(256, 16);
     let x = data::fixed_tensor(&test_set, model.likelihood(), None, Device::Cpu).unwrap();
-    let report = eval::evaluate(restored.model.as_ref(), &x, None, 16);
+    let report = eval::evaluate(restored.model.as_ref(), &x, None, 16).unwrap();
     assert!(
         report.elbo.is_finite() && report.elbo < 0.0,
         "{}",

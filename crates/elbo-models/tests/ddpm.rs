@@ -188,7 +188,7 @@ fn l_simple_falls_in_a_short_run_and_resume_is_exact() {
     assert!(restored.model.capabilities().exact_bound.is_some());
     let x =
         data::fixed_tensor(&test_set, restored.model.likelihood(), Some(4), Device::Cpu).unwrap();
-    let report = eval::evaluate(restored.model.as_ref(), &x, None, 4);
+    let report = eval::evaluate(restored.model.as_ref(), &x, None, 4).unwrap();
     let names: Vec<&str> = report.terms.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,

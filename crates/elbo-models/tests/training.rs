@@ -279,7 +279,7 @@ fn vae_mlp_learns_on_the_bundled_sample() {
     let dir = tempfile::tempdir().unwrap();
     let (mut vs, model) = vae(11);
     let test = data::fixed_tensor(&test_set, Likelihood::Bernoulli, None, Device::Cpu).unwrap();
-    let before = eval::evaluate(&model, &test, None, 200).elbo;
+    let before = eval::evaluate(&model, &test, None, 200).unwrap().elbo;
     let data = TrainData {
         train: &train_set,
         test: &test_set,
@@ -299,7 +299,7 @@ fn vae_mlp_learns_on_the_bundled_sample() {
         },
     )
     .unwrap();
-    let after = eval::evaluate(&model, &test, None, 200).elbo;
+    let after = eval::evaluate(&model, &test, None, 200).unwrap().elbo;
     assert!(
         after - before > 150.0,
         "test ELBO {before:.1} -> {after:.1}"

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tch::{Kind, Tensor};
 
+use crate::error::Result;
 use crate::models::ElboModel;
 
 /// Results in nats per example (ELBO and bounds are log-likelihood bounds: negative).
@@ -39,29 +40,38 @@ impl EvalReport {
 
 /// Evaluates `model` on `x` in batches of `batch` examples: the ELBO terms, and the IWAE
 /// bound with `iw_k` samples when given.
-pub fn evaluate(model: &dyn ElboModel, x: &Tensor, iw_k: Option<i64>, batch: i64) -> EvalReport {
+/// An error if asked for an IWAE bound that the model does not have (the VDM's).
+pub fn evaluate(
+    model: &dyn ElboModel,
+    x: &Tensor,
+    iw_k: Option<i64>,
+    batch: i64,
+) -> Result<EvalReport> {
     let never = AtomicBool::new(false);
-    evaluate_until(model, x, iw_k, batch, &never).expect("an evaluation nobody stops finishes")
+    Ok(
+        evaluate_until(model, x, iw_k, batch, &never)?
+            .expect("an evaluation nobody stops finishes"),
+    )
 }
 
 /// [`evaluate`], given up between two batches as soon as `stop` is raised (a Ctrl-C):
-/// `None` then.
+/// `Ok(None)` then.
 pub fn evaluate_until(
     model: &dyn ElboModel,
     x: &Tensor,
     iw_k: Option<i64>,
     batch: i64,
     stop: &AtomicBool,
-) -> Option<EvalReport> {
+) -> Result<Option<EvalReport>> {
     let stopped = || stop.load(Ordering::SeqCst);
-    tch::no_grad(|| {
+    let report = tch::no_grad(|| {
         let size = x.size();
         let examples = size[0];
         let dims: i64 = size[1..].iter().product();
         let mut sums: Vec<(String, f64)> = Vec::new();
         for chunk in x.split(batch.max(1), 0) {
             if stopped() {
-                return None;
+                return Ok(None);
             }
             let n = chunk.size()[0] as f64;
             let terms = match model.capabilities().exact_bound {
@@ -82,21 +92,25 @@ pub fn evaluate_until(
         // `ElboTerms::means` ends with the ELBO itself.
         let elbo = terms.pop().map_or(f64::NAN, |(_, v)| v);
         let iwae = match iw_k {
-            Some(k) => Some((k, iwae_bound_until(model, x, k, batch, stop)?)),
+            Some(k) => match iwae_bound_until(model, x, k, batch, stop)? {
+                Some(bound) => Some((k, bound)),
+                None => return Ok(None),
+            },
             None => None,
         };
         if stopped() {
-            return None;
+            return Ok(None);
         }
-        Some(EvalReport {
+        Ok(Some(EvalReport {
             examples,
             dims,
             terms,
             elbo,
             iwae,
             active_units: active_units(model, x, batch),
-        })
-    })
+        }))
+    });
+    report
 }
 
 /// The IWAE bound with `k` samples, averaged over the examples of `x`. The `k` samples
@@ -104,9 +118,11 @@ pub fn evaluate_until(
 /// with a log-sum-exp, so any K fits in memory. (On one CPU thread, calls of 2^24 values
 /// ran 1.2 (vae-mlp) to 2.5 (convolutional ladder, whose inner activations are 4 times
 /// its output) times slower per sample than calls of 2^19: out of cache.)
-pub fn iwae_bound(model: &dyn ElboModel, x: &Tensor, k: i64, batch: i64) -> f64 {
+///
+/// An error if the model has no importance weights (the VDM).
+pub fn iwae_bound(model: &dyn ElboModel, x: &Tensor, k: i64, batch: i64) -> Result<f64> {
     let never = AtomicBool::new(false);
-    iwae_bound_until(model, x, k, batch, &never).expect("a bound nobody stops finishes")
+    Ok(iwae_bound_until(model, x, k, batch, &never)?.expect("a bound nobody stops finishes"))
 }
 
 /// [`iwae_bound`], given up between two model calls as soon as `stop` is raised.
@@ -116,7 +132,7 @@ fn iwae_bound_until(
     k: i64,
     batch: i64,
     stop: &AtomicBool,
-) -> Option<f64> {
+) -> Result<Option<f64>> {
     tch::no_grad(|| {
         let size = x.size();
         let dims: i64 = size[1..].iter().product::<i64>().max(1);
@@ -128,17 +144,17 @@ fn iwae_bound_until(
             let mut done = 0;
             while done < k {
                 if stop.load(Ordering::SeqCst) {
-                    return None;
+                    return Ok(None);
                 }
                 let now = per_call.min(k - done);
-                parts.push(model.log_importance_weights(&chunk, now));
+                parts.push(model.log_importance_weights(&chunk, now)?);
                 done += now;
             }
             let log_w = Tensor::cat(&parts, 0).to_kind(Kind::Double);
             let bound = log_w.logsumexp([0], false) - (k as f64).ln();
             total += bound.sum(Kind::Double).double_value(&[]);
         }
-        Some(total / size[0] as f64)
+        Ok(Some(total / size[0] as f64))
     })
 }
 
@@ -241,11 +257,11 @@ mod tests {
         let config = VaeConfig::preset(VaePreset::Mlp, [1, 28, 28], Likelihood::Bernoulli).unwrap();
         let vae = Vae::new(&vs.root(), config).unwrap();
         let x = Tensor::rand([200, 1, 28, 28], (Kind::Float, tch::Device::Cpu)).round();
-        let report = evaluate(&vae, &x, Some(10), 64);
+        let report = evaluate(&vae, &x, Some(10), 64).unwrap();
         let elbo = report.elbo;
         let iw10 = report.iwae.unwrap().1;
-        let iw100 = iwae_bound(&vae, &x, 100, 64);
-        let iw1000 = iwae_bound(&vae, &x, 1000, 64);
+        let iw100 = iwae_bound(&vae, &x, 100, 64).unwrap();
+        let iw1000 = iwae_bound(&vae, &x, 1000, 64).unwrap();
         // (K = 1 is the ELBO's own estimator: vae::tests checks that with a tolerance
         // from its variance.)
         eprintln!("elbo {elbo}, k=10 {iw10}, k=100 {iw100}, k=1000 {iw1000}");

@@ -9,6 +9,7 @@ use super::ElboModel;
 use super::ddpm::{self, Ddpm, DdpmConfig};
 use super::hvae::{self, HvaeConfig};
 use super::vae::{Vae, VaeConfig};
+use super::vdm::{self, Vdm, VdmConfig};
 use crate::error::{Error, Result};
 
 /// The configuration of a model of any family: everything that fixes its weights' shapes.
@@ -20,6 +21,8 @@ pub enum ModelConfig {
     Hvae(HvaeConfig),
     /// A DDPM (`ddpm`).
     Ddpm(DdpmConfig),
+    /// A variational diffusion model (`vdm`).
+    Vdm(VdmConfig),
 }
 
 /// The family name of the classifier's checkpoints (not a generative model).
@@ -32,6 +35,7 @@ impl ModelConfig {
             ModelConfig::Vae(_) => "vae",
             ModelConfig::Hvae(_) => hvae::FAMILY,
             ModelConfig::Ddpm(_) => ddpm::FAMILY,
+            ModelConfig::Vdm(_) => vdm::FAMILY,
         }
     }
 
@@ -41,6 +45,7 @@ impl ModelConfig {
             ModelConfig::Vae(c) => serde_json::to_value(c),
             ModelConfig::Hvae(c) => serde_json::to_value(c),
             ModelConfig::Ddpm(c) => serde_json::to_value(c),
+            ModelConfig::Vdm(c) => serde_json::to_value(c),
         };
         value.unwrap_or(Value::Null)
     }
@@ -73,6 +78,7 @@ impl ModelConfig {
             "vae" => ModelConfig::Vae(parse(family, config)?),
             hvae::FAMILY => ModelConfig::Hvae(parse(family, config)?),
             ddpm::FAMILY => ModelConfig::Ddpm(parse(family, config)?),
+            vdm::FAMILY => ModelConfig::Vdm(parse(family, config)?),
             CLASSIFIER => {
                 return Err(Error::Checkpoint {
                     detail: "it holds a classifier (from `elbo train classifier`), expected a \
@@ -85,7 +91,7 @@ impl ModelConfig {
                 return Err(Error::Checkpoint {
                     detail: format!(
                         "it holds a {other:?} model, which this elbo does not know (it knows \
-                         vae, hvae and ddpm)"
+                         vae, hvae, ddpm and vdm)"
                     ),
                 });
             }
@@ -99,6 +105,7 @@ impl ModelConfig {
             ModelConfig::Hvae(HvaeConfig::Markov(c)) => c.image,
             ModelConfig::Hvae(HvaeConfig::Ladder(c)) => c.image,
             ModelConfig::Ddpm(c) => [c.unet.in_channels, c.unet.image_size, c.unet.image_size],
+            ModelConfig::Vdm(c) => [c.unet.in_channels, c.unet.image_size, c.unet.image_size],
         }
     }
 
@@ -121,6 +128,7 @@ impl ModelConfig {
             ModelConfig::Vae(c) => Box::new(Vae::new(path, c.clone())?),
             ModelConfig::Hvae(c) => c.build(path)?,
             ModelConfig::Ddpm(c) => Box::new(Ddpm::new(path, c.clone())?),
+            ModelConfig::Vdm(c) => Box::new(Vdm::new(path, c.clone())?),
         })
     }
 }

@@ -17,6 +17,7 @@ pub mod ddpm;
 pub mod hvae;
 pub mod names;
 pub mod vae;
+pub mod vdm;
 
 pub use config::ModelConfig;
 
@@ -73,8 +74,10 @@ pub trait ElboModel {
     fn likelihood(&self) -> Likelihood;
     /// The ELBO terms of a batch `x` (in the model's data scale), one sample each.
     fn elbo_terms(&self, x: &Tensor) -> ElboTerms;
-    /// `log p(x, z_k) - log q(z_k | x)` for `k` draws per example, shape (k, batch).
-    fn log_importance_weights(&self, x: &Tensor, k: i64) -> Tensor;
+    /// `log p(x, z_k) - log q(z_k | x)` for `k` draws per example, shape (k, batch); an
+    /// error for a model whose bound is not over one latent path (the VDM's integral over
+    /// time).
+    fn log_importance_weights(&self, x: &Tensor, k: i64) -> Result<Tensor>;
     /// `n` samples, as images in the data scale (a diffusion model's with its default
     /// sampler).
     fn sample(&self, n: i64) -> Result<Tensor>;

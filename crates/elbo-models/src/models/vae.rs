@@ -306,8 +306,8 @@ impl ElboModel for Vae {
         }
     }
 
-    fn log_importance_weights(&self, x: &Tensor, k: i64) -> Tensor {
-        Vae::log_importance_weights(self, x, k)
+    fn log_importance_weights(&self, x: &Tensor, k: i64) -> Result<Tensor> {
+        Ok(Vae::log_importance_weights(self, x, k))
     }
 
     fn sample(&self, n: i64) -> Result<Tensor> {

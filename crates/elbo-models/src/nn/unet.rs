@@ -18,7 +18,7 @@ use crate::nn::norm::GroupNorm;
 /// The shape of a UNet.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UnetConfig {
-    /// Image channels (in and out).
+    /// Image channels (in and out; see `extra_inputs`).
     pub in_channels: i64,
     /// Image side (square images).
     pub image_size: i64,
@@ -40,6 +40,14 @@ pub struct UnetConfig {
     /// absent from checkpoints): unconditional.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_classes: Option<i64>,
+    /// Channels concatenated to the image at the input only (a VDM's Fourier features of
+    /// `z_t`); the output has `in_channels`. 0 (and absent from checkpoints) for a DDPM.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub extra_inputs: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 impl UnetConfig {
@@ -63,6 +71,12 @@ impl UnetConfig {
             return bad(format!(
                 "channel multipliers must be at least 1, one per level, found {:?}",
                 self.channel_mults
+            ));
+        }
+        if !(0..=1024).contains(&self.extra_inputs) {
+            return bad(format!(
+                "the UNet takes 0 to 1024 extra input channels, found {}",
+                self.extra_inputs
             ));
         }
         if self.res_blocks == 0 {
@@ -310,7 +324,13 @@ impl Unet {
             label: config
                 .num_classes
                 .map(|k| nn::embedding(p / "label", k + 1, temb, Default::default())),
-            input: conv3(p / "input", config.in_channels, ch, 1, false),
+            input: conv3(
+                p / "input",
+                config.in_channels + config.extra_inputs,
+                ch,
+                1,
+                false,
+            ),
             down,
             middle,
             up,

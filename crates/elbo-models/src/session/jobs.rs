@@ -326,7 +326,7 @@ pub fn train_parallel(
         train::Finished::Completed if writer => {
             let FinalEval { iw, examples } = plan.final_eval;
             let test = data::fixed_tensor(&splits.test, model.likelihood(), examples, device)?;
-            eval::evaluate_until(model.as_ref(), &test, iw, 100, control.stop)
+            eval::evaluate_until(model.as_ref(), &test, iw, 100, control.stop)?
         }
         _ => None,
     };

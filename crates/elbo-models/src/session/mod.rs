@@ -129,7 +129,7 @@ pub fn evaluate_checkpoint(
         None => Some(1000),
         Some(k) => (k > 0).then_some(k),
     };
-    let report = eval::evaluate(restored.model.as_ref(), &test, iw, 100);
+    let report = eval::evaluate(restored.model.as_ref(), &test, iw, 100)?;
     Ok((restored, report))
 }
 

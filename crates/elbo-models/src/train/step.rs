@@ -70,6 +70,10 @@ pub trait TrainStep {
     fn state(&self) -> Vec<(String, Tensor)> {
         Vec::new()
     }
+    /// Called after the loss's backward pass, before the gradients are reduced or
+    /// used: a step may add gradients of its own here (the VDM's variance-minimising
+    /// gradient of its schedule's shape). Nothing by default.
+    fn after_backward(&self) {}
     /// Restores [`TrainStep::state`] from a checkpoint's tensors (names without the
     /// prefix); an error if they are missing or do not fit.
     fn restore(&self, _tensors: &BTreeMap<String, Tensor>) -> Result<()> {
@@ -209,12 +213,14 @@ pub fn optimise(
             }
             adam.zero_grad();
             loss.backward();
+            step.after_backward();
         }
         Some(replica) => {
             // Every process must take part in the reduction, whatever its own loss: the
             // decision to stop on a non-finite loss is taken on the global one.
             adam.zero_grad();
             loss.backward();
+            step.after_backward();
             let mut shared = [
                 loss_value * replica.share,
                 f64::from(u8::from(replica.stop_requested)),

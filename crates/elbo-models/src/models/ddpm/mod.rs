@@ -166,6 +166,7 @@ impl DdpmConfig {
                 dropout,
                 norm_groups: groups,
                 num_classes: None,
+                extra_inputs: 0,
             },
             schedule: ScheduleKind::Linear,
             timesteps: 1000,
@@ -590,8 +591,14 @@ impl ElboModel for Ddpm {
         bound::sampled_terms(&self.diffusion, &self.network(), x, Decoder::Discretized)
     }
 
-    fn log_importance_weights(&self, x: &Tensor, k: i64) -> Tensor {
-        bound::log_weights(&self.diffusion, &self.network(), x, k, Decoder::Discretized)
+    fn log_importance_weights(&self, x: &Tensor, k: i64) -> Result<Tensor> {
+        Ok(bound::log_weights(
+            &self.diffusion,
+            &self.network(),
+            x,
+            k,
+            Decoder::Discretized,
+        ))
     }
 
     /// With [`SteppedSampling::default_sampling`]: DDIM over min(T, 50) steps, clipped.

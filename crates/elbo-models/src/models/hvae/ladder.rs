@@ -341,7 +341,7 @@ impl ElboModel for LadderHvae {
         self.terms_of_pass(x, &h, &steps)
     }
 
-    fn log_importance_weights(&self, x: &Tensor, k: i64) -> Tensor {
+    fn log_importance_weights(&self, x: &Tensor, k: i64) -> Result<Tensor> {
         let batch = x.size()[0];
         let features: Vec<Tensor> = self
             .bottom_up(x)
@@ -363,7 +363,7 @@ impl ElboModel for LadderHvae {
                 None => gaussian::log_density_standard(&step.z),
             };
         }
-        log_w.reshape([k, batch])
+        Ok(log_w.reshape([k, batch]))
     }
 
     fn sample(&self, n: i64) -> Result<Tensor> {
@@ -447,7 +447,7 @@ mod tests {
             assert_eq!(names, ["kl_layer_1", "kl_layer_2"], "{arch}");
             assert_eq!(terms.reconstruction.size(), [5]);
             assert_eq!(terms.prior_matching.size(), [5]);
-            assert_eq!(m.log_importance_weights(&x, 3).size(), [3, 5]);
+            assert_eq!(m.log_importance_weights(&x, 3).unwrap().size(), [3, 5]);
             assert_eq!(m.sample(4).unwrap().size(), [4, 1, 28, 28]);
             assert_eq!(m.reconstruct(&x).size(), [5, 1, 28, 28]);
             let means = m.posterior_means(&x);

@@ -232,7 +232,7 @@ impl ElboModel for MarkovHvae {
         self.terms_of_chain(x, &self.infer(mean, log_var))
     }
 
-    fn log_importance_weights(&self, x: &Tensor, k: i64) -> Tensor {
+    fn log_importance_weights(&self, x: &Tensor, k: i64) -> Result<Tensor> {
         let (mean, log_var) = self.bottom.encode(x);
         let batch = mean.size()[0];
         let chain = self.infer(repeat_batch(&mean, k), repeat_batch(&log_var, k));
@@ -250,7 +250,7 @@ impl ElboModel for MarkovHvae {
                 log_w += gaussian::log_density(&chain.z[i], &p_mean, &p_log_var);
             }
         }
-        log_w.reshape([k, batch])
+        Ok(log_w.reshape([k, batch]))
     }
 
     fn sample(&self, n: i64) -> Result<Tensor> {
@@ -337,7 +337,7 @@ mod tests {
         let names: Vec<&str> = terms.layers.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["consistency_1", "consistency_2"]);
         assert_eq!(terms.prior_matching.size(), [5]);
-        assert_eq!(m.log_importance_weights(&x, 3).size(), [3, 5]);
+        assert_eq!(m.log_importance_weights(&x, 3).unwrap().size(), [3, 5]);
         assert_eq!(m.sample(4).unwrap().size(), [4, 1, 28, 28]);
         let means = m.posterior_means(&x);
         let shapes: Vec<(String, Vec<i64>)> =
