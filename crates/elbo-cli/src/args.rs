@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use elbo_models::session::{
     self, Classes, ClipX0, DataSpec, DdpmJob, DdpmPreset, Device, DeviceSpec, ElboTraining,
-    Guidance, HvaeArch, HvaeJob, HvaeVariant, Likelihood, LossKind, Objective, Recipe, RecipeName,
-    SamplerSpec, ScheduleKind, TimestepSampling, TrainDefaults, TrainOptions, TrainingAids, VaeJob,
-    VaePreset, VarianceKind,
+    GammaKind, Guidance, HvaeArch, HvaeJob, HvaeVariant, Likelihood, LossKind, Objective, Recipe,
+    RecipeName, SamplerSpec, ScheduleKind, TimestepSampling, TrainDefaults, TrainOptions,
+    TrainingAids, VaeJob, VaePreset, VarianceKind, VdmJob, VdmPreset,
 };
 
 /// Latent-variable generative models (VAE, hierarchical VAE, DDPM) on libtorch.
@@ -52,6 +52,8 @@ pub enum TrainModel {
     Hvae(Box<HvaeArgs>),
     /// A denoising diffusion model (DDPM) with a UNet.
     Ddpm(Box<DdpmArgs>),
+    /// A variational diffusion model (VDM): continuous time, a learned noise schedule.
+    Vdm(Box<VdmArgs>),
     /// The small image classifier whose features `elbo eval --frechet` compares.
     Classifier(Box<ClassifierArgs>),
 }
@@ -315,6 +317,53 @@ pub struct DdpmArgs {
     pub train: LoopArgs,
 }
 
+/// `elbo train vdm`.
+#[derive(Debug, Args)]
+pub struct VdmArgs {
+    /// vdm-mnist (ddpm-mnist's UNet) or vdm-cifar10 (ddpm-cifar10's).
+    #[arg(long, default_value = "vdm-mnist", value_parser = parse::<VdmPreset>)]
+    pub preset: VdmPreset,
+    /// The training settings the options below do not give: mnist or ho-cifar10 (the
+    /// DDPM's recipes).
+    #[arg(long, default_value = "mnist", value_parser = parse::<RecipeName>)]
+    pub recipe: RecipeName,
+    /// The noise schedule gamma(t) = -log SNR(t): monotone (learned endpoints and shape,
+    /// default), learned-endpoints (linear between learned endpoints) or fixed (linear).
+    #[arg(long, value_parser = parse::<GammaKind>)]
+    pub schedule: Option<GammaKind>,
+    /// gamma(0), fixed or where learning starts [default: -13.3].
+    #[arg(long, allow_hyphen_values = true)]
+    pub gamma_min: Option<f64>,
+    /// gamma(1), fixed or where learning starts [default: 5].
+    #[arg(long, allow_hyphen_values = true)]
+    pub gamma_max: Option<f64>,
+    /// Train on the T-step bound instead of the continuous-time one.
+    #[arg(long)]
+    pub timesteps: Option<usize>,
+    /// The exponents n of the Fourier features sin(2^n pi z), cos(2^n pi z) given to the
+    /// network [default: 6,7].
+    #[arg(long, value_delimiter = ',', num_args = 1.., conflicts_with = "no_fourier")]
+    pub fourier: Option<Vec<i64>>,
+    /// No Fourier features: the network sees z_t only.
+    #[arg(long)]
+    pub no_fourier: bool,
+    /// The steps of the grid the samplers run on, and the times at which evaluation
+    /// takes the diffusion loss [default: 1000].
+    #[arg(long)]
+    pub grid: Option<usize>,
+    /// Dropout in the residual blocks (default: the preset's).
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    /// After training, evaluate the bound on this many test images (1000 network calls
+    /// each); `elbo eval --examples N` measures more.
+    #[arg(long, default_value_t = 100)]
+    pub final_examples: usize,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub train: LoopArgs,
+}
+
 /// `elbo train classifier`.
 #[derive(Debug, Args)]
 pub struct ClassifierArgs {
@@ -484,6 +533,7 @@ pub fn command() -> clap::Command {
             .mut_subcommand("vae", |c| with_defaults(c, vae_help.clone()))
             .mut_subcommand("hvae", |c| with_defaults(c, vae_help.clone()))
             .mut_subcommand("ddpm", |c| with_defaults(c, ddpm_help.clone()))
+            .mut_subcommand("vdm", |c| with_defaults(c, ddpm_help.clone()))
     })
 }
 
@@ -566,6 +616,31 @@ impl DdpmArgs {
             variance: self.variance,
             dropout: self.dropout,
             cond_drop: self.cond_drop,
+            final_examples: self.final_examples,
+            train: self.train.options(&self.run, device),
+        }
+    }
+}
+
+impl VdmArgs {
+    /// The job (one end of the schedule given alone keeps the other's default).
+    pub fn job(&self, device: Device) -> VdmJob {
+        let (lo, hi) = elbo_models::session::KINGMA_GAMMA;
+        let gamma_range = (self.gamma_min.is_some() || self.gamma_max.is_some())
+            .then(|| (self.gamma_min.unwrap_or(lo), self.gamma_max.unwrap_or(hi)));
+        VdmJob {
+            preset: self.preset,
+            recipe: self.recipe,
+            gamma: self.schedule,
+            gamma_range,
+            timesteps: self.timesteps,
+            grid: self.grid,
+            fourier: if self.no_fourier {
+                Some(Vec::new())
+            } else {
+                self.fourier.clone()
+            },
+            dropout: self.dropout,
             final_examples: self.final_examples,
             train: self.train.options(&self.run, device),
         }

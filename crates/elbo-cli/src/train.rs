@@ -29,6 +29,7 @@ pub fn run(model: TrainModel) -> Result<ExitCode> {
         TrainModel::Vae(args) => (&args.train, &args.run.device),
         TrainModel::Hvae(args) => (&args.train, &args.run.device),
         TrainModel::Ddpm(args) => (&args.train, &args.run.device),
+        TrainModel::Vdm(args) => (&args.train, &args.run.device),
         TrainModel::Classifier(_) => return classifier_of(model),
     };
     let timeout = dist_timeout(looped)?;
@@ -94,6 +95,11 @@ fn train_as(
             args.train.allow_changes,
         ),
         TrainModel::Ddpm(args) => (
+            Box::new(args.job(place(device(&args.run.device)?))),
+            args.train.resume,
+            args.train.allow_changes,
+        ),
+        TrainModel::Vdm(args) => (
             Box::new(args.job(place(device(&args.run.device)?))),
             args.train.resume,
             args.train.allow_changes,

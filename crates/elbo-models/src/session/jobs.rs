@@ -19,6 +19,7 @@ use crate::models::ddpm::{
 };
 use crate::models::hvae::{HvaeArch, HvaeConfig, HvaeVariant};
 use crate::models::vae::{VaeConfig, VaePreset};
+use crate::models::vdm::{GammaKind, VdmConfig, VdmPreset};
 use crate::nn::likelihood::Likelihood;
 use crate::train::aids::TrainingAids;
 use crate::train::{self, Control, Observer, TrainReport, Trainer};
@@ -236,6 +237,81 @@ impl Job for DdpmJob {
     }
     fn model(&self, image: [i64; 3]) -> Result<ModelConfig> {
         Ok(ModelConfig::Ddpm(self.config(image)?))
+    }
+    fn plan(&self) -> Plan<'_> {
+        Plan {
+            defaults: TrainDefaults::recipe(&Recipe::of(self.recipe)),
+            aids: TrainingAids::default(),
+            final_eval: FinalEval {
+                iw: None,
+                examples: Some(self.final_examples),
+            },
+            options: &self.train,
+        }
+    }
+}
+
+/// A VDM training job (`elbo train vdm`): a preset with changes, trained with a DDPM
+/// recipe's settings.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct VdmJob {
+    /// The network.
+    pub preset: VdmPreset,
+    /// The training settings.
+    pub recipe: RecipeName,
+    /// The schedule (default: monotone).
+    pub gamma: Option<GammaKind>,
+    /// `gamma(0)` and `gamma(1)`, fixed or where learning starts (default -13.3 and 5).
+    pub gamma_range: Option<(f64, f64)>,
+    /// `Some(T)`: the T-step bound instead of the continuous-time one.
+    pub timesteps: Option<usize>,
+    /// The samplers' grid and the evaluation's times (default 1000).
+    pub grid: Option<usize>,
+    /// The Fourier features' exponents (default 6 and 7; empty: none).
+    pub fourier: Option<Vec<i64>>,
+    /// Dropout in the residual blocks (default the preset's).
+    pub dropout: Option<f64>,
+    /// Test images of the final evaluation of the bound (one network call per image
+    /// and time of the grid).
+    pub final_examples: usize,
+    /// The run.
+    pub train: TrainOptions,
+}
+
+impl VdmJob {
+    /// The preset for `image` with the job's changes.
+    pub fn config(&self, image: [i64; 3]) -> Result<VdmConfig> {
+        let mut config = VdmConfig::preset(self.preset, image)?;
+        if let Some(v) = self.gamma {
+            config.gamma = v;
+        }
+        if let Some((lo, hi)) = self.gamma_range {
+            config.gamma_min = lo;
+            config.gamma_max = hi;
+        }
+        if self.timesteps.is_some() {
+            config.timesteps = self.timesteps;
+        }
+        if let Some(v) = self.grid {
+            config.sampling_steps = v;
+        }
+        if let Some(v) = self.dropout {
+            config.unet.dropout = v;
+        }
+        if let Some(exponents) = &self.fourier {
+            config = config.with_fourier(exponents.clone())?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl Job for VdmJob {
+    fn label(&self) -> String {
+        self.preset.to_string()
+    }
+    fn model(&self, image: [i64; 3]) -> Result<ModelConfig> {
+        Ok(ModelConfig::Vdm(self.config(image)?))
     }
     fn plan(&self) -> Plan<'_> {
         Plan {

@@ -14,8 +14,8 @@ use serde::Deserialize;
 use tch::nn::VarStore;
 
 pub use jobs::{
-    DdpmJob, ElboTraining, FinalEval, HvaeJob, Job, JobReport, Plan, VaeJob, run_folder, train,
-    train_parallel, utc_stamp,
+    DdpmJob, ElboTraining, FinalEval, HvaeJob, Job, JobReport, Plan, VaeJob, VdmJob, run_folder,
+    train, train_parallel, utc_stamp,
 };
 pub use options::{Length, TrainDefaults, TrainOptions};
 
@@ -36,6 +36,9 @@ pub use crate::models::ddpm::{
 };
 pub use crate::models::hvae::{HvaeArch, HvaeVariant};
 pub use crate::models::vae::VaePreset;
+pub use crate::models::vdm::{GammaKind, VdmPreset};
+/// Kingma et al.'s endpoints of gamma, where a VDM's schedule starts by default.
+pub const KINGMA_GAMMA: (f64, f64) = elbo_math::vdm::LinearGamma::KINGMA;
 pub use crate::nn::likelihood::Likelihood;
 pub use crate::sample::{Classes, ClipX0, Guidance, SamplerSpec, SamplingOptions};
 pub use crate::sys::ffi::exit_now;

@@ -149,11 +149,11 @@ impl GammaNet {
                 };
                 Some(Monotone {
                     // Starts as s(t) = t plus the sigmoid layer's (normalised) bend.
-                    l1_weight: path.var("l1.weight", &[1, 1], nn::Init::Const(1.0)),
-                    l1_bias: path.var("l1.bias", &[1], nn::Init::Const(0.0)),
-                    l2_weight: path.var("l2.weight", &[features, 1], normal),
-                    l2_bias: path.var("l2.bias", &[features], normal),
-                    l3_weight: path.var("l3.weight", &[1, features], normal),
+                    l1_weight: (path / "l1").var("weight", &[1, 1], nn::Init::Const(1.0)),
+                    l1_bias: (path / "l1").var("bias", &[1], nn::Init::Const(0.0)),
+                    l2_weight: (path / "l2").var("weight", &[features, 1], normal),
+                    l2_bias: (path / "l2").var("bias", &[features], normal),
+                    l3_weight: (path / "l3").var("weight", &[1, features], normal),
                 })
             }
             _ => None,
