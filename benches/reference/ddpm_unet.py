@@ -77,6 +77,9 @@ class UnetConfig:
     # unet.rs `num_classes`: class-conditional when set (absent from an unconditional
     # checkpoint's JSON).
     num_classes: int = None
+    # unet.rs `extra_inputs`: channels concatenated to the image at the input only (a
+    # VDM's Fourier features); absent from a DDPM's checkpoint.
+    extra_inputs: int = 0
 
 
 def ddpm_mnist_config():
@@ -180,7 +183,7 @@ class UNet(nn.Module):
         # to the time embedding; unconditional networks have none.
         if config.num_classes is not None:
             self.label = nn.Embedding(config.num_classes + 1, temb)
-        self.input = conv3(config.in_channels, ch)
+        self.input = conv3(config.in_channels + config.extra_inputs, ch)
         levels = len(config.channel_mults)
         # (name, kind) in forward order; kind "stage", "down" or "up".
         self.down = nn.ModuleDict()

@@ -408,8 +408,9 @@ pub struct EvalArgs {
         requires = "frechet"
     )]
     pub classifier: Option<PathBuf>,
-    /// The seed of --frechet's draws and of its choice of training images.
-    #[arg(long, default_value_t = 0, requires = "frechet")]
+    /// The seed of the draws: the bound's noise (so an evaluation can be repeated
+    /// exactly), or --frechet's samples and its choice of training images.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// A DDPM's sampler for --frechet: ancestral, ddim-S[-eta=E], DPM-Solver++
     /// dpm++1-S, dpm++2m-S, dpm++3m-S, or unipc-S; a spacing -quadratic, -logsnr or

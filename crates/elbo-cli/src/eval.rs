@@ -22,6 +22,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             args.data.as_ref(),
             args.iw,
             args.examples,
+            args.seed,
             device,
         )?;
         print_checkpoint(&restored);

@@ -112,12 +112,15 @@ pub fn restore(path: &Path, device: Device, use_ema: bool) -> Result<Restored> {
 /// Evaluates the checkpoint at `path` on the test split of `data` (by default the data
 /// the run was trained on), on its first `limit` examples when given, with `iw`
 /// importance samples (`None`: 1,000, or none for a model whose bound is evaluated term
-/// by term, where one sample costs T network calls; `Some(0)`: none).
+/// by term, where one sample costs T network calls; `Some(0)`: none). libtorch's
+/// generator is seeded with `seed` once the model is built, so an evaluation repeats
+/// exactly (and a twin that draws in the same order draws the same noise).
 pub fn evaluate_checkpoint(
     path: &Path,
     data: Option<&DataSpec>,
     iw: Option<i64>,
     limit: Option<usize>,
+    seed: u64,
     device: Device,
 ) -> Result<(Restored, EvalReport)> {
     let restored = restore(path, device, true)?;
@@ -132,6 +135,7 @@ pub fn evaluate_checkpoint(
         None => Some(1000),
         Some(k) => (k > 0).then_some(k),
     };
+    tch::manual_seed(seed as i64);
     let report = eval::evaluate(restored.model.as_ref(), &test, iw, 100)?;
     Ok((restored, report))
 }
