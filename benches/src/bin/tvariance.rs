@@ -12,6 +12,12 @@
 //! that image. Prints one JSON line: the mean over images of each estimator's standard
 //! deviation (nats per image), their ratio, and the means (equal: both are unbiased).
 //!
+//! A VDM checkpoint gets the same table from its diffusion loss at `--points` stratified
+//! times (`Vdm::diffusion_profile`, divided by the number of times, so that the rows sum
+//! to the loss): the uniform estimator is then the one-sample estimate at t ~ U(0, 1)
+//! under its learned schedule, and the weighted one what importance sampling of t would
+//! add on top of that schedule.
+//!
 //! ```text
 //! cargo run --release -p elbo-benches --bin tvariance -- RUN --examples 20 --threads 2
 //! ```
@@ -21,6 +27,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use elbo_math::timesteps::{LossSecondMoment, weighted_estimate_moments};
 use elbo_models::models::ddpm::{Ddpm, DdpmConfig, Decoder, bound};
+use elbo_models::models::vdm::{Vdm, VdmConfig};
 use elbo_models::nn::likelihood::Likelihood;
 use elbo_models::session::DataSpec;
 use elbo_models::train::{self, checkpoint};
@@ -28,10 +35,10 @@ use tch::{Device, Kind, Tensor};
 
 #[derive(Parser, Debug)]
 #[command(
-    about = "The variance of a DDPM's one-sample bound estimate: uniform t vs importance-sampled t"
+    about = "The variance of a diffusion's one-sample bound estimate: uniform t vs importance-sampled t"
 )]
 struct Args {
-    /// A DDPM run folder or checkpoint.
+    /// A DDPM or VDM run folder or checkpoint.
     checkpoint: PathBuf,
     /// Test images (each costs T network calls).
     #[arg(long, default_value_t = 20)]
@@ -42,19 +49,15 @@ struct Args {
     /// The seed of the draws of x_t.
     #[arg(long, default_value_t = 0)]
     seed: i64,
+    /// A VDM's times (default: its evaluation's, T or the grid's 1000).
+    #[arg(long)]
+    points: Option<usize>,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     tch::set_num_threads(args.threads);
     let loaded = checkpoint::load(&checkpoint::resolve_checkpoint(&args.checkpoint)?)?;
-    if loaded.meta.model != "ddpm" {
-        return Err(format!("expected a ddpm checkpoint, found {}", loaded.meta.model).into());
-    }
-    let config: DdpmConfig = serde_json::from_value(loaded.meta.model_config.clone())?;
-    let mut vs = tch::nn::VarStore::new(Device::Cpu);
-    let model = Ddpm::new(&vs.root(), config)?;
-    train::load_weights(&mut vs, &loaded.tensors, true)?;
     let splits = DataSpec::default().load()?;
     let x0 = elbo_models::data::fixed_tensor(
         &splits.test,
@@ -63,20 +66,40 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Device::Cpu,
     )?;
     let n = x0.size()[0];
-    let big_t = model.diffusion().timesteps();
-    tch::manual_seed(args.seed);
-    let network = model.network();
+    let mut vs = tch::nn::VarStore::new(Device::Cpu);
+    let config = loaded.meta.model_config.clone();
     // table[t - 1] = the term of every image at t, nats.
-    let table: Vec<Vec<f64>> = tch::no_grad(|| {
-        (1..=big_t)
-            .map(|t| {
-                let tt = Tensor::full([n], t as i64, (Kind::Int64, Device::Cpu));
-                let terms =
-                    bound::terms_at(model.diffusion(), &network, &x0, &tt, Decoder::Discretized);
-                Vec::<f64>::try_from(terms.to_kind(Kind::Double)).unwrap_or_default()
+    let table: Vec<Vec<f64>> = match loaded.meta.model.as_str() {
+        "ddpm" => {
+            let model = Ddpm::new(&vs.root(), serde_json::from_value::<DdpmConfig>(config)?)?;
+            train::load_weights(&mut vs, &loaded.tensors, true)?;
+            let big_t = model.diffusion().timesteps();
+            tch::manual_seed(args.seed);
+            let network = model.network();
+            tch::no_grad(|| {
+                (1..=big_t)
+                    .map(|t| {
+                        let tt = Tensor::full([n], t as i64, (Kind::Int64, Device::Cpu));
+                        let d = model.diffusion();
+                        let terms = bound::terms_at(d, &network, &x0, &tt, Decoder::Discretized);
+                        Vec::<f64>::try_from(terms.to_kind(Kind::Double)).unwrap_or_default()
+                    })
+                    .collect()
             })
-            .collect()
-    });
+        }
+        "vdm" => {
+            let model = Vdm::new(&vs.root(), serde_json::from_value::<VdmConfig>(config)?)?;
+            train::load_weights(&mut vs, &loaded.tensors, true)?;
+            let points = args.points.unwrap_or(model.bound_points());
+            tch::manual_seed(args.seed);
+            let profile = tch::no_grad(|| model.diffusion_profile(&x0, points)) / points as f64;
+            (0..points as i64)
+                .map(|k| Vec::<f64>::try_from(profile.get(k).to_kind(Kind::Double)))
+                .collect::<Result<_, _>>()?
+        }
+        other => return Err(format!("expected a ddpm or vdm checkpoint, found {other}").into()),
+    };
+    let big_t = table.len();
     let (history, uniform_share) = LossSecondMoment::IMPROVED_DDPM;
     // The whole sum (t = 1..=T, as --loss vlb trains on), and the denoising terms alone
     // (t = 2..=T, what `sampled_terms` estimates beside an exact L_0 and L_T).
@@ -87,7 +110,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "{}",
         serde_json::json!({
-            "checkpoint": args.checkpoint, "step": loaded.meta.step, "examples": n,
+            "checkpoint": args.checkpoint, "model": loaded.meta.model, "step": loaded.meta.step,
+            "examples": n,
             "timesteps": big_t, "history_per_t": history, "uniform_share": uniform_share,
             "sum_nats": whole.mean, "sum_nats_weighted": whole.mean_weighted,
             "sd_uniform_nats": whole.sd_uniform, "sd_weighted_nats": whole.sd_weighted,
