@@ -160,5 +160,10 @@ pub fn sample(args: SampleArgs) -> Result<()> {
 pub fn plot(args: PlotArgs) -> Result<()> {
     let path = session::plot_run(&args.run, args.out.as_deref())?;
     println!("wrote {}", path.display());
+    // A VDM's learned schedule beside the curves.
+    let schedule = args.out.as_deref().map(|o| o.with_extension("gamma.png"));
+    if let Some(path) = session::plot_schedule(&args.run, schedule.as_deref())? {
+        println!("wrote {}", path.display());
+    }
     Ok(())
 }

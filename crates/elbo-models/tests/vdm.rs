@@ -358,6 +358,9 @@ fn a_short_run_learns_its_schedule_and_resumes_exactly() {
 
     let restored = session::restore(whole.path(), Device::Cpu, true).unwrap();
     assert_eq!(restored.meta.model, "vdm");
+    // `elbo plot`'s chart of the schedule at the start and now.
+    let png = session::plot_schedule(whole.path(), None).unwrap().unwrap();
+    assert!(png.is_file() && png.ends_with("gamma.png"));
     let x =
         data::fixed_tensor(&test_set, restored.model.likelihood(), Some(4), Device::Cpu).unwrap();
     let report = eval::evaluate(restored.model.as_ref(), &x, None, 4).unwrap();

@@ -541,6 +541,63 @@ pub fn plot_run(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// A VDM run's learned noise schedule: `gamma(t)` of its newest checkpoint (the EMA
+/// weights, which evaluation and sampling use) beside the schedule it started from (the
+/// model built again from the run's seed, as training built it), as a PNG at `out`
+/// (default: the run's `gamma.png`). `None` for a folder whose `config.json` does not
+/// name a VDM.
+pub fn plot_schedule(run: &Path, out: Option<&Path>) -> Result<Option<PathBuf>> {
+    // A run folder names its family in config.json; only a VDM's is read further.
+    let family = std::fs::read_to_string(run.join("config.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|v| v["model"].as_str().map(str::to_string));
+    if family.as_deref() != Some(crate::models::vdm::FAMILY) {
+        return Ok(None);
+    }
+    let restored = restore(run, Device::Cpu, true)?;
+    let ModelConfig::Vdm(config) = &restored.config else {
+        return Ok(None);
+    };
+    const POINTS: usize = 100;
+    let curve = |vs: &VarStore| -> Result<Vec<f64>> {
+        crate::models::vdm::Vdm::new(&vs.root(), config.clone())?.gamma_curve(POINTS)
+    };
+    // The start: a model built as training built it, from the run's seed.
+    let initial = train::var_store(restored.meta.seed, Device::Cpu);
+    let start = curve(&initial)?;
+    // The end: the same model with the checkpoint's (EMA) weights copied in.
+    let mut vs = VarStore::new(Device::Cpu);
+    let end_model = crate::models::vdm::Vdm::new(&vs.root(), config.clone())?;
+    vs.copy(&restored.vs)?;
+    let end = end_model.gamma_curve(POINTS)?;
+    let series = |name: &str, gamma: &[f64]| elbo_plot::Series {
+        name: name.to_string(),
+        points: gamma
+            .iter()
+            .enumerate()
+            .map(|(i, &g)| (i as f64 / POINTS as f64, g))
+            .collect(),
+        style: elbo_plot::Style::Line,
+    };
+    let figure = elbo_plot::Figure {
+        title: format!("VDM noise schedule ({})", config.gamma),
+        panels: vec![elbo_plot::Panel {
+            title: "gamma(t) = -log SNR(t)".to_string(),
+            x_label: "t".to_string(),
+            series: vec![
+                series("start", &start),
+                series(&format!("step {}", restored.meta.step), &end),
+            ],
+        }],
+    };
+    let out = out.map_or_else(|| run.join("gamma.png"), Path::to_path_buf);
+    elbo_plot::write(&out, &figure).map_err(|e| Error::Config {
+        detail: format!("writing {}: {e}", out.display()),
+    })?;
+    Ok(Some(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
