@@ -64,7 +64,7 @@ pub fn evaluate_until(
     stop: &AtomicBool,
 ) -> Result<Option<EvalReport>> {
     let stopped = || stop.load(Ordering::SeqCst);
-    let report = tch::no_grad(|| {
+    tch::no_grad(|| {
         let size = x.size();
         let examples = size[0];
         let dims: i64 = size[1..].iter().product();
@@ -109,8 +109,7 @@ pub fn evaluate_until(
             iwae,
             active_units: active_units(model, x, batch),
         }))
-    });
-    report
+    })
 }
 
 /// The IWAE bound with `k` samples, averaged over the examples of `x`. The `k` samples
