@@ -235,3 +235,64 @@ fn eval_and_sample_parse() {
     assert_eq!((args.epochs, args.batch_size, args.run.seed), (3, 128, 0));
     assert!(parse_args(&["elbo", "plot", "runs/x"]).is_ok());
 }
+
+#[test]
+fn train_vdm_parses_its_schedule_and_features() {
+    let parse_vdm = |extra: &[&str]| {
+        let mut argv = vec!["elbo", "train", "vdm"];
+        argv.extend_from_slice(extra);
+        let cli = parse_args(&argv)?;
+        let Command::Train {
+            model: TrainModel::Vdm(args),
+        } = cli.command
+        else {
+            panic!("expected train vdm");
+        };
+        Ok::<_, clap::Error>(args.job(Device::Cpu))
+    };
+    let job = parse_vdm(&[
+        "--schedule",
+        "fixed",
+        "--gamma-min",
+        "-10",
+        "--fourier",
+        "5,6,7",
+        "--timesteps",
+        "100",
+        "--grid",
+        "50",
+    ])
+    .unwrap();
+    assert_eq!(job.gamma, Some(GammaKind::Fixed));
+    // One end given: the other keeps Kingma et al.'s default.
+    assert_eq!(job.gamma_range, Some((-10.0, 5.0)));
+    assert_eq!(job.fourier, Some(vec![5, 6, 7]));
+    assert_eq!((job.timesteps, job.grid), (Some(100), Some(50)));
+    let config = job.config([1, 28, 28]).unwrap();
+    assert_eq!(config.unet.extra_inputs, 6);
+    let plain = parse_vdm(&["--no-fourier"]).unwrap();
+    assert_eq!(plain.fourier, Some(Vec::new()));
+    assert_eq!(plain.config([1, 28, 28]).unwrap().unet.extra_inputs, 0);
+    let defaults = parse_vdm(&[]).unwrap().config([1, 28, 28]).unwrap();
+    assert_eq!(defaults.gamma, GammaKind::Monotone);
+    assert_eq!((defaults.gamma_min, defaults.gamma_max), (-13.3, 5.0));
+    let err = parse_vdm(&["--schedule", "cosine"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "VDM noise schedule \"cosine\": expected one of fixed, learned-endpoints, monotone"
+        ),
+        "{err}"
+    );
+    let err = parse_vdm(&["--fourier", "6", "--no-fourier"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot be used with"), "{err}");
+    let err = parse_vdm(&["--gamma-min", "6"])
+        .unwrap()
+        .config([1, 28, 28])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("found 6 and 5"), "{err}");
+}

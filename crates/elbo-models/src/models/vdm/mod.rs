@@ -62,7 +62,7 @@ pub enum VdmPreset {
 
 named_option!(
     VdmPreset => "VDM preset",
-    GammaKind => "noise schedule",
+    GammaKind => "VDM noise schedule",
 );
 
 /// Kingma et al.'s width of the monotone schedule network.
