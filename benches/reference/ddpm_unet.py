@@ -479,15 +479,7 @@ def load_elbo_checkpoint(path, weights_prefix="model."):
     """An elbo `ddpm` checkpoint (run folder or step-*.json) as a DDPM twin with its
     `weights_prefix` tensors (`model.` raw, `ema.` the EMA weights); asserts the
     configuration, every name and shape, and the count, then loads with strict=True."""
-    path = Path(path)
-    if path.is_dir():
-        folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        candidates = sorted(folder.glob("step-*.json"))
-        if not candidates:
-            raise FileNotFoundError(f"{path}: no step-*.json checkpoint")
-        path = candidates[-1]
-    meta = json.loads(path.read_text())
-    tensors = elbo_compat.read_safetensors(path.parent / meta["tensors"])
+    meta, tensors = elbo_compat.elbo_checkpoint(path)
     cfg = meta["model_config"]
     if meta["model"] != "ddpm":
         raise SystemExit(f"{path}: not a ddpm checkpoint ({meta['model']})")
@@ -499,20 +491,14 @@ def load_elbo_checkpoint(path, weights_prefix="model."):
     model = DDPM(UnetConfig(**cfg["unet"]), cfg["timesteps"], cfg.get("cond_drop", 0.0))
     weights = {k[len(weights_prefix):]: v for k, v in tensors.items()
                if k.startswith(weights_prefix)}
-    own = model.state_dict()
-    missing, extra = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
-    assert not missing and not extra, f"missing {missing[:5]}, extra {extra[:5]}"
-    for name, array in weights.items():
-        assert tuple(own[name].shape) == array.shape, (name, own[name].shape, array.shape)
-    result = model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()},
-                                   strict=True)
+    result = elbo_compat.load_strict(model, weights)
     n_elbo = int(sum(v.size for v in weights.values()))
     assert count_params(model) == n_elbo, (count_params(model), n_elbo)
     return meta, model, {
         "params": n_elbo,
         "tensors": len(weights),
         "prefix": weights_prefix,
-        "strict_load": str(result),
+        "strict_load": result,
     }
 
 

@@ -250,8 +250,9 @@ def read_safetensors(path):
     return out
 
 
-def elbo_checkpoint_weights(run_or_json):
-    """The `model.*` weights of an elbo run's newest checkpoint (or of a step-*.json)."""
+def elbo_checkpoint(run_or_json):
+    """An elbo checkpoint: a run folder's newest, its checkpoints/ folder's, or a
+    step-*.json itself, as (meta, tensors by name)."""
     path = Path(run_or_json)
     if path.is_dir():
         folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
@@ -260,6 +261,25 @@ def elbo_checkpoint_weights(run_or_json):
             raise FileNotFoundError(f"{path}: no step-*.json checkpoint")
         path = candidates[-1]
     meta = json.loads(path.read_text())
-    tensors = read_safetensors(path.parent / meta["tensors"])
+    return meta, read_safetensors(path.parent / meta["tensors"])
+
+
+def load_strict(model, weights):
+    """`weights` (name -> array) into the torch module `model` after asserting the same
+    names and shapes on both sides; returns load_state_dict(strict=True)'s report."""
+    import torch
+
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    assert not missing and not extra, f"missing {missing[:5]}, extra {extra[:5]}"
+    for name, array in weights.items():
+        assert tuple(own[name].shape) == array.shape, (name, own[name].shape, array.shape)
+    tensors = {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()}
+    return str(model.load_state_dict(tensors, strict=True))
+
+
+def elbo_checkpoint_weights(run_or_json):
+    """The `model.*` weights of an elbo run's newest checkpoint (or of a step-*.json)."""
+    meta, tensors = elbo_checkpoint(run_or_json)
     weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     return meta, weights

@@ -160,29 +160,15 @@ def discretized_log_prob(x, mean, log_scale):
 
 def load_elbo_vdm(path, weights_prefix="ema."):
     """An elbo `vdm` checkpoint (run folder or step-*.json) as the twin, strict."""
-    path = Path(path)
-    if path.is_dir():
-        folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        candidates = sorted(folder.glob("step-*.json"))
-        if not candidates:
-            raise FileNotFoundError(f"{path}: no step-*.json checkpoint")
-        path = candidates[-1]
-    meta = json.loads(path.read_text())
+    meta, tensors = elbo_compat.elbo_checkpoint(path)
     if meta["model"] != "vdm":
         raise SystemExit(f"{path}: not a vdm checkpoint ({meta['model']})")
-    tensors = elbo_compat.read_safetensors(path.parent / meta["tensors"])
     model = VDM(meta["model_config"])
     weights = {k[len(weights_prefix):]: v for k, v in tensors.items()
                if k.startswith(weights_prefix)}
-    own = model.state_dict()
-    missing, extra = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
-    assert not missing and not extra, f"missing {missing[:5]}, extra {extra[:5]}"
-    for name, array in weights.items():
-        assert tuple(own[name].shape) == array.shape, (name, own[name].shape, array.shape)
-    result = model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()},
-                                   strict=True)
+    result = elbo_compat.load_strict(model, weights)
     return meta, model, {"params": count_params(model), "tensors": len(weights),
-                         "strict_load": str(result)}
+                         "strict_load": result}
 
 
 def bound(args):

@@ -46,6 +46,22 @@ pub struct Plan<'a> {
     pub options: &'a TrainOptions,
 }
 
+impl<'a> Plan<'a> {
+    /// A diffusion model's plan (DDPM, VDM): a recipe's defaults, no aids, the bound on
+    /// `final_examples` test images at the end and no IWAE bound.
+    fn diffusion(recipe: RecipeName, final_examples: usize, options: &'a TrainOptions) -> Plan<'a> {
+        Plan {
+            defaults: TrainDefaults::recipe(&Recipe::of(recipe)),
+            aids: TrainingAids::default(),
+            final_eval: FinalEval {
+                iw: None,
+                examples: Some(final_examples),
+            },
+            options,
+        }
+    }
+}
+
 /// A training job: a model family's options, and the plan of its run.
 pub trait Job {
     /// The model's name in run folders and reports (`vae-mlp`, `hvae-ladder`, ...).
@@ -239,15 +255,7 @@ impl Job for DdpmJob {
         Ok(ModelConfig::Ddpm(self.config(image)?))
     }
     fn plan(&self) -> Plan<'_> {
-        Plan {
-            defaults: TrainDefaults::recipe(&Recipe::of(self.recipe)),
-            aids: TrainingAids::default(),
-            final_eval: FinalEval {
-                iw: None,
-                examples: Some(self.final_examples),
-            },
-            options: &self.train,
-        }
+        Plan::diffusion(self.recipe, self.final_examples, &self.train)
     }
 }
 
@@ -314,15 +322,7 @@ impl Job for VdmJob {
         Ok(ModelConfig::Vdm(self.config(image)?))
     }
     fn plan(&self) -> Plan<'_> {
-        Plan {
-            defaults: TrainDefaults::recipe(&Recipe::of(self.recipe)),
-            aids: TrainingAids::default(),
-            final_eval: FinalEval {
-                iw: None,
-                examples: Some(self.final_examples),
-            },
-            options: &self.train,
-        }
+        Plan::diffusion(self.recipe, self.final_examples, &self.train)
     }
 }
 
