@@ -12,6 +12,10 @@
 //! that image. Prints one JSON line: the mean over images of each estimator's standard
 //! deviation (nats per image), their ratio, and the means (equal: both are unbiased).
 //!
+//! A checkpoint of a run trained with `--t-sampler loss-second-moment` also gets the
+//! spread under its own sampler's p (its history, from training images:
+//! `sd_run_sampler_nats`).
+//!
 //! A VDM checkpoint gets the same table from its diffusion loss at `--points` stratified
 //! times (`Vdm::diffusion_profile`, divided by the number of times, so that the rows sum
 //! to the loss): the uniform estimator is then the one-sample estimate at t ~ U(0, 1)
@@ -103,10 +107,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (history, uniform_share) = LossSecondMoment::IMPROVED_DDPM;
     // The whole sum (t = 1..=T, as --loss vlb trains on), and the denoising terms alone
     // (t = 2..=T, what `sampled_terms` estimates beside an exact L_0 and L_T).
-    let whole = moments(&table, uniform_share);
-    let denoising = moments(&table[1..], uniform_share);
     let p = importance(&table, uniform_share);
+    let whole = moments(&table, &p);
+    let denoising = moments(&table[1..], &importance(&table[1..], uniform_share));
     let largest = p.iter().copied().fold(0.0, f64::max);
+    // A run trained with --t-sampler loss-second-moment keeps its sampler's history in
+    // its checkpoints: its own p, fitted on training images (out of sample here).
+    let own = run_sampler(&loaded.tensors, big_t).map(|p| moments(&table, &p).sd_weighted);
     println!(
         "{}",
         serde_json::json!({
@@ -121,6 +128,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "denoising_sd_weighted_nats": denoising.sd_weighted,
             "denoising_sd_ratio": denoising.sd_weighted / denoising.sd_uniform,
             "largest_p": largest, "argmax_p": p.iter().position(|&x| x == largest).map(|i| i + 1),
+            "sd_run_sampler_nats": own,
         })
     );
     Ok(())
@@ -144,11 +152,34 @@ fn importance(table: &[Vec<f64>], uniform_share: f64) -> Vec<f64> {
         .unwrap_or_else(|_| vec![1.0 / table.len() as f64; table.len()])
 }
 
+/// The sampler a checkpoint keeps (`step.timesteps.losses` and `counts`): its p over
+/// `steps` timesteps.
+fn run_sampler(
+    tensors: &std::collections::BTreeMap<String, Tensor>,
+    steps: usize,
+) -> Option<Vec<f64>> {
+    let losses = tensors.get("step.timesteps.losses")?;
+    let counts =
+        Vec::<f64>::try_from(tensors.get("step.timesteps.counts")?.to_kind(Kind::Double)).ok()?;
+    let width = losses.size().get(1).copied()? as usize;
+    let flat = Vec::<f64>::try_from(losses.to_kind(Kind::Double).flatten(0, -1)).ok()?;
+    if counts.len() != steps {
+        return None;
+    }
+    let history = (0..steps)
+        .map(|t| flat[t * width..t * width + (counts[t] as usize).min(width)].to_vec())
+        .collect();
+    let (_, uniform_share) = LossSecondMoment::IMPROVED_DDPM;
+    LossSecondMoment::new(steps, width, uniform_share)
+        .and_then(|s| s.with_history(history))
+        .map(|s| s.probabilities())
+        .ok()
+}
+
 /// The one-sample estimates of the sum of `table`'s rows for each image (column): at a
-/// uniform row, and at a row drawn from [`importance`].
-fn moments(table: &[Vec<f64>], uniform_share: f64) -> Moments {
+/// uniform row, and at a row drawn from `p`.
+fn moments(table: &[Vec<f64>], p: &[f64]) -> Moments {
     let steps = table.len();
-    let p = importance(table, uniform_share);
     let uniform = vec![1.0 / steps as f64; steps];
     let n = table[0].len();
     let scale = steps as f64;
@@ -162,7 +193,7 @@ fn moments(table: &[Vec<f64>], uniform_share: f64) -> Moments {
         let row: Vec<f64> = table.iter().map(|column| column[i]).collect();
         // weighted_estimate_moments estimates the mean row; the sum is `steps` times it.
         let (mu, var_u) = weighted_estimate_moments(&row, &uniform).unwrap_or((f64::NAN, f64::NAN));
-        let (mw, var_w) = weighted_estimate_moments(&row, &p).unwrap_or((f64::NAN, f64::NAN));
+        let (mw, var_w) = weighted_estimate_moments(&row, p).unwrap_or((f64::NAN, f64::NAN));
         m.mean += scale * mu / n as f64;
         m.mean_weighted += scale * mw / n as f64;
         m.sd_uniform += scale * var_u.max(0.0).sqrt() / n as f64;
