@@ -308,7 +308,7 @@ pub struct DdpmArgs {
     #[arg(long, value_name = "P")]
     pub cond_drop: Option<f64>,
     /// After training, evaluate the full bound on this many test images (T network
-    /// calls each); `elbo eval --examples N` measures more.
+    /// calls each; 0: none); `elbo eval --examples N` measures more.
     #[arg(long, default_value_t = 100)]
     pub final_examples: usize,
     #[command(flatten)]
@@ -355,7 +355,7 @@ pub struct VdmArgs {
     #[arg(long)]
     pub dropout: Option<f64>,
     /// After training, evaluate the bound on this many test images (1000 network calls
-    /// each); `elbo eval --examples N` measures more.
+    /// each; 0: none); `elbo eval --examples N` measures more.
     #[arg(long, default_value_t = 100)]
     pub final_examples: usize,
     #[command(flatten)]

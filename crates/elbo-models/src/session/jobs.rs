@@ -398,8 +398,10 @@ pub fn train_parallel(
         trainer = trainer.parallel(parallel);
     }
     let report = trainer.fit(step.as_ref(), &mut vs, &splits.train, control, observer)?;
+    // `--final-examples 0`: no evaluation at the end (`elbo eval` does it later).
+    let wanted = plan.final_eval.examples != Some(0);
     let eval = match report.finished {
-        train::Finished::Completed if writer => {
+        train::Finished::Completed if writer && wanted => {
             let FinalEval { iw, examples } = plan.final_eval;
             let test = data::fixed_tensor(&splits.test, model.likelihood(), examples, device)?;
             eval::evaluate_until(model.as_ref(), &test, iw, 100, control.stop)?
