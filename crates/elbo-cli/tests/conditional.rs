@@ -3,23 +3,10 @@
 //! refusals of options that do not fit the model.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_elbo"))
-        .env("OMP_NUM_THREADS", "1")
-        .args(args)
-        .output()
-        .expect("elbo runs")
-}
+mod common;
 
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
+use common::{run, text};
 
 /// The width and height in a PNG's header.
 fn png_size(path: &Path) -> (u32, u32) {

@@ -4,27 +4,12 @@
 //! what must hold; none may crash, lose a checkpoint or leave a file half-written.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn elbo() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_elbo"));
-    // Two training processes share the machine in some cases: one thread each.
-    command.env("OMP_NUM_THREADS", "1");
-    command
-}
+mod common;
 
-fn run(args: &[&str]) -> Output {
-    elbo().args(args).output().expect("elbo runs")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
+use common::{elbo, run, text};
 
 fn args_of(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()

@@ -2,23 +2,9 @@
 //! groups, repeatable with --seed, no IWAE bound), `elbo sample` with a fast sampler in
 //! the learned schedule, and `elbo plot` (the schedule chart).
 
-use std::process::{Command, Output};
+mod common;
 
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_elbo"))
-        .env("OMP_NUM_THREADS", "1")
-        .args(args)
-        .output()
-        .expect("elbo runs")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
+use common::{run, text};
 
 #[test]
 fn a_vdm_trains_evaluates_samples_and_plots_its_schedule() {

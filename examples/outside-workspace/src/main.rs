@@ -40,7 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &mut (),
         )?;
     let test = data::fixed_tensor(&splits.test, model.likelihood(), Some(200), device)?;
-    let bound = eval::evaluate(model.as_ref(), &test, None, 100);
+    let bound = eval::evaluate(model.as_ref(), &test, None, 100)?;
     println!(
         "trained {} steps; test ELBO {:.2} nats per image",
         report.steps_taken, bound.elbo
