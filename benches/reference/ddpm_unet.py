@@ -86,6 +86,24 @@ def ddpm_mnist_config():
     return UnetConfig()
 
 
+# elbo-models/tests/ddpm.rs (and the README's preset table): Ho et al.'s 35.7 M.
+CIFAR10_PARAMS = 35_746_307
+
+
+def ddpm_cifar10_config():
+    """elbo's `ddpm-cifar10` preset (DdpmConfig::preset): Ho et al.'s CIFAR-10 UNet."""
+    return UnetConfig(
+        in_channels=3,
+        image_size=32,
+        base_channels=128,
+        channel_mults=[1, 2, 2, 2],
+        res_blocks=2,
+        attention_resolutions=[16],
+        dropout=0.1,
+        norm_groups=32,
+    )
+
+
 def timestep_embedding(t, dim):
     """embedding.rs `timestep_embedding`: (B,) timesteps -> (B, dim) float32."""
     half = dim // 2

@@ -17,7 +17,8 @@ use tch::{Device, Kind, Tensor};
 
 /// The models the benches time, by the names the PyTorch comparison uses:
 /// `vae-mlp` and `hvae-ladder` (the ladder HVAE's defaults) with a Bernoulli likelihood,
-/// and `ddpm-mnist` (the DDPM preset), for 1x28x28 images, built under `path`.
+/// and `ddpm-mnist` (the DDPM preset), for 1x28x28 images, and `ddpm-cifar10` (Ho et
+/// al.'s 35.7 M network) for 3x32x32, built under `path`.
 pub fn preset_model(name: &str, path: &nn::Path<'_>) -> Result<Box<dyn ElboModel>, String> {
     let image = [1, 28, 28];
     let likelihood = Likelihood::Bernoulli;
@@ -35,9 +36,14 @@ pub fn preset_model(name: &str, path: &nn::Path<'_>) -> Result<Box<dyn ElboModel
             .and_then(|config| Ddpm::new(path, config))
             .map(|ddpm| Box::new(ddpm) as Box<dyn ElboModel>)
             .map_err(|e| e.to_string())?,
+        "ddpm-cifar10" => DdpmConfig::preset(DdpmPreset::Cifar10, [3, 32, 32])
+            .and_then(|config| Ddpm::new(path, config))
+            .map(|ddpm| Box::new(ddpm) as Box<dyn ElboModel>)
+            .map_err(|e| e.to_string())?,
         other => {
             return Err(format!(
-                "unknown model {other:?}: expected vae-mlp, hvae-ladder or ddpm-mnist"
+                "unknown model {other:?}: expected vae-mlp, hvae-ladder, ddpm-mnist or \
+                 ddpm-cifar10"
             ));
         }
     };
@@ -48,12 +54,31 @@ pub fn preset_model(name: &str, path: &nn::Path<'_>) -> Result<Box<dyn ElboModel
 /// shape (batch, 1, 28, 28) in `model`'s data scale (with zero labels), as `benches/reference/steptime.py`
 /// prepares them (a batch whose preparation is not part of a timing): binarised at a
 /// fixed threshold (pixel >= 128 is 1) for the Bernoulli models, `(2 p - 255) / 255` for
-/// the discretized Gaussian (the DDPM).
+/// the discretized Gaussian (the DDPM). A model of other images (`ddpm-cifar10`: CIFAR-10
+/// is not bundled) gets synthetic ones: uniform pixels 0..=255 from libtorch's generator
+/// seeded 0, scaled the same way (a step's time does not depend on what they show).
 pub fn training_batch(
     model: &dyn ElboModel,
     batch: usize,
     device: Device,
 ) -> Result<Batch, String> {
+    let image = model.config().image();
+    if image != [1, 28, 28] {
+        if batch == 0 {
+            return Err("the batch is empty".into());
+        }
+        let n = batch as i64;
+        tch::manual_seed(0);
+        let pixels = Tensor::randint(
+            256,
+            [n, image[0], image[1], image[2]],
+            (Kind::Float, device),
+        );
+        return Ok(Batch {
+            x: scale(model, &pixels),
+            labels: Tensor::zeros([n], (Kind::Int64, device)),
+        });
+    }
     let splits = elbo_data::load_bundled().map_err(|e| e.to_string())?;
     let images = splits.train.images();
     let n = batch.min(images.shape()[0]);
@@ -67,14 +92,18 @@ pub fn training_batch(
         images.shape()[images.ndim() - 1],
     );
     let pixels = Tensor::from_slice(&flat).reshape([n as i64, 1, h as i64, w as i64]);
-    let x = match model.likelihood() {
-        Likelihood::DiscretizedGaussian => (pixels.to_kind(Kind::Float) * 2.0 - 255.0) / 255.0,
-        Likelihood::Bernoulli | Likelihood::ContinuousBce => pixels.ge(128).to_kind(Kind::Float),
-    };
     Ok(Batch {
-        x: x.to_device(device),
+        x: scale(model, &pixels.to_kind(Kind::Float)).to_device(device),
         labels: Tensor::zeros([n as i64], (Kind::Int64, device)),
     })
+}
+
+/// Pixels 0..=255 (float) in `model`'s data scale.
+fn scale(model: &dyn ElboModel, pixels: &Tensor) -> Tensor {
+    match model.likelihood() {
+        Likelihood::DiscretizedGaussian => (pixels * 2.0 - 255.0) / 255.0,
+        Likelihood::Bernoulli | Likelihood::ContinuousBce => pixels.ge(128).to_kind(Kind::Float),
+    }
 }
 
 /// DDIM with `steps` uniform steps, `eta = 0`, `x_0` clipped: what `elbo sample` does by

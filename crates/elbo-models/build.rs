@@ -9,11 +9,13 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(elbo_ops)");
     println!("cargo::rustc-check-cfg=cfg(elbo_gloo)");
     println!("cargo::rustc-check-cfg=cfg(elbo_nccl)");
+    println!("cargo::rustc-check-cfg=cfg(elbo_cuda_memory)");
     for file in [
         "elbo_ops.cpp",
         "elbo_ops.h",
         "group_norm.cpp",
         "distributed.cpp",
+        "cuda_memory.cpp",
     ] {
         println!("cargo:rerun-if-changed=csrc/{file}");
     }
@@ -52,6 +54,21 @@ fn main() {
         // libtorch's headers warn under C++17; they are not ours to fix.
         .warnings(false)
         .flag("-w");
+    // The CUDA libtorch of `cargo xtask setup --cuda` keeps NCCL's and CUDA's headers
+    // beside its libraries (site-packages layout: torch/lib -> ../../nvidia/...).
+    let nvidia = std::path::Path::new(&lib).join("../../nvidia");
+    let nccl = nvidia.join("nccl/include");
+    let cuda = nvidia.join("cu13/include");
+    let has_cuda = std::path::Path::new(&lib).join("libtorch_cuda.so").exists();
+    let cuda_headers = cuda.join("crt/host_config.h").is_file();
+    if has_cuda && cuda_headers {
+        // The caching allocator's peaks (csrc/cuda_memory.cpp), for the benches.
+        build
+            .file("csrc/cuda_memory.cpp")
+            .include(&cuda)
+            .include(cuda.join("cccl"));
+        println!("cargo:rustc-cfg=elbo_cuda_memory");
+    }
     match &gloo {
         Some(gloo) => {
             println!(
@@ -63,19 +80,10 @@ fn main() {
                 .include(gloo)
                 .define("USE_C10D_GLOO", None);
             println!("cargo:rustc-cfg=elbo_gloo");
-            // The CUDA libtorch of `cargo xtask setup --cuda` keeps NCCL's and CUDA's
-            // headers beside its libraries (site-packages layout: torch/lib ->
-            // ../../nvidia/...): with them, the NCCL process group is compiled too.
-            let nvidia = std::path::Path::new(&lib).join("../../nvidia");
-            let nccl = nvidia.join("nccl/include");
-            let cuda = nvidia.join("cu13/include");
-            let has_cuda = std::path::Path::new(&lib).join("libtorch_cuda.so").exists();
-            let headers = nccl.join("nccl.h").is_file() && cuda.join("crt/host_config.h").is_file();
-            if has_cuda && headers {
+            // With NCCL's headers too, the NCCL process group is compiled.
+            if has_cuda && cuda_headers && nccl.join("nccl.h").is_file() {
                 build
                     .include(&nccl)
-                    .include(&cuda)
-                    .include(cuda.join("cccl"))
                     .define("USE_C10D_NCCL", None)
                     .define("ELBO_NCCL", None);
                 println!("cargo:rustc-cfg=elbo_nccl");
@@ -94,4 +102,9 @@ fn main() {
     }
     build.compile("elbo_ops");
     println!("cargo:rustc-cfg=elbo_ops");
+    if has_cuda && cuda_headers {
+        // cuda_memory.cpp's allocator lives in libc10_cuda.so (after elbo_ops: the
+        // linker resolves left to right).
+        println!("cargo:rustc-link-lib=dylib=c10_cuda");
+    }
 }

@@ -6,10 +6,17 @@
 //! line with the mean milliseconds per step of each repetition and the process's peak
 //! resident memory. The step is the training loop's own (`elbo_models::train::optimise`):
 //! forward, loss, backward, Adam; `--task sample` times a DDPM's DDIM sampling instead.
+//!
+//! `--device cuda[:N]` runs it on a GPU: each timed repetition starts and ends with a
+//! device synchronisation, and the line gains the caching allocator's peak over the
+//! timed steps (`peak_device_mib`). `--autocast bf16` (CUDA only, as in training) runs
+//! the forward under bfloat16 autocast; `--tf32` lets float32 matmuls and convolutions
+//! use TF32 (without it both are kept in float32: the setting is always stated).
 
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use elbo_models::DeviceSpec;
 use elbo_models::dist::{Parallel, World};
 use elbo_models::models::draw_samples;
 use elbo_models::train::optim::Adam;
@@ -20,16 +27,18 @@ use tch::{Device, Kind, Tensor};
 #[derive(Parser, Debug)]
 #[command(about = "Time elbo's training step of a preset (JSON on stdout)")]
 struct Args {
-    /// vae-mlp, hvae-ladder or ddpm-mnist (`--task train`, `data`); ddpm-mnist
-    /// (`--task sample`); `matmul` (`--task matmul`).
+    /// vae-mlp, hvae-ladder, ddpm-mnist or ddpm-cifar10 (`--task train`; `data` for the
+    /// MNIST ones); ddpm-mnist or ddpm-cifar10 (`--task sample`); `matmul`
+    /// (`--task matmul`).
     #[arg(long)]
     model: String,
     /// `train` (one training step), `sample` (one DDIM sampling of `batch` images with
     /// `--ddim-steps`, eta 0, x_0 clipped: what `elbo sample` does by default), `data`
     /// (preparing one batch as the training loop does: the model's pixel transform of
     /// `batch` images, then a tensor) or `matmul`
-    /// (an fp32 `batch` x `batch` matrix product, the machine's peak for the
-    /// compute-efficiency ratio).
+    /// (a `batch` x `batch` matrix product, the machine's peak for the
+    /// compute-efficiency ratio: float32, TF32 with `--tf32`, bfloat16 with
+    /// `--autocast bf16`).
     #[arg(long, default_value = "train")]
     task: String,
     /// Examples per step.
@@ -53,6 +62,15 @@ struct Args {
     /// `--task sample`: DDIM steps.
     #[arg(long, default_value_t = 50)]
     ddim_steps: usize,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+    /// `bf16`: the forward pass under bfloat16 autocast (CUDA only); `none`.
+    #[arg(long, default_value = "none", value_parser = ["none", "bf16"])]
+    autocast: String,
+    /// Let float32 matrix products and convolutions on CUDA use TF32.
+    #[arg(long)]
+    tf32: bool,
     /// Leave glibc's malloc as it is, instead of making freed memory reusable without
     /// page faults as the `elbo` CLI does (`elbo_models::retain_freed_memory`).
     #[arg(long)]
@@ -73,11 +91,31 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
     }
     tch::set_num_threads(args.threads);
     tch::set_num_interop_threads(1);
+    let device = args.device.resolve().map_err(|e| e.to_string())?;
+    let bf16 = args.autocast == "bf16";
+    if bf16 && !device.is_cuda() {
+        return Err(format!(
+            "--autocast bf16 runs on CUDA only (as elbo's training), and --device is {}",
+            args.device
+        ));
+    }
+    if device.is_cuda() {
+        elbo_models::ffi::set_cuda_tf32(args.tf32, args.tf32)?;
+        if bf16 {
+            elbo_models::ffi::set_cuda_autocast_bf16()?;
+        }
+    }
+    let setting = Setting {
+        device,
+        bf16,
+        tf32: args.tf32,
+    };
     match (args.task.as_str(), args.model.as_str()) {
-        ("train", _) => train_steps(args),
-        ("sample", _) => samplings(args),
-        ("data", _) => data_batches(args),
-        ("matmul", "matmul") => matmul(args),
+        ("train", _) => train_steps(args, setting),
+        ("sample", _) => samplings(args, setting),
+        ("data", _) if device == Device::Cpu => data_batches(args),
+        ("data", _) => Err("--task data runs on the CPU only".into()),
+        ("matmul", "matmul") => matmul(args, setting),
         (task, model) => Err(format!(
             "unknown --task {task:?} for --model {model:?}: expected train, sample or data \
              with a model, or matmul with --model matmul"
@@ -85,30 +123,101 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
     }
 }
 
-/// Times `steps` fp32 products of two `batch` x `batch` matrices per repetition.
-fn matmul(args: &Args) -> Result<serde_json::Value, String> {
+/// Where and in which precision a run computes.
+#[derive(Clone, Copy, Debug)]
+struct Setting {
+    device: Device,
+    /// bfloat16 autocast (CUDA).
+    bf16: bool,
+    /// TF32 allowed for float32 (CUDA).
+    tf32: bool,
+}
+
+impl Setting {
+    /// The fields every line carries about it.
+    fn fields(&self) -> serde_json::Value {
+        serde_json::json!({
+            "device": device_name(self.device),
+            "autocast": if self.bf16 { "bf16" } else { "none" },
+            "tf32": self.tf32,
+        })
+    }
+
+    /// Waits for the device's queued work (a no-op on the CPU).
+    fn synchronize(&self) {
+        if let Device::Cuda(index) = self.device {
+            tch::Cuda::synchronize(index as i64);
+        }
+    }
+
+    /// Starts the device's memory peak afresh (CUDA).
+    fn reset_peak(&self) -> Result<(), String> {
+        match self.device {
+            Device::Cuda(index) => elbo_models::ffi::reset_cuda_memory_peaks(index),
+            _ => Ok(()),
+        }
+    }
+
+    /// The caching allocator's peak bytes allocated to tensors, in MiB (CUDA).
+    fn peak_device_mib(&self) -> Result<Option<f64>, String> {
+        match self.device {
+            Device::Cuda(index) => {
+                let (allocated, _reserved) = elbo_models::ffi::cuda_memory_peaks(index)?;
+                Ok(Some(allocated as f64 / (1024.0 * 1024.0)))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// `cpu` or `cuda:N`, as PyTorch prints a device.
+fn device_name(device: Device) -> String {
+    match device {
+        Device::Cuda(index) => format!("cuda:{index}"),
+        _ => "cpu".to_string(),
+    }
+}
+
+/// Adds `more`'s fields to the object `line`.
+fn with_fields(mut line: serde_json::Value, more: serde_json::Value) -> serde_json::Value {
+    if let (Some(line), serde_json::Value::Object(more)) = (line.as_object_mut(), more) {
+        line.extend(more);
+    }
+    line
+}
+
+/// Times `steps` products of two `batch` x `batch` matrices per repetition: float32
+/// (TF32 if allowed) or, with bf16, bfloat16 matrices.
+fn matmul(args: &Args, setting: Setting) -> Result<serde_json::Value, String> {
     let n = args.batch as i64;
-    let a = Tensor::randn([n, n], (Kind::Float, Device::Cpu));
-    let b = Tensor::randn([n, n], (Kind::Float, Device::Cpu));
-    let c = Tensor::zeros([n, n], (Kind::Float, Device::Cpu));
+    let kind = if setting.bf16 {
+        Kind::BFloat16
+    } else {
+        Kind::Float
+    };
+    let a = Tensor::randn([n, n], (kind, setting.device));
+    let b = Tensor::randn([n, n], (kind, setting.device));
+    let c = Tensor::zeros([n, n], (kind, setting.device));
     for _ in 0..args.warmup {
         let _ = Tensor::mm_out(&c, &a, &b);
     }
     let Timing {
         step_ms,
         faults_per_step,
-    } = timed(args, |_| {
+    } = timed(args, setting, |_| {
         let _ = Tensor::mm_out(&c, &a, &b);
         Ok(())
     })?;
     let flops = 2.0 * (n as f64).powi(3);
     let best = step_ms.iter().copied().fold(f64::INFINITY, f64::min);
-    Ok(serde_json::json!({
+    let line = serde_json::json!({
         "side": "elbo", "model": "matmul", "task": "matmul", "size": n,
         "threads": args.threads, "step_ms": step_ms, "faults_per_step": faults_per_step,
         "gflops": flops / (best * 1e-3) / 1e9,
+        "dtype": if setting.bf16 { "bf16" } else if setting.tf32 && setting.device.is_cuda() { "tf32" } else { "f32" },
         "peak_rss_mib": peak_rss_mib(),
-    }))
+    });
+    Ok(with_fields(line, setting.fields()))
 }
 
 /// Times the data pipeline of the training loop for `args.model`: each call transforms
@@ -139,7 +248,7 @@ fn data_batches(args: &Args) -> Result<serde_json::Value, String> {
     let Timing {
         step_ms,
         faults_per_step,
-    } = timed(args, |i| one(args.warmup + i))?;
+    } = timed(args, CPU, |i| one(args.warmup + i))?;
     Ok(serde_json::json!({
         "side": "elbo", "model": args.model, "task": "data", "batch": args.batch,
         "threads": args.threads, "step_ms": step_ms, "faults_per_step": faults_per_step, "peak_rss_mib": peak_rss_mib(),
@@ -162,18 +271,32 @@ struct Timing {
     faults_per_step: Option<f64>,
 }
 
+/// The data pipeline's setting: the CPU, float32.
+const CPU: Setting = Setting {
+    device: Device::Cpu,
+    bf16: false,
+    tf32: false,
+};
+
 /// `reps` timings of `steps` calls of `one`; `one` gets the index of the call among all
-/// timed calls.
-fn timed(args: &Args, mut one: impl FnMut(u64) -> Result<(), String>) -> Result<Timing, String> {
+/// timed calls. On a GPU each repetition starts and ends with a synchronisation, so that
+/// it times the work it queued, not the queueing.
+fn timed(
+    args: &Args,
+    setting: Setting,
+    mut one: impl FnMut(u64) -> Result<(), String>,
+) -> Result<Timing, String> {
     let mut step_ms = Vec::with_capacity(args.reps as usize);
     let mut index = 0;
     let faults_before = minor_faults();
     for _ in 0..args.reps {
+        setting.synchronize();
         let start = Instant::now();
         for _ in 0..args.steps {
             one(index)?;
             index += 1;
         }
+        setting.synchronize();
         step_ms.push(start.elapsed().as_secs_f64() * 1e3 / args.steps as f64);
     }
     let faults_per_step = faults_before
@@ -187,8 +310,8 @@ fn timed(args: &Args, mut one: impl FnMut(u64) -> Result<(), String>) -> Result<
 
 /// Times DDIM samplings of `args.batch` images from `args.model` (untrained weights:
 /// the work per step does not depend on them).
-fn samplings(args: &Args) -> Result<serde_json::Value, String> {
-    let vs: VarStore = train::var_store(args.seed, Device::Cpu);
+fn samplings(args: &Args, setting: Setting) -> Result<serde_json::Value, String> {
+    let vs: VarStore = train::var_store(args.seed, setting.device);
     let model = elbo_benches::preset_model(&args.model, &vs.root())?;
     let ddim = elbo_benches::ddim(args.ddim_steps);
     let params: i64 = vs
@@ -199,8 +322,12 @@ fn samplings(args: &Args) -> Result<serde_json::Value, String> {
     let batch = args.batch as i64;
     let one = |i: u64| {
         tch::manual_seed(train::step_seed(args.seed, i));
-        let images = tch::no_grad(|| draw_samples(model.as_ref(), batch, Some(&ddim)))
-            .map_err(|e| e.to_string())?;
+        let images = tch::no_grad(|| {
+            tch::autocast(setting.bf16, || {
+                draw_samples(model.as_ref(), batch, Some(&ddim))
+            })
+        })
+        .map_err(|e| e.to_string())?;
         let finite = images.isfinite().all().int64_value(&[]) == 1;
         if finite {
             Ok(())
@@ -211,28 +338,32 @@ fn samplings(args: &Args) -> Result<serde_json::Value, String> {
     for i in 0..args.warmup {
         one(i)?;
     }
+    setting.synchronize();
+    setting.reset_peak()?;
     let Timing {
         step_ms,
         faults_per_step,
-    } = timed(args, |i| one(args.warmup + i))?;
-    Ok(serde_json::json!({
+    } = timed(args, setting, |i| one(args.warmup + i))?;
+    let line = serde_json::json!({
         "side": "elbo", "model": args.model, "task": "sample", "params": params,
         "batch": args.batch, "threads": args.threads, "warmup": args.warmup,
         "reps": args.reps, "steps_per_rep": args.steps, "step_ms": step_ms, "faults_per_step": faults_per_step,
         "ddim_steps": args.ddim_steps, "eta": 0.0, "peak_rss_mib": peak_rss_mib(),
-    }))
+        "peak_device_mib": setting.peak_device_mib()?,
+    });
+    Ok(with_fields(line, setting.fields()))
 }
 
 /// Times training steps of `args.model`; under a launcher (RANK, WORLD_SIZE, ... set:
 /// `torchrun --no-python --nproc-per-node 2 steptime ...`) as one rank of a
 /// data-parallel job, each rank stepping on its `batch / world` slice with the gradient
 /// all-reduce of training (`--batch` stays the global batch).
-fn train_steps(args: &Args) -> Result<serde_json::Value, String> {
+fn train_steps(args: &Args, setting: Setting) -> Result<serde_json::Value, String> {
+    let device = setting.device;
     let world = World::from_env().map_err(|e| e.to_string())?;
     let parallel = match &world {
         Some(w) => Some(
-            Parallel::connect(w, Duration::from_secs(120), Device::Cpu)
-                .map_err(|e| e.to_string())?,
+            Parallel::connect(w, Duration::from_secs(120), device).map_err(|e| e.to_string())?,
         ),
         None => None,
     };
@@ -243,16 +374,17 @@ fn train_steps(args: &Args) -> Result<serde_json::Value, String> {
             args.batch
         ));
     }
-    let vs: VarStore = train::var_store(args.seed, Device::Cpu);
+    let vs: VarStore = train::var_store(args.seed, device);
     let model = elbo_benches::preset_model(&args.model, &vs.root())?;
     let params: i64 = vs
         .trainable_variables()
         .iter()
         .map(|t| t.numel() as i64)
         .sum();
-    let batch = elbo_benches::training_batch(model.as_ref(), args.batch / ranks, Device::Cpu)?;
+    let batch = elbo_benches::training_batch(model.as_ref(), args.batch / ranks, device)?;
     let config = TrainConfig {
         seed: args.seed,
+        autocast_bf16: setting.bf16,
         ..TrainConfig::default()
     };
     let mut adam = Adam::new(&vs, config.adam.into());
@@ -278,14 +410,16 @@ fn train_steps(args: &Args) -> Result<serde_json::Value, String> {
     for step in 0..args.warmup {
         one(step)?;
     }
+    setting.synchronize();
+    setting.reset_peak()?;
     let Timing {
         step_ms,
         faults_per_step,
-    } = timed(args, |i| one(args.warmup + i))?;
+    } = timed(args, setting, |i| one(args.warmup + i))?;
     if world.as_ref().is_some_and(|w| w.rank != 0) {
         return Ok(serde_json::Value::Null);
     }
-    Ok(serde_json::json!({
+    let line = serde_json::json!({
         "side": "elbo",
         "model": args.model,
         "task": "train",
@@ -298,8 +432,10 @@ fn train_steps(args: &Args) -> Result<serde_json::Value, String> {
         "steps_per_rep": args.steps,
         "step_ms": step_ms, "faults_per_step": faults_per_step,
         "peak_rss_mib": peak_rss_mib(),
+        "peak_device_mib": setting.peak_device_mib()?,
         "default_malloc": args.default_malloc,
-    }))
+    });
+    Ok(with_fields(line, setting.fields()))
 }
 
 fn main() -> std::process::ExitCode {

@@ -147,6 +147,27 @@ char* elbo_set_cuda_autocast_bf16() {
   }
 }
 
+// Whether float32 matrix products (cuBLAS) and convolutions (cuDNN) may use TF32 on
+// CUDA: libtorch's two process-wide flags (what PyTorch's
+// torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32 set).
+char* elbo_set_cuda_tf32(int matmul, int convolution) {
+  try {
+    at::globalContext().setAllowTF32CuBLAS(matmul != 0);
+    at::globalContext().setAllowTF32CuDNN(convolution != 0);
+    return nullptr;
+  } catch (const std::exception& e) {
+    return message(e.what());
+  }
+}
+
+// The two flags: bit 0 cuBLAS, bit 1 cuDNN (for the benches' reports and tests).
+int elbo_cuda_tf32() {
+  int bits = 0;
+  if (at::globalContext().allowTF32CuBLAS()) bits |= 1;
+  if (at::globalContext().allowTF32CuDNN()) bits |= 2;
+  return bits;
+}
+
 // The dtype CUDA autocast regions use, as libtorch names it (for tests).
 char* elbo_cuda_autocast_dtype() {
   try {

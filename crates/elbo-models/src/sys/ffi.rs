@@ -60,6 +60,8 @@ pub(crate) mod sys {
         ) -> *mut c_char;
         pub fn elbo_set_cuda_autocast_bf16() -> *mut c_char;
         pub fn elbo_cuda_autocast_dtype() -> *mut c_char;
+        pub fn elbo_set_cuda_tf32(matmul: c_int, convolution: c_int) -> *mut c_char;
+        pub fn elbo_cuda_tf32() -> c_int;
         pub fn elbo_group_norm(
             x: *mut C_tensor,
             shift: *mut C_tensor,
@@ -70,6 +72,16 @@ pub(crate) mod sys {
             silu: c_int,
             out: *mut *mut C_tensor,
         ) -> *mut c_char;
+    }
+
+    #[cfg(elbo_cuda_memory)]
+    unsafe extern "C" {
+        pub fn elbo_cuda_memory_peaks(
+            device: c_int,
+            allocated: *mut i64,
+            reserved: *mut i64,
+        ) -> *mut c_char;
+        pub fn elbo_cuda_memory_reset_peaks(device: c_int) -> *mut c_char;
     }
 
     /// Turns a returned message into `Err` (and frees it), nullptr into `Ok`.
@@ -265,6 +277,71 @@ pub fn cuda_autocast_dtype() -> Result<String, String> {
     Err("elbo-models was built without libtorch".to_string())
 }
 
+/// Lets float32 matrix products (cuBLAS) and convolutions (cuDNN) on CUDA use TF32, or
+/// keeps them in full float32: libtorch's two process-wide flags, as PyTorch's
+/// `torch.backends.cuda.matmul.allow_tf32` and `torch.backends.cudnn.allow_tf32` set
+/// them. libtorch's defaults differ (matrix products off, convolutions on); the benches
+/// state the setting by setting both.
+pub fn set_cuda_tf32(matmul: bool, convolution: bool) -> Result<(), String> {
+    #[cfg(elbo_ops)]
+    {
+        // SAFETY: two integers in; a returned message is freed by `check`.
+        sys::check(unsafe { sys::elbo_set_cuda_tf32(i32::from(matmul), i32::from(convolution)) })
+    }
+    #[cfg(not(elbo_ops))]
+    {
+        let _ = (matmul, convolution);
+        Err("elbo-models was built without libtorch".to_string())
+    }
+}
+
+/// Whether CUDA may use TF32 for float32: (matrix products, convolutions).
+pub fn cuda_tf32() -> Result<(bool, bool), String> {
+    #[cfg(elbo_ops)]
+    {
+        // SAFETY: no arguments, an integer out.
+        let bits = unsafe { sys::elbo_cuda_tf32() };
+        Ok((bits & 1 != 0, bits & 2 != 0))
+    }
+    #[cfg(not(elbo_ops))]
+    Err("elbo-models was built without libtorch".to_string())
+}
+
+/// The CUDA caching allocator's peaks on `device` since the start or the last
+/// [`reset_cuda_memory_peaks`]: (bytes allocated to tensors, bytes reserved from the
+/// device), as PyTorch's `torch.cuda.max_memory_allocated` and `max_memory_reserved`.
+/// `Err` when elbo-models was built without a CUDA libtorch and CUDA's headers.
+pub fn cuda_memory_peaks(device: usize) -> Result<(i64, i64), String> {
+    #[cfg(elbo_cuda_memory)]
+    {
+        let (mut allocated, mut reserved) = (0i64, 0i64);
+        // SAFETY: an integer in, two integers out through live references.
+        sys::check(unsafe {
+            sys::elbo_cuda_memory_peaks(device as i32, &mut allocated, &mut reserved)
+        })?;
+        Ok((allocated, reserved))
+    }
+    #[cfg(not(elbo_cuda_memory))]
+    {
+        let _ = device;
+        Err("elbo-models was built without a CUDA libtorch and CUDA's headers".to_string())
+    }
+}
+
+/// Starts the caching allocator's peaks on `device` afresh from its current use.
+pub fn reset_cuda_memory_peaks(device: usize) -> Result<(), String> {
+    #[cfg(elbo_cuda_memory)]
+    {
+        // SAFETY: an integer in; a returned message is freed by `check`.
+        sys::check(unsafe { sys::elbo_cuda_memory_reset_peaks(device as i32) })
+    }
+    #[cfg(not(elbo_cuda_memory))]
+    {
+        let _ = device;
+        Err("elbo-models was built without a CUDA libtorch and CUDA's headers".to_string())
+    }
+}
+
 /// `group_norm(x + shift)`, then SiLU when `silu`, as one autograd operation: `x` of
 /// shape (N, C, ...), `shift` (optional) of shape (N, C) added to every position of its
 /// example and channel, `groups` dividing C, `weight` and `bias` of shape (C), variance
@@ -320,6 +397,22 @@ mod tests {
         let _generator = crate::testing::generator_lock();
         set_cuda_autocast_bf16().unwrap();
         assert_eq!(cuda_autocast_dtype().unwrap(), "BFloat16");
+    }
+
+    #[test]
+    fn tf32_is_set_for_both_matmuls_and_convolutions_and_cleared_again() {
+        // Process-wide flags: under the one lock the unit tests share.
+        let _generator = crate::testing::generator_lock();
+        let (matmul, convolution) = cuda_tf32().unwrap();
+        set_cuda_tf32(true, true).unwrap();
+        assert_eq!(cuda_tf32().unwrap(), (true, true));
+        set_cuda_tf32(false, false).unwrap();
+        assert_eq!(cuda_tf32().unwrap(), (false, false));
+        set_cuda_tf32(true, false).unwrap();
+        assert_eq!(cuda_tf32().unwrap(), (true, false));
+        // As they were, for the tests after this one.
+        set_cuda_tf32(matmul, convolution).unwrap();
+        assert_eq!(cuda_tf32().unwrap(), (matmul, convolution));
     }
 
     #[test]
