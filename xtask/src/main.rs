@@ -10,6 +10,7 @@ mod cargo;
 mod data;
 mod doctor;
 mod gloo;
+mod gpu_check;
 mod install;
 mod libtorch;
 mod pip;
@@ -63,9 +64,16 @@ enum Command {
         args: Vec<String>,
     },
     /// Run the criterion benches (after setup) and, with --with-pytorch, the
-    /// side-by-side comparison with PyTorch eager on the same libtorch, written to
-    /// target/bench-report/ (report.md, report.json, ratios.png).
+    /// side-by-side comparison with PyTorch on the same libtorch (eager with default and
+    /// fused Adam, torch.compile, channels-last), written to target/bench-report/
+    /// (report.md, report.json, ratios.png). --device cuda runs it on a GPU.
     Bench(bench::BenchArgs),
+    /// On a machine with an NVIDIA GPU: set up the CUDA libtorch, build, run the
+    /// cuda-tests suite, train ddpm-cifar10 for 200 steps under bf16 autocast (loss
+    /// falls, checkpoint, resume compared with an unbroken run), sample with DDIM and
+    /// run the CUDA bench against PyTorch, all written to target/gpu-check/report.md.
+    /// Without a GPU it says so and does nothing.
+    GpuCheck(gpu_check::GpuCheckArgs),
 }
 
 fn workspace_root() -> PathBuf {
@@ -108,6 +116,7 @@ fn run(command: Command) -> Result<()> {
             ensure_libtorch(&ws)?;
             bench::run(&ws, &args)
         }
+        Command::GpuCheck(args) => gpu_check::run(&ws, &args, gpu_check::probe("nvidia-smi")),
     }
 }
 

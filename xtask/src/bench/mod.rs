@@ -1,11 +1,14 @@
 //! `cargo xtask bench`: the criterion benches, and the side-by-side comparison with
-//! PyTorch eager on the same libtorch (`--with-pytorch`).
+//! PyTorch on the same libtorch (`--with-pytorch`).
 //!
 //! The comparison runs elbo's `steptime` (benches/src/bin/steptime.rs) and PyTorch's
 //! `benches/reference/steptime.py` with the same case, batch, threads, warm-up and
-//! repetitions, alternating the two sides `--rounds` times so that a change in the
-//! machine's load hits both, and writes `target/bench-report/report.{md,json}` and
-//! `ratios.png`.
+//! repetitions, alternating the sides `--rounds` times so that a change in the
+//! machine's load hits all of them, and writes `target/bench-report/report.{md,json}`
+//! and `ratios.png`. PyTorch runs eager (default and fused Adam) and, with fused Adam,
+//! each of `--variants` (torch.compile, channels-last, both; channels-last only for the
+//! convolutional models); the report names the fastest PyTorch and elbo's ratio to it.
+//! `--device cuda[:N]` runs every side on a GPU and adds `ddpm-cifar10`.
 
 pub mod chart;
 pub mod report;
@@ -21,7 +24,8 @@ use serde::de::DeserializeOwned;
 
 use crate::cargo;
 use report::{
-    CaseRow, DataShare, Efficiency, EfficiencyRound, Machine, MatmulRow, Protocol, Report, Row,
+    Best, CaseRow, DataShare, Efficiency, EfficiencyRound, Machine, MatmulRow, Protocol, Report,
+    Row, RunSetting, VariantRow,
 };
 use runs::{MatmulRun, StepRun};
 use stats::Summary;
@@ -51,9 +55,140 @@ pub struct BenchArgs {
     /// Steps per timed repetition.
     #[arg(long, default_value_t = 10)]
     pub steps: u32,
+    /// PyTorch's variants besides eager (each with fused Adam), comma-separated; the
+    /// channels-last ones run for the convolutional models only. `none` for eager only.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "compiled,channels-last,compiled+channels-last"
+    )]
+    pub variants: Vec<VariantChoice>,
+    /// Where both sides run: `cpu`, `cuda` or `cuda:N`. On CUDA the cases gain
+    /// ddpm-cifar10 (Ho et al.'s 35.7 M UNet, batch 128) and only the first of
+    /// `--threads` is used (host threads).
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: String,
+    /// `bf16`: both sides' forward passes under bfloat16 autocast (CUDA only).
+    #[arg(long, default_value = "none", value_parser = ["none", "bf16"])]
+    pub autocast: String,
+    /// Let float32 matmuls and convolutions on CUDA use TF32, on both sides (without it
+    /// both sides keep float32: the setting is always stated).
+    #[arg(long)]
+    pub tf32: bool,
+    /// Only the cases of these models (`ddpm-mnist`) or model:task (`ddpm-mnist:sample`),
+    /// comma-separated; every case of the device by default.
+    #[arg(long, value_delimiter = ',')]
+    pub cases: Vec<String>,
     /// Arguments passed on to `cargo bench -p elbo-benches` (after `--`).
     #[arg(last = true)]
     pub criterion: Vec<String>,
+}
+
+/// `--device`: `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(text: &str) -> Result<String, String> {
+    match text.strip_prefix("cuda:") {
+        _ if text == "cpu" || text == "cuda" => Ok(text.to_string()),
+        Some(index) if !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(text.to_string())
+        }
+        _ => Err(format!("expected cpu, cuda or cuda:N, found {text:?}")),
+    }
+}
+
+/// A `--variants` entry: one of PyTorch's fast paths, or `none`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum VariantChoice {
+    /// torch.compile (inductor) of the step's model.
+    Compiled,
+    /// Weights and inputs in channels-last (NHWC) memory format.
+    ChannelsLast,
+    /// Both.
+    #[value(name = "compiled+channels-last")]
+    CompiledChannelsLast,
+    /// No variant: eager only.
+    None,
+}
+
+impl VariantChoice {
+    /// The name steptime.py prints as "variant" (and the report's column).
+    pub fn name(self) -> &'static str {
+        match self {
+            VariantChoice::Compiled => "compiled",
+            VariantChoice::ChannelsLast => "channels-last",
+            VariantChoice::CompiledChannelsLast => "compiled+channels-last",
+            VariantChoice::None => "eager",
+        }
+    }
+
+    /// steptime.py's flags for it.
+    fn flags(self) -> &'static [&'static str] {
+        match self {
+            VariantChoice::Compiled => &["--compile"],
+            VariantChoice::ChannelsLast => &["--channels-last"],
+            VariantChoice::CompiledChannelsLast => &["--compile", "--channels-last"],
+            VariantChoice::None => &[],
+        }
+    }
+
+    /// Whether it only means something for models with convolutions.
+    fn needs_convolutions(self) -> bool {
+        matches!(
+            self,
+            VariantChoice::ChannelsLast | VariantChoice::CompiledChannelsLast
+        )
+    }
+}
+
+/// The variants that run for `case`, in `choices`' order, each once.
+pub fn variants_for(case: &Case, choices: &[VariantChoice]) -> Vec<VariantChoice> {
+    let mut out: Vec<VariantChoice> = Vec::new();
+    for &v in choices {
+        if v != VariantChoice::None
+            && (case.convolutional || !v.needs_convolutions())
+            && !out.contains(&v)
+        {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// The cases that run on `device` (`cpu` or a CUDA device), filtered by `--cases`.
+pub fn cases_for(device: &str, filter: &[String]) -> Result<Vec<Case>> {
+    let cuda = device != "cpu";
+    let all: Vec<Case> = CASES
+        .iter()
+        .filter(|c| cuda || !c.cuda_only)
+        .copied()
+        .collect();
+    if filter.is_empty() {
+        return Ok(all);
+    }
+    let picked: Vec<Case> = all
+        .iter()
+        .filter(|c| {
+            filter
+                .iter()
+                .any(|f| f == c.model || *f == format!("{}:{}", c.model, c.task))
+        })
+        .copied()
+        .collect();
+    for f in filter {
+        if !all
+            .iter()
+            .any(|c| f == c.model || *f == format!("{}:{}", c.model, c.task))
+        {
+            let names: Vec<String> = all
+                .iter()
+                .map(|c| format!("{}:{}", c.model, c.task))
+                .collect();
+            bail!(
+                "--cases {f}: no such case on {device}; expected a model or model:task of {}",
+                names.join(", ")
+            );
+        }
+    }
+    Ok(picked)
 }
 
 /// One thing both sides time.
@@ -70,6 +205,10 @@ pub struct Case {
     /// (warm-up, repetitions, steps per repetition) for cases whose step takes seconds
     /// (the DDPM's), instead of `--warmup/--reps/--steps`.
     pub protocol: Option<[u32; 3]>,
+    /// Whether the model has convolutions (the channels-last variants apply).
+    pub convolutional: bool,
+    /// Whether the case runs on CUDA only (too slow for the CPU comparison).
+    pub cuda_only: bool,
 }
 
 /// The cases compared, in the report's order.
@@ -80,6 +219,8 @@ pub const CASES: &[Case] = &[
         task: "train",
         target: 1.25,
         protocol: None,
+        convolutional: false,
+        cuda_only: false,
     },
     Case {
         model: "hvae-ladder",
@@ -87,6 +228,8 @@ pub const CASES: &[Case] = &[
         task: "train",
         target: 1.2,
         protocol: None,
+        convolutional: false,
+        cuda_only: false,
     },
     Case {
         model: "ddpm-mnist",
@@ -94,6 +237,8 @@ pub const CASES: &[Case] = &[
         task: "train",
         target: 1.05,
         protocol: Some([2, 3, 2]),
+        convolutional: true,
+        cuda_only: false,
     },
     Case {
         model: "ddpm-mnist",
@@ -101,6 +246,26 @@ pub const CASES: &[Case] = &[
         task: "sample",
         target: 1.05,
         protocol: Some([1, 2, 1]),
+        convolutional: true,
+        cuda_only: false,
+    },
+    Case {
+        model: "ddpm-cifar10",
+        batch: 128,
+        task: "train",
+        target: 1.0,
+        protocol: Some([5, 5, 10]),
+        convolutional: true,
+        cuda_only: true,
+    },
+    Case {
+        model: "ddpm-cifar10",
+        batch: 128,
+        task: "sample",
+        target: 1.0,
+        protocol: Some([1, 3, 1]),
+        convolutional: true,
+        cuda_only: true,
     },
 ];
 
@@ -143,7 +308,8 @@ pub fn run(ws: &Path, args: &BenchArgs) -> Result<()> {
     report::write(&out, &report)
 }
 
-/// One side's process for a case: its command line.
+/// One side's process for a case: its command line (the device and precision settings
+/// of `args` included, the same for both sides).
 fn side_command(
     ws: &Path,
     program: &Path,
@@ -164,7 +330,11 @@ fn side_command(
         .args(["--threads", &threads.to_string()])
         .args(["--warmup", &warmup.to_string()])
         .args(["--reps", &reps.to_string()])
-        .args(["--steps", &steps.to_string()]);
+        .args(["--steps", &steps.to_string()])
+        .args(["--device", &args.device, "--autocast", &args.autocast]);
+    if args.tf32 {
+        command.arg("--tf32");
+    }
     command
 }
 
@@ -189,19 +359,30 @@ fn run_json<T: DeserializeOwned>(mut command: Command, label: &str) -> Result<T>
     serde_json::from_str(line).with_context(|| format!("{label} printed invalid JSON: {line}"))
 }
 
-/// Both sides of every case at every thread count, alternating `rounds` times.
+/// Every side of every case at every thread count, alternating `rounds` times.
 fn compare(ws: &Path, steptime: &Path, python: &Path, args: &BenchArgs) -> Result<Report> {
     let script = ws.join("benches/reference/steptime.py");
     let script = script.to_str().context("the workspace path is not UTF-8")?;
+    let cuda = args.device != "cpu";
+    let cases = cases_for(&args.device, &args.cases)?;
     let mut rows = Vec::new();
     let matmul_case = Case {
         model: "matmul",
-        batch: 1024,
+        // The GPU's peak needs a product large enough to fill it.
+        batch: if cuda { 8192 } else { 1024 },
         task: "matmul",
         target: 0.0,
         protocol: None,
+        convolutional: false,
+        cuda_only: false,
     };
-    for &threads in &args.threads {
+    // On a GPU the host threads hardly matter: one count.
+    let thread_counts = if cuda {
+        &args.threads[..1]
+    } else {
+        &args.threads[..]
+    };
+    for &threads in thread_counts {
         let peak = |label| {
             run_json::<MatmulRun>(
                 side_command(ws, steptime, &[], &matmul_case, threads, args),
@@ -209,21 +390,24 @@ fn compare(ws: &Path, steptime: &Path, python: &Path, args: &BenchArgs) -> Resul
             )
         };
         let elbo = peak("steptime matmul")?;
-        rows.push(Row::Matmul(MatmulRow { threads, elbo }));
-        for case in CASES {
+        rows.push(Row::Matmul(Box::new(MatmulRow { threads, elbo })));
+        for case in &cases {
+            let variants = variants_for(case, &args.variants);
             let mut ours = Vec::new();
             let mut default_adam = Vec::new();
             let mut fused_adam = Vec::new();
+            let mut variant_runs: Vec<Vec<StepRun>> = vec![Vec::new(); variants.len()];
             // The matmul peak again just before each of elbo's training runs: the
             // efficiency pairs each run with the peak of the same minutes, as a shared
             // machine's speed drifts between the start of the run and this case.
             let mut peaks = Vec::new();
             for round in 0..args.rounds {
                 eprintln!(
-                    "==> {} {} batch {} threads {threads}: round {}/{}",
+                    "==> {} {} batch {} threads {threads} on {}: round {}/{}",
                     case.model,
                     case.task,
                     case.batch,
+                    args.device,
                     round + 1,
                     args.rounds
                 );
@@ -234,17 +418,32 @@ fn compare(ws: &Path, steptime: &Path, python: &Path, args: &BenchArgs) -> Resul
                     side_command(ws, steptime, &[], case, threads, args),
                     "steptime",
                 )?);
-                for (adam, runs) in [("default", &mut default_adam), ("fused", &mut fused_adam)] {
-                    let prefix = [script, "--adam", adam];
-                    runs.push(run_json(
+                let pytorch = |adam: &str, flags: &[&str]| -> Result<StepRun> {
+                    let mut prefix = vec![script, "--adam", adam];
+                    prefix.extend_from_slice(flags);
+                    run_json(
                         side_command(ws, python, &prefix, case, threads, args),
                         "steptime.py",
-                    )?);
+                    )
+                };
+                default_adam.push(pytorch("default", &[])?);
+                // Sampling has no optimiser: the fused-Adam run would repeat the eager one.
+                if case.task == "train" {
+                    fused_adam.push(pytorch("fused", &[])?);
+                }
+                for (variant, runs) in variants.iter().zip(&mut variant_runs) {
+                    runs.push(pytorch("fused", variant.flags())?);
                 }
             }
             let mut row = case_row(case, threads, &ours, &default_adam, &fused_adam)?;
+            let variant_rows: Vec<(VariantChoice, &[StepRun])> = variants
+                .iter()
+                .copied()
+                .zip(variant_runs.iter().map(Vec::as_slice))
+                .collect();
+            with_variants(&mut row, &ours, &variant_rows)?;
             row.efficiency = efficiency(&row, &default_adam, &ours, &peaks);
-            if case.task == "train" {
+            if case.task == "train" && !cuda {
                 let data_case = Case {
                     task: "data",
                     ..*case
@@ -271,8 +470,94 @@ fn compare(ws: &Path, steptime: &Path, python: &Path, args: &BenchArgs) -> Resul
             reps: args.reps,
             steps: args.steps,
         },
+        setting: RunSetting {
+            device: args.device.clone(),
+            autocast: args.autocast.clone(),
+            tf32: args.tf32,
+        },
         rows,
     })
+}
+
+/// Every repetition of every run, summarised; `None` without usable times.
+fn summary_of(runs: &[StepRun]) -> Option<Summary> {
+    let all: Vec<f64> = runs
+        .iter()
+        .flat_map(|r| r.step_ms.iter().copied())
+        .collect();
+    Summary::of(&all)
+}
+
+/// The median of the runs' values of `field` (`None` when none has one).
+fn median_of(runs: &[StepRun], field: impl Fn(&StepRun) -> Option<f64>) -> Option<f64> {
+    let all: Vec<f64> = runs.iter().filter_map(field).collect();
+    Summary::of(&all).map(|s| s.median)
+}
+
+/// Adds PyTorch's variants to `row` and names the fastest PyTorch of all (eager with
+/// either Adam, and the variants) by median step, with elbo's ratio to it. A variant
+/// whose runs are not the same model is refused, as the eager runs are.
+fn with_variants(
+    row: &mut CaseRow,
+    ours: &[StepRun],
+    variants: &[(VariantChoice, &[StepRun])],
+) -> Result<()> {
+    let params = ours.first().and_then(|r| r.params);
+    let mut candidates: Vec<(String, Summary)> =
+        vec![("eager, default Adam".into(), row.pytorch_ms)];
+    if let Some(fused) = row.pytorch_fused_ms {
+        candidates.push(("eager, fused Adam".into(), fused));
+    }
+    row.variants.clear();
+    for &(variant, runs) in variants {
+        let ms = summary_of(runs).with_context(|| {
+            format!(
+                "PyTorch ({}) reported no usable times for {}",
+                variant.name(),
+                row.model
+            )
+        })?;
+        if let Some(run) = runs.iter().find(|r| r.params != params) {
+            bail!(
+                "{}: elbo has {params:?} parameters and PyTorch ({}) {:?}: the two must be \
+                 the same model",
+                row.model,
+                variant.name(),
+                run.params
+            );
+        }
+        let adam = if row.task == "train" {
+            ", fused Adam"
+        } else {
+            ""
+        };
+        candidates.push((format!("{}{adam}", variant.name()), ms));
+        row.variants.push(VariantRow {
+            variant: variant.name().to_string(),
+            ms,
+            speedup: ms.median / row.elbo_ms.median,
+            first_step_s: median_of(runs, |r| r.first_step_s),
+            peak_rss_mib: runs
+                .iter()
+                .filter_map(|r| r.peak_rss_mib)
+                .fold(0.0, f64::max),
+        });
+    }
+    if row.task != "train" {
+        candidates[0].0 = "eager".into();
+    }
+    let (name, ms) = candidates
+        .into_iter()
+        .min_by(|a, b| a.1.median.total_cmp(&b.1.median))
+        .expect("the eager run is always a candidate");
+    let (speedup, low, high) = stats::speedup(row.elbo_ms, ms);
+    row.best = Some(Best {
+        variant: name,
+        ms,
+        speedup,
+        speedup_range: [low, high],
+    });
+    Ok(())
 }
 
 /// The time to prepare a batch (`data`, steptime's `--task data`) next to the median
@@ -340,16 +625,17 @@ fn case_row(
     fused_adam: &[StepRun],
 ) -> Result<CaseRow> {
     let summary = |runs: &[StepRun], side: &str| {
-        let all: Vec<f64> = runs
-            .iter()
-            .flat_map(|r| r.step_ms.iter().copied())
-            .collect();
-        Summary::of(&all)
+        summary_of(runs)
             .with_context(|| format!("{side} reported no usable times for {}", case.model))
     };
     let o = summary(ours, "elbo")?;
     let d = summary(default_adam, "PyTorch")?;
-    let f = summary(fused_adam, "PyTorch (fused Adam)")?;
+    // Sampling runs no optimiser, and so no fused-Adam run.
+    let f = if fused_adam.is_empty() {
+        None
+    } else {
+        Some(summary(fused_adam, "PyTorch (fused Adam)")?)
+    };
     let params = |runs: &[StepRun]| runs.first().and_then(|r| r.params);
     if params(ours) != params(default_adam) {
         bail!(
@@ -371,7 +657,7 @@ fn case_row(
         Summary::of(&all).map(|s| s.median)
     };
     let (ratio, low, high) = stats::speedup(o, d);
-    let (fused_ratio, fused_low, fused_high) = stats::speedup(o, f);
+    let fused = f.map(|f| stats::speedup(o, f));
     Ok(CaseRow {
         model: case.model.to_string(),
         task: case.task.to_string(),
@@ -384,14 +670,18 @@ fn case_row(
         pytorch_fused_ms: f,
         speedup: ratio,
         speedup_range: [low, high],
-        speedup_vs_fused: fused_ratio,
-        speedup_vs_fused_range: [fused_low, fused_high],
+        speedup_vs_fused: fused.map(|(ratio, _, _)| ratio),
+        speedup_vs_fused_range: fused.map(|(_, low, high)| [low, high]),
         elbo_peak_rss_mib: peak(ours),
         pytorch_peak_rss_mib: peak(default_adam),
         elbo_faults_per_step: faults(ours),
         pytorch_faults_per_step: faults(default_adam),
+        elbo_peak_device_mib: median_of(ours, |r| r.peak_device_mib),
+        pytorch_peak_device_mib: median_of(default_adam, |r| r.peak_device_mib),
         data: None,
         efficiency: None,
+        variants: Vec::new(),
+        best: None,
     })
 }
 

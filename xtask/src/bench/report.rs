@@ -22,6 +22,9 @@ pub struct Report {
     pub unix_time: u64,
     /// How each case was timed.
     pub protocol: Protocol,
+    /// Where both sides ran, in which precision (reports of before CUDA: the CPU).
+    #[serde(default)]
+    pub setting: RunSetting,
     /// A matmul peak, then the cases, for each thread count.
     pub rows: Vec<Row>,
 }
@@ -50,12 +53,40 @@ pub struct Protocol {
     pub steps: u32,
 }
 
+/// The device and precision both sides ran with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSetting {
+    /// `cpu` or `cuda[:N]`.
+    pub device: String,
+    /// `none` or `bf16` (the forward under autocast).
+    pub autocast: String,
+    /// Whether float32 matmuls and convolutions on CUDA could use TF32.
+    pub tf32: bool,
+}
+
+impl Default for RunSetting {
+    fn default() -> Self {
+        RunSetting {
+            device: "cpu".into(),
+            autocast: "none".into(),
+            tf32: false,
+        }
+    }
+}
+
+impl RunSetting {
+    /// Whether the run was on a GPU.
+    pub fn cuda(&self) -> bool {
+        self.device != "cpu"
+    }
+}
+
 /// One row of the report, tagged by `kind`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Row {
-    /// The fp32 matmul peak at the start of a thread count's cases.
-    Matmul(MatmulRow),
+    /// The matmul peak at the start of a thread count's cases (boxed, as the case).
+    Matmul(Box<MatmulRow>),
     /// One case compared (boxed: it is the larger variant by far).
     Case(Box<CaseRow>),
 }
@@ -88,8 +119,9 @@ pub struct CaseRow {
     pub elbo_ms: Summary,
     /// PyTorch's, with its default Adam.
     pub pytorch_ms: Summary,
-    /// PyTorch's, with `fused=True` Adam.
-    pub pytorch_fused_ms: Summary,
+    /// PyTorch's, with `fused=True` Adam (training only: sampling has no optimiser).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pytorch_fused_ms: Option<Summary>,
     /// PyTorch's median over elbo's (above 1: elbo is faster).
     #[serde(deserialize_with = "number")]
     pub speedup: f64,
@@ -98,11 +130,19 @@ pub struct CaseRow {
     #[serde(deserialize_with = "pair")]
     pub speedup_range: [f64; 2],
     /// The speed-up over PyTorch with fused Adam.
-    #[serde(deserialize_with = "number")]
-    pub speedup_vs_fused: f64,
+    #[serde(
+        default,
+        deserialize_with = "maybe_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub speedup_vs_fused: Option<f64>,
     /// Its range.
-    #[serde(deserialize_with = "pair")]
-    pub speedup_vs_fused_range: [f64; 2],
+    #[serde(
+        default,
+        deserialize_with = "maybe_pair",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub speedup_vs_fused_range: Option<[f64; 2]>,
     /// elbo's largest peak resident memory over its runs, MiB.
     pub elbo_peak_rss_mib: f64,
     /// PyTorch's (default Adam), MiB.
@@ -111,12 +151,56 @@ pub struct CaseRow {
     pub elbo_faults_per_step: Option<f64>,
     /// PyTorch's.
     pub pytorch_faults_per_step: Option<f64>,
+    /// elbo's peak device memory (the caching allocator's), MiB, median over runs (CUDA).
+    #[serde(default)]
+    pub elbo_peak_device_mib: Option<f64>,
+    /// PyTorch's (eager, default Adam).
+    #[serde(default)]
+    pub pytorch_peak_device_mib: Option<f64>,
+    /// PyTorch's variants (torch.compile, channels-last), each with fused Adam.
+    #[serde(default)]
+    pub variants: Vec<VariantRow>,
+    /// The fastest PyTorch of all, and elbo's ratio to it.
+    #[serde(default)]
+    pub best: Option<Best>,
     /// The data pipeline's time (training cases).
     #[serde(flatten)]
     pub data: Option<DataShare>,
     /// The compute efficiency (training steps of models that report their FLOPs).
     #[serde(flatten)]
     pub efficiency: Option<Efficiency>,
+}
+
+/// One of PyTorch's variants of a case.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VariantRow {
+    /// `compiled`, `channels-last` or `compiled+channels-last`.
+    pub variant: String,
+    /// Its milliseconds per step, over every repetition of every round.
+    pub ms: Summary,
+    /// Its median over elbo's (above 1: elbo is faster).
+    #[serde(deserialize_with = "number")]
+    pub speedup: f64,
+    /// The first warm-up step's seconds, median over runs (with torch.compile: the
+    /// compilation, not part of the step times).
+    pub first_step_s: Option<f64>,
+    /// The largest peak resident memory over its runs, MiB.
+    pub peak_rss_mib: f64,
+}
+
+/// The fastest PyTorch of a case.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Best {
+    /// Which: `eager, default Adam`, `eager, fused Adam`, `compiled, fused Adam`, ...
+    pub variant: String,
+    /// Its milliseconds per step.
+    pub ms: Summary,
+    /// Its median over elbo's: the goal is at least 1.
+    #[serde(deserialize_with = "number")]
+    pub speedup: f64,
+    /// The range from the extremes.
+    #[serde(deserialize_with = "pair")]
+    pub speedup_range: [f64; 2],
 }
 
 /// The training loop's data work for a case, next to its step.
@@ -172,6 +256,18 @@ fn pair<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[f64; 2], D::Error
     Ok([a.unwrap_or(f64::NAN), b.unwrap_or(f64::NAN)])
 }
 
+fn maybe_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
+    // A missing key is `None` (serde's default); a present `null` is a ratio that was
+    // not finite.
+    Ok(Some(
+        Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN),
+    ))
+}
+
+fn maybe_pair<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<[f64; 2]>, D::Error> {
+    Ok(Some(pair(deserializer)?))
+}
+
 fn numbers<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<f64>, D::Error> {
     let values = Vec::<Option<f64>>::deserialize(deserializer)?;
     Ok(values.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect())
@@ -189,7 +285,7 @@ impl Report {
     /// The matmul rows, in order.
     pub fn matmuls(&self) -> impl Iterator<Item = &MatmulRow> {
         self.rows.iter().filter_map(|row| match row {
-            Row::Matmul(matmul) => Some(matmul),
+            Row::Matmul(matmul) => Some(matmul.as_ref()),
             Row::Case(_) => None,
         })
     }
@@ -198,7 +294,7 @@ impl Report {
 /// The markdown table of a report, and the paragraphs under it.
 pub fn markdown(report: &Report) -> String {
     let mut md = String::new();
-    let (machine, protocol) = (&report.machine, &report.protocol);
+    let (machine, protocol, setting) = (&report.machine, &report.protocol, &report.setting);
     md.push_str(&format!(
         "Machine: {} ({} cores), load at the end {}; `cargo xtask {}`; {} rounds x {} reps x \
          {} steps after {} warm-up steps.\n\n",
@@ -211,6 +307,15 @@ pub fn markdown(report: &Report) -> String {
         protocol.steps,
         protocol.warmup,
     ));
+    if setting.cuda() {
+        md.push_str(&format!(
+            "Device {}, autocast {}, TF32 for float32 matmuls and convolutions {} (both \
+             sides).\n\n",
+            setting.device,
+            setting.autocast,
+            if setting.tf32 { "on" } else { "off" },
+        ));
+    }
     md.push_str(
         "| case | threads | elbo ms/step (median, min-max) | PyTorch ms/step | speed-up | \
          target | PyTorch, fused Adam | speed-up over it | peak RSS elbo / PyTorch (MiB) | \
@@ -222,7 +327,7 @@ pub fn markdown(report: &Report) -> String {
     for row in report.cases() {
         md.push_str(&format!(
             "| {} {} (batch {}) | {} | {} | {} | **{:.2}x** ({:.2}-{:.2}) | {:.2}x {} | {} | \
-             {:.2}x | {:.0} / {:.0} | {:.0} / {:.0} |\n",
+             {} | {:.0} / {:.0} | {:.0} / {:.0} |\n",
             row.model,
             row.task,
             row.batch,
@@ -238,14 +343,18 @@ pub fn markdown(report: &Report) -> String {
             } else {
                 "missed"
             },
-            ms(&row.pytorch_fused_ms),
-            row.speedup_vs_fused,
+            row.pytorch_fused_ms
+                .as_ref()
+                .map_or_else(|| "- (no optimiser)".to_string(), ms),
+            row.speedup_vs_fused
+                .map_or_else(|| "-".to_string(), |r| format!("{r:.2}x")),
             row.elbo_peak_rss_mib,
             row.pytorch_peak_rss_mib,
             nan(row.elbo_faults_per_step),
             nan(row.pytorch_faults_per_step),
         ));
     }
+    best_table(&mut md, report);
     for (row, data) in report
         .cases()
         .filter_map(|row| Some((row, row.data.filter(|d| d.data_share.is_finite())?)))
@@ -260,6 +369,11 @@ pub fn markdown(report: &Report) -> String {
             100.0 * data.data_share,
         ));
     }
+    let peak_name = if setting.cuda() {
+        format!("{} matmul peak", matmul_dtype(report))
+    } else {
+        "matmul peak".to_string()
+    };
     for (row, e) in report.cases().filter_map(|row| {
         let e = row
             .efficiency
@@ -274,7 +388,7 @@ pub fn markdown(report: &Report) -> String {
             .collect();
         md.push_str(&format!(
             "\nCompute efficiency, {} train step (threads {}): {:.1} GFLOP/s ({:.3} GFLOP \
-             forward per example, x3 for a step); over the matmul peak measured just before \
+             forward per example, x3 for a step); over the {peak_name} measured just before \
              each round ({:.1} GFLOP/s median), per round {}: median {:.2} (target 0.5: {}).",
             row.model,
             row.threads,
@@ -286,17 +400,121 @@ pub fn markdown(report: &Report) -> String {
             if e.efficiency >= 0.5 { "met" } else { "missed" },
         ));
     }
+    if setting.cuda() {
+        for row in report.cases() {
+            let per_s = |ms: f64| f64::from(row.batch) / (ms * 1e-3);
+            let best = row.best.as_ref().map_or(row.pytorch_ms, |b| b.ms);
+            md.push_str(&format!(
+                "\nThroughput, {} {} (batch {}): elbo {:.1} images/s, best PyTorch {:.1}; peak \
+                 device memory elbo {:.0} MiB, PyTorch (eager) {:.0} MiB.",
+                row.model,
+                row.task,
+                row.batch,
+                per_s(row.elbo_ms.median),
+                per_s(best.median),
+                nan(row.elbo_peak_device_mib),
+                nan(row.pytorch_peak_device_mib),
+            ));
+        }
+    }
     md.push('\n');
     for row in report.matmuls() {
+        let what = if setting.cuda() {
+            format!(
+                "{} matmul peak of libtorch on {} ({} x {})",
+                matmul_dtype(report),
+                setting.device,
+                row.elbo.size,
+                row.elbo.size
+            )
+        } else {
+            format!(
+                "fp32 matmul peak of libtorch here ({} thread(s), {} x {})",
+                row.threads, row.elbo.size, row.elbo.size
+            )
+        };
         md.push_str(&format!(
-            "\nfp32 matmul peak of libtorch here ({} thread(s), 1024 x 1024) at the start of \
-             the run: {:.1} GFLOP/s.",
-            row.threads,
+            "\n{what} at the start of the run: {:.1} GFLOP/s.",
             nan(row.elbo.gflops),
         ));
     }
     md.push('\n');
     md
+}
+
+/// The matmul peak's precision as the report names it (`bf16`, `tf32`, `fp32`).
+fn matmul_dtype(report: &Report) -> String {
+    report
+        .matmuls()
+        .find_map(|m| m.elbo.dtype.clone())
+        .map_or_else(
+            || "fp32".to_string(),
+            |d| d.replace("f32", "fp32").replace("tfp32", "tf32"),
+        )
+}
+
+/// The table of PyTorch at its best: every PyTorch variant's median step, the fastest
+/// and elbo's ratio to it, against the goal of at least 1.0x.
+fn best_table(md: &mut String, report: &Report) {
+    let names: Vec<String> = {
+        let mut names = Vec::new();
+        for row in report.cases() {
+            for v in &row.variants {
+                if !names.contains(&v.variant) {
+                    names.push(v.variant.clone());
+                }
+            }
+        }
+        names
+    };
+    if report.cases().all(|row| row.best.is_none()) {
+        return;
+    }
+    md.push_str(
+        "\nPyTorch at its best: median ms/step of each variant (the channels-last ones for \
+         the convolutional models only; variants with fused Adam; the first step's seconds, \
+         compilation included, in brackets), the fastest, and elbo's speed-up over it (goal: \
+         at least 1.00x).\n\n",
+    );
+    md.push_str("| case | threads | elbo | eager, default Adam | eager, fused Adam |");
+    for name in &names {
+        md.push_str(&format!(" {name} |"));
+    }
+    md.push_str(" best PyTorch | elbo over best | goal 1.00x |\n");
+    md.push_str(&"| --- ".repeat(8 + names.len()));
+    md.push_str("|\n");
+    for row in report.cases() {
+        let Some(best) = &row.best else { continue };
+        md.push_str(&format!(
+            "| {} {} (batch {}) | {} | {:.2} | {:.2} | {} |",
+            row.model,
+            row.task,
+            row.batch,
+            row.threads,
+            row.elbo_ms.median,
+            row.pytorch_ms.median,
+            row.pytorch_fused_ms
+                .map_or_else(|| "-".to_string(), |s| format!("{:.2}", s.median)),
+        ));
+        for name in &names {
+            match row.variants.iter().find(|v| &v.variant == name) {
+                Some(v) => md.push_str(&format!(
+                    " {:.2} ({:.1} s) |",
+                    v.ms.median,
+                    v.first_step_s.unwrap_or(f64::NAN)
+                )),
+                None => md.push_str(" - |"),
+            }
+        }
+        md.push_str(&format!(
+            " {} | **{:.2}x** ({:.2}-{:.2}) | {} |\n",
+            best.variant,
+            best.speedup,
+            best.speedup_range[0],
+            best.speedup_range[1],
+            if best.speedup >= 1.0 { "met" } else { "missed" },
+        ));
+    }
 }
 
 /// Writes `report.json`, `report.md` and `ratios.png` into `out` (each whole or not at

@@ -46,6 +46,15 @@ pub struct StepRun {
     pub eta: Option<f64>,
     /// Whether glibc's malloc was left as it is (elbo, `--task train`).
     pub default_malloc: Option<bool>,
+    /// PyTorch's combination of torch.compile and channels-last: `eager`, `compiled`,
+    /// `channels-last` or `compiled+channels-last`.
+    pub variant: Option<String>,
+    /// Seconds of the first warm-up step (PyTorch; with torch.compile, the compilation).
+    pub first_step_s: Option<f64>,
+    /// `cpu` or `cuda:N`.
+    pub device: Option<String>,
+    /// The caching allocator's peak over the timed steps, MiB (CUDA; `null` on the CPU).
+    pub peak_device_mib: Option<f64>,
 }
 
 /// elbo's fp32 matrix product (`--model matmul --task matmul`): the machine's peak.
@@ -71,6 +80,12 @@ pub struct MatmulRun {
     pub gflops: Option<f64>,
     /// The process's peak resident memory, MiB.
     pub peak_rss_mib: Option<f64>,
+    /// `f32`, `tf32` or `bf16` (absent from lines of before CUDA: `f32`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
+    /// `cpu` or `cuda:N` (absent from lines of before CUDA: the CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 /// A list of times in which `null` (how a non-finite number is printed) is dropped.
@@ -128,6 +143,19 @@ mod tests {
         assert_eq!(run.forward_flops_per_example, Some(6.1e9));
         assert_eq!(run.adam.as_deref(), Some("fused"));
         assert_eq!((run.ddim_steps, run.eta), (Some(50), Some(0.0)));
+        assert_eq!(run.variant, None);
+        let compiled = concat!(
+            r#"{"side": "pytorch", "model": "ddpm-cifar10", "task": "train", "#,
+            r#""params": 35746307, "batch": 128, "threads": 1, "step_ms": [80.5], "#,
+            r#""adam": "fused", "variant": "compiled+channels-last", "compile": true, "#,
+            r#""channels_last": true, "device": "cuda:0", "autocast": "bf16", "tf32": false, "#,
+            r#""first_step_s": 41.5, "peak_device_mib": 9120.5}"#
+        );
+        let run: StepRun = serde_json::from_str(compiled).unwrap();
+        assert_eq!(run.variant.as_deref(), Some("compiled+channels-last"));
+        assert_eq!(run.first_step_s, Some(41.5));
+        assert_eq!(run.device.as_deref(), Some("cuda:0"));
+        assert_eq!(run.peak_device_mib, Some(9120.5));
     }
 
     #[test]

@@ -38,7 +38,7 @@ fn a_case_row_compares_medians_and_the_table_says_whether_the_target_is_met() {
     let fused = [run("pytorch", 10, &[4.0], 610.0)];
     let row = case_row(&case, 1, &ours, &default, &fused).unwrap();
     assert_eq!(row.speedup, 1.5);
-    assert_eq!(row.speedup_vs_fused, 1.0);
+    assert_eq!(row.speedup_vs_fused, Some(1.0));
     assert_eq!(row.elbo_peak_rss_mib, 120.0);
     // Medians of the runs' own counts: elbo 10 and 12, PyTorch 60.
     assert_eq!(row.elbo_faults_per_step, Some(11.0));
@@ -57,12 +57,13 @@ fn a_case_row_compares_medians_and_the_table_says_whether_the_target_is_met() {
             reps: 1,
             steps: 1,
         },
+        setting: report::RunSetting::default(),
         rows: vec![
             Row::Case(Box::new(row)),
-            Row::Matmul(MatmulRow {
+            Row::Matmul(Box::new(MatmulRow {
                 threads: 1,
                 elbo: peak(90.0),
-            }),
+            })),
         ],
     };
     let md = markdown(&report);
@@ -136,4 +137,140 @@ fn a_side_without_times_is_named() {
         err.to_string(),
         "elbo reported no usable times for hvae-ladder"
     );
+}
+
+#[test]
+fn the_best_pytorch_is_the_fastest_median_of_every_run_with_elbo_s_ratio_to_it() {
+    let case = CASES[2];
+    let ours = [run("elbo", 10, &[100.0, 110.0, 90.0], 1.0)];
+    let default = [run("pytorch", 10, &[150.0], 1.0)];
+    let fused = [run("pytorch", 10, &[140.0], 1.0)];
+    let mut row = case_row(&case, 1, &ours, &default, &fused).unwrap();
+    let compiled = [
+        StepRun {
+            first_step_s: Some(60.0),
+            ..run("pytorch", 10, &[80.0, 82.0], 900.0)
+        },
+        StepRun {
+            first_step_s: Some(20.0),
+            ..run("pytorch", 10, &[81.0], 950.0)
+        },
+    ];
+    let channels_last = [run("pytorch", 10, &[120.0], 700.0)];
+    with_variants(
+        &mut row,
+        &ours,
+        &[
+            (VariantChoice::Compiled, &compiled),
+            (VariantChoice::ChannelsLast, &channels_last),
+        ],
+    )
+    .unwrap();
+    assert_eq!(row.variants.len(), 2);
+    let v = &row.variants[0];
+    assert_eq!((v.variant.as_str(), v.ms.median), ("compiled", 81.0));
+    assert_eq!(v.first_step_s, Some(40.0));
+    assert_eq!(v.peak_rss_mib, 950.0);
+    assert_eq!(v.speedup, 81.0 / 100.0);
+    let best = row.best.as_ref().unwrap();
+    assert_eq!(best.variant, "compiled, fused Adam");
+    assert_eq!(best.speedup, 0.81);
+    // Range: PyTorch's fastest over elbo's slowest, its slowest over elbo's fastest.
+    assert_eq!(best.speedup_range, [80.0 / 110.0, 82.0 / 90.0]);
+    // Without variants the best is the faster Adam.
+    with_variants(&mut row, &ours, &[]).unwrap();
+    assert_eq!(row.best.as_ref().unwrap().variant, "eager, fused Adam");
+    assert!(row.variants.is_empty());
+}
+
+#[test]
+fn a_variant_of_another_model_or_without_times_is_refused() {
+    let ours = [run("elbo", 10, &[100.0], 1.0)];
+    let theirs = [run("pytorch", 10, &[150.0], 1.0)];
+    let mut row = case_row(&CASES[2], 1, &ours, &theirs, &theirs).unwrap();
+    let other = [run("pytorch", 11, &[80.0], 1.0)];
+    let err = with_variants(&mut row, &ours, &[(VariantChoice::Compiled, &other)]).unwrap_err();
+    assert!(
+        err.to_string().contains("PyTorch (compiled) Some(11)"),
+        "{err}"
+    );
+    let empty = [run("pytorch", 10, &[], 1.0)];
+    let err = with_variants(&mut row, &ours, &[(VariantChoice::ChannelsLast, &empty)]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "PyTorch (channels-last) reported no usable times for ddpm-mnist"
+    );
+}
+
+#[test]
+fn sampling_has_no_fused_adam_run_and_its_best_is_named_without_an_optimiser() {
+    let ours = [run("elbo", 10, &[100.0], 1.0)];
+    let eager = [run("pytorch", 10, &[90.0], 1.0)];
+    let mut row = case_row(&CASES[3], 1, &ours, &eager, &[]).unwrap();
+    assert_eq!((row.pytorch_fused_ms, row.speedup_vs_fused), (None, None));
+    let compiled = [run("pytorch", 10, &[95.0], 1.0)];
+    with_variants(&mut row, &ours, &[(VariantChoice::Compiled, &compiled)]).unwrap();
+    let best = row.best.unwrap();
+    assert_eq!((best.variant.as_str(), best.speedup), ("eager", 0.9));
+}
+
+#[test]
+fn channels_last_variants_run_for_convolutional_models_only_and_none_means_eager() {
+    use VariantChoice::*;
+    let all = [Compiled, ChannelsLast, CompiledChannelsLast];
+    assert_eq!(variants_for(&CASES[0], &all), [Compiled]);
+    assert_eq!(variants_for(&CASES[2], &all), all);
+    assert_eq!(variants_for(&CASES[2], &[None]), []);
+    assert_eq!(variants_for(&CASES[2], &[Compiled, Compiled]), [Compiled]);
+    let names: Vec<&str> = all.iter().map(|v| v.name()).collect();
+    assert_eq!(
+        names,
+        ["compiled", "channels-last", "compiled+channels-last"]
+    );
+}
+
+#[test]
+fn cifar10_runs_on_cuda_only_and_cases_filter_by_model_or_task() {
+    let names = |cases: Vec<Case>| -> Vec<String> {
+        cases
+            .iter()
+            .map(|c| format!("{}:{}", c.model, c.task))
+            .collect()
+    };
+    let cpu = names(cases_for("cpu", &[]).unwrap());
+    assert_eq!(
+        cpu,
+        [
+            "vae-mlp:train",
+            "hvae-ladder:train",
+            "ddpm-mnist:train",
+            "ddpm-mnist:sample"
+        ]
+    );
+    let cuda = names(cases_for("cuda:1", &[]).unwrap());
+    assert_eq!(cuda.len(), 6);
+    assert!(cuda.contains(&"ddpm-cifar10:train".to_string()));
+    let picked =
+        names(cases_for("cuda", &["ddpm-cifar10".into(), "ddpm-mnist:sample".into()]).unwrap());
+    assert_eq!(
+        picked,
+        [
+            "ddpm-mnist:sample",
+            "ddpm-cifar10:train",
+            "ddpm-cifar10:sample"
+        ]
+    );
+    let err = cases_for("cpu", &["ddpm-cifar10".into()]).unwrap_err();
+    assert!(err.to_string().contains("no such case on cpu"), "{err}");
+}
+
+#[test]
+fn devices_are_cpu_cuda_or_cuda_with_an_index() {
+    for ok in ["cpu", "cuda", "cuda:0", "cuda:12"] {
+        assert_eq!(parse_device(ok).unwrap(), ok);
+    }
+    for bad in ["gpu", "cuda:", "cuda:x", "cuda0", ""] {
+        let err = parse_device(bad).unwrap_err();
+        assert!(err.contains("expected cpu, cuda or cuda:N"), "{err}");
+    }
 }

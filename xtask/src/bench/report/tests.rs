@@ -19,17 +19,21 @@ fn case(model: &str, task: &str, speedup: f64, target: f64) -> CaseRow {
         target,
         elbo_ms: summary(4.0, 3.5, 5.0, 6),
         pytorch_ms: summary(4.0 * speedup, 4.0 * speedup - 1.0, 4.0 * speedup + 1.0, 6),
-        pytorch_fused_ms: summary(4.5, 4.0, 5.5, 6),
+        pytorch_fused_ms: Some(summary(4.5, 4.0, 5.5, 6)),
         speedup,
         speedup_range: [1.0, 2.0],
-        speedup_vs_fused: 1.2,
-        speedup_vs_fused_range: [0.8, 1.6],
+        speedup_vs_fused: Some(1.2),
+        speedup_vs_fused_range: Some([0.8, 1.6]),
         elbo_peak_rss_mib: 120.0,
         pytorch_peak_rss_mib: 600.0,
         elbo_faults_per_step: Some(11.0),
         pytorch_faults_per_step: None,
+        elbo_peak_device_mib: None,
+        pytorch_peak_device_mib: None,
         data: None,
         efficiency: None,
+        variants: Vec::new(),
+        best: None,
     }
 }
 
@@ -63,7 +67,30 @@ pub(crate) fn example() -> Report {
             },
         ],
     });
-    let sample = case("ddpm-mnist", "sample", 0.9, 1.05);
+    unet.variants = vec![VariantRow {
+        variant: "compiled".into(),
+        ms: summary(4.4, 4.2, 4.6, 6),
+        speedup: 1.1,
+        first_step_s: Some(61.5),
+        peak_rss_mib: 900.0,
+    }];
+    unet.best = Some(Best {
+        variant: "compiled, fused Adam".into(),
+        ms: summary(4.4, 4.2, 4.6, 6),
+        speedup: 1.1,
+        speedup_range: [0.84, 1.31],
+    });
+    let mut sample = case("ddpm-mnist", "sample", 0.9, 1.05);
+    // Sampling: no optimiser, no fused-Adam run.
+    sample.pytorch_fused_ms = None;
+    sample.speedup_vs_fused = None;
+    sample.speedup_vs_fused_range = None;
+    sample.best = Some(Best {
+        variant: "eager".into(),
+        ms: sample.pytorch_ms,
+        speedup: 0.9,
+        speedup_range: [0.6, 1.2],
+    });
     let matmul = MatmulRun {
         side: "elbo".into(),
         model: "matmul".into(),
@@ -74,6 +101,8 @@ pub(crate) fn example() -> Report {
         faults_per_step: Some(0.0),
         gflops: Some(90.0),
         peak_rss_mib: None,
+        dtype: None,
+        device: None,
     };
     Report {
         machine: Machine {
@@ -89,11 +118,12 @@ pub(crate) fn example() -> Report {
             reps: 5,
             steps: 10,
         },
+        setting: RunSetting::default(),
         rows: vec![
-            Row::Matmul(MatmulRow {
+            Row::Matmul(Box::new(MatmulRow {
                 threads: 1,
                 elbo: matmul,
-            }),
+            })),
             Row::Case(Box::new(vae)),
             Row::Case(Box::new(unet)),
             Row::Case(Box::new(sample)),
@@ -183,5 +213,99 @@ fn the_markdown_has_a_line_per_case_and_the_paragraphs_of_what_was_measured() {
         "\nfp32 matmul peak of libtorch here (1 thread(s), 1024 x 1024) at the start of the \
          run: 90.0 GFLOP/s.\n"
     ));
-    assert_eq!(md.matches("| ddpm-mnist").count(), 2);
+    // Twice in the first table, twice in the table of PyTorch at its best.
+    assert_eq!(md.matches("| ddpm-mnist").count(), 4);
+    assert!(md.contains("| - (no optimiser) | - |"), "{md}");
+}
+
+#[test]
+fn the_best_pytorch_table_names_the_fastest_variant_and_judges_the_goal() {
+    let md = markdown(&example());
+    assert!(md.contains("PyTorch at its best"), "{md}");
+    assert!(md.contains(
+        "| case | threads | elbo | eager, default Adam | eager, fused Adam | compiled | best \
+         PyTorch | elbo over best | goal 1.00x |\n"
+    ));
+    assert!(
+        md.contains(
+            "| ddpm-mnist train (batch 64) | 1 | 4.00 | 4.40 | 4.50 | 4.40 (61.5 s) | compiled, \
+         fused Adam | **1.10x** (0.84-1.31) | met |\n"
+        ),
+        "{md}"
+    );
+    assert!(
+        md.contains(
+            "| ddpm-mnist sample (batch 64) | 1 | 4.00 | 3.60 | - | - | eager | **0.90x** \
+         (0.60-1.20) | missed |\n"
+        ),
+        "{md}"
+    );
+    // The vae row has no best (a report of before the variants): not in the table.
+    assert_eq!(md.matches("| vae-mlp").count(), 1);
+}
+
+#[test]
+fn a_cuda_report_states_its_setting_throughput_and_device_memory() {
+    let mut report = example();
+    report.setting = RunSetting {
+        device: "cuda:0".into(),
+        autocast: "bf16".into(),
+        tf32: false,
+    };
+    if let Row::Matmul(m) = &mut report.rows[0] {
+        m.elbo.dtype = Some("bf16".into());
+        m.elbo.size = 8192;
+    }
+    if let Row::Case(row) = &mut report.rows[2] {
+        row.elbo_peak_device_mib = Some(2048.0);
+        row.pytorch_peak_device_mib = Some(3072.0);
+    }
+    let md = markdown(&report);
+    assert!(
+        md.contains(
+            "Device cuda:0, autocast bf16, TF32 for float32 matmuls and convolutions off (both \
+         sides)."
+        ),
+        "{md}"
+    );
+    // 64 images in 4 ms: 16,000 images/s; PyTorch's best 4.4 ms.
+    assert!(
+        md.contains(
+            "Throughput, ddpm-mnist train (batch 64): elbo 16000.0 images/s, best PyTorch 14545.5; \
+         peak device memory elbo 2048 MiB, PyTorch (eager) 3072 MiB."
+        ),
+        "{md}"
+    );
+    assert!(md.contains("over the bf16 matmul peak measured"), "{md}");
+    assert!(
+        md.contains("bf16 matmul peak of libtorch on cuda:0 (8192 x 8192)"),
+        "{md}"
+    );
+    let back: Report = serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
+    assert_eq!(back, report);
+}
+
+#[test]
+fn a_report_of_before_the_variants_and_cuda_still_reads() {
+    // What the report of the previous schema holds: no setting, no variants, no best,
+    // no device memory, a fused-Adam column on every row.
+    let mut value = serde_json::to_value(example()).unwrap();
+    value.as_object_mut().unwrap().remove("setting");
+    for row in value["rows"].as_array_mut().unwrap() {
+        for key in [
+            "variants",
+            "best",
+            "elbo_peak_device_mib",
+            "pytorch_peak_device_mib",
+        ] {
+            row.as_object_mut().unwrap().remove(key);
+        }
+    }
+    let back: Report = serde_json::from_value(value).unwrap();
+    assert_eq!(back.setting, RunSetting::default());
+    assert!(
+        back.cases()
+            .all(|row| row.best.is_none() && row.variants.is_empty())
+    );
+    assert_eq!(back.cases().next().unwrap().speedup_vs_fused, Some(1.2));
 }
