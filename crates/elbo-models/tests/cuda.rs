@@ -80,3 +80,35 @@ fn a_ddpm_step_runs_under_bf16_autocast() {
     assert!(outcome.loss.is_finite());
     assert!(!before.equal(&vs.variables()["unet.input.weight"]));
 }
+
+/// The caching allocator's peak as the benches read it (`steptime --device cuda`): a
+/// 256 MiB tensor made after a reset is in the peak, and a reset after freeing it starts
+/// below it (other tests of this binary may allocate meanwhile, but not 256 MiB more).
+#[test]
+fn the_device_memory_peak_sees_an_allocation_and_starts_again_after_a_reset() {
+    let mib = 1i64 << 20;
+    elbo_models::ffi::reset_cuda_memory_peaks(0).unwrap();
+    let big = Tensor::zeros([64, 1024, 1024], (Kind::Float, Device::Cuda(0)));
+    let (allocated, reserved) = elbo_models::ffi::cuda_memory_peaks(0).unwrap();
+    assert!(allocated >= 256 * mib, "peak {allocated} bytes");
+    assert!(
+        reserved >= allocated,
+        "reserved {reserved} < allocated {allocated}"
+    );
+    drop(big);
+    elbo_models::ffi::reset_cuda_memory_peaks(0).unwrap();
+    let (after, _) = elbo_models::ffi::cuda_memory_peaks(0).unwrap();
+    assert!(
+        after < allocated,
+        "peak after the reset {after} >= {allocated}"
+    );
+}
+
+/// TF32 as the benches state it: both flags set, then cleared.
+#[test]
+fn tf32_can_be_allowed_and_disallowed_on_cuda() {
+    elbo_models::ffi::set_cuda_tf32(true, true).unwrap();
+    assert_eq!(elbo_models::ffi::cuda_tf32().unwrap(), (true, true));
+    elbo_models::ffi::set_cuda_tf32(false, true).unwrap();
+    assert_eq!(elbo_models::ffi::cuda_tf32().unwrap(), (false, true));
+}

@@ -415,6 +415,15 @@ mod tests {
         assert_eq!(cuda_tf32().unwrap(), (matmul, convolution));
     }
 
+    #[cfg(not(elbo_cuda_memory))]
+    #[test]
+    fn device_memory_peaks_need_a_cuda_build_and_say_so() {
+        let err = cuda_memory_peaks(0).unwrap_err();
+        assert!(err.contains("without a CUDA libtorch"), "{err}");
+        let err = reset_cuda_memory_peaks(0).unwrap_err();
+        assert!(err.contains("without a CUDA libtorch"), "{err}");
+    }
+
     #[test]
     fn cleared_gradients_are_undefined_and_the_next_backward_starts_afresh() {
         let _generator = crate::testing::generator_lock();
