@@ -370,14 +370,17 @@ class DDPM(nn.Module):
         return beta * (-math.expm1(l_prev)) / (-math.expm1(l_i))
 
     @torch.no_grad()
-    def ddim_sample(self, n, steps=50, eta=0.0, clip_x0=True, label=None, w=0.0):
+    def ddim_sample(self, n, steps=50, eta=0.0, clip_x0=True, label=None, w=0.0,
+                    memory_format=torch.contiguous_format):
         """sampler.rs `sample` with SamplerKind::Ddim { steps, eta, Spacing::Uniform }
         and clip_x0 (the preview / bench setting): x_T ~ N(0, I), then for i = S..1 one
         network call at t = round(i T / S), a standard normal z drawn every step (also
         when eta = 0, as elbo does), x0 clipped to [-1, 1] and eps recomputed from it.
-        Returns the final x (not clamped again; with clipping it is the clipped x0)."""
+        Returns the final x (not clamped again; with clipping it is the clipped x0).
+        `memory_format`: the layout of x (torch.channels_last for a channels-last
+        UNet); the draws are the same."""
         device = self.signal.device
-        x = torch.randn(n, *self.image, device=device)
+        x = torch.randn(n, *self.image, device=device).contiguous(memory_format=memory_format)
         timesteps = ddim_timesteps(self.timesteps, steps)
         for i in range(len(timesteps), 0, -1):
             t = torch.full((n,), timesteps[i - 1], dtype=torch.int64, device=device)

@@ -16,9 +16,9 @@ PyTorch at its best (issue 20), each a flag so that the variants combine:
   UNet's forward for `--task sample`. Compilation happens in the first warm-up step; its
   wall time is reported as "first_step_s" and is excluded from the timed steps (give
   --warmup at least 2 so that a recompilation shows up before the timing).
-- `--channels-last`: the model's 4-d parameters and the batch in
-  torch.channels_last (NHWC) memory format, which oneDNN and cuDNN prefer for
-  convolutions (a no-op for the MLP models, which have no 4-d tensors).
+- `--channels-last`: the model's 4-d parameters and the batch (for sampling, the
+  noise it starts from) in torch.channels_last (NHWC) memory format, which oneDNN and
+  cuDNN prefer for convolutions (a no-op for the MLP models: no 4-d tensors).
 - `--device cuda[:N]`: the model, the batch and the optimiser on that GPU; every timed
   repetition starts and ends with torch.cuda.synchronize, and "peak_device_mib" is the
   caching allocator's peak (torch.cuda.max_memory_allocated) over the timed steps.
@@ -42,7 +42,9 @@ Protocol:
    `default` leaves foreach/fused unset (on CPU that is the single-tensor, per-parameter
    implementation), `foreach` sets foreach=True, `fused` sets fused=True.
 5. `--task train` (default). One step = zero_grad(set_to_none=True); loss = model's loss (for the VAEs minus the
-   batch-mean ELBO with one reparameterised sample); loss.backward(); opt.step().
+   batch-mean ELBO with one reparameterised sample); loss.backward(); opt.step();
+   loss.item() (elbo's training loop reads every step's loss: on a GPU both sides then
+   wait for each step's work).
    --warmup steps untimed, then --reps repetitions, each timing --steps consecutive
    steps with time.perf_counter(); step_ms[r] = rep time / steps * 1000.
    `--task sample` (models with `ddim_sample`, i.e. ddpm-mnist): the same loop, but one
@@ -311,6 +313,9 @@ def main():
         loss = forward()
         loss.backward()
         opt.step()
+        # Read each step's loss, as elbo's training loop does (its NaN guard): on a GPU
+        # a step then waits for its own work, on both sides alike.
+        loss.item()
         return loss
 
     if args.task == "sample":
@@ -319,7 +324,9 @@ def main():
             with torch.no_grad(), torch.autocast(
                 device.type, dtype=torch.bfloat16, enabled=args.autocast == "bf16"
             ):
-                images = model.ddim_sample(args.batch, steps=args.ddim_steps, eta=args.eta)
+                images = model.ddim_sample(
+                    args.batch, steps=args.ddim_steps, eta=args.eta, memory_format=memory_format
+                )
             # A stand-in "loss" for the finiteness check below.
             return images.float().abs().mean()
 

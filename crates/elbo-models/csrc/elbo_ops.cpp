@@ -160,12 +160,18 @@ char* elbo_set_cuda_tf32(int matmul, int convolution) {
   }
 }
 
-// The two flags: bit 0 cuBLAS, bit 1 cuDNN (for the benches' reports and tests).
+// The two flags: bit 0 cuBLAS, bit 1 cuDNN (for the benches' reports and tests); -1
+// when libtorch refuses to say (it checks that its old and new precision settings
+// agree).
 int elbo_cuda_tf32() {
-  int bits = 0;
-  if (at::globalContext().allowTF32CuBLAS()) bits |= 1;
-  if (at::globalContext().allowTF32CuDNN()) bits |= 2;
-  return bits;
+  try {
+    int bits = 0;
+    if (at::globalContext().allowTF32CuBLAS()) bits |= 1;
+    if (at::globalContext().allowTF32CuDNN()) bits |= 2;
+    return bits;
+  } catch (const std::exception&) {
+    return -1;
+  }
 }
 
 // The dtype CUDA autocast regions use, as libtorch names it (for tests).

@@ -290,6 +290,9 @@ pub fn run(ws: &Path, args: &BenchArgs) -> Result<()> {
         bail!("--threads needs counts of at least 1 and --rounds at least 1");
     }
     let python = venv::ensure(ws)?;
+    if args.device != "cpu" {
+        venv::check_cuda(&python, &args.device)?;
+    }
     cargo::run(
         ws,
         &[
@@ -321,6 +324,13 @@ fn side_command(
     let [warmup, reps, steps] = case
         .protocol
         .unwrap_or([args.warmup, args.reps, args.steps]);
+    // A compiled run compiles in its first warm-up step; a second one shows a
+    // recompilation before the timing rather than in it.
+    let warmup = if prefix.contains(&"--compile") {
+        warmup.max(2)
+    } else {
+        warmup
+    };
     let mut command = Command::new(program);
     command
         .current_dir(ws)

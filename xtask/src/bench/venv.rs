@@ -70,3 +70,27 @@ pub fn ensure(ws: &Path) -> Result<PathBuf> {
         other => bail!("after installing, the venv's torch is {other:?}, expected {wanted}"),
     }
 }
+
+/// Checks that the venv's torch sees the CUDA device the comparison runs on.
+pub fn check_cuda(python: &Path, device: &str) -> Result<()> {
+    let index = device.strip_prefix("cuda:").unwrap_or("0");
+    let script = format!(
+        "import sys, torch; sys.exit(0 if torch.cuda.is_available() and \
+         torch.cuda.device_count() > {index} else 3)"
+    );
+    let status = Command::new(python)
+        .args(["-c", &script])
+        .status()
+        .with_context(|| format!("could not start {}", python.display()))?;
+    if !status.success() {
+        bail!(
+            "the PyTorch venv's torch ({}) does not see {device} (torch.cuda.is_available() \
+             false, or too few devices): a CPU-only torch wheel, or no NVIDIA driver.\n  Fix: \
+             {} -m pip install --force-reinstall torch=={TORCH_VERSION} (PyPI's Linux wheel \
+             is the CUDA build), or set ELBO_VENV to a venv whose torch sees the GPU",
+            python.display(),
+            python.display()
+        );
+    }
+    Ok(())
+}

@@ -301,6 +301,9 @@ pub fn cuda_tf32() -> Result<(bool, bool), String> {
     {
         // SAFETY: no arguments, an integer out.
         let bits = unsafe { sys::elbo_cuda_tf32() };
+        if bits < 0 {
+            return Err("libtorch refused to report its TF32 settings".to_string());
+        }
         Ok((bits & 1 != 0, bits & 2 != 0))
     }
     #[cfg(not(elbo_ops))]
