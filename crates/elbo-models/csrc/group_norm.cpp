@@ -16,7 +16,9 @@
 //
 // A group's Cg * HW floats (at most a few tens of KiB for the UNets here) stay in cache
 // between the passes over it, so each pass after the first reads from cache, not from
-// memory. The backward pass keeps dy in dx's buffer between its two passes.
+// memory. The backward pass keeps dy in dx's buffer between its two passes. A
+// channels-last (NHWC) input runs the same formulas per example, vectorised over the
+// channels, and its outputs keep its layout.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -29,6 +31,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 // Every loop below is inlined into two copies of the per-group drivers, one compiled for
 // AVX2 + FMA and one for the baseline instruction set, and the copy the CPU supports is
@@ -252,6 +255,166 @@ ELBO_INLINE void backward_group(const Plan& p, int64_t ng) {
   }
 }
 
+// Channels-last (NHWC) input: example n's HW x C floats, a position's C channels
+// contiguous. A group's channels are then strided, so the passes run over a whole
+// example, vectorised over the channels, with per-channel accumulators (`work`: 8 C
+// floats), and the per-group statistics are combined from them. An example (C * HW
+// floats: 100 KiB for the largest map here) stays in cache between the passes.
+template <bool Silu>
+ELBO_INLINE void forward_example_nhwc(const Plan& p, int64_t n, float* work) {
+  const Shape& s = p.s;
+  const int64_t C = s.c, HW = s.hw, G = s.groups;
+  const double count = static_cast<double>(s.cg * HW);
+  const float* x = p.x + n * HW * C;
+  float* z = p.z + n * HW * C;
+  float* acc = work;            // per-channel sums
+  float* offset = work + C;     // shift_c - mean_g, then the affine's shift
+  float* scale = work + 2 * C;  // rstd_g * gamma_c
+  for (int64_t c = 0; c < C; ++c) acc[c] = 0.0f;
+  for (int64_t q = 0; q < HW; ++q) {
+    const float* row = x + q * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) acc[c] += row[c];
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    double total = 0.0;
+    for (int64_t c = g * s.cg; c < (g + 1) * s.cg; ++c) {
+      total += static_cast<double>(acc[c]) +
+               static_cast<double>(p.shift_of(n, c)) * static_cast<double>(HW);
+    }
+    const double mu = total / count;
+    p.mean[n * G + g] = static_cast<float>(mu);
+    for (int64_t c = g * s.cg; c < (g + 1) * s.cg; ++c) {
+      offset[c] = static_cast<float>(static_cast<double>(p.shift_of(n, c)) - mu);
+      acc[c] = 0.0f;
+    }
+  }
+  for (int64_t q = 0; q < HW; ++q) {
+    const float* row = x + q * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const float d = row[c] + offset[c];
+      acc[c] += d * d;
+    }
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    double squares = 0.0;
+    for (int64_t c = g * s.cg; c < (g + 1) * s.cg; ++c) squares += static_cast<double>(acc[c]);
+    const double r = 1.0 / std::sqrt(squares / count + p.eps);
+    const double mu = static_cast<double>(p.mean[n * G + g]);
+    p.rstd[n * G + g] = static_cast<float>(r);
+    for (int64_t c = g * s.cg; c < (g + 1) * s.cg; ++c) {
+      const double sc = r * static_cast<double>(p.gamma[c]);
+      scale[c] = static_cast<float>(sc);
+      offset[c] = static_cast<float>((static_cast<double>(p.shift_of(n, c)) - mu) * sc +
+                                     static_cast<double>(p.beta[c]));
+    }
+  }
+  for (int64_t q = 0; q < HW; ++q) {
+    const float* row = x + q * C;
+    float* out = z + q * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const float y = row[c] * scale[c] + offset[c];
+      if constexpr (Silu) {
+        out[c] = y * sigmoid(y);
+      } else {
+        out[c] = y;
+      }
+    }
+  }
+}
+
+template <bool Silu>
+ELBO_INLINE void backward_example_nhwc(const Plan& p, int64_t n, float* work) {
+  const Shape& s = p.s;
+  const int64_t C = s.c, HW = s.hw, G = s.groups;
+  const double count = static_cast<double>(s.cg * HW);
+  const float* x = p.x + n * HW * C;
+  const float* dz = p.dz + n * HW * C;
+  float* dx = p.dx + n * HW * C;
+  float* rv = work;              // rstd of the channel's group
+  float* x0 = work + C;          // (shift_c - mean_g) * rstd_g
+  float* a = work + 2 * C;       // sum dy
+  float* b = work + 3 * C;       // sum dy * xhat
+  float* k = work + 4 * C;       // sum xhat
+  float* m1 = work + 5 * C;      // the group's m1, per channel
+  float* m2 = work + 6 * C;      // the group's m2, per channel
+  for (int64_t c = 0; c < C; ++c) {
+    const int64_t g = c / s.cg;
+    const float r = p.rstd[n * G + g];
+    rv[c] = r;
+    x0[c] = (p.shift_of(n, c) - p.mean[n * G + g]) * r;
+    a[c] = 0.0f;
+    b[c] = 0.0f;
+    k[c] = 0.0f;
+  }
+  const float* gamma = p.gamma;
+  const float* beta = p.beta;
+  for (int64_t q = 0; q < HW; ++q) {
+    const float* xr = x + q * C;
+    const float* dzr = dz + q * C;
+    float* out = dx + q * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const float xhat = xr[c] * rv[c] + x0[c];
+      float dy = dzr[c];
+      if constexpr (Silu) {
+        const float y = xhat * gamma[c] + beta[c];
+        const float sig = sigmoid(y);
+        dy *= sig * (1.0f + y * (1.0f - sig));
+      }
+      out[c] = dy;
+      a[c] += dy;
+      b[c] += dy * xhat;
+      k[c] += xhat;
+    }
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    double s1 = 0.0, s2 = 0.0;
+    for (int64_t c = g * s.cg; c < (g + 1) * s.cg; ++c) {
+      s1 += static_cast<double>(gamma[c]) * a[c];
+      s2 += static_cast<double>(gamma[c]) * b[c];
+    }
+    s1 /= count;
+    s2 /= count;
+    for (int64_t c = g * s.cg; c < (g + 1) * s.cg; ++c) {
+      m1[c] = static_cast<float>(s1);
+      m2[c] = static_cast<float>(s2);
+      const int64_t nc = n * C + c;
+      p.sums_a[nc] = a[c];
+      p.sums_b[nc] = b[c];
+      if (p.dshift != nullptr) {
+        p.dshift[nc] = static_cast<float>(
+            static_cast<double>(rv[c]) * (static_cast<double>(gamma[c]) * a[c] -
+                                          static_cast<double>(HW) * s1 - s2 * k[c]));
+      }
+    }
+  }
+  for (int64_t q = 0; q < HW; ++q) {
+    const float* xr = x + q * C;
+    float* out = dx + q * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const float xhat = xr[c] * rv[c] + x0[c];
+      out[c] = rv[c] * (gamma[c] * out[c] - m1[c] - xhat * m2[c]);
+    }
+  }
+}
+
+// The drivers over examples [begin, end) of a channels-last input, with their own
+// scratch.
+template <bool Silu>
+ELBO_INLINE void forward_examples_nhwc(const Plan& p, int64_t begin, int64_t end) {
+  std::vector<float> work(static_cast<size_t>(8 * p.s.c));
+  for (int64_t n = begin; n < end; ++n) forward_example_nhwc<Silu>(p, n, work.data());
+}
+template <bool Silu>
+ELBO_INLINE void backward_examples_nhwc(const Plan& p, int64_t begin, int64_t end) {
+  std::vector<float> work(static_cast<size_t>(8 * p.s.c));
+  for (int64_t n = begin; n < end; ++n) backward_example_nhwc<Silu>(p, n, work.data());
+}
+
 template <bool Silu>
 void forward_groups_base(const Plan& p, int64_t begin, int64_t end) {
   for (int64_t ng = begin; ng < end; ++ng) forward_group<Silu>(p, ng);
@@ -260,12 +423,23 @@ template <bool Silu>
 void backward_groups_base(const Plan& p, int64_t begin, int64_t end) {
   for (int64_t ng = begin; ng < end; ++ng) backward_group<Silu>(p, ng);
 }
+template <bool Silu>
+void forward_nhwc_base(const Plan& p, int64_t begin, int64_t end) {
+  forward_examples_nhwc<Silu>(p, begin, end);
+}
+template <bool Silu>
+void backward_nhwc_base(const Plan& p, int64_t begin, int64_t end) {
+  backward_examples_nhwc<Silu>(p, begin, end);
+}
 
 using GroupsFn = void (*)(const Plan&, int64_t, int64_t);
-// The drivers for one instruction set: [with SiLU?] forward and backward.
+// The drivers for one instruction set: [with SiLU?] forward and backward, over groups
+// of a contiguous input, and over examples of a channels-last one.
 struct Kernels {
   GroupsFn forward[2];
   GroupsFn backward[2];
+  GroupsFn forward_nhwc[2];
+  GroupsFn backward_nhwc[2];
 };
 
 #if defined(ELBO_HAS_AVX2_COPY)
@@ -277,6 +451,14 @@ template <bool Silu>
 ELBO_AVX2 void backward_groups_avx2(const Plan& p, int64_t begin, int64_t end) {
   for (int64_t ng = begin; ng < end; ++ng) backward_group<Silu>(p, ng);
 }
+template <bool Silu>
+ELBO_AVX2 void forward_nhwc_avx2(const Plan& p, int64_t begin, int64_t end) {
+  forward_examples_nhwc<Silu>(p, begin, end);
+}
+template <bool Silu>
+ELBO_AVX2 void backward_nhwc_avx2(const Plan& p, int64_t begin, int64_t end) {
+  backward_examples_nhwc<Silu>(p, begin, end);
+}
 #endif
 
 const Kernels& kernels() {
@@ -285,13 +467,24 @@ const Kernels& kernels() {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
       return Kernels{{forward_groups_avx2<false>, forward_groups_avx2<true>},
-                     {backward_groups_avx2<false>, backward_groups_avx2<true>}};
+                     {backward_groups_avx2<false>, backward_groups_avx2<true>},
+                     {forward_nhwc_avx2<false>, forward_nhwc_avx2<true>},
+                     {backward_nhwc_avx2<false>, backward_nhwc_avx2<true>}};
     }
 #endif
     return Kernels{{forward_groups_base<false>, forward_groups_base<true>},
-                   {backward_groups_base<false>, backward_groups_base<true>}};
+                   {backward_groups_base<false>, backward_groups_base<true>},
+                   {forward_nhwc_base<false>, forward_nhwc_base<true>},
+                   {backward_nhwc_base<false>, backward_nhwc_base<true>}};
   }();
   return chosen;
+}
+
+// Whether x is a 4-d channels-last (NHWC) tensor that is not also contiguous (with one
+// channel or one position the two layouts are the same, and the contiguous path runs).
+bool is_nhwc(const at::Tensor& x) {
+  return x.dim() == 4 && !x.is_contiguous() &&
+         x.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 
 Shape check_inputs(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& weight,
@@ -344,11 +537,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_kernel(const at::Tensor& 
   Plan p{};
   p.s = check_inputs(x_in, shift_in, weight_in, bias_in, groups);
   p.eps = eps;
-  const at::Tensor x = x_in.contiguous();
+  const bool nhwc = is_nhwc(x_in);
+  const auto format = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor x = x_in.contiguous(format);
   const at::Tensor shift = shift_in.defined() ? shift_in.contiguous() : shift_in;
   const at::Tensor weight = weight_in.contiguous();
   const at::Tensor bias = bias_in.contiguous();
-  at::Tensor z = at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor z = at::empty_like(x, format);
   at::Tensor mean = at::empty({p.s.n, groups}, x.options());
   at::Tensor rstd = at::empty({p.s.n, groups}, x.options());
   p.x = x.data_ptr<float>();
@@ -358,9 +553,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_kernel(const at::Tensor& 
   p.z = z.data_ptr<float>();
   p.mean = mean.data_ptr<float>();
   p.rstd = rstd.data_ptr<float>();
-  const GroupsFn run = kernels().forward[silu ? 1 : 0];
-  at::parallel_for(0, p.s.n * groups, 1,
-                   [&](int64_t begin, int64_t end) { run(p, begin, end); });
+  if (nhwc) {
+    const GroupsFn run = kernels().forward_nhwc[silu ? 1 : 0];
+    at::parallel_for(0, p.s.n, 1, [&](int64_t begin, int64_t end) { run(p, begin, end); });
+  } else {
+    const GroupsFn run = kernels().forward[silu ? 1 : 0];
+    at::parallel_for(0, p.s.n * groups, 1,
+                     [&](int64_t begin, int64_t end) { run(p, begin, end); });
+  }
   return {z, mean, rstd};
 }
 
@@ -371,14 +571,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_kernel(
     const at::Tensor& rstd_in, int64_t groups, bool silu) {
   Plan p{};
   p.s = check_inputs(x_in, shift_in, weight_in, bias_in, groups);
-  const at::Tensor x = x_in.contiguous();
-  const at::Tensor dz = dz_in.contiguous();
+  // The layout the forward pass ran in (it saved x as it read it).
+  const bool nhwc = is_nhwc(x_in);
+  const auto format = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor x = x_in.contiguous(format);
+  const at::Tensor dz = dz_in.contiguous(format);
   const at::Tensor shift = shift_in.defined() ? shift_in.contiguous() : shift_in;
   const at::Tensor weight = weight_in.contiguous();
   const at::Tensor bias = bias_in.contiguous();
   const at::Tensor mean = mean_in.contiguous();
   const at::Tensor rstd = rstd_in.contiguous();
-  at::Tensor dx = at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor dx = at::empty_like(x, format);
   at::Tensor dshift = shift.defined() ? at::empty({p.s.n, p.s.c}, x.options()) : at::Tensor();
   at::Tensor sums_a = at::empty({p.s.n, p.s.c}, x.options());
   at::Tensor sums_b = at::empty({p.s.n, p.s.c}, x.options());
@@ -393,9 +596,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_kernel(
   p.dshift = dshift.defined() ? dshift.data_ptr<float>() : nullptr;
   p.sums_a = sums_a.data_ptr<float>();
   p.sums_b = sums_b.data_ptr<float>();
-  const GroupsFn run = kernels().backward[silu ? 1 : 0];
-  at::parallel_for(0, p.s.n * groups, 1,
-                   [&](int64_t begin, int64_t end) { run(p, begin, end); });
+  if (nhwc) {
+    const GroupsFn run = kernels().backward_nhwc[silu ? 1 : 0];
+    at::parallel_for(0, p.s.n, 1, [&](int64_t begin, int64_t end) { run(p, begin, end); });
+  } else {
+    const GroupsFn run = kernels().backward[silu ? 1 : 0];
+    at::parallel_for(0, p.s.n * groups, 1,
+                     [&](int64_t begin, int64_t end) { run(p, begin, end); });
+  }
   return {dx, dshift, sums_b.sum(0), sums_a.sum(0)};
 }
 

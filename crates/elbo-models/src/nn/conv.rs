@@ -143,6 +143,17 @@ impl Conv {
                 None => out,
             };
         }
+        if k == 1 && s == 1 && p == 0 && super::is_channels_last(x) {
+            // Channels-last: the positions are the rows of one (B h w, C_in) matrix
+            // already, and the output (B h w, C_out) is channels-last again.
+            let rows = x.permute([0, 2, 3, 1]).reshape([b * h * w, c_in]);
+            let weight = self.weight.view([c_out, c_in]).tr();
+            let out = match &self.bias {
+                Some(bias) => bias.addmm(&rows, &weight),
+                None => rows.mm(&weight),
+            };
+            return out.view([b, h, w, c_out]).permute([0, 3, 1, 2]);
+        }
         let (ho, wo) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
         let columns = if k == 1 && s == 1 && p == 0 {
             x.reshape([b, c_in, h * w])
@@ -307,5 +318,14 @@ mod tests {
         // Sampling (no backward pass) keeps a one-channel input on oneDNN.
         let (stem, image, _) = &cases[3];
         assert!(!tch::no_grad(|| stem.as_product(image)));
+        // A channels-last input (the UNet's on the CPU): the 1x1 product runs as one
+        // (B h w, C_in) x (C_in, C_out) product and its output stays channels-last.
+        let (pointwise, _, _) = &cases[0];
+        let x =
+            super::super::to_channels_last(&randn(&[3, 5, 14, 14], false)).set_requires_grad(true);
+        assert!(super::super::is_channels_last(&x));
+        assert!(pointwise.as_product(&x));
+        assert!(super::super::is_channels_last(&pointwise.product(&x)));
+        compare(pointwise, &x);
     }
 }

@@ -103,9 +103,21 @@ mod tests {
     /// elements, accumulated in different orders, differ by about 1e-6 relative; 1e-4
     /// leaves room for that and none for a wrong formula (those are off by O(1)).
     fn check(shape: &[i64], groups: i64, with_shift: bool, silu: bool) {
+        check_layout(shape, groups, with_shift, silu, false);
+    }
+
+    /// [`check`] with the input laid out channels-last (`nhwc`: the kernel's per-example
+    /// path), whose output keeps that layout.
+    fn check_layout(shape: &[i64], groups: i64, with_shift: bool, silu: bool, nhwc: bool) {
         let vs = nn::VarStore::new(Device::Cpu);
         let layer = layer(&vs, groups, shape[1], silu);
-        let x = (randn(shape, 1) * 2.0 + 0.5).set_requires_grad(true);
+        let x = randn(shape, 1) * 2.0 + 0.5;
+        let x = if nhwc {
+            super::super::to_channels_last(&x)
+        } else {
+            x
+        }
+        .set_requires_grad(true);
         let shift = with_shift.then(|| randn(&shape[..2], 2).set_requires_grad(true));
         let upstream = randn(shape, 3);
         let fused = layer
@@ -115,6 +127,11 @@ mod tests {
         assert!(
             max_relative_gap(&fused, &separate) < 1e-5,
             "{shape:?} forward"
+        );
+        assert_eq!(
+            super::super::is_channels_last(&fused),
+            nhwc,
+            "{shape:?} layout"
         );
         let mut inputs = vec![
             &x,
@@ -144,6 +161,22 @@ mod tests {
             check(&[2, 8, 3, 3], 8, false, silu);
             check(&[3, 6, 17], 2, false, silu);
             check(&[2, 4, 9, 9], 1, true, silu);
+        }
+    }
+
+    #[test]
+    fn the_channels_last_kernel_matches_libtorchs_operations_and_their_gradients() {
+        let _generator = crate::testing::generator_lock();
+        // The UNet's channels-last maps (28x28 and 7x7, 8 groups; CIFAR's 32 groups), a
+        // channel count that leaves a remainder after the vector width, one channel per
+        // group and a single group.
+        for silu in [true, false] {
+            check_layout(&[4, 32, 28, 28], 8, true, silu, true);
+            check_layout(&[3, 64, 7, 7], 8, false, silu, true);
+            check_layout(&[2, 64, 8, 8], 32, true, silu, true);
+            check_layout(&[2, 12, 5, 3], 4, true, silu, true);
+            check_layout(&[2, 8, 3, 3], 8, false, silu, true);
+            check_layout(&[2, 4, 9, 9], 1, true, silu, true);
         }
     }
 

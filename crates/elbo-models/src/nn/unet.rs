@@ -383,6 +383,13 @@ impl Unet {
         // Every residual block projects SiLU(temb): activated once here.
         let temb_act = temb.silu();
         let mut h = self.input.forward(x);
+        // On the CPU the activations run channels-last (NHWC): oneDNN's convolutions
+        // take and give that layout without reordering to and from their blocked one
+        // at every call, the GroupNorm kernel and the 1x1 products have channels-last
+        // paths, and libtorch's other operations keep the layout. Same function.
+        if h.device() == tch::Device::Cpu && h.kind() == Kind::Float {
+            h = crate::nn::to_channels_last(&h);
+        }
         let mut skips = vec![h.shallow_clone()];
         for layer in &self.down {
             h = match layer {
@@ -413,6 +420,9 @@ impl Unet {
                 }
             };
         }
-        self.output.forward(&self.out_norm.forward(&h, None))
+        // The caller's layout (a no-op for one channel).
+        self.output
+            .forward(&self.out_norm.forward(&h, None))
+            .contiguous()
     }
 }
