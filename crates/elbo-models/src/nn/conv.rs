@@ -28,7 +28,9 @@
 //! | transposed, 128, 32 -> 1, 14, 4/2                 | 21.1   | 9.0     |
 //! | transposed, 128, 32 -> 3, 16, 4/2 (stays oneDNN)  | 17.0   | 18.2    |
 //!
-//! hence the rules in `Conv::as_product`. Both ways compute the same function; they
+//! hence the rules in `Conv::as_product`. A channels-last input (the UNet's on the CPU)
+//! makes a 1x1 product one (B h w, C_in) x (C_in, C_out) matrix product, its output
+//! channels-last again. Both ways compute the same function; they
 //! differ by float rounding. On other devices (cuDNN) libtorch's kernels always run. The
 //! variables are those of tch's `nn::conv2d` / `nn::conv_transpose2d` (`weight`, `bias`),
 //! so checkpoints do not change.

@@ -7,6 +7,8 @@
 //! GroupNorm and SiLU make three and four, and it keeps only its input for the backward
 //! pass (the separate operations also keep the normalised tensor). libtorch's own
 //! GroupNorm kernels are also slow on small maps (7x7: a 49-element row per channel).
+//! A channels-last input (the UNet's on the CPU) runs the kernel's per-example path,
+//! vectorised over the channels, and the output keeps that layout.
 //! Elsewhere (CUDA, other kinds, a build without the compiled shim) it runs libtorch's
 //! operations; both compute the same function up to float rounding. The variables are
 //! those of tch's `nn::group_norm` (`weight`, `bias`), so checkpoints do not change.
