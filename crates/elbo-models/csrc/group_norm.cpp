@@ -527,6 +527,15 @@ Shape check_inputs(const at::Tensor& x, const at::Tensor& shift, const at::Tenso
   return s;
 }
 
+// Runs a call's drivers in parallel: [with SiLU?] over its examples for a channels-last
+// input, over its (example, group) pairs otherwise.
+void run_parallel(const Plan& p, bool nhwc, const GroupsFn (&per_example)[2],
+                  const GroupsFn (&per_group)[2], bool silu) {
+  const GroupsFn run = (nhwc ? per_example : per_group)[silu ? 1 : 0];
+  const int64_t units = nhwc ? p.s.n : p.s.n * p.s.groups;
+  at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) { run(p, begin, end); });
+}
+
 // Returns z, mean and rstd (both (N, groups)).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_kernel(const at::Tensor& x_in,
                                                               const at::Tensor& shift_in,
@@ -553,14 +562,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_kernel(const at::Tensor& 
   p.z = z.data_ptr<float>();
   p.mean = mean.data_ptr<float>();
   p.rstd = rstd.data_ptr<float>();
-  if (nhwc) {
-    const GroupsFn run = kernels().forward_nhwc[silu ? 1 : 0];
-    at::parallel_for(0, p.s.n, 1, [&](int64_t begin, int64_t end) { run(p, begin, end); });
-  } else {
-    const GroupsFn run = kernels().forward[silu ? 1 : 0];
-    at::parallel_for(0, p.s.n * groups, 1,
-                     [&](int64_t begin, int64_t end) { run(p, begin, end); });
-  }
+  run_parallel(p, nhwc, kernels().forward_nhwc, kernels().forward, silu);
   return {z, mean, rstd};
 }
 
@@ -596,14 +598,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_kernel(
   p.dshift = dshift.defined() ? dshift.data_ptr<float>() : nullptr;
   p.sums_a = sums_a.data_ptr<float>();
   p.sums_b = sums_b.data_ptr<float>();
-  if (nhwc) {
-    const GroupsFn run = kernels().backward_nhwc[silu ? 1 : 0];
-    at::parallel_for(0, p.s.n, 1, [&](int64_t begin, int64_t end) { run(p, begin, end); });
-  } else {
-    const GroupsFn run = kernels().backward[silu ? 1 : 0];
-    at::parallel_for(0, p.s.n * groups, 1,
-                     [&](int64_t begin, int64_t end) { run(p, begin, end); });
-  }
+  run_parallel(p, nhwc, kernels().backward_nhwc, kernels().backward, silu);
   return {dx, dshift, sums_b.sum(0), sums_a.sum(0)};
 }
 
