@@ -14,55 +14,23 @@
 
 pub(crate) mod config;
 pub mod ddpm;
+mod elbo_step;
 pub mod hvae;
 pub mod names;
 pub mod vae;
 pub mod vdm;
 
 pub use config::ModelConfig;
+pub use elbo_step::{ElboStep, kl_shaped_loss};
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::error::Result;
 use crate::nn::likelihood::Likelihood;
-use crate::sample::SamplingOptions;
+use crate::sample::{Guidance, SamplingOptions};
+pub use crate::terms::ElboTerms;
 use crate::train::TrainStep;
 use crate::train::aids::TrainingAids;
-/// The terms of a (single-sample) ELBO estimate, each of shape (batch,), in nats:
-/// `ELBO = reconstruction - prior_matching - sum of layers`.
-pub struct ElboTerms {
-    /// `E_q[log p(x | z)]`, estimated.
-    pub reconstruction: Tensor,
-    /// `KL(q(z_top | x) || p(z_top))`.
-    pub prior_matching: Tensor,
-    /// Further KL terms by name: a hierarchical VAE's consistency terms, a diffusion
-    /// model's denoising-matching terms.
-    pub layers: Vec<(String, Tensor)>,
-}
-
-impl ElboTerms {
-    /// The ELBO per example.
-    pub fn elbo(&self) -> Tensor {
-        let mut elbo = &self.reconstruction - &self.prior_matching;
-        for (_, term) in &self.layers {
-            elbo -= term;
-        }
-        elbo
-    }
-
-    /// The batch means of every term, in f64, named as in metrics: `reconstruction`,
-    /// `prior_matching`, then the layers, then `elbo`.
-    pub fn means(&self) -> Vec<(String, f64)> {
-        let mean = |t: &Tensor| t.mean(Kind::Float).double_value(&[]);
-        let mut out = vec![
-            ("reconstruction".to_string(), mean(&self.reconstruction)),
-            ("prior_matching".to_string(), mean(&self.prior_matching)),
-        ];
-        out.extend(self.layers.iter().map(|(name, t)| (name.clone(), mean(t))));
-        out.push(("elbo".to_string(), mean(&self.elbo())));
-        out
-    }
-}
 
 /// A latent-variable model trained by maximising its ELBO (or, like the DDPM, an
 /// objective of its own whose optimum is the ELBO's).
@@ -152,10 +120,19 @@ pub trait SteppedSampling {
     fn process(&self) -> &dyn crate::sample::NoiseProcess;
     /// The classes of a class-conditional model (`None`: unconditional).
     fn classes(&self) -> Option<i64>;
-    /// An error unless `options` fit the model: the sampler fits T, a dynamic
-    /// threshold's quantile is in (0, 1], and guidance asks a class-conditional model
-    /// for its classes with a scale it can use.
-    fn check(&self, options: &SamplingOptions) -> Result<()>;
+    /// An error unless `options` fit the model: the sampler fits T (of
+    /// [`SteppedSampling::process`]), a dynamic threshold's quantile is in (0, 1], and
+    /// guidance asks a class-conditional model for its classes with a scale it can use
+    /// ([`SteppedSampling::check_guidance`], the model's own part of the check).
+    fn check(&self, options: &SamplingOptions) -> Result<()> {
+        options.sampler.validate(self.process())?;
+        options.clip_x0.validate()?;
+        self.check_guidance(options.guidance)
+    }
+    /// An error unless `guidance` (`None`: an unguided draw) fits the model: what
+    /// [`SteppedSampling::check`] asks of each model after the checks every stepped model
+    /// shares.
+    fn check_guidance(&self, guidance: Option<Guidance>) -> Result<()>;
     /// `n` samples with `options`, and `frames` states along the way (the last is the
     /// result); an error if they do not fit the model ([`SteppedSampling::check`]).
     fn sample_with(
@@ -228,28 +205,4 @@ pub fn trajectory(
     // (frames, rows, C, H, W) -> rows of frames.
     let stacked = Tensor::stack(&states, 0).clamp(-1.0, 1.0);
     Ok(stacked.transpose(0, 1).flatten(0, 1))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn elbo_subtracts_every_kl_term() {
-        let _generator = crate::testing::generator_lock();
-        let terms = ElboTerms {
-            reconstruction: Tensor::from_slice(&[-10.0f32, -20.0]),
-            prior_matching: Tensor::from_slice(&[1.0f32, 2.0]),
-            layers: vec![("layer_1".into(), Tensor::from_slice(&[0.5f32, 0.25]))],
-        };
-        let elbo = Vec::<f32>::try_from(terms.elbo()).unwrap();
-        assert_eq!(elbo, [-11.5, -22.25]);
-        let means = terms.means();
-        let names: Vec<&str> = means.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(
-            names,
-            ["reconstruction", "prior_matching", "layer_1", "elbo"]
-        );
-        assert!((means[3].1 - (-16.875)).abs() < 1e-6);
-    }
 }

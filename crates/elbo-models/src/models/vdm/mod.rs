@@ -23,165 +23,33 @@
 //! Training draws one time per example by VDM's low-discrepancy rule (one uniform per
 //! batch, the batch spread over [0, 1)), and trains the schedule's endpoints on the bound
 //! and its shape on the variance of the diffusion loss ([`schedule`]).
+//!
+//! The model is in layers: its configuration and presets (`config`: [`VdmConfig`],
+//! [`VdmPreset`]); the schedule ([`schedule`]); the [`Vdm`] itself here, with its terms
+//! of the bound, its [`ElboModel`] core and its exact bound; its training step (`step`);
+//! and its sampling (`sampling`: the denoiser on the schedule's grid).
 
+mod config;
+mod sampling;
 pub mod schedule;
+mod step;
 
-use std::cell::RefCell;
-
-use elbo_data::Transform;
-use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor, nn};
 
-use crate::data;
 use crate::error::{Error, Result};
-use crate::models::ddpm::{DdpmConfig, DdpmPreset};
-use crate::models::names::named_option;
 use crate::models::{Capabilities, ElboModel, ElboTerms, ExactBound, ModelConfig, SteppedSampling};
 use crate::nn::gaussian::{kl_to_standard_normal, sum_per_example};
 use crate::nn::likelihood::{Likelihood, discretized_gaussian_log_prob};
 pub use crate::nn::unet::{Unet, UnetConfig};
-use crate::sample::{ClipX0, Denoiser, NoiseProcess, SamplerSpec, SamplingOptions, Spacing};
+use crate::sample::{ClipX0, Denoiser, SamplerSpec, SamplingOptions, Spacing};
+use crate::train::TrainStep;
 use crate::train::aids::TrainingAids;
-use crate::train::{Batch, Reported, StepLoss, TrainStep};
+pub use config::{VdmConfig, VdmPreset};
 pub use schedule::{GammaAt, GammaKind, GammaNet};
+use step::VdmStep;
 
 /// The family name in checkpoints.
 pub const FAMILY: &str = "vdm";
-
-/// The VDM presets: the DDPM presets' networks with Fourier features.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub enum VdmPreset {
-    /// `vdm-mnist`: `ddpm-mnist`'s UNet.
-    #[default]
-    #[serde(rename = "vdm-mnist")]
-    Mnist,
-    /// `vdm-cifar10`: `ddpm-cifar10`'s UNet (Ho et al.'s 35.7 M network).
-    #[serde(rename = "vdm-cifar10")]
-    Cifar10,
-}
-
-named_option!(
-    VdmPreset => "VDM preset",
-    GammaKind => "VDM noise schedule",
-);
-
-/// Kingma et al.'s width of the monotone schedule network.
-fn default_features() -> i64 {
-    1024
-}
-
-/// A VDM's configuration.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct VdmConfig {
-    /// The noise-prediction network; its `extra_inputs` are the Fourier features.
-    pub unet: UnetConfig,
-    /// The schedule.
-    pub gamma: GammaKind,
-    /// `gamma(0)` (fixed, or where a learned one starts); also where the network's time
-    /// input is 0.
-    pub gamma_min: f64,
-    /// `gamma(1)` (fixed, or where a learned one starts); the network's time input is
-    /// 1000 there.
-    pub gamma_max: f64,
-    /// Units of the monotone schedule network.
-    #[serde(default = "default_features")]
-    pub gamma_features: i64,
-    /// The exponents n of the Fourier features `sin(2^n pi z)`, `cos(2^n pi z)` (none:
-    /// the network sees `z_t` only).
-    pub fourier_exponents: Vec<i64>,
-    /// `None`: the continuous-time bound; `Some(T)`: the T-step one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timesteps: Option<usize>,
-    /// The grid the samplers run on, and the number of times at which the exact
-    /// evaluation takes the diffusion loss (in discrete time: T).
-    pub sampling_steps: usize,
-}
-
-impl VdmConfig {
-    /// A preset for images of shape `image`: the DDPM preset's network (`vdm-mnist`:
-    /// `ddpm-mnist`'s), Fourier features with n = 6 and 7, the monotone schedule from
-    /// Kingma et al.'s -13.3 to 5, continuous time, a grid of 1000 steps.
-    pub fn preset(preset: VdmPreset, image: [i64; 3]) -> Result<VdmConfig> {
-        let ddpm = match preset {
-            VdmPreset::Mnist => DdpmPreset::Mnist,
-            VdmPreset::Cifar10 => DdpmPreset::Cifar10,
-        };
-        let mut unet = DdpmConfig::preset(ddpm, image)?.unet;
-        let fourier_exponents = vec![6, 7];
-        unet.extra_inputs = Self::fourier_channels(image[0], &fourier_exponents);
-        let (gamma_min, gamma_max) = elbo_math::vdm::LinearGamma::KINGMA;
-        let config = VdmConfig {
-            unet,
-            gamma: GammaKind::Monotone,
-            gamma_min,
-            gamma_max,
-            gamma_features: default_features(),
-            fourier_exponents,
-            timesteps: None,
-            sampling_steps: 1000,
-        };
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// The network's extra input channels for `channels` image channels.
-    pub fn fourier_channels(channels: i64, exponents: &[i64]) -> i64 {
-        2 * channels * exponents.len() as i64
-    }
-
-    /// The configuration with other Fourier exponents (the network's inputs follow).
-    pub fn with_fourier(mut self, exponents: Vec<i64>) -> Result<VdmConfig> {
-        self.unet.extra_inputs = Self::fourier_channels(self.unet.in_channels, &exponents);
-        self.fourier_exponents = exponents;
-        self.validate()?;
-        Ok(self)
-    }
-
-    /// Checks that the model can be built.
-    pub fn validate(&self) -> Result<()> {
-        self.unet.validate()?;
-        let bad = |detail: String| Err(Error::Config { detail });
-        if self.unet.num_classes.is_some() {
-            return bad("the VDM is unconditional; its network has no classes".into());
-        }
-        if let Some(&n) = self
-            .fourier_exponents
-            .iter()
-            .find(|n| !(0..=16).contains(*n))
-        {
-            return bad(format!(
-                "Fourier feature exponents must be in 0..=16, found {n}"
-            ));
-        }
-        let expected = Self::fourier_channels(self.unet.in_channels, &self.fourier_exponents);
-        if self.unet.extra_inputs != expected {
-            return bad(format!(
-                "the network takes {} extra input channels, the Fourier features {:?} of {} \
-                 image channels make {expected}",
-                self.unet.extra_inputs, self.fourier_exponents, self.unet.in_channels
-            ));
-        }
-        if !(self.gamma_min.is_finite() && self.gamma_max.is_finite())
-            || self.gamma_min >= self.gamma_max
-        {
-            return bad(format!(
-                "the schedule runs from gamma_min to a larger gamma_max, both finite; found \
-                 {} and {}",
-                self.gamma_min, self.gamma_max
-            ));
-        }
-        if self.timesteps == Some(0) {
-            return bad("a discrete-time VDM needs at least 1 step, found 0".into());
-        }
-        if !(1..=100_000).contains(&self.sampling_steps) {
-            return bad(format!(
-                "the sampling grid needs 1 to 100000 steps, found {}",
-                self.sampling_steps
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// The one-sample terms of a batch: per example, in nats.
 pub struct VdmTerms {
@@ -396,11 +264,6 @@ impl Vdm {
         self.config.timesteps.unwrap_or(self.config.sampling_steps)
     }
 
-    fn image_shape(&self, n: i64) -> [i64; 4] {
-        let u = &self.config.unet;
-        [n, u.in_channels, u.image_size, u.image_size]
-    }
-
     /// `gamma(t)` at `points + 1` evenly spaced times from 0 to 1, in f64.
     pub fn gamma_curve(&self, points: usize) -> Result<Vec<f64>> {
         let n = points.max(1);
@@ -411,101 +274,6 @@ impl Vdm {
 
     fn gamma_device(&self) -> tch::Device {
         self.gamma.endpoints().0.device()
-    }
-}
-
-/// A VDM's training step: the bound per dimension; the learned shape's
-/// variance-minimising gradient after the backward pass.
-struct VdmStep<'a> {
-    model: &'a Vdm,
-    pending: RefCell<Option<(schedule::ShapeSplit, Tensor)>>,
-}
-
-impl TrainStep for VdmStep<'_> {
-    fn transform(&self, horizontal_flip: bool) -> Transform {
-        data::transform_for(Likelihood::DiscretizedGaussian, horizontal_flip)
-    }
-
-    fn loss(&self, batch: &Batch, _step: u64) -> StepLoss {
-        let x = &batch.x;
-        let b = x.size()[0];
-        let dims = (x.numel() as i64 / b.max(1)) as f64;
-        // VDM's low-discrepancy times: one uniform, the batch spread over [0, 1).
-        let u = Tensor::rand([1], (Kind::Float, x.device()));
-        let t = (Tensor::arange(b, (Kind::Float, x.device())) / b as f64 + u).fmod(1.0);
-        let (terms, at) = self.model.terms_at(x, &t, true);
-        let per_dim = |v: &Tensor| v.mean(Kind::Float) / dims;
-        let diffusion = per_dim(&terms.diffusion);
-        let prior = per_dim(&terms.prior);
-        let reconstruction = per_dim(&terms.reconstruction);
-        let loss = &diffusion + &prior - &reconstruction;
-        if let Some(split) = at.split {
-            // 2 L_i: the mean of L_i^2's gradient, for the shape (L_i per dimension).
-            let scale = (&terms.diffusion / dims * 2.0).detach();
-            *self.pending.borrow_mut() = Some((split, scale));
-        }
-        let (g0, g1) = self.model.gamma.endpoint_values();
-        let bits = std::f64::consts::LN_2;
-        StepLoss {
-            reported: Reported::Scalars(vec![
-                ("bpd".into(), (&loss / bits).detach()),
-                ("diffusion".into(), diffusion.detach()),
-                ("prior".into(), prior.detach()),
-                ("reconstruction".into(), reconstruction.detach()),
-            ]),
-            loss,
-            extra: vec![("gamma_min".into(), g0), ("gamma_max".into(), g1)],
-        }
-    }
-
-    fn after_backward(&self) {
-        if let Some((split, scale)) = self.pending.borrow_mut().take() {
-            GammaNet::shape_backward(&split, &scale);
-        }
-    }
-}
-
-impl Denoiser for Vdm {
-    fn process(&self) -> &dyn NoiseProcess {
-        &self.gamma
-    }
-
-    fn device(&self) -> tch::Device {
-        self.gamma_device()
-    }
-
-    fn predict(&self, x_t: &Tensor, t: usize, clip_x0: ClipX0) -> (Tensor, Tensor) {
-        let b = x_t.size()[0];
-        let gamma = self.gamma.gamma_at_step(t);
-        let g = Tensor::full([b], gamma, (Kind::Float, x_t.device()));
-        let eps = self.eps_hat(x_t, &g, false);
-        let (alpha, sigma) = (
-            elbo_math::vdm::alpha_squared(gamma).sqrt(),
-            elbo_math::vdm::sigma_squared(gamma).sqrt(),
-        );
-        let x0 = (x_t - &eps * sigma) / alpha;
-        if clip_x0 == ClipX0::None {
-            return (x0, eps);
-        }
-        let x0 = clip_x0.apply(&x0);
-        let eps = (x_t - &x0 * alpha) / sigma;
-        (x0, eps)
-    }
-
-    /// The posterior `q(z_{s} | z_t, x_0)` at the predicted `x_0`, one grid step back:
-    /// the ancestral step in the learned schedule (its variance, the posterior's).
-    fn reverse_step(&self, x0_hat: &Tensor, x_t: &Tensor, t: usize) -> (Tensor, f64) {
-        let process = &self.gamma;
-        let (ab, ab_prev) = (
-            process.alpha_bar(t).unwrap_or(f64::NAN),
-            process.alpha_bar(t.saturating_sub(1)).unwrap_or(f64::NAN),
-        );
-        let alpha_step = ab / ab_prev;
-        let beta = 1.0 - alpha_step;
-        let coef_x0 = ab_prev.sqrt() * beta / (1.0 - ab);
-        let coef_xt = alpha_step.sqrt() * (1.0 - ab_prev) / (1.0 - ab);
-        let variance = beta * (1.0 - ab_prev) / (1.0 - ab);
-        (x0_hat * coef_x0 + x_t * coef_xt, variance)
     }
 }
 
@@ -564,10 +332,7 @@ impl ElboModel for Vdm {
                 ),
             });
         }
-        Ok(Box::new(VdmStep {
-            model: self,
-            pending: RefCell::new(None),
-        }))
+        Ok(Box::new(VdmStep::new(self)))
     }
 
     fn capabilities(&self) -> Capabilities<'_> {
@@ -576,41 +341,6 @@ impl ElboModel for Vdm {
             exact_bound: Some(self),
             ..Capabilities::default()
         }
-    }
-}
-
-impl SteppedSampling for Vdm {
-    fn default_sampling(&self) -> SamplingOptions {
-        self.sampling
-    }
-
-    fn process(&self) -> &dyn NoiseProcess {
-        &self.gamma
-    }
-
-    fn classes(&self) -> Option<i64> {
-        None
-    }
-
-    fn check(&self, options: &SamplingOptions) -> Result<()> {
-        options.sampler.validate(&self.gamma)?;
-        options.clip_x0.validate()?;
-        if options.guidance.is_some() {
-            return Err(Error::Config {
-                detail: "guidance needs a class-conditional model; the VDM is unconditional".into(),
-            });
-        }
-        Ok(())
-    }
-
-    fn sample_with(
-        &self,
-        n: i64,
-        options: &SamplingOptions,
-        frames: usize,
-    ) -> Result<(Tensor, Vec<Tensor>)> {
-        self.check(options)?;
-        tch::no_grad(|| crate::sample::sample(self, &self.image_shape(n), options, frames))
     }
 }
 

@@ -20,6 +20,7 @@
 //! being fixed), as Kingma et al. do.
 
 use elbo_math::NoiseSchedule;
+use elbo_math::diffusion::{Posterior, posterior_between};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor, nn};
 
@@ -297,6 +298,13 @@ impl GammaNet {
             self.at(&t).gamma.double_value(&[0])
         })
     }
+
+    /// The posterior `q(z_{t-1} | z_t, x_0)` one grid step back from step `t` (of
+    /// `1..=T`): elbo-math's [`posterior_between`] the two steps' `alpha_bar`s.
+    pub(super) fn step_posterior(&self, t: usize) -> Result<Posterior> {
+        let (ab, ab_prev) = (self.alpha_bar(t)?, self.alpha_bar(t.saturating_sub(1))?);
+        posterior_between(ab_prev, ab).map_err(math)
+    }
 }
 
 fn math(e: elbo_math::MathError) -> Error {
@@ -324,9 +332,7 @@ impl NoiseProcess for GammaNet {
         Ok(elbo_math::vdm::alpha_squared(self.gamma_at_step(t)))
     }
     fn posterior_variance(&self, t: usize) -> Result<f64> {
-        let (ab, ab_prev) = (self.alpha_bar(t)?, self.alpha_bar(t.saturating_sub(1))?);
-        let beta = 1.0 - ab / ab_prev;
-        Ok(beta * (1.0 - ab_prev) / (1.0 - ab))
+        Ok(self.step_posterior(t)?.variance())
     }
     fn respace(&self, kept: &[usize]) -> Result<NoiseSchedule> {
         self.discretized()?.respace(kept).map_err(math)
