@@ -8,6 +8,7 @@
 //! Run: `cargo bench -p elbo-benches --bench models -- --warm-up-time 2 --measurement-time 5`.
 
 use criterion::{Criterion, Throughput, criterion_main};
+use elbo_models::dist::Replica;
 use elbo_models::models::draw_samples;
 use elbo_models::train::optim::Adam;
 use elbo_models::train::{self, TrainConfig};
@@ -26,15 +27,22 @@ fn training_steps(c: &mut Criterion) {
             let batch = elbo_benches::training_batch(model.as_ref(), BATCH, Device::Cpu)
                 .expect("the bundled sample loads");
             let config = TrainConfig::default();
-            let mut adam = Adam::new(&vs, config.adam.into());
+            let mut adam = Adam::new(&vs, config.adam);
             let loss = model.train_step(&config.aids).expect("no aids");
             let mut step = 0u64;
             group.bench_function(
                 format!("{model_name}/batch{BATCH}/cpu/threads{threads}"),
                 |b| {
                     b.iter(|| {
-                        train::optimise(loss.as_ref(), &mut adam, &batch, &config, step, None)
-                            .expect("a finite loss");
+                        train::optimise(
+                            loss.as_ref(),
+                            &mut adam,
+                            &batch,
+                            &config,
+                            step,
+                            &Replica::alone(),
+                        )
+                        .expect("a finite loss");
                         step += 1;
                     })
                 },
@@ -59,15 +67,22 @@ fn ddpm(c: &mut Criterion) {
         let batch = elbo_benches::training_batch(model.as_ref(), DDPM_BATCH, Device::Cpu)
             .expect("the bundled sample loads");
         let config = TrainConfig::default();
-        let mut adam = Adam::new(&vs, config.adam.into());
+        let mut adam = Adam::new(&vs, config.adam);
         let loss = model.train_step(&config.aids).expect("no aids");
         let mut step = 0u64;
         group.bench_function(
             format!("train_step/batch{DDPM_BATCH}/cpu/threads{threads}"),
             |b| {
                 b.iter(|| {
-                    train::optimise(loss.as_ref(), &mut adam, &batch, &config, step, None)
-                        .expect("a finite loss");
+                    train::optimise(
+                        loss.as_ref(),
+                        &mut adam,
+                        &batch,
+                        &config,
+                        step,
+                        &Replica::alone(),
+                    )
+                    .expect("a finite loss");
                     step += 1;
                 })
             },

@@ -36,6 +36,11 @@ fn main() {
         .map(std::path::PathBuf::from)
         .filter(|dir| dir.join("gloo/config.h").is_file());
     let mut build = cc::Build::new();
+    let mut files = vec![
+        "csrc/elbo_ops.cpp",
+        "csrc/group_norm.cpp",
+        "csrc/elbo_ops.h",
+    ];
     build
         .cpp(true)
         .file("csrc/elbo_ops.cpp")
@@ -63,6 +68,7 @@ fn main() {
     let cuda_headers = cuda.join("crt/host_config.h").is_file();
     if has_cuda && cuda_headers {
         // The caching allocator's peaks (csrc/cuda_memory.cpp), for the benches.
+        files.push("csrc/cuda_memory.cpp");
         build
             .file("csrc/cuda_memory.cpp")
             .include(&cuda)
@@ -75,6 +81,7 @@ fn main() {
                 "cargo:rerun-if-changed={}",
                 gloo.join("gloo/config.h").display()
             );
+            files.push("csrc/distributed.cpp");
             build
                 .file("csrc/distributed.cpp")
                 .include(gloo)
@@ -100,11 +107,74 @@ fn main() {
              without data-parallel training; `cargo xtask setup` installs them"
         ),
     }
-    build.compile("elbo_ops");
+    compile_once(&mut build, &files);
     println!("cargo:rustc-cfg=elbo_ops");
     if has_cuda && cuda_headers {
         // cuda_memory.cpp's allocator lives in libc10_cuda.so (after elbo_ops: the
         // linker resolves left to right).
         println!("cargo:rustc-link-lib=dylib=c10_cuda");
+    }
+}
+
+/// Compiles the shim into `libelbo_ops.a` in OUT_DIR, or copies it from the cache.
+///
+/// Every build of this package that sees the same sources, compiler and flags compiles
+/// the same archive, but cargo runs this script in a folder of its own for each kind of
+/// build: `cargo clippy` (check mode), `cargo test` and the outside-workspace example
+/// each would compile the shim again (about a minute on two cores). So the archive is
+/// kept under `<target>/<profile>/elbo-ops-cache/<key>/`, the key a hash of the sources'
+/// bytes, the compiler's identity and every argument it gets (includes, defines,
+/// flags), and copied on a hit. The copy goes to a temporary name first and is renamed,
+/// so a build running beside this one never reads half an archive.
+fn compile_once(build: &mut cc::Build, files: &[&str]) {
+    use std::hash::{Hash, Hasher};
+    let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    build.cargo_metadata(false);
+    let compiler = build.get_compiler();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    compiler.path().hash(&mut hasher);
+    compiler.args().hash(&mut hasher);
+    std::process::Command::new(compiler.path())
+        .arg("--version")
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    for file in files {
+        file.hash(&mut hasher);
+        std::fs::read(file)
+            .unwrap_or_else(|e| panic!("reading {file}: {e}"))
+            .hash(&mut hasher);
+    }
+    let archive = "libelbo_ops.a";
+    // OUT_DIR is <target>/<profile>/build/elbo-models-<hash>/out.
+    let cache = out.ancestors().nth(3).map(|profile| {
+        profile
+            .join("elbo-ops-cache")
+            .join(format!("{:016x}", hasher.finish()))
+    });
+    match cache.as_ref().map(|dir| dir.join(archive)) {
+        Some(cached) if cached.is_file() => {
+            std::fs::copy(&cached, out.join(archive))
+                .unwrap_or_else(|e| panic!("copying {}: {e}", cached.display()));
+        }
+        _ => {
+            build.compile("elbo_ops");
+            if let Some(dir) = &cache {
+                // A failure to fill the cache costs the next build a compile, nothing else.
+                let temp = dir.join(format!(".{archive}.{}", std::process::id()));
+                let _ = std::fs::create_dir_all(dir)
+                    .and_then(|()| std::fs::copy(out.join(archive), &temp))
+                    .and_then(|_| std::fs::rename(&temp, dir.join(archive)));
+                let _ = std::fs::remove_file(&temp);
+            }
+        }
+    }
+    // What cc would have printed: the archive, and the C++ standard library.
+    println!("cargo:rustc-link-search=native={}", out.display());
+    println!("cargo:rustc-link-lib=static=elbo_ops");
+    println!("cargo:rustc-link-lib=dylib=stdc++");
+    for var in ["CXX", "CXXFLAGS", "CC", "CFLAGS"] {
+        println!("cargo:rerun-if-env-changed={var}");
     }
 }

@@ -15,6 +15,7 @@ mod install;
 mod libtorch;
 mod pip;
 mod setup;
+mod tidy;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

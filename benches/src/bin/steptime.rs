@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use elbo_models::DeviceSpec;
-use elbo_models::dist::{Parallel, World};
+use elbo_models::dist::{Alone, Parallel, Replica, World};
 use elbo_models::models::draw_samples;
 use elbo_models::train::optim::Adam;
 use elbo_models::train::{self, TrainConfig};
@@ -390,25 +390,20 @@ fn train_steps(args: &Args, setting: Setting) -> Result<serde_json::Value, Strin
         autocast_bf16: setting.bf16,
         ..TrainConfig::default()
     };
-    let mut adam = Adam::new(&vs, config.adam.into());
+    let mut adam = Adam::new(&vs, config.adam);
     let loss = model.train_step(&config.aids).map_err(|e| e.to_string())?;
-    let replica = parallel.as_ref().map(|p| train::Replica {
-        sync: p,
-        rank: p.rank(),
+    let replica = Replica {
+        replicas: match &parallel {
+            Some(p) => p,
+            None => &Alone,
+        },
         share: 1.0 / ranks as f64,
         stop_requested: false,
-    });
+    };
     let mut one = |step: u64| {
-        train::optimise(
-            loss.as_ref(),
-            &mut adam,
-            &batch,
-            &config,
-            step,
-            replica.as_ref(),
-        )
-        .map(|_| ())
-        .map_err(|failure| format!("{failure:?} at step {}", step + 1))
+        train::optimise(loss.as_ref(), &mut adam, &batch, &config, step, &replica)
+            .map(|_| ())
+            .map_err(|failure| format!("{failure:?} at step {}", step + 1))
     };
     for step in 0..args.warmup {
         one(step)?;

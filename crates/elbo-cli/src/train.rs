@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use elbo_models::session::{
-    self, ClassifierJob, ClassifierTrainConfig, Control, Finished, Job, JobReport,
+    self, ClassifierJob, ClassifierTrainConfig, Control, Finished, JobReport,
 };
 
-use crate::args::{ClassifierArgs, DeviceArgs, LoopArgs, TrainModel};
+use crate::args::{ClassifierArgs, DeviceArgs, LoopArgs, TrainArgs, TrainModel};
 use crate::launch;
 use crate::progress::{ProgressView, print_eval};
 
@@ -25,13 +25,13 @@ pub fn device(args: &DeviceArgs) -> Result<elbo_models::session::Device> {
 /// data-parallel job (RANK and WORLD_SIZE set by `--nproc`, torchrun or another
 /// launcher), or alone.
 pub fn run(model: TrainModel) -> Result<ExitCode> {
-    let (looped, device_args) = match &model {
-        TrainModel::Vae(args) => (&args.train, &args.run.device),
-        TrainModel::Hvae(args) => (&args.train, &args.run.device),
-        TrainModel::Ddpm(args) => (&args.train, &args.run.device),
-        TrainModel::Vdm(args) => (&args.train, &args.run.device),
+    let args = match &model {
         TrainModel::Classifier(_) => return classifier_of(model),
+        _ => model
+            .elbo_family()
+            .expect("every other model is an ELBO family"),
     };
+    let looped = args.looped();
     let timeout = dist_timeout(looped)?;
     let world = session::World::from_env()?;
     match (looped.nproc.map(usize::from), &world) {
@@ -46,13 +46,13 @@ pub fn run(model: TrainModel) -> Result<ExitCode> {
         _ => {}
     }
     match &world {
-        None => train_as(model, None),
+        None => train_as(args, &session::Alone, device(args.device())?),
         Some(world) => {
             launch::follow_launcher();
             let rank = format!("rank {} of {}", world.rank, world.size);
-            let on = world.device(device(device_args)?);
+            let on = world.device(device(args.device())?);
             let parallel = session::Parallel::connect(world, timeout, on).context(rank.clone())?;
-            train_as(model, Some((world, &parallel))).context(rank)
+            train_as(args, &parallel, on).context(rank)
         }
     }
 }
@@ -73,55 +73,30 @@ fn dist_timeout(args: &LoopArgs) -> Result<std::time::Duration> {
     Ok(std::time::Duration::from_secs_f64(secs))
 }
 
-/// Trains alone, or as one process of a data-parallel job (rank 0 shows progress and
-/// the results; the others are silent unless they fail).
+/// Trains on `on` as one of `replicas` (alone, or one process of a data-parallel job):
+/// rank 0 shows progress and the results; the others are silent unless they fail.
 fn train_as(
-    model: TrainModel,
-    parallel: Option<(&session::World, &session::Parallel)>,
+    args: &dyn TrainArgs,
+    replicas: &dyn session::Replicas,
+    on: session::Device,
 ) -> Result<ExitCode> {
-    let place = |asked| match parallel {
-        Some((world, _)) => world.device(asked),
-        None => asked,
-    };
-    let (job, resume, allow_changes): (Box<dyn Job>, bool, bool) = match model {
-        TrainModel::Vae(args) => (
-            Box::new(args.job(place(device(&args.run.device)?))),
-            args.train.resume,
-            args.train.allow_changes,
-        ),
-        TrainModel::Hvae(args) => (
-            Box::new(args.job(place(device(&args.run.device)?))),
-            args.train.resume,
-            args.train.allow_changes,
-        ),
-        TrainModel::Ddpm(args) => (
-            Box::new(args.job(place(device(&args.run.device)?))),
-            args.train.resume,
-            args.train.allow_changes,
-        ),
-        TrainModel::Vdm(args) => (
-            Box::new(args.job(place(device(&args.run.device)?))),
-            args.train.resume,
-            args.train.allow_changes,
-        ),
-        TrainModel::Classifier(args) => return classifier(*args),
-    };
+    let job = args.boxed_job(on);
+    let looped = args.looped();
     let stop = stop_flag()?;
     let control = Control {
-        resume,
+        resume: looped.resume,
         stop: &stop,
-        allow_changes,
+        allow_changes: looped.allow_changes,
     };
-    let group = parallel.map(|(_, p)| p);
-    if group.is_some_and(|p| p.rank() != 0) {
-        let report = session::train_parallel(job.as_ref(), group, control, &mut ())?;
+    if replicas.rank() != 0 {
+        let report = session::train_in(job.as_ref(), replicas, control, &mut ())?;
         return Ok(match report.train.finished {
             Finished::Interrupted { .. } => ExitCode::from(130),
             Finished::Completed => ExitCode::SUCCESS,
         });
     }
     let mut progress = ProgressView::new();
-    let report = session::train_parallel(job.as_ref(), group, control, &mut progress)?;
+    let report = session::train_in(job.as_ref(), replicas, control, &mut progress)?;
     progress.finish();
     finish(&report)
 }

@@ -73,12 +73,54 @@ pub enum Error {
     /// A computation of elbo-math refused its input (a statistic of too few samples, ...).
     #[error(transparent)]
     Math(#[from] elbo_math::MathError),
-    /// A file could not be read or written.
+    /// A computation of elbo-math refused its input, with what it was for.
+    #[error("{what}: {source}")]
+    MathIn {
+        /// What the computation was for (`diffusion coefficients`, ...).
+        what: String,
+        /// elbo-math's error.
+        source: elbo_math::MathError,
+    },
+    /// A file or folder could not be read, written, created or removed.
+    #[error("cannot {action} {}: {reason}", path.display())]
+    File {
+        /// What was being done (`read`, `write`, `create`, `remove`, ...).
+        action: &'static str,
+        /// The file or folder.
+        path: std::path::PathBuf,
+        /// The operating system's reason.
+        reason: std::io::Error,
+    },
+    /// A chart or picture could not be drawn.
+    #[error("drawing {}: {detail}", path.display())]
+    Plot {
+        /// The file it was for.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A file could not be read or written (where no path is known; prefer
+    /// [`Error::File`]).
     #[error(transparent)]
     Io(#[from] std::io::Error),
     /// An error from libtorch.
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+}
+
+impl Error {
+    /// [`Error::File`]: `action` on `path` failed with `reason`.
+    pub fn file(
+        action: &'static str,
+        path: impl Into<std::path::PathBuf>,
+        reason: std::io::Error,
+    ) -> Error {
+        Error::File {
+            action,
+            path: path.into(),
+            reason,
+        }
+    }
 }
 
 /// The result type of elbo-models.

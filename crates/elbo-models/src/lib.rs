@@ -14,8 +14,8 @@
 //! use elbo_models::models::ModelConfig;
 //! use elbo_models::models::vae::{VaeConfig, VaePreset};
 //! use elbo_models::nn::likelihood::Likelihood;
-//! use elbo_models::train::{self, Control, RunDir, TrainConfig, Trainer};
-//! use elbo_models::{data, eval};
+//! use elbo_models::train::{self, Control, RunDir, TrainConfig};
+//! use elbo_models::{data, eval, fit};
 //!
 //! # fn main() -> elbo_models::Result<()> {
 //! let splits = elbo_data::load_bundled().expect("the bundled MNIST sample");
@@ -37,7 +37,7 @@
 //!     ..TrainConfig::default()
 //! };
 //! let step = model.train_step(&settings.aids)?;
-//! let report = Trainer::for_model(model.as_ref(), settings, RunDir::new(run.path()), "vae-mlp", None)
+//! let report = fit::trainer(model.as_ref(), settings, RunDir::new(run.path()), "vae-mlp", None)
 //!     .fit(
 //!         step.as_ref(),
 //!         &mut vs,
@@ -70,11 +70,13 @@ pub mod data;
 pub mod dist;
 mod error;
 pub mod eval;
+pub mod fit;
 pub mod models;
 pub mod nn;
 pub mod sample;
 pub mod session;
 pub mod sys;
+mod terms;
 pub mod train;
 
 pub use error::{Error, Result};

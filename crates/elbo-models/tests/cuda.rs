@@ -68,15 +68,22 @@ fn a_ddpm_step_runs_under_bf16_autocast() {
         autocast_bf16: true,
         ..TrainConfig::default()
     };
-    let mut adam = Adam::new(&vs, train_config.adam.into());
+    let mut adam = Adam::new(&vs, train_config.adam);
     let batch = Batch {
         x: Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cuda(0))) * 2.0 - 1.0,
         labels: Tensor::zeros([8], (Kind::Int64, Device::Cuda(0))),
     };
     let before = vs.variables()["unet.input.weight"].copy();
     let step = model.train_step(&train_config.aids).unwrap();
-    let outcome =
-        train::optimise(step.as_ref(), &mut adam, &batch, &train_config, 0, None).unwrap();
+    let outcome = train::optimise(
+        step.as_ref(),
+        &mut adam,
+        &batch,
+        &train_config,
+        0,
+        &elbo_models::dist::Replica::alone(),
+    )
+    .unwrap();
     assert!(outcome.loss.is_finite());
     assert!(!before.equal(&vs.variables()["unet.input.weight"]));
 }

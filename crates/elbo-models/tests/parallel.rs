@@ -20,15 +20,14 @@ use std::sync::atomic::AtomicBool;
 
 use elbo_data::{Batching, Dataset, EpochSeed, Loader, LoaderConfig};
 use elbo_models::data;
-use elbo_models::dist::{Parallel, World};
+use elbo_models::dist::{Alone, Parallel, Replicas, World};
+use elbo_models::fit;
 use elbo_models::models::ElboModel;
 use elbo_models::models::ddpm::Ddpm;
 use elbo_models::models::vae::{Vae, VaeConfig, VaePreset};
 use elbo_models::nn::likelihood::Likelihood;
 use elbo_models::train::optim::Adam;
-use elbo_models::train::{
-    self, Batch, Control, RunDir, TrainConfig, Trainer, checkpoint, rank_step_seed,
-};
+use elbo_models::train::{self, Batch, Control, RunDir, TrainConfig, checkpoint, rank_step_seed};
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
@@ -106,16 +105,18 @@ fn worker(kind: &str) {
         // On a GPU, a CUDA build reduces with NCCL, on the GPU itself.
         assert_eq!(p.device(), device, "the process group's device");
     }
-    let mut trainer = Trainer::for_model(
+    let replicas: &dyn Replicas = match &parallel {
+        Some(p) => p,
+        None => &Alone,
+    };
+    let mut trainer = fit::trainer(
         model.as_ref(),
         config,
         RunDir::new(dir.join("run")),
         kind,
         None,
-    );
-    if let Some(p) = &parallel {
-        trainer = trainer.parallel(p);
-    }
+    )
+    .replicas(replicas);
     let result = trainer.fit(
         step.as_ref(),
         &mut vs,
@@ -234,7 +235,7 @@ fn reference(kind: &str, steps: u64) -> BTreeMap<String, Tensor> {
     let vs = train::var_store(config.seed, Device::Cpu);
     let model = model(kind, &vs);
     let step = model.train_step(&config.aids).unwrap();
-    let mut adam = Adam::new(&vs, config.adam.into());
+    let mut adam = Adam::new(&vs, config.adam);
     let batching = Batching {
         batch_size: std::num::NonZeroUsize::new(config.batch_size).unwrap(),
         drop_last: false,

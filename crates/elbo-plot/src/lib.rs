@@ -40,7 +40,6 @@ mod error;
 pub mod font;
 mod line;
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -50,11 +49,21 @@ pub use canvas::{Canvas, GREY, GRID, INK, MAX_SIDE, Rgb, WHITE};
 pub use error::PlotError;
 pub use line::{Figure, PALETTE, Panel, Series, Style, draw, render, write};
 
-/// Writes `bytes` to `path` so that `path` never holds part of them: into a new
-/// temporary file in the same folder (`.<name>.<process>.<n>.tmp`), flushed to disk, then
-/// renamed over `path`. On failure the temporary file is removed and `path` is left as
-/// it was.
+/// Writes `bytes` to `path` so that `path` never holds part of them
+/// ([`write_atomic_with`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PlotError> {
+    write_atomic_with(path, |temp| std::fs::write(temp, bytes))
+}
+
+/// Writes the file `path` so that it never holds part of what `write` writes: `write`
+/// gets a new temporary file in the same folder (`.<name>.<process>.<n>.tmp`, created
+/// empty for it), which is then flushed to disk and renamed over `path`. On failure the
+/// temporary file is removed and `path` is left as it was. Every file elbo writes whole
+/// goes through here (charts, pictures, checkpoints, run records, reports).
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<(), PlotError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let Some(name) = path.file_name() else {
         return Err(PlotError::NotAFile {
@@ -71,14 +80,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PlotError> {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
+    // The name is claimed (created new) before `write` fills it.
     let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&tmp)
-        .and_then(|mut file| {
-            file.write_all(bytes)?;
-            file.sync_all()
-        });
+        .and_then(|_| write(&tmp))
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all());
     if let Err(source) = written {
         let _ = std::fs::remove_file(&tmp);
         return Err(PlotError::Io {

@@ -6,8 +6,8 @@ use std::sync::atomic::AtomicBool;
 use elbo_models::models::ModelConfig;
 use elbo_models::models::vae::{VaeConfig, VaePreset};
 use elbo_models::nn::likelihood::Likelihood;
-use elbo_models::train::{self, Control, RunDir, TrainConfig, Trainer};
-use elbo_models::{data, eval};
+use elbo_models::train::{self, Control, RunDir, TrainConfig};
+use elbo_models::{data, eval, fit};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let splits = elbo_data::load_bundled()?;
@@ -27,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let step = model.train_step(&settings.aids)?;
     let stop = AtomicBool::new(false);
-    let report = Trainer::for_model(model.as_ref(), settings, RunDir::new(&run), "vae-mlp", None)
+    let report = fit::trainer(model.as_ref(), settings, RunDir::new(&run), "vae-mlp", None)
         .fit(
             step.as_ref(),
             &mut vs,

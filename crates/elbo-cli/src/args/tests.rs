@@ -1,6 +1,7 @@
 //! The parser: each model's options, their types, and the help's defaults.
 use super::*;
 use clap::FromArgMatches;
+use elbo_models::session::{DdpmPreset, Device, GammaKind, HvaeVariant, Objective};
 
 fn parse_args(argv: &[&str]) -> Result<Cli, clap::Error> {
     let matches = command().try_get_matches_from(argv)?;

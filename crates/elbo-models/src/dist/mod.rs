@@ -1,9 +1,12 @@
 //! Data-parallel training on torch's own distributed engine (c10d, Gloo on the CPU): who
 //! this process is among its peers ([`World`], read from the torch.distributed env://
 //! variables that `elbo train --nproc`, torchrun and cluster launchers set), and the
-//! process group that training uses ([`Parallel`]): the gradient all-reduce in buckets
-//! (it is the trainer's [`GradientSync`]), the broadcast of rank 0's state, and the checks
-//! that every process runs the same job.
+//! process group that training uses ([`Parallel`]): the gradient all-reduce in buckets,
+//! the broadcast of rank 0's state, and the checks that every process runs the same job.
+//!
+//! The training loop sees the processes it runs in as one value, [`Replicas`]: a
+//! data-parallel job ([`Parallel`]) or a single process ([`Alone`], whose collectives
+//! do nothing), so the loop itself has no branch on which.
 //!
 //! Semantics (the README states them): the batch size is the global batch, each rank
 //! takes its contiguous slice of every global batch of the shared seeded order; the
@@ -12,6 +15,7 @@
 //! are seeded by (seed, step, rank).
 
 mod reduce;
+mod replicas;
 
 use std::time::Duration;
 
@@ -19,6 +23,7 @@ use tch::{Device, Tensor};
 
 pub use crate::sys::c10d::{AVAILABLE, Backend, NCCL, ProcessGroup, Rendezvous, UNAVAILABLE};
 pub use reduce::{DEFAULT_BUCKET_BYTES, buckets};
+pub use replicas::{Alone, Replica, Replicas};
 
 use crate::error::{Error, Result};
 
@@ -255,13 +260,6 @@ impl Parallel {
     /// The device of the group's tensors (the CPU for Gloo, this process's GPU for NCCL).
     pub fn device(&self) -> Device {
         self.group.backend().device()
-    }
-
-    /// This process's contiguous slice of a global batch: `len * rank / size` to
-    /// `len * (rank + 1) / size` (equal slices when the size divides the batch).
-    pub fn shard<'b>(&self, global: &'b [usize]) -> &'b [usize] {
-        let (n, r, w) = (global.len(), self.rank(), self.size());
-        &global[n * r / w..n * (r + 1) / w]
     }
 
     /// Which ranks report `ok == false`, the same list in every process (one

@@ -12,7 +12,6 @@ use tch::{Kind, Tensor};
 
 use super::Parallel;
 use crate::error::{Error, Result};
-use crate::train::GradientSync;
 
 /// PyTorch DDP's default bucket size: 25 MiB.
 pub const DEFAULT_BUCKET_BYTES: usize = 25 * 1024 * 1024;
@@ -42,8 +41,14 @@ pub fn buckets(sizes: &[(usize, Kind)], cap: usize) -> Vec<Vec<usize>> {
     out
 }
 
-impl GradientSync for Parallel {
-    fn reduce(&self, params: &[Tensor], share: f64, shared: &mut [f64]) -> Result<()> {
+impl Parallel {
+    /// [`Replicas::reduce`](super::Replicas::reduce) over the job's process group.
+    pub(super) fn reduce_gradients(
+        &self,
+        params: &[Tensor],
+        share: f64,
+        shared: &mut [f64],
+    ) -> Result<()> {
         let device = self.device();
         tch::no_grad(|| {
             let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();

@@ -8,7 +8,6 @@ use std::time::Duration;
 use tch::{Kind, Tensor};
 
 use super::*;
-use crate::train::GradientSync;
 
 /// A port nobody listens on now (the OS's pick; released before the store binds it).
 fn free_port() -> u16 {

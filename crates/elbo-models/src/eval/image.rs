@@ -53,14 +53,12 @@ pub fn save_grid(images: &Tensor, columns: i64, path: &Path) -> Result<()> {
             ),
         });
     }
-    let at = |e: std::io::Error| Error::Config {
-        detail: format!("writing {}: {e}", path.display()),
-    };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(at)?;
+        std::fs::create_dir_all(parent).map_err(|e| Error::file("create", parent, e))?;
     }
     write_atomically(path, |temp| {
-        let file = std::io::BufWriter::new(std::fs::File::create(temp)?);
+        let io = |e: std::io::Error| Error::file("write", path, e);
+        let file = std::io::BufWriter::new(std::fs::File::create(temp).map_err(io)?);
         let mut encoder = png::Encoder::new(file, gw as u32, gh as u32);
         encoder.set_color(if c == 1 {
             png::ColorType::Grayscale
@@ -68,15 +66,14 @@ pub fn save_grid(images: &Tensor, columns: i64, path: &Path) -> Result<()> {
             png::ColorType::Rgb
         });
         encoder.set_depth(png::BitDepth::Eight);
-        let encoding = |e: png::EncodingError| Error::Io(std::io::Error::other(e));
+        let encoding = |e: png::EncodingError| Error::Plot {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        };
         let mut writer = encoder.write_header().map_err(encoding)?;
         writer.write_image_data(&grid).map_err(encoding)?;
         writer.finish().map_err(encoding)?;
         Ok(())
-    })
-    .map_err(|e| match e {
-        Error::Io(e) => at(e),
-        other => other,
     })
 }
 

@@ -4,7 +4,10 @@
 
 pub mod classifier;
 pub mod frechet;
+mod hooks;
 pub mod image;
+
+pub use hooks::{Pictures, TestElbo, mean_elbo};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -14,14 +14,15 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::models::ElboStep;
 use crate::models::names::named_option;
 use crate::models::{Capabilities, ElboModel, ElboTerms, Interpolating, Latents, ModelConfig};
 use crate::nn::conv::Conv;
 use crate::nn::gaussian;
 use crate::nn::init::torch_linear;
 use crate::nn::likelihood::Likelihood;
+use crate::train::TrainStep;
 use crate::train::aids::TrainingAids;
-use crate::train::{ElboStep, TrainStep};
 
 /// The network shapes of a VAE.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

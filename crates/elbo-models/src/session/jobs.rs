@@ -9,9 +9,10 @@ use elbo_data::Splits;
 
 use super::options::{TrainDefaults, TrainOptions};
 use crate::data;
-use crate::dist::Parallel;
+use crate::dist::{Alone, Replicas};
 use crate::error::{Error, Result};
 use crate::eval::{self, EvalReport};
+use crate::fit::{self, RunPlan, TrainData};
 use crate::models::ModelConfig;
 use crate::models::ddpm::{
     DdpmConfig, DdpmPreset, LossKind, Objective, Recipe, RecipeName, ScheduleKind,
@@ -22,7 +23,7 @@ use crate::models::vae::{VaeConfig, VaePreset};
 use crate::models::vdm::{GammaKind, VdmConfig, VdmPreset};
 use crate::nn::likelihood::Likelihood;
 use crate::train::aids::TrainingAids;
-use crate::train::{self, Control, Observer, TrainReport, Trainer};
+use crate::train::{self, Control, Observer, TrainReport};
 
 /// The evaluation after a completed run, on the test split.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -358,19 +359,19 @@ pub fn train(
     control: Control<'_>,
     observer: &mut dyn Observer,
 ) -> Result<JobReport> {
-    train_parallel(job, None, control, observer)
+    train_in(job, &Alone, control, observer)
 }
 
-/// [`train`] as one process of the data-parallel job `parallel` (when given): every
+/// [`train`] as one of `replicas` (a data-parallel job, [`crate::dist::Parallel`]): every
 /// process runs this with the same job; rank 0 writes the run folder, evaluates at each
 /// epoch's end and after training; the others train and return without evaluation.
-pub fn train_parallel(
+pub fn train_in(
     job: &dyn Job,
-    parallel: Option<&Parallel>,
+    replicas: &dyn Replicas,
     control: Control<'_>,
     observer: &mut dyn Observer,
 ) -> Result<JobReport> {
-    let writer = parallel.is_none_or(|p| p.rank() == 0);
+    let writer = replicas.rank() == 0;
     let plan = job.plan();
     let options = plan.options;
     let splits: Splits = options.data.load()?;
@@ -382,22 +383,17 @@ pub fn train_parallel(
     let model = model_config.build(&vs.root())?;
     let label = job.label();
     let run = train::RunDir::new(run_folder(options.run.as_ref(), &label));
-    let test = match config.eval_examples {
-        0 => None,
-        _ if !writer => None,
-        n => Some(data::fixed_tensor(
-            &splits.test,
-            model.likelihood(),
-            Some(n),
-            device,
-        )?),
+    let data = TrainData {
+        train: &splits.train,
+        test: &splits.test,
     };
-    let step = model.train_step(&config.aids)?;
-    let mut trainer = Trainer::for_model(model.as_ref(), config, run.clone(), label, test);
-    if let Some(parallel) = parallel {
-        trainer = trainer.parallel(parallel);
-    }
-    let report = trainer.fit(step.as_ref(), &mut vs, &splits.train, control, observer)?;
+    let run_plan = RunPlan {
+        config: &config,
+        run: &run,
+        label,
+        replicas,
+    };
+    let report = fit::fit(model.as_ref(), &mut vs, &data, run_plan, control, observer)?;
     // `--final-examples 0`: no evaluation at the end (`elbo eval` does it later).
     let wanted = plan.final_eval.examples != Some(0);
     let eval = match report.finished {

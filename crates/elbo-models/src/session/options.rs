@@ -176,7 +176,7 @@ impl TrainOptions {
                 Some(final_fraction) => LrDecay::Cosine { final_fraction },
                 None => LrDecay::Constant,
             },
-            adam: train::AdamConfigSerde {
+            adam: train::optim::AdamConfig {
                 weight_decay: self.weight_decay.unwrap_or(0.0),
                 ..base.adam
             },

@@ -113,20 +113,44 @@ fn json_differences(
     }
 }
 
-/// Writes `path` through a synced temporary file in the same folder, then renames it.
+/// Writes `path` whole or not at all, through the project's one atomic writer
+/// ([`elbo_plot::write_atomic_with`]: a synced temporary file in the same folder, then
+/// renamed): `write` fills the temporary path it is given. An error of `write` comes
+/// back as it was; a failure of the writer itself names the file.
 pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let folder = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let temp = folder.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = write(&temp).and_then(|()| {
-        fs::File::open(&temp)?.sync_all()?;
-        fs::rename(&temp, path)?;
-        Ok(())
+    let mut failed = None;
+    let written = elbo_plot::write_atomic_with(path, |temp| {
+        write(temp).map_err(|e| {
+            let reason = std::io::Error::other(e.to_string());
+            failed = Some(e);
+            reason
+        })
     });
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
+    match (written, failed) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), Some(own)) => Err(own),
+        (
+            Err(elbo_plot::PlotError::Io {
+                path,
+                action,
+                source,
+            }),
+            None,
+        ) => Err(Error::File {
+            action: if action.starts_with("renaming") {
+                "rename into place"
+            } else {
+                "write"
+            },
+            path,
+            reason: source,
+        }),
+        (Err(other), None) => Err(Error::File {
+            action: "write",
+            path: path.to_path_buf(),
+            reason: std::io::Error::other(other.to_string()),
+        }),
     }
-    result
 }
 
 /// Writes `value` as pretty-printed JSON to `path`, whole or not at all
@@ -305,8 +329,9 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
     if path.is_file() {
         return Ok(path.to_path_buf());
     }
-    let folder = if path.join("checkpoints").is_dir() {
-        path.join("checkpoints")
+    let in_run = super::RunDir::new(path).checkpoints();
+    let folder = if in_run.is_dir() {
+        in_run
     } else {
         path.to_path_buf()
     };
@@ -364,9 +389,10 @@ mod tests {
                     .unwrap()
                     .file_name()
                     .to_string_lossy()
-                    .contains(".tmp-")
+                    .starts_with('.')
             })
             .count();
+        // No temporary file (the atomic writer's are dot files) is left.
         assert_eq!(leftovers, 0);
     }
 

@@ -36,7 +36,7 @@ pub struct TrainConfig {
     /// After warm-up.
     pub decay: LrDecay,
     /// Adam's moments and weight decay.
-    pub adam: AdamConfigSerde,
+    pub adam: AdamConfig,
     /// Clip the global gradient norm to this value.
     pub clip_grad_norm: Option<f64>,
     /// Keep an exponential moving average of the weights with this decay.
@@ -65,47 +65,17 @@ pub struct TrainConfig {
     pub autocast_bf16: bool,
 }
 
-/// [`AdamConfig`] as it is written in run configurations.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AdamConfigSerde {
-    /// See [`AdamConfig::beta1`].
-    pub beta1: f64,
-    /// See [`AdamConfig::beta2`].
-    pub beta2: f64,
-    /// See [`AdamConfig::eps`].
-    pub eps: f64,
-    /// See [`AdamConfig::weight_decay`].
-    pub weight_decay: f64,
-}
-
-impl From<AdamConfigSerde> for AdamConfig {
-    fn from(c: AdamConfigSerde) -> AdamConfig {
-        AdamConfig {
-            beta1: c.beta1,
-            beta2: c.beta2,
-            eps: c.eps,
-            weight_decay: c.weight_decay,
-        }
-    }
-}
-
 impl Default for TrainConfig {
     /// pytorch/examples' VAE settings: Adam at 1e-3, batch 128; 10 epochs of the
     /// bundled 9,000-image sample (710 steps).
     fn default() -> Self {
-        let adam = AdamConfig::default();
         TrainConfig {
             steps: 710,
             batch_size: 128,
             lr: 1e-3,
             warmup_steps: 0,
             decay: LrDecay::Constant,
-            adam: AdamConfigSerde {
-                beta1: adam.beta1,
-                beta2: adam.beta2,
-                eps: adam.eps,
-                weight_decay: adam.weight_decay,
-            },
+            adam: AdamConfig::default(),
             clip_grad_norm: None,
             ema_decay: None,
             seed: 0,

@@ -54,6 +54,10 @@ impl RunDir {
     pub fn curves(&self) -> PathBuf {
         self.root.join("curves.png")
     }
+    /// A learned noise schedule's chart (a VDM's `gamma(t)`).
+    pub fn schedule_chart(&self) -> PathBuf {
+        self.root.join("gamma.png")
+    }
     /// Where sample grids go.
     pub fn samples(&self) -> PathBuf {
         self.root.join("samples")
@@ -99,9 +103,6 @@ impl RunDir {
     /// `sample`) do not take it.
     pub fn lock(&self) -> crate::Result<RunLock> {
         use std::io::{Read, Seek, Write};
-        let at = |e: std::io::Error| crate::Error::Config {
-            detail: format!("run folder {}: {e}", self.root.display()),
-        };
         if self.root.exists() && !self.root.is_dir() {
             return Err(crate::Error::Config {
                 detail: format!(
@@ -110,8 +111,10 @@ impl RunDir {
                 ),
             });
         }
-        std::fs::create_dir_all(&self.root).map_err(at)?;
+        std::fs::create_dir_all(&self.root)
+            .map_err(|e| crate::Error::file("create the run folder", &self.root, e))?;
         let path = self.lock_file();
+        let at = |e: std::io::Error| crate::Error::file("write the run's lock file", &path, e);
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -142,9 +145,9 @@ impl RunDir {
         Ok(RunLock { _file: file })
     }
 
-    /// Removes what interrupted writers left: temporary files (`.<name>.tmp-<pid>`,
-    /// `.<name>.<pid>.<n>.tmp`) of processes that are gone, in the run folder, its
-    /// checkpoints and its samples. Returns the files removed.
+    /// Removes what interrupted writers left: temporary files (`.<name>.<pid>.<n>.tmp`,
+    /// and `.<name>.tmp-<pid>` of earlier versions) of processes that are gone, in the run
+    /// folder, its checkpoints and its samples. Returns the files removed.
     pub fn remove_stale_temporaries(&self) -> Vec<PathBuf> {
         let mut removed = Vec::new();
         for folder in [self.root.clone(), self.checkpoints(), self.samples()] {
@@ -165,8 +168,9 @@ impl RunDir {
     }
 }
 
-/// The process id in the name of a temporary file elbo writes (`.<name>.tmp-<pid>` from
-/// the checkpoints, `.<name>.<pid>.<n>.tmp` from the plots), or `None` for other files.
+/// The process id in the name of a temporary file elbo writes (`.<name>.<pid>.<n>.tmp`,
+/// [`elbo_plot::write_atomic_with`]; `.<name>.tmp-<pid>` from the checkpoints of earlier
+/// versions), or `None` for other files.
 fn temporary_owner(name: &str) -> Option<u32> {
     if !name.starts_with('.') {
         return None;

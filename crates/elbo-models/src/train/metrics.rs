@@ -146,26 +146,18 @@ pub fn curves(text: &str, title: &str) -> Figure {
 }
 
 /// Draws the curves of the metrics log `metrics` into the PNG `out` (written whole or
-/// not at all).
-pub fn write_curves(metrics: &Path, out: &Path, title: &str) -> Result<()> {
-    let text = std::fs::read_to_string(metrics).map_err(|e| Error::Config {
-        detail: format!(
-            "cannot read the metrics log {}: {e} (expected a run folder's metrics.jsonl)",
-            metrics.display()
-        ),
-    })?;
+/// not at all); `false`, writing nothing, when no line has a step and a value to plot.
+pub fn write_curves(metrics: &Path, out: &Path, title: &str) -> Result<bool> {
+    let text = std::fs::read_to_string(metrics).map_err(|e| Error::file("read", metrics, e))?;
     let figure = curves(&text, title);
     if figure.panels.is_empty() {
-        return Err(Error::Config {
-            detail: format!(
-                "{} holds no metrics lines with a step and a value to plot",
-                metrics.display()
-            ),
-        });
+        return Ok(false);
     }
-    elbo_plot::write(out, &figure).map_err(|e| Error::Config {
-        detail: format!("drawing {}: {e}", out.display()),
-    })
+    elbo_plot::write(out, &figure).map_err(|e| Error::Plot {
+        path: out.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -197,26 +189,28 @@ mod tests {
     }
 
     #[test]
-    fn a_log_without_values_is_refused_and_a_good_one_is_drawn() {
+    fn a_log_without_values_draws_nothing_and_a_good_one_is_drawn() {
         let _generator = crate::testing::generator_lock();
         let dir = tempfile::tempdir().unwrap();
         let metrics = dir.path().join("metrics.jsonl");
         std::fs::write(&metrics, "not json\n").unwrap();
         let out = dir.path().join("curves.png");
-        let err = write_curves(&metrics, &out, "r").unwrap_err().to_string();
-        assert!(err.contains("no metrics lines"), "{err}");
+        assert!(!write_curves(&metrics, &out, "r").unwrap());
         assert!(!out.exists());
         std::fs::write(
             &metrics,
             "{\"kind\":\"step\",\"step\":1,\"loss\":1.0}\n{\"kind\":\"step\",\"step\":2,\"loss\":0.5}\n",
         )
         .unwrap();
-        write_curves(&metrics, &out, "r").unwrap();
+        assert!(write_curves(&metrics, &out, "r").unwrap());
         let bytes = std::fs::read(&out).unwrap();
         assert!(bytes.starts_with(b"\x89PNG"));
         let err = write_curves(&dir.path().join("none.jsonl"), &out, "r")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("cannot read the metrics log"), "{err}");
+        assert!(
+            err.contains("cannot read") && err.contains("none.jsonl"),
+            "{err}"
+        );
     }
 }

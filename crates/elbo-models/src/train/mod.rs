@@ -4,11 +4,13 @@
 //! clipping, the EMA, the NaN guard, the stop flag, resume, and when checkpoints and
 //! metrics lines are written. What a model brings is its [`TrainStep`] (the loss of a
 //! batch and what to report); what runs at each epoch's end are [`Hook`]s (test
-//! evaluation, sample pictures); where the run keeps what is [`layout`]. In a
-//! data-parallel job ([`Trainer::parallel`], [`crate::dist`]) the same loop runs in every
-//! process: each takes its slice of every global batch, the gradients are reduced between
-//! the backward pass and the optimiser step ([`GradientSync`]), rank 0's state is
-//! broadcast at the start, and rank 0 alone writes the run folder and runs the hooks.
+//! evaluation, sample pictures); where the run keeps what is [`layout`]. The processes the
+//! loop runs in are one value ([`Trainer::replicas`], a [`crate::dist::Replicas`]): a
+//! single process, or a data-parallel job in which the same loop runs in every process:
+//! each takes its slice of every global batch, the gradients are reduced between the
+//! backward pass and the optimiser step, rank 0's state is broadcast at the start, and
+//! rank 0 alone writes the run folder and runs the hooks. The loop never names a model:
+//! what builds a model's trainer is [`crate::fit`].
 //!
 //! Reproducibility: every random draw is a function of (seed, step). The data order and
 //! the pixel transforms come from elbo-data, keyed by (seed, epoch, example); the
@@ -16,9 +18,9 @@
 //! from (seed, step) before each step. So training 2n steps and training n, stopping,
 //! resuming and training n more give the same weights, bit for bit, on the CPU.
 //!
-//! (About 600 lines: the loop and the policies that share its state, start or resume,
-//! the epoch end, the save of a finite state, are methods of the one `Trainer`, so that a
-//! step reads top to bottom; all that stands alone lives in the modules below.)
+//! (The loop and the policies that share its state, start or resume, the epoch end, the
+//! save of a finite state, are methods of the one `Trainer`, so that a step reads top to
+//! bottom; all that stands alone lives in the modules below.)
 
 pub mod aids;
 pub mod checkpoint;
@@ -28,10 +30,10 @@ pub mod hooks;
 pub mod layout;
 pub mod metrics;
 pub mod optim;
+mod resume;
 mod state;
 mod step;
 
-use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -40,34 +42,30 @@ use std::time::Instant;
 use elbo_data::{Batching, Dataset, EpochSeed, Loader, LoaderConfig};
 use tch::{Device, Tensor, nn::VarStore};
 
-pub use config::{AdamConfigSerde, LrDecay, TrainConfig};
+pub use config::{LrDecay, TrainConfig};
 pub use events::{Control, Finished, Identity, Observer, Progress, RunStart, TrainReport};
-pub use hooks::{EpochEnd, Hook, Pictures, TestElbo, mean_elbo};
+pub use hooks::{EpochEnd, Hook};
 pub use layout::RunDir;
 pub use state::rank_step_seed;
 pub use state::{Ema, load_weights, restore_state, state_tensors, step_seed, var_store};
-pub use step::{
-    Batch, ElboStep, GradientSync, Replica, Reported, StepFailure, StepLoss, StepOutcome,
-    TrainStep, optimise,
-};
+pub use step::{Batch, Reported, StepFailure, StepLoss, StepOutcome, TrainStep, optimise};
 
 use crate::data;
-use crate::dist::Parallel;
+use crate::dist::{Alone, Replica, Replicas};
 use crate::error::{Error, Result};
-use crate::models::ElboModel;
 use checkpoint::CheckpointMeta;
 use metrics::MetricsLog;
 use optim::Adam;
 
-/// The training loop, with its policies: hooks at epoch ends, the data-parallel job it
-/// is part of (if any), and whether this process writes the run folder.
+/// The training loop, with its policies: hooks at epoch ends, the processes it runs in,
+/// and whether this process writes the run folder.
 pub struct Trainer<'a> {
     config: TrainConfig,
     run: RunDir,
     identity: Identity,
     label: String,
     hooks: Vec<Box<dyn Hook + 'a>>,
-    parallel: Option<&'a Parallel>,
+    replicas: &'a dyn Replicas,
     writer: bool,
 }
 
@@ -86,31 +84,9 @@ impl<'a> Trainer<'a> {
             identity,
             label: label.into(),
             hooks: Vec::new(),
-            parallel: None,
+            replicas: &Alone,
             writer: true,
         }
-    }
-
-    /// The standard loop of an ELBO model: its identity from its configuration, test
-    /// evaluation on `test` (if given) and sample pictures at each epoch's end.
-    pub fn for_model(
-        model: &'a dyn ElboModel,
-        config: TrainConfig,
-        run: RunDir,
-        label: impl Into<String>,
-        test: Option<Tensor>,
-    ) -> Trainer<'a> {
-        let model_config = model.config();
-        let identity = Identity {
-            family: model_config.family().to_string(),
-            config: model_config.to_json(),
-        };
-        let pictures = Pictures::new(model, test.as_ref());
-        let mut trainer = Trainer::new(config, run, identity, label);
-        if let Some(test) = test {
-            trainer = trainer.hook(TestElbo::new(model, test));
-        }
-        trainer.hook(pictures)
     }
 
     /// Adds a hook, run at each epoch's end after the ones added before.
@@ -119,12 +95,13 @@ impl<'a> Trainer<'a> {
         self
     }
 
-    /// Makes this loop one process of the data-parallel job `parallel`: it trains on its
-    /// slice of each global batch, reduces the gradients through the job's process group,
-    /// starts from rank 0's state, and writes the run folder only if it is rank 0.
-    pub fn parallel(mut self, parallel: &'a Parallel) -> Trainer<'a> {
-        self.writer = parallel.rank() == 0;
-        self.parallel = Some(parallel);
+    /// Makes this loop one process of `replicas` (a data-parallel job, [`crate::dist::Parallel`];
+    /// by default [`Alone`]): it trains on its slice of each global batch, reduces the
+    /// gradients through the job's process group, starts from rank 0's state, and writes
+    /// the run folder only if it is rank 0.
+    pub fn replicas(mut self, replicas: &'a dyn Replicas) -> Trainer<'a> {
+        self.writer = replicas.rank() == 0;
+        self.replicas = replicas;
         self
     }
 
@@ -151,7 +128,7 @@ impl<'a> Trainer<'a> {
             seed: self.config.seed,
             tensors: String::new(),
             tensors_sha256: None,
-            world_size: Some(self.parallel.map_or(1, Parallel::size)),
+            world_size: Some(self.replicas.size()),
         }
     }
 
@@ -170,137 +147,6 @@ impl<'a> Trainer<'a> {
             crate::sys::ffi::set_cuda_autocast_bf16().map_err(|detail| Error::Config { detail })?;
         }
         Ok(())
-    }
-
-    /// Starts a new run (writing `config.json`) or resumes the newest checkpoint of the
-    /// run folder; returns the step to start from.
-    fn start_or_resume(
-        &self,
-        control: Control<'_>,
-        step: &dyn TrainStep,
-        vs: &mut VarStore,
-        adam: &mut Adam,
-        ema: Option<&mut Ema>,
-    ) -> Result<u64> {
-        let run = &self.run;
-        let newest = checkpoint::list(&run.checkpoints())?.pop();
-        match (control.resume, newest) {
-            (true, Some(newest)) => {
-                let loaded = checkpoint::load(&newest)?;
-                loaded
-                    .meta
-                    .check_compatible(&self.identity.family, &self.identity.config)?;
-                if loaded.meta.seed != self.config.seed {
-                    return Err(Error::Checkpoint {
-                        detail: format!(
-                            "it was trained with seed {}, this run asks for seed {}",
-                            loaded.meta.seed, self.config.seed
-                        ),
-                    });
-                }
-                let changes = self.changes_from(&loaded.meta.train_config);
-                if !changes.is_empty() && !control.allow_changes {
-                    return Err(Error::Config {
-                        detail: format!(
-                            "resuming {} with other training options would not continue the \
-                             same run: {}; resume with the options it was started with, or \
-                             pass --allow-changes to record the change and go on",
-                            newest.display(),
-                            changes
-                                .iter()
-                                .map(|(k, (was, now))| format!("{k} was {was}, now {now}"))
-                                .collect::<Vec<_>>()
-                                .join("; ")
-                        ),
-                    });
-                }
-                restore_state(vs, adam, ema, &loaded.tensors, loaded.meta.step)?;
-                let own: BTreeMap<String, Tensor> = loaded
-                    .tensors
-                    .iter()
-                    .filter_map(|(k, t)| {
-                        Some((k.strip_prefix(layout::STEP)?.to_string(), t.copy()))
-                    })
-                    .collect();
-                step.restore(&own)?;
-                if self.writer {
-                    metrics::truncate(&run.metrics(), loaded.meta.step)?;
-                    if !changes.is_empty() {
-                        let changed: serde_json::Map<String, serde_json::Value> = changes
-                            .into_iter()
-                            .map(|(k, (was, now))| (k, serde_json::json!([was, now])))
-                            .collect();
-                        MetricsLog::open(&run.metrics())?.write(&serde_json::json!({
-                            "kind": "resume", "step": loaded.meta.step, "changed": changed,
-                        }))?;
-                    }
-                }
-                return Ok(loaded.meta.step);
-            }
-            (false, Some(last)) => {
-                return Err(Error::Config {
-                    detail: format!(
-                        "the run folder {} already holds a run (checkpoint {}): pass --resume \
-                         to continue it, or choose another run folder",
-                        run.root.display(),
-                        last.display()
-                    ),
-                });
-            }
-            // Nothing to resume: a fresh start, whatever an interrupted run left before
-            // its first checkpoint.
-            (_, None) => {}
-        }
-        if self.writer {
-            for stale in [run.metrics(), run.curves()] {
-                match std::fs::remove_file(&stale) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(Error::Config {
-                            detail: format!("cannot remove {}: {e}", stale.display()),
-                        });
-                    }
-                    _ => {}
-                }
-            }
-            let meta = self.meta(0);
-            let value = serde_json::json!({
-                "model": meta.model,
-                "model_config": meta.model_config,
-                "train_config": meta.train_config,
-            });
-            checkpoint::write_json_atomically(&run.config(), &value)?;
-        }
-        Ok(0)
-    }
-
-    /// The training options of this run that differ from those recorded in a checkpoint
-    /// (`recorded`), by name, with the old and new values. Options that do not change
-    /// the weights (checkpoint and log cadence, checkpoints kept, test images evaluated)
-    /// may change; so may the number of steps, unless the learning rate decays over them.
-    fn changes_from(
-        &self,
-        recorded: &serde_json::Value,
-    ) -> Vec<(String, (serde_json::Value, serde_json::Value))> {
-        let now = serde_json::to_value(&self.config).unwrap_or_default();
-        let mut free = vec![
-            "checkpoint_every",
-            "keep_checkpoints",
-            "log_every",
-            "eval_examples",
-        ];
-        if self.config.decay == LrDecay::Constant {
-            free.push("steps");
-        }
-        let (Some(was), Some(now)) = (recorded.as_object(), now.as_object()) else {
-            return Vec::new();
-        };
-        now.iter()
-            .filter(|(key, _)| !free.contains(&key.as_str()))
-            .filter_map(|(key, value)| {
-                let old = was.get(key).cloned().unwrap_or(serde_json::Value::Null);
-                (old != *value).then(|| (key.clone(), (old, value.clone())))
-            })
-            .collect()
     }
 
     /// Trains with `step` the variables of `vs` on `train`, started and stopped as
@@ -327,17 +173,16 @@ impl<'a> Trainer<'a> {
             });
         }
         let config = self.config.clone();
-        if let Some(parallel) = self.parallel {
-            check_divisible(config.batch_size, train.len(), parallel.size())?;
-            if let Some((name, _)) = step.state().first() {
-                return Err(Error::Config {
-                    detail: format!(
-                        "this training step keeps state of its own from step to step \
-                         ({name}), which each process would grow apart and data-parallel \
-                         training does not reduce: train it in one process"
-                    ),
-                });
-            }
+        let replicas = self.replicas;
+        check_divisible(config.batch_size, train.len(), replicas.size())?;
+        if let (true, Some((name, _))) = (replicas.size() > 1, step.state().first()) {
+            return Err(Error::Config {
+                detail: format!(
+                    "this training step keeps state of its own from step to step ({name}), \
+                     which each process would grow apart and data-parallel training does not \
+                     reduce: train it in one process"
+                ),
+            });
         }
         let batching = Batching {
             batch_size: NonZeroUsize::new(config.batch_size).unwrap_or(NonZeroUsize::MIN),
@@ -353,15 +198,15 @@ impl<'a> Trainer<'a> {
             },
         );
         let steps_per_epoch = loader.batches_per_epoch().max(1) as u64;
-        let mut adam = Adam::new(vs, config.adam.into());
+        let mut adam = Adam::new(vs, config.adam);
         let mut ema = config.ema_decay.map(|_| Ema::new(vs));
-        if let Some(parallel) = self.parallel {
+        if replicas.size() > 1 {
             let job = serde_json::json!({
                 "model": self.identity.family, "model_config": self.identity.config,
                 "train_config": serde_json::to_value(&config).unwrap_or_default(),
                 "train_examples": train.len(), "resume": control.resume,
             });
-            parallel.same_everywhere(
+            replicas.same_everywhere(
                 "the model, the training options or the data",
                 &job.to_string(),
             )?;
@@ -377,25 +222,18 @@ impl<'a> Trainer<'a> {
         } else {
             Ok((None, 0))
         };
-        let (_lock, mut index) = match self.parallel {
-            None => begun?,
-            Some(parallel) => {
-                let failing = parallel.failing_ranks(begun.is_ok())?;
-                let (lock, index) = begun?;
-                if !failing.is_empty() {
-                    return Err(Error::Distributed {
-                        detail: format!(
-                            "rank {failing:?} could not start the run (its own message says                              why); rank {} stops too",
-                            parallel.rank()
-                        ),
-                    });
-                }
-                (
-                    lock,
-                    start_from_root(parallel, index, vs, &mut adam, ema.as_mut())?,
-                )
-            }
-        };
+        let failing = replicas.failing_ranks(begun.is_ok())?;
+        let (_lock, index) = begun?;
+        if !failing.is_empty() {
+            return Err(Error::Distributed {
+                detail: format!(
+                    "rank {failing:?} could not start the run (its own message says why); \
+                     rank {} stops too",
+                    replicas.rank()
+                ),
+            });
+        }
+        let mut index = start_from_root(replicas, index, vs, &mut adam, ema.as_mut())?;
         observer.started(&RunStart {
             label: self.label.clone(),
             parameters: vs
@@ -434,10 +272,7 @@ impl<'a> Trainer<'a> {
             let Some(global) = order.batches(batching).nth(position) else {
                 break;
             };
-            let indices = match self.parallel {
-                Some(parallel) => parallel.shard(global),
-                None => global,
-            };
+            let indices = replicas.shard(global);
             let share = indices.len() as f64 / global.len().max(1) as f64;
             let images = loader
                 .config()
@@ -462,22 +297,23 @@ impl<'a> Trainer<'a> {
                 labels: Tensor::from_slice(&labels).to_device(device),
             };
 
-            let replica = self.parallel.map(|parallel| Replica {
-                sync: parallel,
-                rank: parallel.rank(),
+            let replica = Replica {
+                replicas,
                 share,
                 stop_requested: control.stop.load(Ordering::SeqCst),
-            });
-            let outcome = optimise(step, &mut adam, &batch, &config, index, replica.as_ref())
-                .map_err(|failure| match failure {
-                    StepFailure::NonFinite(value) => Error::NonFiniteLoss {
-                        step: index + 1,
-                        value,
-                        last_checkpoint: last_checkpoint
-                            .clone()
-                            .or_else(|| checkpoint::list(&self.run.checkpoints()).ok()?.pop()),
-                    },
-                    StepFailure::Sync(e) => e,
+            };
+            let outcome =
+                optimise(step, &mut adam, &batch, &config, index, &replica).map_err(|failure| {
+                    match failure {
+                        StepFailure::NonFinite(value) => Error::NonFiniteLoss {
+                            step: index + 1,
+                            value,
+                            last_checkpoint: last_checkpoint
+                                .clone()
+                                .or_else(|| checkpoint::list(&self.run.checkpoints()).ok()?.pop()),
+                        },
+                        StepFailure::Sync(e) => e,
+                    }
                 })?;
             skipped += u64::from(outcome.skipped);
             if let (false, Some(ema), Some(decay)) =
@@ -495,17 +331,15 @@ impl<'a> Trainer<'a> {
             } else {
                 Vec::new()
             };
-            if let (true, Some(parallel)) = (log_now, self.parallel) {
+            if log_now {
                 // The global batch's means: each process's, weighted by its share.
                 let mut values: Vec<f64> = reported.iter().map(|(_, v)| v * share).collect();
-                parallel.sum(&mut values)?;
+                replicas.sum(&mut values)?;
                 for ((_, v), summed) in reported.iter_mut().zip(values) {
                     *v = summed;
                 }
             }
-            let stop_now = outcome
-                .stop
-                .unwrap_or_else(|| control.stop.load(Ordering::SeqCst));
+            let stop_now = replicas.stops(outcome.stop, control.stop.load(Ordering::SeqCst));
             if let (true, Some(metrics)) = (log_now, metrics.as_mut()) {
                 let mut line = serde_json::json!({
                     "kind": "step", "step": index, "epoch": epoch, "loss": outcome.loss,
@@ -539,10 +373,9 @@ impl<'a> Trainer<'a> {
             if epoch_end && self.writer {
                 evaluation = self.epoch_end(index, epoch + 1, metrics.as_mut())?;
             }
-            if let (true, Some(parallel)) = (checkpoint_now || epoch_end, self.parallel) {
-                // The others wait here while rank 0 writes and evaluates, with a longer
-                // timeout than a step's.
-                parallel.barrier(parallel.slow_timeout())?;
+            if checkpoint_now || epoch_end {
+                // The others wait here while rank 0 writes and evaluates.
+                replicas.wait_for_root()?;
             }
             if log_now {
                 let elapsed = started.elapsed().as_secs_f64().max(1e-9);
@@ -609,13 +442,8 @@ impl<'a> Trainer<'a> {
             }
             metrics.write(&line)?;
         }
-        metrics::write_curves(&self.run.metrics(), &self.run.curves(), &self.label).or_else(
-            |e| match e {
-                // A run whose steps log nothing numeric has no curves yet.
-                Error::Config { .. } => Ok(()),
-                other => Err(other),
-            },
-        )?;
+        // A run whose steps log nothing numeric has no curves yet (`false`).
+        metrics::write_curves(&self.run.metrics(), &self.run.curves(), &self.label)?;
         Ok(values
             .into_iter()
             .filter_map(|(name, value)| value.as_f64().map(|v| (name, v)))
@@ -677,7 +505,8 @@ fn check_divisible(batch: usize, examples: usize, world: usize) -> Result<()> {
     if !batch.is_multiple_of(world) {
         return Err(Error::Config {
             detail: format!(
-                "--batch-size {batch} is the global batch and does not divide among {world}                  processes: choose a multiple of {world} (e.g. {})",
+                "--batch-size {batch} is the global batch and does not divide among {world} \
+                 processes: choose a multiple of {world} (e.g. {})",
                 (batch / world).max(1) * world
             ),
         });
@@ -686,7 +515,8 @@ fn check_divisible(batch: usize, examples: usize, world: usize) -> Result<()> {
     if last != 0 && last < world {
         return Err(Error::Config {
             detail: format!(
-                "each epoch of {examples} examples ends with a batch of {last}, fewer than the                  {world} processes: choose a batch size that leaves at least {world} (or none)"
+                "each epoch of {examples} examples ends with a batch of {last}, fewer than the \
+                 {world} processes: choose a batch size that leaves at least {world} (or none)"
             ),
         });
     }
@@ -694,14 +524,17 @@ fn check_divisible(batch: usize, examples: usize, world: usize) -> Result<()> {
 }
 
 /// Makes this process's step and state rank 0's: broadcasts the step, the weights, Adam's
-/// moments and the EMA; returns the step.
+/// moments and the EMA; returns the step. A process alone is its own rank 0.
 fn start_from_root(
-    parallel: &Parallel,
+    parallel: &dyn Replicas,
     index: u64,
     vs: &mut VarStore,
     adam: &mut Adam,
     ema: Option<&mut Ema>,
 ) -> Result<u64> {
+    if parallel.size() == 1 {
+        return Ok(index);
+    }
     let step = Tensor::from_slice(&[index as i64]);
     parallel.broadcast_from_root(std::slice::from_ref(&step))?;
     let index = step.int64_value(&[0]) as u64;
@@ -720,47 +553,6 @@ fn start_from_root(
         restore_state(vs, adam, ema, &tensors, index)?;
     }
     Ok(index)
-}
-
-/// Trains `model` (whose variables live in `vs`) on `data` into `run` with the standard
-/// loop of an ELBO model ([`Trainer::for_model`]): test evaluation on the first
-/// `config.eval_examples` test images and pictures at each epoch's end.
-pub fn train(
-    model: &dyn ElboModel,
-    vs: &mut VarStore,
-    data: &TrainData<'_>,
-    config: &TrainConfig,
-    run: &RunDir,
-    control: Control<'_>,
-    observer: &mut dyn Observer,
-) -> Result<TrainReport> {
-    let test = if config.eval_examples > 0 {
-        Some(data::fixed_tensor(
-            data.test,
-            model.likelihood(),
-            Some(config.eval_examples),
-            vs.device(),
-        )?)
-    } else {
-        None
-    };
-    let label = model.config().family().to_string();
-    let step = model.train_step(&config.aids)?;
-    Trainer::for_model(model, config.clone(), run.clone(), label, test).fit(
-        step.as_ref(),
-        vs,
-        data.train,
-        control,
-        observer,
-    )
-}
-
-/// The data of a run.
-pub struct TrainData<'a> {
-    /// Training examples.
-    pub train: &'a Dataset,
-    /// Test examples (evaluated at each epoch's end).
-    pub test: &'a Dataset,
 }
 
 #[cfg(test)]
@@ -785,5 +577,10 @@ mod tests {
         assert!(check_divisible(64, 9001, 2).is_ok());
         let err = check_divisible(64, 8961, 2).unwrap_err().to_string();
         assert!(err.contains("ends with a batch of 1"), "{err}");
+        // Each message reads as one sentence: no run of spaces from a lost `\`.
+        for err in [check_divisible(63, 9000, 2), check_divisible(64, 8961, 2)] {
+            let err = err.unwrap_err().to_string();
+            assert!(!err.contains("  "), "{err}");
+        }
     }
 }

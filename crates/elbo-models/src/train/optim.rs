@@ -10,7 +10,7 @@ use crate::sys::ffi::{FusedAdamStep, fused_adam};
 
 /// Adam's hyper-parameters. `weight_decay > 0` gives AdamW (decoupled decay, Loshchilov
 /// & Hutter), applied as PyTorch's `AdamW` does: `p <- p (1 - lr wd)` before the step.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamConfig {
     /// Exponential decay of the first moment.
     pub beta1: f64,

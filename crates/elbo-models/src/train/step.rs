@@ -7,13 +7,12 @@ use std::collections::BTreeMap;
 use elbo_data::Transform;
 use tch::{Kind, Tensor};
 
-use super::aids::TrainingAids;
 use super::config::TrainConfig;
 use super::optim::Adam;
 use super::state::rank_step_seed;
-use crate::data;
+use crate::dist::Replica;
 use crate::error::Result;
-use crate::models::{ElboModel, ElboTerms};
+use crate::terms::ElboTerms;
 
 /// A training batch: images in the step's input scale, and their labels.
 pub struct Batch {
@@ -81,69 +80,6 @@ pub trait TrainStep {
     }
 }
 
-/// The step of a model trained on its ELBO: the negative mean ELBO, reshaped by the
-/// training aids (KL warm-up, free bits); the reported terms are the true bound's.
-pub struct ElboStep<'a> {
-    model: &'a dyn ElboModel,
-    aids: TrainingAids,
-}
-
-impl<'a> ElboStep<'a> {
-    /// The ELBO step of `model` with `aids`.
-    pub fn new(model: &'a dyn ElboModel, aids: &TrainingAids) -> ElboStep<'a> {
-        ElboStep { model, aids: *aids }
-    }
-
-    /// [`ElboStep::new`] as what [`ElboModel::train_step`] returns.
-    pub fn boxed(model: &'a dyn ElboModel, aids: &TrainingAids) -> Result<Box<dyn TrainStep + 'a>> {
-        Ok(Box::new(ElboStep::new(model, aids)))
-    }
-}
-
-impl TrainStep for ElboStep<'_> {
-    fn transform(&self, horizontal_flip: bool) -> Transform {
-        data::transform_for(self.model.likelihood(), horizontal_flip)
-    }
-
-    fn loss(&self, batch: &Batch, step: u64) -> StepLoss {
-        let terms = self.model.elbo_terms(&batch.x);
-        let loss = self.aids.loss(&terms, step);
-        let mut extra = Vec::new();
-        if self.aids.kl_warmup_steps > 0 {
-            extra.push(("kl_weight".to_string(), self.aids.kl_weight(step)));
-        }
-        StepLoss {
-            loss,
-            reported: Reported::Elbo(terms),
-            extra,
-        }
-    }
-}
-
-/// The seam between the backward pass and the optimiser step: what data-parallel
-/// training plugs in to reduce the gradients across processes ([`crate::dist::Parallel`]).
-pub trait GradientSync {
-    /// Replaces the gradient of every parameter of `params` by the sum over the processes
-    /// of each one's gradient times its `share` of the global batch (so, by the global
-    /// batch's mean gradient), and each value of `shared` by its sum over the processes,
-    /// in the same round. A parameter without a gradient counts as zero, and gets one if
-    /// any process had one.
-    fn reduce(&self, params: &[Tensor], share: f64, shared: &mut [f64]) -> Result<()>;
-}
-
-/// A step's part in a data-parallel job.
-pub struct Replica<'a> {
-    /// Reduces the gradients.
-    pub sync: &'a dyn GradientSync,
-    /// This process's rank: the model's draws are seeded by (seed, step, rank).
-    pub rank: usize,
-    /// This process's share of the global batch (its examples over the batch's).
-    pub share: f64,
-    /// Whether this process was asked to stop (Ctrl-C): the job stops after this step if
-    /// any process was.
-    pub stop_requested: bool,
-}
-
 /// What one optimiser step did.
 pub struct StepOutcome {
     /// The batch's ELBO terms or loss values (for logging; their graph is spent).
@@ -158,9 +94,8 @@ pub struct StepOutcome {
     pub grad_norm: Option<f64>,
     /// Whether the update was skipped (`aids.skip_grad_norm`).
     pub skipped: bool,
-    /// In a data-parallel job, whether any process asked to stop (the same answer in
-    /// every process); `None` on one process.
-    pub stop: Option<bool>,
+    /// Whether any process asked to stop (the same answer in every process).
+    pub stop: bool,
 }
 
 /// Why a step was not taken.
@@ -173,25 +108,21 @@ pub enum StepFailure {
 }
 
 /// One optimiser step of `step` on `batch`, the training loop's step `index` (counted
-/// from 0): seeds libtorch's generator from (seed, index) (and the rank, in a
-/// data-parallel job), computes the loss, back-propagates, hands the gradients to the
-/// `replica`'s sync (if any) with the loss and the stop flag, clips or skips as `config`
-/// says and updates the weights at the scheduled learning rate. The EMA, if any, is the
-/// caller's. A non-finite loss (the global one, in a data-parallel job) fails before
-/// anything is updated.
+/// from 0): seeds libtorch's generator from (seed, index, rank), computes the loss,
+/// back-propagates, hands the gradients to the `replica`'s processes with the loss and
+/// the stop flag (nothing to do for a single process, [`Replica::alone`]), clips or skips
+/// as `config` says and updates the weights at the scheduled learning rate. The EMA, if
+/// any, is the caller's. A non-finite loss (the global one, in a data-parallel job)
+/// fails before anything is updated.
 pub fn optimise(
     step: &dyn TrainStep,
     adam: &mut Adam,
     batch: &Batch,
     config: &TrainConfig,
     index: u64,
-    replica: Option<&Replica<'_>>,
+    replica: &Replica<'_>,
 ) -> std::result::Result<StepOutcome, StepFailure> {
-    tch::manual_seed(rank_step_seed(
-        config.seed,
-        index,
-        replica.map_or(0, |r| r.rank),
-    ));
+    tch::manual_seed(rank_step_seed(config.seed, index, replica.replicas.rank()));
     let forward = || step.loss(batch, index);
     // The trainer checks that the device is CUDA and sets the autocast dtype to bf16.
     let StepLoss {
@@ -204,37 +135,22 @@ pub fn optimise(
         forward()
     };
     let loss = loss.to_kind(Kind::Float);
-    let mut loss_value = loss.double_value(&[]);
-    let mut stop = None;
-    match replica {
-        None => {
-            if !loss_value.is_finite() {
-                return Err(StepFailure::NonFinite(loss_value));
-            }
-            adam.zero_grad();
-            loss.backward();
-            step.after_backward();
-        }
-        Some(replica) => {
-            // Every process must take part in the reduction, whatever its own loss: the
-            // decision to stop on a non-finite loss is taken on the global one.
-            adam.zero_grad();
-            loss.backward();
-            step.after_backward();
-            let mut shared = [
-                loss_value * replica.share,
-                f64::from(u8::from(replica.stop_requested)),
-            ];
-            replica
-                .sync
-                .reduce(adam.params(), replica.share, &mut shared)
-                .map_err(StepFailure::Sync)?;
-            loss_value = shared[0];
-            stop = Some(shared[1] > 0.0);
-            if !loss_value.is_finite() {
-                return Err(StepFailure::NonFinite(loss_value));
-            }
-        }
+    // Every process takes part in the reduction, whatever its own loss: the decision to
+    // stop on a non-finite loss is taken on the global one.
+    adam.zero_grad();
+    loss.backward();
+    step.after_backward();
+    let mut shared = [
+        loss.double_value(&[]) * replica.share,
+        f64::from(u8::from(replica.stop_requested)),
+    ];
+    replica
+        .replicas
+        .reduce(adam.params(), replica.share, &mut shared)
+        .map_err(StepFailure::Sync)?;
+    let [loss_value, stop] = shared;
+    if !loss_value.is_finite() {
+        return Err(StepFailure::NonFinite(loss_value));
     }
     let grad_norm = match (config.clip_grad_norm, config.aids.skip_grad_norm) {
         (None, None) => None,
@@ -254,6 +170,6 @@ pub fn optimise(
         lr,
         grad_norm,
         skipped,
-        stop,
+        stop: stop > 0.0,
     })
 }

@@ -33,11 +33,12 @@ pub use super::cells::LadderArch;
 use super::cells::{self, Residual};
 use super::{HvaeArch, check_latent_dims, draw, layer_name, log_density_of_draw, repeat_batch};
 use crate::error::{Error, Result};
+use crate::models::ElboStep;
 use crate::models::{Capabilities, ElboModel, ElboTerms, Hierarchical, Latents, ModelConfig};
 use crate::nn::gaussian;
 use crate::nn::likelihood::Likelihood;
+use crate::train::TrainStep;
 use crate::train::aids::TrainingAids;
-use crate::train::{ElboStep, TrainStep};
 
 /// A ladder HVAE's configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

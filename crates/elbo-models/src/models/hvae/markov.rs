@@ -28,12 +28,13 @@ use tch::{Kind, Tensor};
 use super::HvaeArch;
 use super::{GaussianMlp, check_latent_dims, draw, layer_name, log_density_of_draw, repeat_batch};
 use crate::error::{Error, Result};
+use crate::models::ElboStep;
 use crate::models::vae::{Vae, VaeArch, VaeConfig, VaePreset};
 use crate::models::{Capabilities, ElboModel, ElboTerms, Hierarchical, Latents, ModelConfig};
 use crate::nn::gaussian;
 use crate::nn::likelihood::Likelihood;
+use crate::train::TrainStep;
 use crate::train::aids::TrainingAids;
-use crate::train::{ElboStep, TrainStep};
 
 /// A Markovian HVAE's configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

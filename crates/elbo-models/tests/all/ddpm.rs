@@ -4,6 +4,7 @@
 
 use std::sync::atomic::AtomicBool;
 
+use elbo_models::fit::{self, TrainData};
 use elbo_models::models::ddpm::{
     Ddpm, DdpmConfig, DdpmPreset, Guided, LossKind, Objective, VarianceKind, drop_labels,
 };
@@ -11,12 +12,11 @@ use elbo_models::models::{ElboModel, ModelConfig, SteppedSampling, draw_samples,
 use elbo_models::sample::{
     self as sample, Classes, ClipX0, Denoiser, Guidance, NoiseProcess, SamplerSpec, SamplingOptions,
 };
-use elbo_models::train::{self, Control, RunDir, TrainConfig, TrainData};
+use elbo_models::train::{self, Control, RunDir, TrainConfig};
 use elbo_models::{data, eval, session};
 use tch::{Device, nn::VarStore};
 
-mod common;
-use common::{exclusive, subset};
+use crate::common::{exclusive, subset};
 
 /// The README's preset table and `benches/reference/ddpm_unet.py`'s PARAMS.
 const DDPM_MNIST_PARAMETERS: i64 = 1_623_169;
@@ -80,7 +80,7 @@ fn ddim(steps: usize) -> SamplingOptions {
 }
 
 fn tiny(objective: Objective, loss: LossKind) -> DdpmConfig {
-    let mut config = common::tiny_ddpm();
+    let mut config = crate::common::tiny_ddpm();
     config.objective = objective;
     config.loss = loss;
     config
@@ -131,7 +131,7 @@ fn l_simple_falls_in_a_short_run_and_resume_is_exact() {
     let mut vs = train::var_store(0, Device::Cpu);
     let model = tiny_model(&vs, Objective::Eps, LossKind::Simple);
     let config = quick_config(60);
-    train::train(
+    fit::train(
         &model,
         &mut vs,
         &data,
@@ -153,7 +153,7 @@ fn l_simple_falls_in_a_short_run_and_resume_is_exact() {
     let dir2 = tempfile::tempdir().unwrap();
     let mut vs2 = train::var_store(0, Device::Cpu);
     let model2 = tiny_model(&vs2, Objective::Eps, LossKind::Simple);
-    train::train(
+    fit::train(
         &model2,
         &mut vs2,
         &data,
@@ -165,7 +165,7 @@ fn l_simple_falls_in_a_short_run_and_resume_is_exact() {
     .unwrap();
     let mut vs3 = train::var_store(0, Device::Cpu);
     let model3 = tiny_model(&vs3, Objective::Eps, LossKind::Simple);
-    train::train(
+    fit::train(
         &model3,
         &mut vs3,
         &data,
@@ -234,7 +234,7 @@ fn other_objectives_and_the_vlb_loss_train() {
             .unwrap()
             .with_sampling(ddim(5))
             .unwrap();
-        let report = train::train(
+        let report = fit::train(
             &model,
             &mut vs,
             &data,
@@ -270,7 +270,7 @@ fn bf16_autocast_is_refused_on_the_cpu() {
         ..quick_config(1)
     };
     let stop = AtomicBool::new(false);
-    let err = train::train(
+    let err = fit::train(
         &model,
         &mut vs,
         &TrainData {
@@ -344,7 +344,9 @@ fn samplers_give_images_in_range_and_a_trajectory() {
 /// A class-conditional tiny DDPM with every weight redrawn (the zero-initialised output
 /// convolution would otherwise make its output independent of the label).
 fn tiny_conditional(vs: &VarStore, cond_drop: f64) -> Ddpm {
-    let config = common::tiny_ddpm().conditional(10, cond_drop).unwrap();
+    let config = crate::common::tiny_ddpm()
+        .conditional(10, cond_drop)
+        .unwrap();
     let model = Ddpm::new(&vs.root(), config).unwrap();
     tch::no_grad(|| {
         for (_, mut v) in vs.variables() {
@@ -506,7 +508,7 @@ fn guidance_errors_say_what_was_expected() {
     let vs0 = VarStore::new(Device::Cpu);
     let undropped = tiny_conditional(&vs0, 0.0);
     let vs1 = VarStore::new(Device::Cpu);
-    let unconditional = Ddpm::new(&vs1.root(), common::tiny_ddpm()).unwrap();
+    let unconditional = Ddpm::new(&vs1.root(), crate::common::tiny_ddpm()).unwrap();
     let err = |model: &Ddpm, options: SamplingOptions, n: i64| {
         tch::no_grad(|| model.sample_with(n, &options, 0))
             .err()
@@ -563,7 +565,7 @@ fn guidance_errors_say_what_was_expected() {
     assert!(
         DdpmConfig {
             cond_drop: 0.1,
-            ..common::tiny_ddpm()
+            ..crate::common::tiny_ddpm()
         }
         .validate()
         .unwrap_err()
@@ -604,12 +606,14 @@ fn label_dropout_replaces_a_fraction_p_with_the_null_label() {
 /// are those of before); a conditional one records both fields.
 #[test]
 fn unconditional_configs_are_unchanged_and_conditional_ones_record_their_classes() {
-    let json = ModelConfig::Ddpm(common::tiny_ddpm()).to_json().to_string();
+    let json = ModelConfig::Ddpm(crate::common::tiny_ddpm())
+        .to_json()
+        .to_string();
     assert!(
         !json.contains("num_classes") && !json.contains("cond_drop"),
         "{json}"
     );
-    let conditional = common::tiny_ddpm().conditional(10, 0.1).unwrap();
+    let conditional = crate::common::tiny_ddpm().conditional(10, 0.1).unwrap();
     let json = ModelConfig::Ddpm(conditional.clone()).to_json().to_string();
     assert!(
         json.contains("\"num_classes\":10") && json.contains("\"cond_drop\":0.1"),
@@ -648,7 +652,7 @@ fn importance_sampled_timesteps_checkpoint_their_history_and_resume_exactly() {
             .unwrap()
             .with_sampling(ddim(5))
             .unwrap();
-        train::train(
+        fit::train(
             &model,
             &mut vs,
             &data,

@@ -1,9 +1,6 @@
 //! What the CLI's integration tests share: the `elbo` binary on one thread, run to its
 //! end, and its output as text.
 
-// Each test crate compiles its own copy and uses only some of it.
-#![allow(dead_code)]
-
 use std::process::{Command, Output};
 
 /// The `elbo` binary as a command, on one thread (tests that run two processes at once

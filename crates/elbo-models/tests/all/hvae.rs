@@ -6,17 +6,17 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use elbo_data::Dataset;
+use elbo_models::fit::{self, TrainData};
 use elbo_models::models::ElboModel;
 use elbo_models::models::hvae::{HvaeArch, HvaeConfig, HvaeVariant, MarkovConfig, MarkovHvae};
 use elbo_models::models::vae::{Vae, VaeConfig, VaePreset};
 use elbo_models::nn::likelihood::Likelihood;
 use elbo_models::train::aids::TrainingAids;
-use elbo_models::train::{self, Control, RunDir, TrainConfig, TrainData};
+use elbo_models::train::{self, Control, RunDir, TrainConfig};
 use elbo_models::{data, eval, session};
 use tch::{Device, Kind, Tensor, nn::VarStore};
 
-mod common;
-use common::{exclusive, subset};
+use crate::common::{exclusive, subset};
 
 fn hvae(
     seed: u64,
@@ -49,7 +49,7 @@ fn fit(
     config: &TrainConfig,
     dir: &Path,
 ) -> train::TrainReport {
-    train::train(
+    fit::train(
         model,
         vs,
         &TrainData {
@@ -219,7 +219,7 @@ fn a_run_of_another_variant_is_refused() {
         dir.path(),
     );
     let (mut vs, ladder) = hvae(2, HvaeVariant::Ladder, HvaeArch::Mlp, 16, vec![4, 2]);
-    let err = train::train(
+    let err = fit::train(
         ladder.as_ref(),
         &mut vs,
         &TrainData {

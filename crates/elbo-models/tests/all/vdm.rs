@@ -7,15 +7,15 @@
 use std::sync::atomic::AtomicBool;
 
 use elbo_math::testbed::gaussian_vdm::GaussianDataVdm;
+use elbo_models::fit::{self, TrainData};
 use elbo_models::models::draw_samples;
 use elbo_models::models::vdm::{GammaKind, GammaNet, Vdm, VdmConfig, VdmPreset};
 use elbo_models::sample::{NoiseProcess, SamplerSpec, SamplingOptions};
-use elbo_models::train::{self, Control, RunDir, TrainConfig, TrainData};
+use elbo_models::train::{self, Control, RunDir, TrainConfig};
 use elbo_models::{data, eval, session};
 use tch::{Device, Kind, Tensor, nn::VarStore};
 
-mod common;
-use common::{exclusive, subset};
+use crate::common::{exclusive, subset};
 
 fn values(t: &Tensor) -> Vec<f64> {
     Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
@@ -24,7 +24,7 @@ fn values(t: &Tensor) -> Vec<f64> {
 /// vdm-mnist with ddpm-mnist's tiny test network and a grid of 20 steps.
 fn tiny(kind: GammaKind) -> VdmConfig {
     let mut config = VdmConfig::preset(VdmPreset::Mnist, [1, 28, 28]).unwrap();
-    let small = common::tiny_ddpm().unet;
+    let small = crate::common::tiny_ddpm().unet;
     config.unet = elbo_models::models::vdm::UnetConfig {
         extra_inputs: config.unet.extra_inputs,
         ..small
@@ -310,7 +310,7 @@ fn a_short_run_learns_its_schedule_and_resumes_exactly() {
     let run = |dir: &std::path::Path, steps: u64, resume: bool| {
         let mut vs = train::var_store(0, Device::Cpu);
         let model = Vdm::new(&vs.root(), tiny(GammaKind::Monotone)).unwrap();
-        train::train(
+        fit::train(
             &model,
             &mut vs,
             &data,

@@ -4,9 +4,7 @@
 
 use std::path::Path;
 
-mod common;
-
-use common::{run, text};
+use crate::common::{run, text};
 
 /// The width and height in a PNG's header.
 fn png_size(path: &Path) -> (u32, u32) {

@@ -14,8 +14,7 @@ use elbo_models::train::{self, RunDir};
 use elbo_models::{data, session};
 use tch::{Device, Kind, Tensor};
 
-mod common;
-use common::{exclusive, subset};
+use crate::common::{exclusive, subset};
 
 /// A narrow network (8 and 16 channels, 32 features) so the test takes seconds.
 fn small_config() -> ClassifierConfig {
@@ -212,7 +211,8 @@ fn learns_digits_round_trips_and_anchors_the_frechet_distance() {
     .to_string();
     assert!(err.contains("samples in steps"), "{err}");
     let ddpm =
-        elbo_models::models::ddpm::Ddpm::new(&(vs.root() / "ddpm"), common::tiny_ddpm()).unwrap();
+        elbo_models::models::ddpm::Ddpm::new(&(vs.root() / "ddpm"), crate::common::tiny_ddpm())
+            .unwrap();
     let mut seen = 0;
     let (points, floor) = frechet::sweep(
         &ddpm,

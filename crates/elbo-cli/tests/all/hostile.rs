@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::{elbo, run, text};
+use crate::common::{elbo, run, text};
 
 fn args_of(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()

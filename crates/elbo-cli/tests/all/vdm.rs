@@ -2,9 +2,7 @@
 //! groups, repeatable with --seed, no IWAE bound), `elbo sample` with a fast sampler in
 //! the learned schedule, and `elbo plot` (the schedule chart).
 
-mod common;
-
-use common::{run, text};
+use crate::common::{run, text};
 
 #[test]
 fn a_vdm_trains_evaluates_samples_and_plots_its_schedule() {

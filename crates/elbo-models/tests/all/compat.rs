@@ -8,14 +8,14 @@
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
+use elbo_models::fit::{self, TrainData};
 use elbo_models::models::ModelConfig;
 use elbo_models::train::optim::Adam;
-use elbo_models::train::{self, Control, RunDir, TrainConfig, TrainData, checkpoint};
+use elbo_models::train::{self, Control, RunDir, TrainConfig, checkpoint};
 use elbo_models::{data, eval, session};
 use tch::{Device, Tensor};
 
-mod common;
-use common::{exclusive, subset};
+use crate::common::{exclusive, subset};
 
 fn fixture(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -37,7 +37,7 @@ fn a_checkpoint_of_the_format_before_the_redesign_loads_and_resumes() {
     // The tensors today's code writes for that model are the old file's, name for name.
     let mut vs = train::var_store(meta.seed, Device::Cpu);
     let model = config.build(&vs.root()).unwrap();
-    let adam = Adam::new(&vs, train_config.adam.into());
+    let adam = Adam::new(&vs, train_config.adam);
     let tensors = train::state_tensors(&vs, &adam, None);
     let mut written: Vec<String> = tensors
         .iter()
@@ -77,7 +77,7 @@ fn a_checkpoint_of_the_format_before_the_redesign_loads_and_resumes() {
         eval_examples: 0,
         ..train_config
     };
-    let report = train::train(
+    let report = fit::train(
         model.as_ref(),
         &mut vs,
         &TrainData {

@@ -4,15 +4,15 @@
 use std::sync::atomic::AtomicBool;
 
 use elbo_data::Dataset;
+use elbo_models::fit::{self, TrainData};
 use elbo_models::models::vae::{Vae, VaeConfig, VaePreset};
 use elbo_models::nn::likelihood::Likelihood;
 use elbo_models::train::checkpoint;
-use elbo_models::train::{self, Control, Finished, RunDir, TrainConfig, TrainData};
+use elbo_models::train::{self, Control, Finished, RunDir, TrainConfig};
 use elbo_models::{data, eval};
 use tch::{Device, nn::VarStore};
 
-mod common;
-use common::{exclusive, subset};
+use crate::common::{exclusive, subset};
 
 fn config(steps: u64, seed: u64) -> TrainConfig {
     TrainConfig {
@@ -35,7 +35,7 @@ fn fit(
     dir: &std::path::Path,
     control: Control<'_>,
 ) -> elbo_models::Result<train::TrainReport> {
-    train::train(model, vs, data, config, &RunDir::new(dir), control, &mut ())
+    fit::train(model, vs, data, config, &RunDir::new(dir), control, &mut ())
 }
 
 fn vae(seed: u64) -> (VarStore, Vae) {

@@ -1,0 +1,146 @@
+//! How a run begins: a fresh start (the run folder's `config.json`) or the resume of its
+//! newest checkpoint, with the check that the training options still describe the same
+//! run.
+
+use std::collections::BTreeMap;
+
+use tch::{Tensor, nn::VarStore};
+
+use super::checkpoint;
+use super::layout;
+use super::metrics::{self, MetricsLog};
+use super::optim::Adam;
+use super::state::{Ema, restore_state};
+use super::{Control, LrDecay, TrainStep, Trainer};
+use crate::error::{Error, Result};
+
+impl Trainer<'_> {
+    /// Starts a new run (writing `config.json`) or resumes the newest checkpoint of the
+    /// run folder; returns the step to start from.
+    pub(super) fn start_or_resume(
+        &self,
+        control: Control<'_>,
+        step: &dyn TrainStep,
+        vs: &mut VarStore,
+        adam: &mut Adam,
+        ema: Option<&mut Ema>,
+    ) -> Result<u64> {
+        let run = &self.run;
+        let newest = checkpoint::list(&run.checkpoints())?.pop();
+        match (control.resume, newest) {
+            (true, Some(newest)) => {
+                let loaded = checkpoint::load(&newest)?;
+                loaded
+                    .meta
+                    .check_compatible(&self.identity.family, &self.identity.config)?;
+                if loaded.meta.seed != self.config.seed {
+                    return Err(Error::Checkpoint {
+                        detail: format!(
+                            "it was trained with seed {}, this run asks for seed {}",
+                            loaded.meta.seed, self.config.seed
+                        ),
+                    });
+                }
+                let changes = self.changes_from(&loaded.meta.train_config);
+                if !changes.is_empty() && !control.allow_changes {
+                    return Err(Error::Config {
+                        detail: format!(
+                            "resuming {} with other training options would not continue the \
+                             same run: {}; resume with the options it was started with, or \
+                             pass --allow-changes to record the change and go on",
+                            newest.display(),
+                            changes
+                                .iter()
+                                .map(|(k, (was, now))| format!("{k} was {was}, now {now}"))
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        ),
+                    });
+                }
+                restore_state(vs, adam, ema, &loaded.tensors, loaded.meta.step)?;
+                let own: BTreeMap<String, Tensor> = loaded
+                    .tensors
+                    .iter()
+                    .filter_map(|(k, t)| {
+                        Some((k.strip_prefix(layout::STEP)?.to_string(), t.copy()))
+                    })
+                    .collect();
+                step.restore(&own)?;
+                if self.writer {
+                    metrics::truncate(&run.metrics(), loaded.meta.step)?;
+                    if !changes.is_empty() {
+                        let changed: serde_json::Map<String, serde_json::Value> = changes
+                            .into_iter()
+                            .map(|(k, (was, now))| (k, serde_json::json!([was, now])))
+                            .collect();
+                        MetricsLog::open(&run.metrics())?.write(&serde_json::json!({
+                            "kind": "resume", "step": loaded.meta.step, "changed": changed,
+                        }))?;
+                    }
+                }
+                return Ok(loaded.meta.step);
+            }
+            (false, Some(last)) => {
+                return Err(Error::Config {
+                    detail: format!(
+                        "the run folder {} already holds a run (checkpoint {}): pass --resume \
+                         to continue it, or choose another run folder",
+                        run.root.display(),
+                        last.display()
+                    ),
+                });
+            }
+            // Nothing to resume: a fresh start, whatever an interrupted run left before
+            // its first checkpoint.
+            (_, None) => {}
+        }
+        if self.writer {
+            for stale in [run.metrics(), run.curves()] {
+                match std::fs::remove_file(&stale) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(Error::file("remove", stale, e));
+                    }
+                    _ => {}
+                }
+            }
+            let meta = self.meta(0);
+            let value = serde_json::json!({
+                "model": meta.model,
+                "model_config": meta.model_config,
+                "train_config": meta.train_config,
+            });
+            checkpoint::write_json_atomically(&run.config(), &value)?;
+        }
+        Ok(0)
+    }
+
+    /// The training options of this run that differ from those recorded in a checkpoint
+    /// (`recorded`), by name, with the old and new values. Options that do not change
+    /// the weights (checkpoint and log cadence, checkpoints kept, test images evaluated)
+    /// may change; so may the number of steps, unless the learning rate decays over them.
+    fn changes_from(
+        &self,
+        recorded: &serde_json::Value,
+    ) -> Vec<(String, (serde_json::Value, serde_json::Value))> {
+        let now = serde_json::to_value(&self.config).unwrap_or_default();
+        let mut free = vec![
+            "checkpoint_every",
+            "keep_checkpoints",
+            "log_every",
+            "eval_examples",
+        ];
+        if self.config.decay == LrDecay::Constant {
+            free.push("steps");
+        }
+        let (Some(was), Some(now)) = (recorded.as_object(), now.as_object()) else {
+            return Vec::new();
+        };
+        now.iter()
+            .filter(|(key, _)| !free.contains(&key.as_str()))
+            .filter_map(|(key, value)| {
+                let old = was.get(key).cloned().unwrap_or(serde_json::Value::Null);
+                (old != *value).then(|| (key.clone(), (old, value.clone())))
+            })
+            .collect()
+    }
+}
