@@ -351,3 +351,53 @@ fn no_message_carries_a_run_of_spaces() {
         "string literals with a run of spaces inside (a lost `\\` continuation?): {found:#?}"
     );
 }
+
+#[test]
+fn the_pure_crates_do_not_depend_on_libtorch() {
+    let ws = workspace();
+    for krate in ["elbo-math", "elbo-data", "elbo-plot"] {
+        let manifest =
+            std::fs::read_to_string(ws.join("crates").join(krate).join("Cargo.toml")).unwrap();
+        for line in manifest.lines() {
+            let name = line.split(['=', '.']).next().unwrap_or("").trim();
+            assert!(
+                name != "tch" && name != "torch-sys",
+                "{krate} depends on {name}: the pure crates build and test without libtorch"
+            );
+        }
+    }
+}
+
+/// The names of a run folder's files and folders, which only `train::layout` writes out.
+const RUN_FILES: [&str; 7] = [
+    "config.json",
+    "metrics.jsonl",
+    "curves.png",
+    "gamma.png",
+    "checkpoints",
+    "samples",
+    ".lock",
+];
+
+#[test]
+fn only_the_layout_names_a_run_folders_files() {
+    let src = workspace().join("crates/elbo-models/src");
+    let mut found = Vec::new();
+    for file in rust_files(&src) {
+        if file.ends_with("train/layout.rs") {
+            continue;
+        }
+        let source = std::fs::read_to_string(&file).unwrap();
+        // Unit tests may make run folders of their own.
+        let code = source.split("#[cfg(test)]").next().unwrap_or("");
+        for name in RUN_FILES {
+            if code.contains(&format!("join(\"{name}\")")) {
+                found.push(format!("{}: {name}", file.display()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "run-folder names outside train::layout (use RunDir's methods): {found:?}"
+    );
+}

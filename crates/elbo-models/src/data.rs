@@ -69,7 +69,7 @@ pub fn fixed_tensor(
     };
     let images = transform_for(likelihood, false)
         .apply(dataset, &indices, key)
-        .map_err(|e| Error::Config {
+        .map_err(|e| Error::Data {
             detail: format!("evaluation data: {e}"),
         })?;
     Ok(to_tensor(&images, device))

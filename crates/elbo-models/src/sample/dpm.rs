@@ -27,8 +27,9 @@ pub struct DpmSolverPp {
 
 /// A solver's message as elbo's error.
 pub(super) fn math(solver: &str, e: elbo_math::MathError) -> Error {
-    Error::Config {
-        detail: format!("{solver}: {e}"),
+    Error::MathIn {
+        what: solver.to_string(),
+        source: e,
     }
 }
 

@@ -48,8 +48,9 @@ pub trait NoiseProcess {
 }
 
 fn math(e: elbo_math::MathError) -> Error {
-    Error::Config {
-        detail: format!("noise process: {e}"),
+    Error::MathIn {
+        what: "noise process".to_string(),
+        source: e,
     }
 }
 

@@ -190,8 +190,9 @@ fn run_sweep<P>(
         splits.test.len()
     );
     elbo_plot::write(&plot, &(sweep.figure)(&points, floor, &title)).map_err(|e| {
-        Error::Config {
-            detail: format!("writing {}: {e}", plot.display()),
+        Error::Plot {
+            path: plot.clone(),
+            detail: e.to_string(),
         }
     })?;
     let json = plot.with_extension("json");

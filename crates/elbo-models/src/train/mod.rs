@@ -285,7 +285,7 @@ impl<'a> Trainer<'a> {
                         epoch,
                     },
                 )
-                .map_err(|e| Error::Config {
+                .map_err(|e| Error::Data {
                     detail: format!("training data: {e}"),
                 })?;
             let labels: Vec<i64> = indices

@@ -101,8 +101,9 @@ impl Diffusion {
         device: Device,
     ) -> Result<Diffusion> {
         let big_t = schedule.num_steps();
-        let math = |e: elbo_math::MathError| Error::Config {
-            detail: format!("diffusion coefficients: {e}"),
+        let math = |e: elbo_math::MathError| Error::MathIn {
+            what: "diffusion coefficients".to_string(),
+            source: e,
         };
         let mut signal = vec![1.0];
         let mut noise = vec![0.0];

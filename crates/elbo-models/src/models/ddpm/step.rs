@@ -215,8 +215,9 @@ impl TrainStep for DdpmStep<'_> {
 /// Improved DDPM's sampler over `1..=steps`.
 fn new_sampler(steps: usize) -> Result<LossSecondMoment> {
     let (history, uniform) = LossSecondMoment::IMPROVED_DDPM;
-    LossSecondMoment::new(steps, history, uniform).map_err(|e| Error::Config {
-        detail: format!("the timestep sampler: {e}"),
+    LossSecondMoment::new(steps, history, uniform).map_err(|e| Error::MathIn {
+        what: "the timestep sampler".to_string(),
+        source: e,
     })
 }
 

@@ -308,8 +308,9 @@ impl GammaNet {
 }
 
 fn math(e: elbo_math::MathError) -> Error {
-    Error::Config {
-        detail: format!("the VDM's schedule: {e}"),
+    Error::MathIn {
+        what: "the VDM's schedule".to_string(),
+        source: e,
     }
 }
 
