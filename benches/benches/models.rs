@@ -28,7 +28,7 @@ fn training_steps(c: &mut Criterion) {
                 .expect("the bundled sample loads");
             let config = TrainConfig::default();
             let mut adam = Adam::new(&vs, config.adam);
-            let loss = model.train_step(&config.aids).expect("no aids");
+            let loss = model.train_step().expect("a training step");
             let mut step = 0u64;
             group.bench_function(
                 format!("{model_name}/batch{BATCH}/cpu/threads{threads}"),
@@ -68,7 +68,7 @@ fn ddpm(c: &mut Criterion) {
             .expect("the bundled sample loads");
         let config = TrainConfig::default();
         let mut adam = Adam::new(&vs, config.adam);
-        let loss = model.train_step(&config.aids).expect("no aids");
+        let loss = model.train_step().expect("a training step");
         let mut step = 0u64;
         group.bench_function(
             format!("train_step/batch{DDPM_BATCH}/cpu/threads{threads}"),

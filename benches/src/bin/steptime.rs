@@ -391,7 +391,7 @@ fn train_steps(args: &Args, setting: Setting) -> Result<serde_json::Value, Strin
         ..TrainConfig::default()
     };
     let mut adam = Adam::new(&vs, config.adam);
-    let loss = model.train_step(&config.aids).map_err(|e| e.to_string())?;
+    let loss = model.train_step().map_err(|e| e.to_string())?;
     let replica = Replica {
         replicas: match &parallel {
             Some(p) => p,

@@ -59,7 +59,7 @@ pub fn trainer<'a>(
 
 /// Trains `model` (whose variables live in `vs`) on `data` as `plan` says, with its own
 /// training step and the standard loop ([`trainer`]): test evaluation on the first
-/// `config.eval_examples` test images (by the process that writes the run folder) and
+/// `config.cadence.eval_examples` test images (by the process that writes the run folder) and
 /// pictures at each epoch's end.
 pub fn fit(
     model: &dyn ElboModel,
@@ -75,7 +75,7 @@ pub fn fit(
         label,
         replicas,
     } = plan;
-    let test = match config.eval_examples {
+    let test = match config.cadence.eval_examples {
         0 => None,
         _ if replicas.rank() != 0 => None,
         n => Some(data::fixed_tensor(
@@ -85,7 +85,7 @@ pub fn fit(
             vs.device(),
         )?),
     };
-    let step = model.train_step(&config.aids)?;
+    let step = crate::models::step_for(model, &config.aids)?;
     trainer(model, config.clone(), run.clone(), label, test)
         .replicas(replicas)
         .fit(step.as_ref(), vs, data.train, control, observer)

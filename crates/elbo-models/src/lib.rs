@@ -15,7 +15,7 @@
 //! use elbo_models::models::vae::{VaeConfig, VaePreset};
 //! use elbo_models::nn::likelihood::Likelihood;
 //! use elbo_models::train::{self, Control, RunDir, TrainConfig};
-//! use elbo_models::{data, eval, fit};
+//! use elbo_models::{data, eval, fit, models};
 //!
 //! # fn main() -> elbo_models::Result<()> {
 //! let splits = elbo_data::load_bundled().expect("the bundled MNIST sample");
@@ -33,10 +33,10 @@
 //! let settings = TrainConfig {
 //!     steps: 5,
 //!     batch_size: 32,
-//!     eval_examples: 0,
+//!     cadence: train::Cadence { eval_examples: 0, ..train::Cadence::default() },
 //!     ..TrainConfig::default()
 //! };
-//! let step = model.train_step(&settings.aids)?;
+//! let step = models::step_for(model.as_ref(), &settings.aids)?;
 //! let report = fit::trainer(model.as_ref(), settings, RunDir::new(run.path()), "vae-mlp", None)
 //!     .fit(
 //!         step.as_ref(),

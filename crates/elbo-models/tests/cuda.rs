@@ -74,7 +74,7 @@ fn a_ddpm_step_runs_under_bf16_autocast() {
         labels: Tensor::zeros([8], (Kind::Int64, Device::Cuda(0))),
     };
     let before = vs.variables()["unet.input.weight"].copy();
-    let step = model.train_step(&train_config.aids).unwrap();
+    let step = model.train_step().unwrap();
     let outcome = train::optimise(
         step.as_ref(),
         &mut adam,

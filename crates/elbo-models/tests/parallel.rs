@@ -66,9 +66,12 @@ fn config(steps: u64, ema: bool) -> TrainConfig {
         steps,
         batch_size: 64,
         seed: 3,
-        checkpoint_every: 10,
-        log_every: 5,
-        eval_examples: 0,
+        cadence: train::Cadence {
+            checkpoint_every: 10,
+            log_every: 5,
+            eval_examples: 0,
+            ..train::Cadence::default()
+        },
         ema_decay: ema.then_some(0.9),
         ..TrainConfig::default()
     }
@@ -97,7 +100,7 @@ fn worker(kind: &str) {
     };
     let mut vs = train::var_store(config.seed, device);
     let model = model(kind, &vs);
-    let step = model.train_step(&config.aids).unwrap();
+    let step = model.train_step().unwrap();
     let parallel = world
         .as_ref()
         .map(|w| Parallel::connect(w, std::time::Duration::from_secs(30), device).unwrap());
@@ -234,7 +237,7 @@ fn reference(kind: &str, steps: u64) -> BTreeMap<String, Tensor> {
     let train = train_set();
     let vs = train::var_store(config.seed, Device::Cpu);
     let model = model(kind, &vs);
-    let step = model.train_step(&config.aids).unwrap();
+    let step = model.train_step().unwrap();
     let mut adam = Adam::new(&vs, config.adam);
     let batching = Batching {
         batch_size: std::num::NonZeroUsize::new(config.batch_size).unwrap(),

@@ -7,7 +7,7 @@ use elbo_models::models::ModelConfig;
 use elbo_models::models::vae::{VaeConfig, VaePreset};
 use elbo_models::nn::likelihood::Likelihood;
 use elbo_models::train::{self, Control, RunDir, TrainConfig};
-use elbo_models::{data, eval, fit};
+use elbo_models::{data, eval, fit, models};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let splits = elbo_data::load_bundled()?;
@@ -22,10 +22,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let run = std::env::temp_dir().join(format!("elbo-outside-{}", std::process::id()));
     let settings = TrainConfig {
         steps: 20,
-        eval_examples: 0,
+        cadence: train::Cadence { eval_examples: 0, ..train::Cadence::default() },
         ..TrainConfig::default()
     };
-    let step = model.train_step(&settings.aids)?;
+    let step = models::step_for(model.as_ref(), &settings.aids)?;
     let stop = AtomicBool::new(false);
     let report = fit::trainer(model.as_ref(), settings, RunDir::new(&run), "vae-mlp", None)
         .fit(

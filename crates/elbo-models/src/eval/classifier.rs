@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::models::config::CLASSIFIER as FAMILY_NAME;
 use crate::train::checkpoint::{self, CheckpointMeta};
 use crate::train::{
-    self, Batch, Control, EpochEnd, Hook, Identity, Progress, Reported, RunDir, StepLoss,
+    self, Batch, Cadence, Control, EpochEnd, Hook, Identity, Progress, Reported, RunDir, StepLoss,
     TrainConfig, TrainStep, Trainer,
 };
 
@@ -189,9 +189,12 @@ impl ClassifierTrainConfig {
             batch_size: self.batch_size,
             lr: self.lr,
             seed: self.seed,
-            checkpoint_every: steps,
-            keep_checkpoints: 1,
-            eval_examples: 0,
+            cadence: Cadence {
+                checkpoint_every: steps,
+                keep_checkpoints: 1,
+                eval_examples: 0,
+                ..Cadence::default()
+            },
             data: self.data.clone(),
             ..TrainConfig::default()
         })

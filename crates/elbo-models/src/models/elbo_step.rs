@@ -7,7 +7,7 @@ use tch::{Kind, Tensor};
 
 use super::ElboModel;
 use crate::data;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::terms::ElboTerms;
 use crate::train::aids::TrainingAids;
 use crate::train::{Batch, Reported, StepLoss, TrainStep};
@@ -31,9 +31,38 @@ impl<'a> ElboStep<'a> {
     }
 }
 
+/// The step `model` trains with under `aids`: its own ([`ElboModel::train_step`]) when
+/// neither KL warm-up nor free bits is on; otherwise the ELBO step they shape, which
+/// needs KL terms of latent layers to weigh: a model without latent layers (a diffusion
+/// model) refuses them. (Gradient skipping is the loop's, for every model.)
+pub fn step_for<'a>(
+    model: &'a dyn ElboModel,
+    aids: &TrainingAids,
+) -> Result<Box<dyn TrainStep + 'a>> {
+    if !aids.shapes_the_kl() {
+        return model.train_step();
+    }
+    if model.capabilities().latents.is_none() {
+        return Err(Error::Config {
+            detail: format!(
+                "KL warm-up and free bits weigh the KL terms of a model's latent layers; a {} \
+                 model has none (found kl_warmup {}, free_bits {}): leave them off",
+                model.config().family(),
+                aids.kl_warmup_steps,
+                aids.free_bits
+            ),
+        });
+    }
+    ElboStep::boxed(model, aids)
+}
+
 impl TrainStep for ElboStep<'_> {
     fn transform(&self, horizontal_flip: bool) -> Transform {
         data::transform_for(self.model.likelihood(), horizontal_flip)
+    }
+
+    fn kl_aids(&self) -> Option<TrainingAids> {
+        Some(self.aids)
     }
 
     fn loss(&self, batch: &Batch, step: u64) -> StepLoss {

@@ -21,7 +21,7 @@ pub mod vae;
 pub mod vdm;
 
 pub use config::ModelConfig;
-pub use elbo_step::{ElboStep, kl_shaped_loss};
+pub use elbo_step::{ElboStep, kl_shaped_loss, step_for};
 
 use tch::Tensor;
 
@@ -30,7 +30,6 @@ use crate::nn::likelihood::Likelihood;
 use crate::sample::{Guidance, SamplingOptions};
 pub use crate::terms::ElboTerms;
 use crate::train::TrainStep;
-use crate::train::aids::TrainingAids;
 
 /// A latent-variable model trained by maximising its ELBO (or, like the DDPM, an
 /// objective of its own whose optimum is the ELBO's).
@@ -51,10 +50,11 @@ pub trait ElboModel {
     fn sample(&self, n: i64) -> Result<Tensor>;
     /// Reconstructions of `x` through the posterior mean, as images in the data scale.
     fn reconstruct(&self, x: &Tensor) -> Tensor;
-    /// The training step of this model: the negative ELBO (shaped by `aids`) for the
-    /// VAEs, the model's own objective for the DDPM (which refuses aids that have no term
-    /// to act on).
-    fn train_step(&self, aids: &TrainingAids) -> Result<Box<dyn TrainStep + '_>>;
+    /// The training step of this model: the negative ELBO for the VAEs, the model's own
+    /// objective for the diffusion models. With KL warm-up or free bits, a run trains
+    /// through [`step_for`], which shapes a VAE's step by them and refuses them for a
+    /// model with no KL term to weigh.
+    fn train_step(&self) -> Result<Box<dyn TrainStep + '_>>;
     /// The capabilities it has beyond the core.
     fn capabilities(&self) -> Capabilities<'_>;
 }

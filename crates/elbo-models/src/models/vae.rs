@@ -320,8 +320,8 @@ impl ElboModel for Vae {
         self.config.likelihood.mean(&self.decode(&mean))
     }
 
-    fn train_step(&self, aids: &TrainingAids) -> Result<Box<dyn TrainStep + '_>> {
-        ElboStep::boxed(self, aids)
+    fn train_step(&self) -> Result<Box<dyn TrainStep + '_>> {
+        ElboStep::boxed(self, &TrainingAids::default())
     }
 
     fn capabilities(&self) -> Capabilities<'_> {

@@ -189,11 +189,9 @@ fn run_sweep<P>(
         config.samples,
         splits.test.len()
     );
-    elbo_plot::write(&plot, &(sweep.figure)(&points, floor, &title)).map_err(|e| {
-        Error::Plot {
-            path: plot.clone(),
-            detail: e.to_string(),
-        }
+    elbo_plot::write(&plot, &(sweep.figure)(&points, floor, &title)).map_err(|e| Error::Plot {
+        path: plot.clone(),
+        detail: e.to_string(),
     })?;
     let json = plot.with_extension("json");
     let value = serde_json::json!({

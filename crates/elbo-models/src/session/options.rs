@@ -10,7 +10,7 @@ use crate::data::DataSpec;
 use crate::error::{Error, Result};
 use crate::models::ddpm::Recipe;
 use crate::train::aids::TrainingAids;
-use crate::train::{self, LrDecay, TrainConfig};
+use crate::train::{self, Cadence, LrDecay, TrainConfig};
 
 /// What a user may set about a training run besides the model; `None` takes the
 /// model's default (its recipe's, for a DDPM).
@@ -120,7 +120,7 @@ impl TrainDefaults {
             clip: None,
             ema: None,
             horizontal_flip: false,
-            eval_examples: base.eval_examples,
+            eval_examples: base.cadence.eval_examples,
         }
     }
 
@@ -183,9 +183,14 @@ impl TrainOptions {
             clip_grad_norm: self.clip.or(defaults.clip),
             ema_decay: self.ema.or(defaults.ema),
             seed: self.seed,
-            checkpoint_every: self.checkpoint_every.unwrap_or(base.checkpoint_every),
-            keep_checkpoints: self.keep.unwrap_or(base.keep_checkpoints),
-            eval_examples: defaults.eval_examples,
+            cadence: Cadence {
+                checkpoint_every: self
+                    .checkpoint_every
+                    .unwrap_or(base.cadence.checkpoint_every),
+                keep_checkpoints: self.keep.unwrap_or(base.cadence.keep_checkpoints),
+                eval_examples: defaults.eval_examples,
+                ..base.cadence
+            },
             horizontal_flip: defaults.horizontal_flip,
             data: self.data.clone(),
             aids: TrainingAids {
@@ -193,7 +198,6 @@ impl TrainOptions {
                 ..aids
             },
             autocast_bf16: self.autocast_bf16,
-            ..base
         })
     }
 }
@@ -221,7 +225,7 @@ mod tests {
             (config.clip_grad_norm, config.ema_decay),
             (Some(1.0), Some(0.995))
         );
-        assert_eq!(config.eval_examples, 100);
+        assert_eq!(config.cadence.eval_examples, 100);
         let vae = TrainOptions::default()
             .resolve(&TrainDefaults::vae(), 9000, TrainingAids::default())
             .unwrap();

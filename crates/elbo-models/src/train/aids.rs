@@ -46,6 +46,11 @@ impl TrainingAids {
         }
     }
 
+    /// Whether KL warm-up or free bits is on (they shape the ELBO step's loss).
+    pub fn shapes_the_kl(&self) -> bool {
+        self.kl_warmup_steps > 0 || self.free_bits > 0.0
+    }
+
     /// Whether an update with gradient norm `grad_norm` is skipped.
     pub fn skips(&self, grad_norm: f64) -> bool {
         self.skip_grad_norm

@@ -22,6 +22,35 @@ pub enum LrDecay {
     },
 }
 
+/// How often a run reports and what it keeps: settings that never change the weights,
+/// so that a resume may change them (every other setting of [`TrainConfig`] is compared
+/// with the one the run was started with). In run records its fields sit beside
+/// [`TrainConfig`]'s own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cadence {
+    /// Write a checkpoint every this many steps (and always at the end).
+    pub checkpoint_every: u64,
+    /// How many checkpoints to keep.
+    pub keep_checkpoints: usize,
+    /// Write a metrics line every this many steps.
+    pub log_every: u64,
+    /// Evaluate on at most this many test examples at each epoch's end (0: never).
+    pub eval_examples: usize,
+}
+
+impl Default for Cadence {
+    /// A checkpoint every 1,000 steps, 3 kept, a metrics line every 10 steps, the test
+    /// ELBO on 1,000 images at each epoch's end.
+    fn default() -> Self {
+        Cadence {
+            checkpoint_every: 1000,
+            keep_checkpoints: 3,
+            log_every: 10,
+            eval_examples: 1000,
+        }
+    }
+}
+
 /// Everything about a training run that is not the model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -43,14 +72,9 @@ pub struct TrainConfig {
     pub ema_decay: Option<f64>,
     /// The run's seed: initialisation, data order, transforms, model noise.
     pub seed: u64,
-    /// Write a checkpoint every this many steps (and always at the end).
-    pub checkpoint_every: u64,
-    /// How many checkpoints to keep.
-    pub keep_checkpoints: usize,
-    /// Write a metrics line every this many steps.
-    pub log_every: u64,
-    /// Evaluate on at most this many test examples at each epoch's end (0: never).
-    pub eval_examples: usize,
+    /// How often the run reports and what it keeps (a resume may change these).
+    #[serde(flatten)]
+    pub cadence: Cadence,
     /// Random horizontal flips of training images (CIFAR-10).
     pub horizontal_flip: bool,
     /// The data set (recorded so that evaluation finds the same test split).
@@ -79,10 +103,7 @@ impl Default for TrainConfig {
             clip_grad_norm: None,
             ema_decay: None,
             seed: 0,
-            checkpoint_every: 1000,
-            keep_checkpoints: 3,
-            log_every: 10,
-            eval_examples: 1000,
+            cadence: Cadence::default(),
             horizontal_flip: false,
             data: DataSpec::Bundled,
             aids: TrainingAids::default(),
@@ -136,11 +157,16 @@ impl TrainConfig {
         if !(wd.is_finite() && (0.0..1.0).contains(&wd)) {
             return bad(format!("weight_decay must be in [0, 1), found {wd}"));
         }
-        if self.checkpoint_every == 0 || self.keep_checkpoints == 0 || self.log_every == 0 {
+        let Cadence {
+            checkpoint_every,
+            keep_checkpoints,
+            log_every,
+            ..
+        } = self.cadence;
+        if checkpoint_every == 0 || keep_checkpoints == 0 || log_every == 0 {
             return bad(format!(
                 "checkpoint_every, keep_checkpoints and log_every must be at least 1, found \
-                 {}, {}, {}",
-                self.checkpoint_every, self.keep_checkpoints, self.log_every
+                 {checkpoint_every}, {keep_checkpoints}, {log_every}"
             ));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {

@@ -42,7 +42,7 @@ use std::time::Instant;
 use elbo_data::{Batching, Dataset, EpochSeed, Loader, LoaderConfig};
 use tch::{Device, Tensor, nn::VarStore};
 
-pub use config::{LrDecay, TrainConfig};
+pub use config::{Cadence, LrDecay, TrainConfig};
 pub use events::{Control, Finished, Identity, Observer, Progress, RunStart, TrainReport};
 pub use hooks::{EpochEnd, Hook};
 pub use layout::RunDir;
@@ -175,6 +175,22 @@ impl<'a> Trainer<'a> {
         let config = self.config.clone();
         let replicas = self.replicas;
         check_divisible(config.batch_size, train.len(), replicas.size())?;
+        let applied = step.kl_aids().filter(aids::TrainingAids::shapes_the_kl);
+        if config.aids.shapes_the_kl()
+            && applied.is_none_or(|a| {
+                (a.kl_warmup_steps, a.free_bits)
+                    != (config.aids.kl_warmup_steps, config.aids.free_bits)
+            })
+        {
+            return Err(Error::Config {
+                detail: format!(
+                    "the configuration asks for KL warm-up {} and free bits {}, which this \
+                     training step does not apply: build the step with \
+                     elbo_models::models::step_for (as fit::fit does)",
+                    config.aids.kl_warmup_steps, config.aids.free_bits
+                ),
+            });
+        }
         if let (true, Some((name, _))) = (replicas.size() > 1, step.state().first()) {
             return Err(Error::Config {
                 detail: format!(
@@ -324,7 +340,7 @@ impl<'a> Trainer<'a> {
             index += 1;
 
             let epoch_end = index % steps_per_epoch == 0 || index == config.steps;
-            let log_now = index % config.log_every.max(1) == 0 || epoch_end;
+            let log_now = index % config.cadence.log_every.max(1) == 0 || epoch_end;
             // Reading the batch's terms back is a device sync: only at logged steps.
             let mut reported = if log_now {
                 outcome.reported.means()
@@ -357,7 +373,7 @@ impl<'a> Trainer<'a> {
                 metrics.write(&line)?;
             }
             let checkpoint_now =
-                index % config.checkpoint_every.max(1) == 0 || index == config.steps;
+                index % config.cadence.checkpoint_every.max(1) == 0 || index == config.steps;
             if checkpoint_now {
                 last_checkpoint = Some(self.save(
                     index,
@@ -494,7 +510,7 @@ impl<'a> Trainer<'a> {
             &self.run.checkpoints(),
             self.meta(step),
             &tensors,
-            self.config.keep_checkpoints,
+            self.config.cadence.keep_checkpoints,
         )
     }
 }

@@ -115,20 +115,19 @@ impl Trainer<'_> {
     }
 
     /// The training options of this run that differ from those recorded in a checkpoint
-    /// (`recorded`), by name, with the old and new values. Options that do not change
-    /// the weights (checkpoint and log cadence, checkpoints kept, test images evaluated)
-    /// may change; so may the number of steps, unless the learning rate decays over them.
+    /// (`recorded`), by name, with the old and new values. The run's [`super::Cadence`] (which
+    /// never changes the weights) may change; so may the number of steps, unless the
+    /// learning rate decays over them.
     fn changes_from(
         &self,
         recorded: &serde_json::Value,
     ) -> Vec<(String, (serde_json::Value, serde_json::Value))> {
         let now = serde_json::to_value(&self.config).unwrap_or_default();
-        let mut free = vec![
-            "checkpoint_every",
-            "keep_checkpoints",
-            "log_every",
-            "eval_examples",
-        ];
+        let cadence = serde_json::to_value(self.config.cadence).unwrap_or_default();
+        let mut free: Vec<&str> = cadence
+            .as_object()
+            .map(|fields| fields.keys().map(String::as_str).collect())
+            .unwrap_or_default();
         if self.config.decay == LrDecay::Constant {
             free.push("steps");
         }

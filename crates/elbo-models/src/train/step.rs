@@ -69,6 +69,11 @@ pub trait TrainStep {
     fn state(&self) -> Vec<(String, Tensor)> {
         Vec::new()
     }
+    /// The KL training aids this step applies (the ELBO step's); `None` by default. The
+    /// loop refuses a configuration whose KL aids the step would not apply.
+    fn kl_aids(&self) -> Option<super::aids::TrainingAids> {
+        None
+    }
     /// Called after the loss's backward pass, before the gradients are reduced or
     /// used: a step may add gradients of its own here (the VDM's variance-minimising
     /// gradient of its schedule's shape). Nothing by default.

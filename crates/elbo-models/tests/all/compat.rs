@@ -74,7 +74,10 @@ fn a_checkpoint_of_the_format_before_the_redesign_loads_and_resumes() {
     );
     let resumed = TrainConfig {
         steps: 5,
-        eval_examples: 0,
+        cadence: train::Cadence {
+            eval_examples: 0,
+            ..train::Cadence::default()
+        },
         ..train_config
     };
     let report = fit::train(

@@ -94,9 +94,12 @@ fn quick_config(steps: u64) -> TrainConfig {
         warmup_steps: 5.min(steps),
         clip_grad_norm: Some(1.0),
         ema_decay: Some(0.9),
-        eval_examples: 16,
-        checkpoint_every: 20,
-        log_every: 5,
+        cadence: train::Cadence {
+            eval_examples: 16,
+            checkpoint_every: 20,
+            log_every: 5,
+            ..train::Cadence::default()
+        },
         ..TrainConfig::default()
     }
 }

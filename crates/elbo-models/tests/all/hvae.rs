@@ -7,9 +7,9 @@ use std::sync::atomic::AtomicBool;
 
 use elbo_data::Dataset;
 use elbo_models::fit::{self, TrainData};
-use elbo_models::models::ElboModel;
 use elbo_models::models::hvae::{HvaeArch, HvaeConfig, HvaeVariant, MarkovConfig, MarkovHvae};
 use elbo_models::models::vae::{Vae, VaeConfig, VaePreset};
+use elbo_models::models::{ElboModel, ModelConfig};
 use elbo_models::nn::likelihood::Likelihood;
 use elbo_models::train::aids::TrainingAids;
 use elbo_models::train::{self, Control, RunDir, TrainConfig};
@@ -73,8 +73,11 @@ fn short(steps: u64, seed: u64) -> TrainConfig {
         steps,
         batch_size: 64,
         seed,
-        log_every: 5,
-        eval_examples: 64,
+        cadence: train::Cadence {
+            log_every: 5,
+            eval_examples: 64,
+            ..train::Cadence::default()
+        },
         ..TrainConfig::default()
     }
 }
@@ -259,7 +262,7 @@ fn skipped_updates_leave_the_weights_alone() {
         free_bits: 0.5,
         skip_grad_norm: Some(1e-9),
     };
-    config.log_every = 1;
+    config.cadence.log_every = 1;
     fit(
         model.as_ref(),
         &mut vs,
@@ -336,4 +339,64 @@ fn ladder_hvae_learns_on_the_bundled_sample() {
         after - before > 200.0 && after > -280.0,
         "test ELBO {before:.1} -> {after:.1}"
     );
+}
+
+/// KL warm-up and free bits reach a run only through the ELBO step that applies them:
+/// `models::step_for` builds it for a model with latent layers and refuses them for one
+/// without (a DDPM, named in the message), and the loop refuses a step that would
+/// ignore the aids its configuration asks for.
+#[test]
+fn kl_aids_are_applied_or_refused_never_ignored() {
+    let _generator = exclusive();
+    let aids = TrainingAids {
+        kl_warmup_steps: 10,
+        free_bits: 0.5,
+        skip_grad_norm: None,
+    };
+    let (_vs, model) = hvae(4, HvaeVariant::Ladder, HvaeArch::Mlp, 16, vec![4, 2]);
+    let shaped = elbo_models::models::step_for(model.as_ref(), &aids).unwrap();
+    assert_eq!(shaped.kl_aids(), Some(aids));
+    let plain = elbo_models::models::step_for(model.as_ref(), &TrainingAids::default()).unwrap();
+    assert!(plain.kl_aids().is_none_or(|a| !a.shapes_the_kl()));
+
+    let ddpm_vs = train::var_store(0, Device::Cpu);
+    let ddpm = ModelConfig::Ddpm(crate::common::tiny_ddpm())
+        .build(&ddpm_vs.root())
+        .unwrap();
+    let err = elbo_models::models::step_for(ddpm.as_ref(), &aids)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("a ddpm model has none") && err.contains("kl_warmup 10"),
+        "{err}"
+    );
+
+    // A plain step under a configuration with KL aids: refused before training.
+    let (train_set, _) = subset(64, 8);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut vs, model) = hvae(4, HvaeVariant::Ladder, HvaeArch::Mlp, 16, vec![4, 2]);
+    let mut config = short(2, 4);
+    config.aids = aids;
+    let step = model.train_step().unwrap();
+    let err = elbo_models::fit::trainer(model.as_ref(), config, RunDir::new(dir.path()), "h", None)
+        .fit(
+            step.as_ref(),
+            &mut vs,
+            &train_set,
+            Control {
+                resume: false,
+                stop: &AtomicBool::new(false),
+                allow_changes: false,
+            },
+            &mut (),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("does not apply") && err.contains("step_for"),
+        "{err}"
+    );
+    assert!(!dir.path().join("checkpoints").exists());
 }

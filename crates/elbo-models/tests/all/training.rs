@@ -19,9 +19,12 @@ fn config(steps: u64, seed: u64) -> TrainConfig {
         steps,
         batch_size: 32,
         seed,
-        checkpoint_every: 1000,
-        log_every: 5,
-        eval_examples: 64,
+        cadence: train::Cadence {
+            checkpoint_every: 1000,
+            log_every: 5,
+            eval_examples: 64,
+            ..train::Cadence::default()
+        },
         ..TrainConfig::default()
     }
 }
@@ -233,7 +236,7 @@ fn a_nan_loss_stops_the_run_naming_the_step_and_keeping_the_last_checkpoint() {
         test: &test_set,
     };
     let mut cfg = config(6, 5);
-    cfg.checkpoint_every = 2;
+    cfg.cadence.checkpoint_every = 2;
     // A learning rate this large blows the weights up within a few steps.
     cfg.lr = 1e30;
     let err = fit(
@@ -341,7 +344,10 @@ fn a_diverging_run_never_checkpoints_a_non_finite_state() {
     let (mut vs, model) = vae(5);
     let settings = TrainConfig {
         lr: 1e10,
-        checkpoint_every: 1,
+        cadence: train::Cadence {
+            checkpoint_every: 1,
+            ..train::Cadence::default()
+        },
         ..config(50, 5)
     };
     let err = fit(

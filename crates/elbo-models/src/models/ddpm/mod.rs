@@ -24,13 +24,12 @@ mod step;
 
 use tch::{Kind, Tensor, nn};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::models::{Capabilities, ElboModel, ElboTerms, ExactBound, ModelConfig, SteppedSampling};
 use crate::nn::likelihood::Likelihood;
 pub use crate::nn::unet::{Unet, UnetConfig};
 use crate::sample::{ClipX0, SamplerSpec, SamplingOptions, Spacing};
 use crate::train::TrainStep;
-use crate::train::aids::TrainingAids;
 pub use config::{DdpmConfig, DdpmPreset, LossKind, Recipe, RecipeName, TimestepSampling};
 pub use diffusion::{Decoder, Diffusion, Objective, ScheduleKind, VarianceKind};
 pub use guidance::Guided;
@@ -146,16 +145,7 @@ impl ElboModel for Ddpm {
     }
 
     /// Refuses the VAEs' aids (KL warm-up, free bits): a DDPM has no KL term to weigh.
-    fn train_step(&self, aids: &TrainingAids) -> Result<Box<dyn TrainStep + '_>> {
-        if aids.kl_warmup_steps > 0 || aids.free_bits > 0.0 {
-            return Err(Error::Config {
-                detail: format!(
-                    "KL warm-up and free bits shape a VAE's KL terms; a DDPM has no such term \
-                     to weigh (found kl_warmup {}, free_bits {})",
-                    aids.kl_warmup_steps, aids.free_bits
-                ),
-            });
-        }
+    fn train_step(&self) -> Result<Box<dyn TrainStep + '_>> {
         Ok(Box::new(DdpmStep::new(self)?))
     }
 

@@ -377,8 +377,8 @@ impl ElboModel for LadderHvae {
         self.config.likelihood.mean(&self.decode(&h))
     }
 
-    fn train_step(&self, aids: &TrainingAids) -> Result<Box<dyn TrainStep + '_>> {
-        ElboStep::boxed(self, aids)
+    fn train_step(&self) -> Result<Box<dyn TrainStep + '_>> {
+        ElboStep::boxed(self, &TrainingAids::default())
     }
 
     fn capabilities(&self) -> Capabilities<'_> {

@@ -263,8 +263,8 @@ impl ElboModel for MarkovHvae {
         self.config.likelihood.mean(&self.bottom.decode(&mean))
     }
 
-    fn train_step(&self, aids: &TrainingAids) -> Result<Box<dyn TrainStep + '_>> {
-        ElboStep::boxed(self, aids)
+    fn train_step(&self) -> Result<Box<dyn TrainStep + '_>> {
+        ElboStep::boxed(self, &TrainingAids::default())
     }
 
     fn capabilities(&self) -> Capabilities<'_> {

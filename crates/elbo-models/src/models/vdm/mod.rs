@@ -43,7 +43,6 @@ use crate::nn::likelihood::{Likelihood, discretized_gaussian_log_prob};
 pub use crate::nn::unet::{Unet, UnetConfig};
 use crate::sample::{ClipX0, Denoiser, SamplerSpec, SamplingOptions, Spacing};
 use crate::train::TrainStep;
-use crate::train::aids::TrainingAids;
 pub use config::{VdmConfig, VdmPreset};
 pub use schedule::{GammaAt, GammaKind, GammaNet};
 use step::VdmStep;
@@ -322,16 +321,7 @@ impl ElboModel for Vdm {
 
     /// Refuses the VAEs' aids (KL warm-up, free bits): the VDM's KL terms are the
     /// diffusion's, not a latent code's to protect.
-    fn train_step(&self, aids: &TrainingAids) -> Result<Box<dyn TrainStep + '_>> {
-        if aids.kl_warmup_steps > 0 || aids.free_bits > 0.0 {
-            return Err(Error::Config {
-                detail: format!(
-                    "KL warm-up and free bits shape a VAE's KL terms; a VDM has no such term \
-                     to weigh (found kl_warmup {}, free_bits {})",
-                    aids.kl_warmup_steps, aids.free_bits
-                ),
-            });
-        }
+    fn train_step(&self) -> Result<Box<dyn TrainStep + '_>> {
         Ok(Box::new(VdmStep::new(self)))
     }
 
