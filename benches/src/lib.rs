@@ -110,11 +110,11 @@ fn scale(model: &dyn ElboModel, pixels: &Tensor) -> Tensor {
 /// default (with 50 steps).
 pub fn ddim(steps: usize) -> SamplingOptions {
     SamplingOptions {
-        sampler: SamplerSpec::Ddim {
+        sampler: SamplerSpec::Ddim(elbo_models::sample::ddim::Ddim {
             steps,
             eta: 0.0,
             spacing: Spacing::Uniform,
-        },
+        }),
         clip_x0: elbo_models::sample::ClipX0::Static,
         guidance: None,
     }

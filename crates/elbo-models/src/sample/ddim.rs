@@ -9,7 +9,7 @@ use super::{ClipX0, Denoiser, NoiseProcess, Sampler, Spacing, Trajectory, kept_t
 use crate::error::Result;
 
 /// The DDIM sampler.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Ddim {
     /// Network evaluations (timesteps kept).
     pub steps: usize,

@@ -15,7 +15,7 @@ use super::{ClipX0, Denoiser, NoiseProcess, Sampler, Spacing, Trajectory, kept_t
 use crate::error::{Error, Result};
 
 /// The DPM-Solver++ sampler.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DpmSolverPp {
     /// Network evaluations (timesteps kept).
     pub steps: usize,
@@ -108,7 +108,7 @@ impl Sampler for DpmSolverPp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sample::{SamplerSpec, ddim::Ddim};
+    use crate::sample::{SamplerSpec, ddim::Ddim, unipc::UniPc};
     use elbo_math::NoiseSchedule;
     use tch::{Device, Kind};
 
@@ -190,35 +190,35 @@ mod tests {
         let mut errors = Vec::new();
         for (sampler, name) in [
             (
-                SamplerSpec::DpmSolverPp {
+                SamplerSpec::DpmSolverPp(DpmSolverPp {
                     steps: 10,
                     order: 2,
                     spacing: uniform,
-                },
+                }),
                 "2m-10",
             ),
             (
-                SamplerSpec::Ddim {
+                SamplerSpec::Ddim(Ddim {
                     steps: 10,
                     eta: 0.0,
                     spacing: uniform,
-                },
+                }),
                 "ddim-10",
             ),
             (
-                SamplerSpec::DpmSolverPp {
+                SamplerSpec::DpmSolverPp(DpmSolverPp {
                     steps: 10,
                     order: 2,
                     spacing: Spacing::LogSnr,
-                },
+                }),
                 "2m-10-logsnr",
             ),
             (
-                SamplerSpec::Ddim {
+                SamplerSpec::Ddim(Ddim {
                     steps: 20,
                     eta: 0.0,
                     spacing: Spacing::LogSnr,
-                },
+                }),
                 "ddim-20-logsnr",
             ),
         ] {
@@ -235,14 +235,18 @@ mod tests {
             let (noise, x) = run(sampler.build().as_ref(), &denoiser);
             error(&x, &noise)
         };
-        let unipc = |steps| SamplerSpec::UniPc {
-            steps,
-            spacing: Spacing::LogSnr,
+        let unipc = |steps| {
+            SamplerSpec::UniPc(UniPc {
+                steps,
+                spacing: Spacing::LogSnr,
+            })
         };
-        let dpm2m = |steps| SamplerSpec::DpmSolverPp {
-            steps,
-            order: 2,
-            spacing: Spacing::LogSnr,
+        let dpm2m = |steps| {
+            SamplerSpec::DpmSolverPp(DpmSolverPp {
+                steps,
+                order: 2,
+                spacing: Spacing::LogSnr,
+            })
         };
         let (u20, u40) = (log_snr_error(unipc(20)), log_snr_error(unipc(40)));
         let (d20, d40) = (log_snr_error(dpm2m(20)), log_snr_error(dpm2m(40)));
@@ -261,12 +265,12 @@ mod tests {
         ] {
             for order in 0..=3 {
                 let sampler = match order {
-                    0 => SamplerSpec::UniPc { steps: 8, spacing },
-                    _ => SamplerSpec::DpmSolverPp {
+                    0 => SamplerSpec::UniPc(UniPc { steps: 8, spacing }),
+                    _ => SamplerSpec::DpmSolverPp(DpmSolverPp {
                         steps: 8,
                         order,
                         spacing,
-                    },
+                    }),
                 };
                 let (_, x) = run(sampler.build().as_ref(), &denoiser);
                 assert!(x.isfinite().all().int64_value(&[]) == 1, "{sampler}");

@@ -58,42 +58,23 @@ pub enum SamplerSpec {
     Ancestral,
     /// DDIM over `steps` timesteps: `eta = 0` is deterministic, `eta = 1` has the
     /// posterior's variance.
-    Ddim {
-        /// Network evaluations (timesteps kept).
-        steps: usize,
-        /// The noise scale.
-        eta: f64,
-        /// Which timesteps.
-        spacing: Spacing,
-    },
+    Ddim(Ddim),
     /// DPM-Solver++ of order 1 (`dpm++1`, DDIM), 2 (`dpm++2m`) or 3 (`dpm++3m`),
     /// multistep, over `steps` timesteps.
-    DpmSolverPp {
-        /// Network evaluations (timesteps kept).
-        steps: usize,
-        /// 1, 2 or 3.
-        order: usize,
-        /// Which timesteps.
-        spacing: Spacing,
-    },
+    DpmSolverPp(DpmSolverPp),
     /// UniPC (bh2, order 2, with its corrector) over `steps` timesteps.
-    UniPc {
-        /// Network evaluations (timesteps kept).
-        steps: usize,
-        /// Which timesteps.
-        spacing: Spacing,
-    },
+    UniPc(UniPc),
 }
 
 impl Default for SamplerSpec {
     /// DDIM with 50 uniform steps and `eta = 0`: the previews and sample grids (20 times
     /// faster than ancestral sampling at T = 1000).
     fn default() -> Self {
-        SamplerSpec::Ddim {
+        SamplerSpec::Ddim(Ddim {
             steps: 50,
             eta: 0.0,
             spacing: Spacing::Uniform,
-        }
+        })
     }
 }
 
@@ -143,17 +124,17 @@ impl FromStr for SamplerSpec {
             }
         }
         Ok(match order {
-            None => SamplerSpec::Ddim {
+            None => SamplerSpec::Ddim(Ddim {
                 steps,
                 eta,
                 spacing,
-            },
-            Some(0) => SamplerSpec::UniPc { steps, spacing },
-            Some(order) => SamplerSpec::DpmSolverPp {
+            }),
+            Some(0) => SamplerSpec::UniPc(UniPc { steps, spacing }),
+            Some(order) => SamplerSpec::DpmSolverPp(DpmSolverPp {
                 steps,
                 order,
                 spacing,
-            },
+            }),
         })
     }
 }
@@ -162,22 +143,22 @@ impl fmt::Display for SamplerSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SamplerSpec::Ancestral => f.write_str("ancestral"),
-            SamplerSpec::Ddim {
+            SamplerSpec::Ddim(Ddim {
                 steps,
                 eta,
                 spacing,
-            } => {
+            }) => {
                 write!(f, "ddim-{steps}")?;
                 if *eta != 0.0 {
                     write!(f, "-eta={eta}")?;
                 }
                 f.write_str(spacing.suffix())
             }
-            SamplerSpec::DpmSolverPp {
+            SamplerSpec::DpmSolverPp(DpmSolverPp {
                 steps,
                 order,
                 spacing,
-            } => {
+            }) => {
                 let kind = if *order == 1 { "1" } else { "m" };
                 let order = if *order == 1 {
                     String::new()
@@ -186,7 +167,7 @@ impl fmt::Display for SamplerSpec {
                 };
                 write!(f, "dpm++{order}{kind}-{steps}{}", spacing.suffix())
             }
-            SamplerSpec::UniPc { steps, spacing } => {
+            SamplerSpec::UniPc(UniPc { steps, spacing }) => {
                 write!(f, "unipc-{steps}{}", spacing.suffix())
             }
         }
@@ -283,7 +264,7 @@ impl SamplerSpec {
     pub fn family(&self) -> String {
         match *self {
             SamplerSpec::Ancestral => "ancestral".to_string(),
-            SamplerSpec::Ddim { eta, spacing, .. } => {
+            SamplerSpec::Ddim(Ddim { eta, spacing, .. }) => {
                 let eta = if eta == 0.0 {
                     String::new()
                 } else {
@@ -291,7 +272,7 @@ impl SamplerSpec {
                 };
                 format!("ddim{eta}{}", spacing.suffix())
             }
-            SamplerSpec::DpmSolverPp { order, spacing, .. } => {
+            SamplerSpec::DpmSolverPp(DpmSolverPp { order, spacing, .. }) => {
                 let kind = if order == 1 {
                     "1".to_string()
                 } else {
@@ -299,7 +280,7 @@ impl SamplerSpec {
                 };
                 format!("dpm++{kind}{}", spacing.suffix())
             }
-            SamplerSpec::UniPc { spacing, .. } => format!("unipc{}", spacing.suffix()),
+            SamplerSpec::UniPc(UniPc { spacing, .. }) => format!("unipc{}", spacing.suffix()),
         }
     }
 
@@ -309,24 +290,26 @@ impl SamplerSpec {
     pub fn sweep() -> Vec<SamplerSpec> {
         let uniform = Spacing::Uniform;
         let mut out: Vec<SamplerSpec> = [5, 10, 15, 20, 50]
-            .map(|steps| SamplerSpec::Ddim {
-                steps,
-                eta: 0.0,
-                spacing: uniform,
+            .map(|steps| {
+                SamplerSpec::Ddim(Ddim {
+                    steps,
+                    eta: 0.0,
+                    spacing: uniform,
+                })
             })
             .to_vec();
         for steps in [5, 10, 15, 20] {
-            out.push(SamplerSpec::DpmSolverPp {
+            out.push(SamplerSpec::DpmSolverPp(DpmSolverPp {
                 steps,
                 order: 2,
                 spacing: uniform,
-            });
+            }));
         }
         for steps in [5, 10, 15, 20] {
-            out.push(SamplerSpec::UniPc {
+            out.push(SamplerSpec::UniPc(UniPc {
                 steps,
                 spacing: uniform,
-            });
+            }));
         }
         out
     }
@@ -335,25 +318,9 @@ impl SamplerSpec {
     pub fn build(&self) -> Box<dyn Sampler> {
         match *self {
             SamplerSpec::Ancestral => Box::new(Ancestral),
-            SamplerSpec::Ddim {
-                steps,
-                eta,
-                spacing,
-            } => Box::new(Ddim {
-                steps,
-                eta,
-                spacing,
-            }),
-            SamplerSpec::DpmSolverPp {
-                steps,
-                order,
-                spacing,
-            } => Box::new(DpmSolverPp {
-                steps,
-                order,
-                spacing,
-            }),
-            SamplerSpec::UniPc { steps, spacing } => Box::new(UniPc { steps, spacing }),
+            SamplerSpec::Ddim(sampler) => Box::new(sampler),
+            SamplerSpec::DpmSolverPp(sampler) => Box::new(sampler),
+            SamplerSpec::UniPc(sampler) => Box::new(sampler),
         }
     }
 
@@ -361,14 +328,15 @@ impl SamplerSpec {
     pub fn validate(&self, process: &dyn NoiseProcess) -> Result<()> {
         match *self {
             SamplerSpec::Ancestral => {}
-            SamplerSpec::Ddim { steps, spacing, .. } | SamplerSpec::UniPc { steps, spacing } => {
+            SamplerSpec::Ddim(Ddim { steps, spacing, .. })
+            | SamplerSpec::UniPc(UniPc { steps, spacing }) => {
                 kept_timesteps(process, steps, spacing)?;
             }
-            SamplerSpec::DpmSolverPp {
+            SamplerSpec::DpmSolverPp(DpmSolverPp {
                 steps,
                 order,
                 spacing,
-            } => {
+            }) => {
                 if !(1..=3).contains(&order) {
                     return Err(Error::Config {
                         detail: format!("DPM-Solver++ has orders 1 to 3, found {order}"),
@@ -406,19 +374,19 @@ mod tests {
         }
         assert_eq!(
             "ddim-10-eta=0.5".parse::<SamplerSpec>().unwrap(),
-            SamplerSpec::Ddim {
+            SamplerSpec::Ddim(Ddim {
                 steps: 10,
                 eta: 0.5,
                 spacing: Spacing::Uniform
-            }
+            })
         );
         assert_eq!(
             "dpm++2m-15".parse::<SamplerSpec>().unwrap(),
-            SamplerSpec::DpmSolverPp {
+            SamplerSpec::DpmSolverPp(DpmSolverPp {
                 steps: 15,
                 order: 2,
                 spacing: Spacing::Uniform
-            }
+            })
         );
         for bad in [
             "ddpm",
@@ -492,5 +460,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("between 1 and T = 100"), "{err}");
+    }
+
+    /// A spec holds its sampler's own configuration, and its record in a checkpoint is
+    /// the one written before (the kind beside the sampler's fields).
+    #[test]
+    fn a_spec_records_its_sampler_as_before() {
+        let spec: SamplerSpec = "dpm++2m-15-karras".parse().unwrap();
+        assert_eq!(
+            serde_json::to_value(spec).unwrap(),
+            serde_json::json!({"kind": "dpm-solver-pp", "steps": 15, "order": 2, "spacing": "karras"})
+        );
+        assert_eq!(
+            serde_json::to_value(SamplerSpec::default()).unwrap(),
+            serde_json::json!({"kind": "ddim", "steps": 50, "eta": 0.0, "spacing": "uniform"})
+        );
+        for text in [
+            "ancestral",
+            "ddim-10-eta=0.5",
+            "unipc-8-logsnr",
+            "dpm++3m-12",
+        ] {
+            let spec: SamplerSpec = text.parse().unwrap();
+            let back: SamplerSpec =
+                serde_json::from_value(serde_json::to_value(spec).unwrap()).unwrap();
+            assert_eq!(back, spec, "{text}");
+        }
     }
 }

@@ -16,7 +16,7 @@ use super::{ClipX0, Denoiser, Sampler, Spacing, Trajectory, kept_timesteps, star
 use crate::error::Result;
 
 /// The UniPC sampler (bh2, order 2, with its corrector).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UniPc {
     /// Network evaluations (timesteps kept).
     pub steps: usize,

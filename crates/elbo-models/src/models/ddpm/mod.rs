@@ -55,11 +55,11 @@ impl Ddpm {
         let schedule = config.schedule.build(config.timesteps)?;
         let diffusion = Diffusion::new(schedule, config.objective, config.variance, path.device())?;
         // DDIM-50 when T >= 50, else DDIM over all T steps.
-        let sampling = SamplingOptions::clipped(SamplerSpec::Ddim {
+        let sampling = SamplingOptions::clipped(SamplerSpec::Ddim(crate::sample::ddim::Ddim {
             steps: diffusion.timesteps().min(50),
             eta: 0.0,
             spacing: Spacing::Uniform,
-        });
+        }));
         Ok(Ddpm {
             config,
             unet,

@@ -100,11 +100,11 @@ impl Vdm {
             config.gamma_features,
             config.sampling_steps,
         )?;
-        let sampling = SamplingOptions::clipped(SamplerSpec::Ddim {
+        let sampling = SamplingOptions::clipped(SamplerSpec::Ddim(crate::sample::ddim::Ddim {
             steps: config.sampling_steps.min(50),
             eta: 0.0,
             spacing: Spacing::Uniform,
-        });
+        }));
         Ok(Vdm {
             config,
             unet,
