@@ -13,10 +13,15 @@ use crate::libtorch::{TORCH_VERSION, Variant};
 pub const CPU_EXTRA_WHEELS: [&str; 2] =
     ["nvidia-cuda-runtime==13.0.96", "nvidia-cuda-cupti==13.0.85"];
 
-/// Header-only CUDA wheels that the CUDA variant adds to torch's dependencies: c10d's
+/// The header-only CUDA wheels that the CUDA variant adds to torch's dependencies: c10d's
 /// `ProcessGroupNCCL.hpp` includes ATen's CUDA headers, which need the CUDA compiler's
 /// `crt/` and libcu++'s `nv/target`, in no runtime wheel (nothing of them is linked).
-pub const CUDA_HEADER_WHEELS: [&str; 2] = ["nvidia-cuda-crt==13.0.88", "nvidia-cuda-cccl==13.0.85"];
+/// Asked for as extras of NVIDIA's `cuda-toolkit` meta-package, unpinned: torch itself
+/// requires `cuda-toolkit[cublas,cudart,...]==13.0.3` (torch 2.13.0's Requires-Dist),
+/// pip resolves one version of it for both requirements, and so the headers come from
+/// the toolkit release of the runtime torch loads (nvidia-cuda-crt 13.0.88 and
+/// nvidia-cuda-cccl 13.0.85 for 13.0.3, where unpinned wheels would be 13.5's).
+pub const CUDA_HEADER_WHEELS: [&str; 1] = ["cuda-toolkit[crt,cccl]"];
 
 /// How to call pip.
 #[derive(Debug, Clone)]
@@ -259,8 +264,10 @@ mod tests {
         assert!(cpu.contains(&"nvidia-cuda-cupti==13.0.85".to_string()));
         let cuda = pip("python3").download_args(Variant::Cuda, dest);
         assert!(!cuda.contains(&"--no-deps".to_string()));
-        assert!(cuda.contains(&"nvidia-cuda-crt==13.0.88".to_string()));
-        assert!(!cpu.contains(&"nvidia-cuda-crt==13.0.88".to_string()));
+        // The headers follow torch's own pin of the CUDA toolkit: no version of their own.
+        assert!(cuda.contains(&"cuda-toolkit[crt,cccl]".to_string()));
+        assert!(!cuda.iter().any(|a| a.starts_with("nvidia-cuda-crt")));
+        assert!(!cpu.contains(&"cuda-toolkit[crt,cccl]".to_string()));
         assert!(
             cuda.windows(2)
                 .any(|w| w == ["--platform", "manylinux_2_28_x86_64"])

@@ -362,8 +362,16 @@ fn samplings(args: &Args, setting: Setting) -> Result<serde_json::Value, String>
 /// data-parallel job, each rank stepping on its `batch / world` slice with the gradient
 /// all-reduce of training (`--batch` stays the global batch).
 fn train_steps(args: &Args, setting: Setting) -> Result<serde_json::Value, String> {
-    let device = setting.device;
     let world = World::from_env().map_err(|e| e.to_string())?;
+    // Under a launcher each rank computes on its own GPU, cuda:LOCAL_RANK: the model, the
+    // batch, the synchronisations and the memory peaks all go there.
+    let setting = Setting {
+        device: world
+            .as_ref()
+            .map_or(setting.device, |w| w.device(setting.device)),
+        ..setting
+    };
+    let device = setting.device;
     let parallel = match &world {
         Some(w) => Some(
             Parallel::connect(w, Duration::from_secs(120), device).map_err(|e| e.to_string())?,

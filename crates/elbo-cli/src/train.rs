@@ -82,6 +82,10 @@ fn train_as(
 ) -> Result<ExitCode> {
     let job = args.boxed_job(on);
     let looped = args.looped();
+    if looped.deterministic {
+        session::use_deterministic_algorithms(true)
+            .map_err(|e| anyhow::anyhow!("--deterministic: {e}"))?;
+    }
     let stop = stop_flag()?;
     let control = Control {
         resume: looped.resume,

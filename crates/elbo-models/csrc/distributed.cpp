@@ -18,6 +18,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef ELBO_NCCL
+#include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
@@ -28,6 +29,9 @@ struct elbo_pg {
   c10::intrusive_ptr<c10d::Backend> backend;
   int rank;
   int world;
+  // Store barriers held so far: every rank counts them alike, so the n-th of each
+  // rank meets under the same key.
+  int64_t store_barriers = 0;
 };
 
 namespace {
@@ -61,11 +65,13 @@ extern "C" {
 
 // Rendezvous of `world` processes on the TCPStore at host:port (this process hosts it
 // when `host_store` is 1, else connects to it, retrying until the timeout), under the
-// key prefix `prefix`, then a process group over it: Gloo, or NCCL when `nccl` is 1.
+// key prefix `prefix`, then a process group over it: Gloo, or NCCL when `nccl` is 1, on
+// the GPU `device` (made this process's current device, bound to the group, and
+// connected at once, as torch.distributed.init_process_group(device_id=...) does).
 // The group's operations time out after `timeout_ms`.
 char* elbo_pg_new(const char* host, int port, int rank, int world, int host_store,
                   const char* prefix, int64_t timeout_ms, int gloo_threads, int nccl,
-                  elbo_pg** out) {
+                  int device, elbo_pg** out) {
   *out = nullptr;
   std::string at = std::string(host) + ":" + std::to_string(port);
   std::string stage = "the rendezvous at " + at;
@@ -83,10 +89,19 @@ char* elbo_pg_new(const char* host, int port, int rank, int world, int host_stor
     if (nccl != 0) {
       stage = "creating the NCCL process group (rendezvous at " + at + ")";
 #ifdef ELBO_NCCL
+      const at::Device gpu(at::kCUDA, static_cast<c10::DeviceIndex>(device));
+      c10::cuda::set_device(gpu.index());
       auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
       nccl_options->timeout = millis(timeout_ms);
-      backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, nccl_options);
+      auto nccl_group =
+          c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, nccl_options);
+      nccl_group->setBoundDeviceId(gpu);
+      stage = "connecting the NCCL process group on cuda:" + std::to_string(device) +
+              " (rendezvous at " + at + ")";
+      nccl_group->eagerConnectSingleDevice(gpu);
+      backend = nccl_group;
 #else
+      (void)device;
       return message(stage + ": this elbo was built without NCCL (it needs the CUDA "
                      "libtorch with NCCL's headers: cargo xtask setup --cuda)");
 #endif
@@ -107,7 +122,15 @@ char* elbo_pg_new(const char* host, int port, int rank, int world, int host_stor
   }
 }
 
-void elbo_pg_free(elbo_pg* pg) { delete pg; }
+// Shuts the group down (NCCL's communicators and watchdog; nothing for Gloo), then frees
+// it. A failure to shut down cannot be reported from here and does not keep the memory.
+void elbo_pg_free(elbo_pg* pg) {
+  try {
+    pg->backend->shutdown();
+  } catch (...) {
+  }
+  delete pg;
+}
 
 }  // extern "C"
 
@@ -174,6 +197,27 @@ char* elbo_pg_barrier(elbo_pg* pg, int64_t timeout_ms) {
     return message(where(pg, "barrier") + ": " + describe(e));
   } catch (...) {
     return message(where(pg, "barrier") + ": unknown C++ exception");
+  }
+}
+
+// Returns when every process has called it, or fails after `timeout_ms`: a barrier
+// through the rendezvous store, not a collective of the process group. NCCL times every
+// collective with the group's own timeout, whatever the caller waits, so a barrier that
+// may have to wait longer than a step (the other ranks while rank 0 writes a checkpoint
+// and evaluates) goes through the store, whose waits take their own timeout.
+char* elbo_pg_store_barrier(elbo_pg* pg, int64_t timeout_ms) {
+  try {
+    const std::string key = "elbo/barrier/" + std::to_string(pg->store_barriers++);
+    const int64_t arrived = pg->store->add(key + "/arrived", 1);
+    if (arrived == pg->world) {
+      pg->store->set(key + "/all", std::vector<uint8_t>{1});
+    }
+    pg->store->wait({key + "/all"}, millis(timeout_ms));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return message(where(pg, "waiting for the other processes") + ": " + describe(e));
+  } catch (...) {
+    return message(where(pg, "waiting for the other processes") + ": unknown C++ exception");
   }
 }
 

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
+#include <torch/headeronly/version.h>
 
 #include "elbo_ops.h"
 
@@ -182,5 +183,26 @@ char* elbo_cuda_autocast_dtype() {
     return message(std::string("error: ") + e.what());
   }
 }
+
+// Deterministic algorithms everywhere, or not (torch.use_deterministic_algorithms, with
+// cuDNN's deterministic choice and without its benchmark search): an operation without
+// a deterministic kernel then fails, naming itself, instead of making a run that
+// cannot be repeated.
+char* elbo_set_deterministic(int on) {
+  try {
+    at::globalContext().setDeterministicAlgorithms(on != 0, /*warn_only=*/false);
+    at::globalContext().setDeterministicCuDNN(on != 0);
+    if (on != 0) at::globalContext().setBenchmarkCuDNN(false);
+    return nullptr;
+  } catch (const std::exception& e) {
+    return message(e.what());
+  }
+}
+
+// Whether deterministic algorithms are on.
+int elbo_deterministic() { return at::globalContext().deterministicAlgorithms() ? 1 : 0; }
+
+// The loaded libtorch's version, as its headers name it (e.g. "2.13.0").
+char* elbo_torch_version() { return message(TORCH_VERSION); }
 
 }  // extern "C"

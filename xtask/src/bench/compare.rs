@@ -212,6 +212,7 @@ pub(super) fn case_row(
         data: None,
         efficiency: None,
         variants: Vec::new(),
+        failed_variants: Vec::new(),
         best: None,
     })
 }

@@ -175,6 +175,7 @@ fn compare(ws: &Path, steptime: &Path, python: &Path, args: &BenchArgs) -> Resul
             let mut default_adam = Vec::new();
             let mut fused_adam = Vec::new();
             let mut variant_runs: Vec<Vec<StepRun>> = vec![Vec::new(); variants.len()];
+            let mut variant_failures: Vec<Option<String>> = vec![None; variants.len()];
             // The matmul peak again just before each of elbo's training runs: the
             // efficiency pairs each run with the peak of the same minutes, as a shared
             // machine's speed drifts between the start of the run and this case.
@@ -209,15 +210,39 @@ fn compare(ws: &Path, steptime: &Path, python: &Path, args: &BenchArgs) -> Resul
                 if case.task == "train" {
                     fused_adam.push(pytorch("fused", &[])?);
                 }
-                for (variant, runs) in variants.iter().zip(&mut variant_runs) {
-                    runs.push(pytorch("fused", variant.flags())?);
+                for ((variant, runs), failure) in variants
+                    .iter()
+                    .zip(&mut variant_runs)
+                    .zip(&mut variant_failures)
+                {
+                    // A variant that failed (torch.compile without a compiler, say) is
+                    // that variant's failure: it is left out, the comparison goes on.
+                    if failure.is_some() {
+                        continue;
+                    }
+                    match pytorch("fused", variant.flags()) {
+                        Ok(run) => runs.push(run),
+                        Err(e) => {
+                            let why = format!("{e:#}");
+                            eprintln!("PyTorch ({}) failed, left out: {why}", variant.name());
+                            *failure = Some(why.lines().next().unwrap_or("").to_string());
+                        }
+                    }
                 }
             }
             let mut row = case_row(case, threads, &ours, &default_adam, &fused_adam)?;
+            row.failed_variants = variants
+                .iter()
+                .zip(&variant_failures)
+                .filter_map(|(v, f)| Some((v.name().to_string(), f.clone()?)))
+                .collect();
             let variant_rows: Vec<(VariantChoice, &[StepRun])> = variants
                 .iter()
                 .copied()
                 .zip(variant_runs.iter().map(Vec::as_slice))
+                .zip(&variant_failures)
+                .filter(|(_, failure)| failure.is_none())
+                .map(|(row, _)| row)
                 .collect();
             with_variants(&mut row, &ours, &variant_rows)?;
             row.efficiency = efficiency(&row, &default_adam, &ours, &peaks);

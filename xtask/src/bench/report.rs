@@ -160,6 +160,10 @@ pub struct CaseRow {
     /// PyTorch's variants (torch.compile, channels-last), each with fused Adam.
     #[serde(default)]
     pub variants: Vec<VariantRow>,
+    /// PyTorch's variants that failed on this case (name, the first line of why): a
+    /// variant's failure is its own, and the comparison goes on without it.
+    #[serde(default)]
+    pub failed_variants: Vec<(String, String)>,
     /// The fastest PyTorch of all, and elbo's ratio to it.
     #[serde(default)]
     pub best: Option<Best>,
@@ -514,6 +518,15 @@ fn best_table(md: &mut String, report: &Report) {
             best.speedup_range[1],
             if best.speedup >= 1.0 { "met" } else { "missed" },
         ));
+    }
+    for row in report.cases() {
+        for (variant, why) in &row.failed_variants {
+            md.push_str(&format!(
+                "\nPyTorch ({variant}) failed on {} {} (batch {}, threads {}), left out of its \
+                 row: {why}\n",
+                row.model, row.task, row.batch, row.threads
+            ));
+        }
     }
 }
 

@@ -8,9 +8,15 @@
 //! `target/gpu-check/report.md`. Every step is the code path the CPU runs, with
 //! `--device cuda`. On a machine without a GPU it says so and does nothing.
 
+mod plan;
+mod probe;
+mod report;
+mod runner;
+mod tensors;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -18,6 +24,12 @@ use crate::bench::{self, BenchArgs, VariantChoice};
 use crate::cargo;
 use crate::libtorch::Variant;
 use crate::setup;
+use plan::{BENCH, BUILD, CIFAR, CUDA_TESTS, DDIM, RESUME, SETUP, TRAIN};
+pub use plan::{Planned, plan};
+pub use probe::{GpuProbe, cuda_available, probe};
+pub use report::{CheckReport, Outcome, Step, markdown};
+pub use runner::{Ran, not_run};
+pub use tensors::compare;
 
 /// The arguments of `cargo xtask gpu-check`.
 #[derive(Debug, Clone, clap::Args)]
@@ -34,6 +46,11 @@ pub struct GpuCheckArgs {
     /// Leave out the comparison with PyTorch (it installs torch into a venv: ~5 GB).
     #[arg(long)]
     pub no_pytorch: bool,
+    /// Only what matters most, inside 10 minutes once the set-up is done: the build, the
+    /// cuda tests, 50 bf16 steps of ddpm-cifar10 with the resume check, and the bench's
+    /// ddpm-cifar10 training case (eager PyTorch only).
+    #[arg(long)]
+    pub quick: bool,
 }
 
 /// `--device` of the GPU check: a CUDA device.
@@ -45,153 +62,39 @@ fn parse_gpu(text: &str) -> Result<String, String> {
     Ok(device)
 }
 
-/// What `nvidia-smi` says about the machine's GPUs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum GpuProbe {
-    /// One line per GPU: name, memory, driver.
-    Gpus(Vec<String>),
-    /// No GPU, and why we think so.
-    NoGpu(String),
-}
+/// A step's work that did not fail but was not done, or fell back: the report records
+/// it as skipped, with this reason.
+#[derive(Debug)]
+pub struct Skip(pub String);
 
-/// Asks `program` (`nvidia-smi`) for the GPUs: none when it is missing, fails or lists
-/// none.
-pub fn probe(program: &str) -> GpuProbe {
-    let output = Command::new(program)
-        .args([
-            "--query-gpu=name,memory.total,driver_version",
-            "--format=csv,noheader",
-        ])
-        .output();
-    match output {
-        Err(e) => GpuProbe::NoGpu(format!("{program} could not be run ({e})")),
-        Ok(out) if !out.status.success() => GpuProbe::NoGpu(format!(
-            "{program} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Ok(out) => {
-            let gpus: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect();
-            if gpus.is_empty() {
-                GpuProbe::NoGpu(format!("{program} lists no GPU"))
-            } else {
-                GpuProbe::Gpus(gpus)
-            }
-        }
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
-/// How a step of the check ended.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
-    /// It did what it should.
-    Passed,
-    /// It did not: why.
-    Failed(String),
-    /// It was not run: why.
-    Skipped(String),
-}
+impl std::error::Error for Skip {}
 
-/// One step of the check, for the report.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Step {
-    /// What it checks.
-    pub name: String,
-    /// How it ended.
-    pub outcome: Outcome,
-    /// Its wall time.
-    pub seconds: f64,
-    /// What it measured or printed that the report keeps (one line each).
+/// What a step's work found.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// The lines the report keeps.
     pub details: Vec<String>,
+    /// Tests that printed `not run` (the step is then not a pass).
+    pub not_run: Vec<String>,
 }
 
-/// Everything the report says.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CheckReport {
-    /// The GPUs nvidia-smi listed.
-    pub gpus: Vec<String>,
-    /// The device checked.
-    pub device: String,
-    /// elbo's commit (`git rev-parse HEAD`), when known.
-    pub commit: Option<String>,
-    /// The steps, in order.
-    pub steps: Vec<Step>,
-    /// The CUDA bench's markdown, when it ran.
-    pub bench: Option<String>,
-}
-
-impl CheckReport {
-    /// Whether every step that ran passed.
-    pub fn passed(&self) -> bool {
-        self.steps
-            .iter()
-            .all(|s| !matches!(s.outcome, Outcome::Failed(_)))
-    }
-}
-
-/// The report as markdown.
-pub fn markdown(report: &CheckReport) -> String {
-    let mut md = String::from("# elbo GPU check\n\n");
-    md.push_str(&format!(
-        "Device {}; commit {}; GPUs (nvidia-smi: name, memory, driver):\n\n",
-        report.device,
-        report.commit.as_deref().unwrap_or("unknown"),
-    ));
-    for gpu in &report.gpus {
-        md.push_str(&format!("- {gpu}\n"));
-    }
-    md.push_str(&format!(
-        "\nResult: **{}**\n\n| step | result | seconds |\n| --- | --- | --- |\n",
-        if report.passed() {
-            "every step passed"
-        } else {
-            "a step failed"
+impl From<Vec<String>> for Found {
+    fn from(details: Vec<String>) -> Found {
+        Found {
+            details,
+            not_run: Vec::new(),
         }
-    ));
-    for step in &report.steps {
-        let result = match &step.outcome {
-            Outcome::Passed => "passed".to_string(),
-            Outcome::Failed(why) => format!("**failed**: {}", one_line(why)),
-            Outcome::Skipped(why) => format!("skipped: {}", one_line(why)),
-        };
-        md.push_str(&format!(
-            "| {} | {} | {:.0} |\n",
-            step.name, result, step.seconds
-        ));
-    }
-    for step in report.steps.iter().filter(|s| !s.details.is_empty()) {
-        md.push_str(&format!("\n## {}\n\n```\n", step.name));
-        for line in &step.details {
-            md.push_str(line);
-            md.push('\n');
-        }
-        md.push_str("```\n");
-    }
-    if let Some(bench) = &report.bench {
-        md.push_str("\n## CUDA bench against PyTorch\n\n");
-        md.push_str(bench);
-    }
-    md
-}
-
-/// A message for a table cell: one line, no pipes.
-fn one_line(text: &str) -> String {
-    let line = text.lines().next().unwrap_or("").replace('|', "/");
-    let chars: Vec<char> = line.chars().collect();
-    if chars.len() > 300 {
-        format!("{}...", chars[..300].iter().collect::<String>())
-    } else {
-        line
     }
 }
 
 /// Runs the check: on a machine without a GPU (as `probe` finds it), says so and returns
-/// without doing anything.
+/// without doing anything. The report is written after every step.
 pub fn run(ws: &Path, args: &GpuCheckArgs, probe: GpuProbe) -> Result<()> {
     let gpus = match probe {
         GpuProbe::NoGpu(why) => {
@@ -205,22 +108,40 @@ pub fn run(ws: &Path, args: &GpuCheckArgs, probe: GpuProbe) -> Result<()> {
     };
     let out = ws.join(&args.out);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let steps = plan(args);
+    eprintln!("cargo xtask gpu-check: the plan (estimates on a machine with nothing cached)");
+    for step in &steps {
+        eprintln!(
+            "  {:>5.0} s  (stopped at {:>4.0} s)  {}",
+            step.estimate.as_secs_f64(),
+            step.limit.as_secs_f64(),
+            step.name
+        );
+    }
+    let total: f64 = steps.iter().map(|s| s.estimate.as_secs_f64()).sum();
+    eprintln!("  {total:>5.0} s  in all");
     let mut report = CheckReport {
         gpus,
         device: args.device.clone(),
         commit: git_commit(ws),
+        environment: Vec::new(),
         steps: Vec::new(),
+        plan: steps
+            .iter()
+            .map(|s| (s.name.to_string(), s.estimate.as_secs_f64()))
+            .collect(),
         bench: None,
     };
     let mut check = Check {
         ws,
         args,
         out: &out,
+        plan: steps,
         data: "mnist-sample",
     };
     check.all(&mut report);
     let path = out.join("report.md");
-    elbo_plot::write_atomic(&path, markdown(&report).as_bytes())?;
+    check.write(&report)?;
     println!("{}", markdown(&report));
     println!("wrote {}: please send it to us", path.display());
     if !report.passed() {
@@ -240,23 +161,44 @@ fn git_commit(ws: &Path) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// The environment variables of every GPU run: cuBLAS's deterministic workspace, so
+/// that with `--deterministic` a resumed run must equal the unbroken one to the bit.
+const DETERMINISTIC_ENV: (&str, &str) = ("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
+
 /// The check's steps, sharing where they run.
 struct Check<'a> {
     ws: &'a Path,
     args: &'a GpuCheckArgs,
     out: &'a Path,
+    plan: Vec<Planned>,
     /// The training data: `cifar10` once fetched, else the bundled `mnist-sample`.
     data: &'a str,
 }
 
 impl Check<'_> {
     fn all(&mut self, report: &mut CheckReport) {
-        let built = self.step(report, "CUDA libtorch (cargo xtask setup --cuda)", || {
+        let built = self.step(report, SETUP, |_| {
             setup::run(self.ws, Variant::Cuda, false, false)?;
-            Ok(vec![])
-        }) && self.step(report, "build (release: elbo, steptime)", || {
-            cargo::run(
-                self.ws,
+            Ok(Found::default())
+        }) && self.step(report, BUILD, |limit| {
+            // The tests build in the release profile too: one build of the crates.
+            self.cargo(
+                &[
+                    "test",
+                    "--release",
+                    "--no-run",
+                    "-p",
+                    "elbo-models",
+                    "--features",
+                    "cuda-tests",
+                    "--test",
+                    "cuda",
+                    "--test",
+                    "parallel",
+                ],
+                limit,
+            )?;
+            self.cargo(
                 &[
                     "build",
                     "--release",
@@ -269,46 +211,49 @@ impl Check<'_> {
                     "--bin",
                     "steptime",
                 ],
+                limit,
             )?;
-            let info = self.elbo(&["info"])?;
+            let info = self.elbo(&["info"], limit)?;
             if !cuda_available(&info) {
                 bail!("`elbo info` sees no CUDA device: {}", info.trim());
             }
-            Ok(info.lines().map(str::to_string).collect())
+            Ok(Found::default())
         });
         if !built {
-            for name in ["cuda-tests", "train", "resume", "DDIM", "bench"] {
-                skip(report, name, "the build did not succeed");
+            for planned in self.plan.iter().skip(report.steps.len()) {
+                skip(report, planned, "the set-up or the build did not succeed");
             }
             return;
         }
-        // Ho et al.'s network is for 3x32x32 images: CIFAR-10 if it can be fetched
-        // (verified; already there: nothing is downloaded), else the bundled MNIST, on
-        // which the same preset is a smaller UNet (no 16x16 level for attention).
-        let fetched = self.step(report, "CIFAR-10 (cargo xtask data cifar10)", || {
-            let xtask = std::env::current_exe().context("finding the xtask's own binary")?;
-            let out = Command::new(&xtask)
-                .current_dir(self.ws)
-                .args(["data", "cifar10"])
-                .output()
-                .with_context(|| format!("could not start {}", xtask.display()))?;
-            if !out.status.success() {
-                bail!(
-                    "could not fetch it ({}), training on the bundled MNIST instead: {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
+        report.environment = self.environment();
+        if !self.args.quick {
+            // Ho et al.'s network is for 3x32x32 images: CIFAR-10 if it can be fetched
+            // (verified; already there: nothing is downloaded), else the bundled MNIST, on
+            // which the same preset is a smaller UNet. A machine without network skips it.
+            let fetched = self.step(report, CIFAR, |limit| {
+                let xtask = std::env::current_exe().context("finding the xtask's own binary")?;
+                let mut command = Command::new(&xtask);
+                command.current_dir(self.ws).args(["data", "cifar10"]);
+                let ran = runner::run(&mut command, limit, true)?;
+                if !ran.succeeded() {
+                    return Err(Skip(format!(
+                        "CIFAR-10 could not be fetched, so the runs train on the bundled MNIST: \
+                         {}",
+                        ran.tail.last().map_or("", String::as_str)
+                    ))
+                    .into());
+                }
+                Ok(Found::default())
+            });
+            if fetched {
+                self.data = "cifar10";
             }
-            Ok(vec![])
-        });
-        if fetched {
-            self.data = "cifar10";
         }
-        self.step(report, "cuda-tests suite", || {
-            cargo::run(
-                self.ws,
+        self.step(report, CUDA_TESTS, |limit| {
+            let ran = self.cargo(
                 &[
                     "test",
+                    "--release",
                     "-p",
                     "elbo-models",
                     "--features",
@@ -318,74 +263,110 @@ impl Check<'_> {
                     "--test",
                     "parallel",
                 ],
+                limit,
             )?;
-            Ok(vec![])
+            let results: Vec<String> = ran
+                .lines
+                .iter()
+                .filter(|l| l.starts_with("test ") || l.starts_with("test result"))
+                .cloned()
+                .collect();
+            Ok(Found {
+                details: results,
+                not_run: not_run(&ran.lines),
+            })
         });
+        let steps = if self.args.quick { 50 } else { self.args.steps };
         let full = self.out.join("runs/full");
-        let trained = self.step(
-            report,
-            &format!(
-                "train ddpm-cifar10, {} steps, bf16 autocast",
-                self.args.steps
-            ),
-            || {
-                let log = self.train(&full, self.args.steps, false)?;
-                let mut details = loss_falls(&full)?;
-                details.extend(log.lines().rev().take(3).map(str::to_string));
-                Ok(details)
-            },
-        );
+        let trained = self.step(report, TRAIN, |limit| {
+            let log = self.train(&full, steps, false, limit)?;
+            let mut details = vec![format!("{steps} steps on {}", self.data)];
+            details.extend(loss_falls(&full)?);
+            details.extend(log.lines().rev().take(3).map(str::to_string));
+            Ok(details.into())
+        });
         if trained {
-            self.step(report, "resume (broken at half) vs unbroken", || {
+            self.step(report, RESUME, |limit| {
                 let resumed = self.out.join("runs/resumed");
-                self.train(&resumed, self.args.steps / 2, false)?;
-                self.train(&resumed, self.args.steps, true)?;
-                self.compare_runs(&full, &resumed)
-            });
-            self.step(report, "DDIM-50 sampling", || {
-                let png = self.out.join("samples.png");
-                let text = self.elbo(&[
-                    "sample",
-                    path(&full)?,
-                    "--sampler",
-                    "ddim-50",
-                    "--n",
-                    "64",
-                    "--device",
-                    &self.args.device,
-                    "--out",
-                    path(&png)?,
-                ])?;
-                if !png.is_file() {
-                    bail!("no {} after `elbo sample`", png.display());
+                self.train(&resumed, steps / 2, false, limit)?;
+                self.train(&resumed, steps, true, limit)?;
+                let checkpoint = |run: &Path| {
+                    run.join("checkpoints")
+                        .join(format!("step-{steps:09}.safetensors"))
+                };
+                let comparison = compare(&checkpoint(&full), &checkpoint(&resumed))?;
+                let lines = comparison.lines();
+                if !comparison.identical() {
+                    bail!(
+                        "the resumed run's final state differs from the unbroken run's, with \
+                         deterministic algorithms on: {}",
+                        lines.join("; ")
+                    );
                 }
-                Ok(text.lines().map(str::to_string).collect())
+                let mut details =
+                    vec!["resumed = unbroken, every tensor to the bit (weights, Adam, EMA)".into()];
+                details.extend(lines);
+                Ok(details.into())
             });
+            if !self.args.quick {
+                self.step(report, DDIM, |limit| {
+                    let png = self.out.join("samples.png");
+                    let text = self.elbo(
+                        &[
+                            "sample",
+                            path(&full)?,
+                            "--sampler",
+                            "ddim-50",
+                            "--n",
+                            "64",
+                            "--device",
+                            &self.args.device,
+                            "--out",
+                            path(&png)?,
+                        ],
+                        limit,
+                    )?;
+                    if !png.is_file() {
+                        bail!("no {} after `elbo sample`", png.display());
+                    }
+                    Ok(text.lines().map(str::to_string).collect::<Vec<_>>().into())
+                });
+            }
         } else {
-            skip(report, "resume", "the training run failed");
-            skip(report, "DDIM", "the training run failed");
+            for planned in self.plan.iter().skip(report.steps.len()) {
+                if planned.name != BENCH {
+                    skip(report, planned, "the training run failed");
+                }
+            }
         }
         if self.args.no_pytorch {
-            skip(report, "CUDA bench against PyTorch", "--no-pytorch");
             return;
         }
         let mut bench_md = None;
-        self.step(report, "CUDA bench against PyTorch (bf16 autocast)", || {
+        self.step(report, BENCH, |_| {
             let args = BenchArgs {
                 with_pytorch: true,
                 compare_only: true,
                 threads: vec![1],
-                // One round and two variants: every compiled variant is a compilation
-                // of the UNet (minutes), and the check has ten minutes in all.
+                // One round, and a compiled variant only in the full check (every
+                // compiled variant compiles the UNet: minutes).
                 rounds: 1,
                 warmup: 10,
                 reps: 5,
                 steps: 10,
-                variants: vec![VariantChoice::Compiled, VariantChoice::ChannelsLast],
+                variants: if self.args.quick {
+                    vec![]
+                } else {
+                    vec![VariantChoice::Compiled, VariantChoice::ChannelsLast]
+                },
                 device: self.args.device.clone(),
                 autocast: "bf16".into(),
                 tf32: false,
-                cases: vec!["ddpm-mnist".into(), "ddpm-cifar10".into()],
+                cases: if self.args.quick {
+                    vec!["ddpm-cifar10:train".into()]
+                } else {
+                    vec!["ddpm-cifar10".into(), "ddpm-mnist".into()]
+                },
                 criterion: vec![],
             };
             bench::run(self.ws, &args)?;
@@ -394,66 +375,124 @@ impl Check<'_> {
                 std::fs::read_to_string(&md)
                     .with_context(|| format!("reading {}", md.display()))?,
             );
-            Ok(vec![])
+            Ok(Found::default())
         });
         report.bench = bench_md;
     }
 
-    /// Runs `work` as the step `name`, recording its outcome; whether it passed.
+    /// Writes the report as it stands (after every step: a check cut short still
+    /// leaves one).
+    fn write(&self, report: &CheckReport) -> Result<()> {
+        let path = self.out.join("report.md");
+        elbo_plot::write_atomic(&path, markdown(report).as_bytes())
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Runs `work` as the step `name` with the plan's time limit, recording its outcome
+    /// and writing the report; whether it passed (a skip or tests not run are not).
     fn step(
         &self,
         report: &mut CheckReport,
         name: &str,
-        work: impl FnOnce() -> Result<Vec<String>>,
+        work: impl FnOnce(Duration) -> Result<Found>,
     ) -> bool {
-        eprintln!("==> gpu-check: {name}");
+        let planned = self
+            .plan
+            .iter()
+            .find(|p| p.name == name)
+            .cloned()
+            .unwrap_or_else(|| Planned::new("unplanned", 0, Duration::from_secs(600)));
+        eprintln!(
+            "==> gpu-check: {name} (planned {:.0} s, stopped at {:.0} s)",
+            planned.estimate.as_secs_f64(),
+            planned.limit.as_secs_f64()
+        );
         let started = Instant::now();
-        let (outcome, details) = match work() {
-            Ok(details) => (Outcome::Passed, details),
-            Err(e) => (Outcome::Failed(format!("{e:#}")), vec![]),
+        let (outcome, details) = match work(planned.limit) {
+            Ok(found) if found.not_run.is_empty() => (Outcome::Passed, found.details),
+            Ok(found) => (Outcome::NotRun(found.not_run.join("; ")), found.details),
+            Err(e) => match e.downcast_ref::<Skip>() {
+                Some(Skip(why)) => (Outcome::Skipped(why.clone()), vec![]),
+                None => {
+                    let text = format!("{e:#}");
+                    let details = text.lines().skip(1).map(str::to_string).collect();
+                    (Outcome::Failed(text), details)
+                }
+            },
         };
         let passed = outcome == Outcome::Passed;
+        let seconds = started.elapsed().as_secs_f64();
+        eprintln!("<== gpu-check: {name}: {outcome:?} [{seconds:.0} s]");
         report.steps.push(Step {
             name: name.to_string(),
             outcome,
-            seconds: started.elapsed().as_secs_f64(),
+            seconds,
+            estimate: planned.estimate.as_secs_f64(),
             details,
         });
+        if let Err(e) = self.write(report) {
+            eprintln!("gpu-check: could not write the report: {e:#}");
+        }
         passed
     }
 
-    /// Runs the release `elbo` with `args`; its stdout and stderr.
-    fn elbo(&self, args: &[&str]) -> Result<String> {
-        let program = self.ws.join("target/release/elbo");
-        let out = Command::new(&program)
+    /// Runs `cargo ARGS` in the workspace within `limit`, its output shown and kept.
+    fn cargo(&self, args: &[&str], limit: Duration) -> Result<Ran> {
+        let mut command = cargo::cargo_command();
+        command
             .current_dir(self.ws)
             .args(args)
-            .output()
-            .with_context(|| format!("could not start {}", program.display()))?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if !out.status.success() {
+            .env(DETERMINISTIC_ENV.0, DETERMINISTIC_ENV.1);
+        let ran = runner::run(&mut command, limit, true)?;
+        if !ran.succeeded() {
             bail!(
-                "`elbo {}` failed ({}): {}",
-                args.join(" "),
-                out.status,
-                text.trim()
+                "{}",
+                ran.failure(&format!("cargo {}", args.join(" ")), limit)
             );
         }
-        Ok(text)
+        Ok(ran)
+    }
+
+    /// Runs the release `elbo` with `args` within `limit`; its output.
+    fn elbo(&self, args: &[&str], limit: Duration) -> Result<String> {
+        let program = self.ws.join("target/release/elbo");
+        let mut command = Command::new(&program);
+        command
+            .current_dir(self.ws)
+            .args(args)
+            .env(DETERMINISTIC_ENV.0, DETERMINISTIC_ENV.1);
+        let ran = runner::run(&mut command, limit, false)?;
+        if !ran.succeeded() {
+            bail!(
+                "{}",
+                ran.failure(&format!("elbo {}", args.join(" ")), limit)
+            );
+        }
+        Ok(ran.lines.join("\n"))
+    }
+
+    /// What the loaded libtorch reports (`elbo info`), and the settings of the runs.
+    fn environment(&self) -> Vec<String> {
+        let mut lines = match self.elbo(&["info"], Duration::from_secs(120)) {
+            Ok(text) => text.lines().map(str::to_string).collect(),
+            Err(e) => vec![format!("`elbo info` failed: {e:#}")],
+        };
+        lines.push(format!(
+            "the runs: bf16 autocast, TF32 off, deterministic algorithms on ({}={})",
+            DETERMINISTIC_ENV.0, DETERMINISTIC_ENV.1
+        ));
+        lines
     }
 
     /// Trains (or, `resume`, continues) the check's ddpm-cifar10 run in `run` up to
-    /// `steps` steps.
-    fn train(&self, run: &Path, steps: u32, resume: bool) -> Result<String> {
+    /// `steps` steps, with deterministic algorithms.
+    fn train(&self, run: &Path, steps: u32, resume: bool, limit: Duration) -> Result<String> {
+        let total = if self.args.quick { 50 } else { self.args.steps };
         let steps = steps.to_string();
         // The same learning-rate warm-up for the whole run and both of its halves (the
         // recipe's default is capped by --steps, which differs between them, and a
         // resumed run refuses a changed warm-up).
-        let warmup = (self.args.steps / 2).min(20).to_string();
+        let warmup = (total / 2).min(20).to_string();
         let mut args = vec![
             "train",
             "ddpm",
@@ -467,10 +506,11 @@ impl Check<'_> {
             &self.args.device,
             "--autocast",
             "bf16",
+            "--deterministic",
             "--steps",
             &steps,
             "--checkpoint-every",
-            "50",
+            "25",
             "--final-examples",
             "0",
             "--seed",
@@ -484,62 +524,17 @@ impl Check<'_> {
             std::fs::remove_dir_all(run)
                 .with_context(|| format!("removing the old run {}", run.display()))?;
         }
-        self.elbo(&args)
-    }
-
-    /// Whether the run broken at half ended where the unbroken one did: the same test
-    /// bound to the last printed digit (as bit-exact weights give), or the difference.
-    fn compare_runs(&self, full: &Path, resumed: &Path) -> Result<Vec<String>> {
-        let eval = |run: &Path| -> Result<String> {
-            self.elbo(&[
-                "eval",
-                path(run)?,
-                "--examples",
-                "16",
-                "--seed",
-                "0",
-                "--device",
-                &self.args.device,
-            ])
-        };
-        let (a, b) = (eval(full)?, eval(resumed)?);
-        let bound = |text: &str| -> Vec<String> {
-            text.lines()
-                .filter(|l| l.contains("nats") || l.contains("bits/dim"))
-                .map(str::to_string)
-                .collect()
-        };
-        let (a, b) = (bound(&a), bound(&b));
-        if a.is_empty() {
-            bail!("`elbo eval` printed no bound");
-        }
-        let mut details = vec![if a == b {
-            "resumed = unbroken: the same bound to every printed digit".to_string()
-        } else {
-            "resumed != unbroken (GPU kernels need not be deterministic): the difference \
-             stated below"
-                .to_string()
-        }];
-        details.extend(a.iter().map(|l| format!("unbroken: {l}")));
-        details.extend(b.iter().map(|l| format!("resumed:  {l}")));
-        Ok(details)
+        self.elbo(&args, limit)
     }
 }
 
-/// Whether `elbo info`'s text says CUDA is available (`CUDA available  yes (...)`).
-pub fn cuda_available(info: &str) -> bool {
-    info.lines().any(|l| {
-        l.strip_prefix("CUDA available")
-            .is_some_and(|rest| rest.trim_start().starts_with("yes"))
-    })
-}
-
-/// A skipped step.
-fn skip(report: &mut CheckReport, name: &str, why: &str) {
+/// A planned step that was not run.
+fn skip(report: &mut CheckReport, planned: &Planned, why: &str) {
     report.steps.push(Step {
-        name: name.to_string(),
+        name: planned.name.to_string(),
         outcome: Outcome::Skipped(why.to_string()),
         seconds: 0.0,
+        estimate: planned.estimate.as_secs_f64(),
         details: vec![],
     });
 }

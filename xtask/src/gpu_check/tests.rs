@@ -1,9 +1,12 @@
 //! Tests of the GPU check that need no GPU: its arguments, nvidia-smi's probe (missing,
-//! failing, listing GPUs), the report's markdown, `elbo info`'s CUDA line and the
-//! training run's checks.
+//! failing, listing GPUs), the plan, the report's markdown (written after every step),
+//! skips and tests not run, the command runner's time limit and tail, the
+//! tensor-by-tensor comparison of checkpoints, `elbo info`'s CUDA line and the training
+//! run's checks.
 
 use super::*;
 use clap::Parser;
+use std::process::Command;
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -95,6 +98,7 @@ fn step(name: &str, outcome: Outcome, details: &[&str]) -> Step {
         name: name.into(),
         outcome,
         seconds: 12.4,
+        estimate: 30.0,
         details: details.iter().map(|s| s.to_string()).collect(),
     }
 }
@@ -114,6 +118,8 @@ fn the_report_lists_every_step_with_its_result_and_keeps_the_details() {
             ),
             step("bench", Outcome::Skipped("--no-pytorch".into()), &[]),
         ],
+        plan: vec![],
+        environment: vec!["torch 2.13.0".into()],
         bench: None,
     };
     assert!(report.passed());
@@ -123,9 +129,13 @@ fn the_report_lists_every_step_with_its_result_and_keeps_the_details() {
         "{md}"
     );
     assert!(md.contains("- NVIDIA A100, 40960 MiB, 550.1\n"));
-    assert!(md.contains("Result: **every step passed**"));
-    assert!(md.contains("| build | passed | 12 |\n"));
-    assert!(md.contains("| bench | skipped: --no-pytorch | 12 |\n"));
+    assert!(
+        md.contains("Result: **every step passed** (3 of 3 steps run)"),
+        "{md}"
+    );
+    assert!(md.contains("| build | passed | 12 | 30 |\n"));
+    assert!(md.contains("| bench | skipped: --no-pytorch | 12 | 30 |\n"));
+    assert!(md.contains("\n## Environment\n\n```\ntorch 2.13.0\n```\n"));
     assert!(md.contains("\n## train\n\n```\nloss 1.0 at step 1 -> 0.1 at step 200\n```\n"));
     assert!(
         !md.contains("## build"),
@@ -142,7 +152,7 @@ fn the_report_lists_every_step_with_its_result_and_keeps_the_details() {
     assert!(md.contains("Result: **a step failed**"));
     // One line per cell, no pipes that would break the table.
     assert!(
-        md.contains("| resume | **failed**: two / three | 12 |\n"),
+        md.contains("| resume | **failed**: two / three | 12 | 30 |\n"),
         "{md}"
     );
     assert!(md.ends_with("\n## CUDA bench against PyTorch\n\n| case | ... |\n"));
@@ -197,5 +207,257 @@ fn a_run_passes_when_its_loss_fell_and_a_checkpoint_exists() {
     assert_eq!(
         err.to_string(),
         "the loss did not fall: 1 at step 1, 1.5 at step 200"
+    );
+}
+
+#[test]
+fn the_plan_names_every_step_and_quick_leaves_out_what_can_wait() {
+    let full = Cli::try_parse_from(["gpu-check"]).unwrap().args;
+    let quick = Cli::try_parse_from(["gpu-check", "--quick"]).unwrap().args;
+    let names = |args: &GpuCheckArgs| plan(args).iter().map(|p| p.name).collect::<Vec<_>>();
+    assert_eq!(names(&full).len(), 8);
+    assert_eq!(
+        names(&quick),
+        [SETUP, BUILD, CUDA_TESTS, TRAIN, RESUME, BENCH],
+        "quick: the build, the cuda tests, training with resume, the bench's case"
+    );
+    let seconds = |args: &GpuCheckArgs| -> f64 {
+        plan(args)
+            .iter()
+            .filter(|p| p.name != SETUP)
+            .map(|p| p.estimate.as_secs_f64())
+            .sum()
+    };
+    assert!(seconds(&quick) <= 600.0, "{}", seconds(&quick));
+    assert!(seconds(&full) > seconds(&quick));
+    for p in plan(&full) {
+        assert!(p.limit > p.estimate, "{p:?}");
+    }
+    let no_pytorch = Cli::try_parse_from(["gpu-check", "--no-pytorch"])
+        .unwrap()
+        .args;
+    assert!(!names(&no_pytorch).contains(&BENCH));
+}
+
+#[test]
+fn a_report_in_progress_lists_the_steps_to_come_and_tests_not_run() {
+    let report = CheckReport {
+        gpus: vec!["GPU".into()],
+        device: "cuda:0".into(),
+        commit: None,
+        environment: vec![],
+        steps: vec![step(
+            "cuda-tests suite",
+            Outcome::NotRun(
+                "two_ranks_on_two_gpus_with_nccl: 1 GPU(s) here, 2 needed: not run".into(),
+            ),
+            &[],
+        )],
+        plan: vec![("cuda-tests suite".into(), 30.0), ("train".into(), 60.0)],
+        bench: None,
+    };
+    assert!(report.passed(), "a test not run is not a failure");
+    let md = markdown(&report);
+    assert!(
+        md.contains("in progress: every step so far passed** (1 of 2 steps run)"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| cuda-tests suite | not run: two_ranks_on_two_gpus_with_nccl"),
+        "{md}"
+    );
+    assert!(md.contains("| train | to come | - | 60 |\n"), "{md}");
+}
+
+fn check<'a>(ws: &'a Path, out: &'a Path, args: &'a GpuCheckArgs) -> Check<'a> {
+    Check {
+        ws,
+        args,
+        out,
+        plan: plan(args),
+        data: "mnist-sample",
+    }
+}
+
+#[test]
+fn each_step_writes_the_report_and_a_skip_or_a_test_not_run_is_not_a_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = Cli::try_parse_from(["gpu-check"]).unwrap().args;
+    let check = check(dir.path(), dir.path(), &args);
+    let mut report = CheckReport {
+        gpus: vec![],
+        device: "cuda:0".into(),
+        commit: None,
+        environment: vec![],
+        steps: vec![],
+        plan: vec![],
+        bench: None,
+    };
+    let fetched = check.step(&mut report, CIFAR, |_| {
+        Err(
+            Skip("CIFAR-10 could not be fetched, so the runs train on the bundled MNIST".into())
+                .into(),
+        )
+    });
+    assert!(!fetched);
+    assert!(
+        matches!(&report.steps[0].outcome, Outcome::Skipped(why) if why.contains("bundled MNIST"))
+    );
+    assert!(report.passed(), "a fallback is not a failure");
+    let written = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(
+        written.contains("skipped: CIFAR-10 could not be fetched"),
+        "{written}"
+    );
+
+    let tests = check.step(&mut report, CUDA_TESTS, |_| {
+        Ok(Found {
+            details: vec!["test result: ok. 4 passed".into()],
+            not_run: vec!["two GPUs: not run".into()],
+        })
+    });
+    assert!(!tests);
+    assert_eq!(
+        report.steps[1].outcome,
+        Outcome::NotRun("two GPUs: not run".into())
+    );
+    let failed = check.step(&mut report, TRAIN, |_| {
+        bail!("the loss did not fall\nline two")
+    });
+    assert!(!failed && !report.passed());
+    assert_eq!(report.steps[2].details, ["line two"]);
+    let written = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(
+        written.contains("**failed**: the loss did not fall"),
+        "{written}"
+    );
+}
+
+#[test]
+fn a_command_past_its_limit_is_stopped_with_what_it_started_and_its_tail_is_kept() {
+    let mut command = Command::new("sh");
+    command.args([
+        "-c",
+        "for i in $(seq 1 40); do echo line $i; done; echo oops >&2; exit 3",
+    ]);
+    let ran = runner::run(&mut command, Duration::from_secs(30), false).unwrap();
+    assert!(!ran.succeeded());
+    assert_eq!(ran.lines.len(), 41);
+    assert_eq!(ran.tail.len(), runner::TAIL_LINES);
+    // Standard output and error are read side by side: the tail is the last lines read.
+    assert!(ran.lines.contains(&"oops".to_string()));
+    assert!(
+        ran.failure("sh", Duration::from_secs(30))
+            .contains("exit status: 3")
+    );
+
+    // A child that starts a grandchild: both are stopped at the limit.
+    let marker = tempfile::tempdir().unwrap();
+    let flag = marker.path().join("still-running");
+    let mut command = Command::new("sh");
+    command.args([
+        "-c",
+        &format!(
+            "echo started; (sleep 3; touch {}) & sleep 30",
+            flag.display()
+        ),
+    ]);
+    let started = Instant::now();
+    let ran = runner::run(&mut command, Duration::from_millis(500), false).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(ran.status.is_none());
+    assert_eq!(ran.lines, ["started"]);
+    assert!(
+        ran.failure("sh", Duration::from_secs(1))
+            .contains("did not finish within")
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(!flag.exists(), "the grandchild was stopped with its group");
+
+    let lines: Vec<String> = [
+        "test a ... ok",
+        "two_gpus: 1 GPU(s) here, 2 needed: not run",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(not_run(&lines), [lines[1].clone()]);
+}
+
+fn write_checkpoint(path: &Path, tensors: &[(&str, Vec<f32>)]) {
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .iter()
+        .map(|(name, values)| {
+            (
+                name.to_string(),
+                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                vec![values.len()],
+            )
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(name, data, shape)| {
+            (
+                name.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+#[test]
+fn checkpoints_are_compared_tensor_by_tensor_per_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        dir.path().join("a.safetensors"),
+        dir.path().join("b.safetensors"),
+    );
+    let state = |m: f32| {
+        vec![
+            ("model.w", vec![1.0, 2.0, f32::NAN]),
+            ("adam.m.w", vec![0.5, m]),
+            ("ema.w", vec![1.0, 2.0, 3.0]),
+        ]
+    };
+    write_checkpoint(&a, &state(0.25));
+    write_checkpoint(&b, &state(0.25));
+    let same = compare(&a, &b).unwrap();
+    assert!(same.identical(), "{same:?}");
+    assert_eq!(same.tensors, 3);
+    write_checkpoint(&b, &state(0.75));
+    let different = compare(&a, &b).unwrap();
+    assert!(!different.identical());
+    assert_eq!(different.largest["adam"], (0.5, "adam.m.w".to_string()));
+    assert_eq!(
+        different.largest["model"].0, 0.0,
+        "NaN against NaN is no difference"
+    );
+    assert!(
+        different
+            .lines()
+            .iter()
+            .any(|l| l.contains("adam: largest |difference| 5e-1 (in adam.m.w)"))
+    );
+    write_checkpoint(&b, &[("model.w", vec![1.0, 2.0, 3.0])]);
+    let err = compare(&a, &b).unwrap_err().to_string();
+    assert!(
+        err.contains("hold different tensors") && err.contains("ema.w"),
+        "{err}"
+    );
+    write_checkpoint(
+        &b,
+        &[
+            ("model.w", vec![1.0, 2.0, 3.0]),
+            ("adam.m.w", vec![0.5, 0.25]),
+            ("ema.w", vec![1.0, 2.0, 3.0]),
+        ],
+    );
+    let nan = compare(&a, &b).unwrap();
+    assert!(
+        nan.largest["model"].0.is_infinite(),
+        "a NaN against a number is a difference"
     );
 }

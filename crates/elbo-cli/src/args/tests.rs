@@ -131,6 +131,7 @@ fn train_hvae_parses_its_options_and_the_shared_ones() {
         "0.25",
         "--epochs",
         "2",
+        "--deterministic",
     ])
     .unwrap();
     let Command::Train {
@@ -139,6 +140,7 @@ fn train_hvae_parses_its_options_and_the_shared_ones() {
     else {
         panic!("expected train hvae");
     };
+    assert!(args.train.deterministic);
     let job = args.job(Device::Cpu);
     assert_eq!(job.variant, HvaeVariant::Markov);
     assert_eq!(job.layers, 3);

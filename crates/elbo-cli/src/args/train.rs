@@ -153,6 +153,12 @@ pub struct LoopArgs {
     /// bfloat16 (refused on the CPU).
     #[arg(long, value_parser = ["bf16"])]
     pub autocast: Option<String>,
+    /// Deterministic algorithms only (libtorch's use_deterministic_algorithms, cuDNN
+    /// without its benchmark search): an operation without a deterministic kernel then
+    /// fails, naming itself. On CUDA, cuBLAS also needs CUBLAS_WORKSPACE_CONFIG=:4096:8
+    /// in the environment. The CPU is deterministic already.
+    #[arg(long)]
+    pub deterministic: bool,
 }
 
 /// What the VAEs add: the likelihood, the training aids, the final IWAE bound.

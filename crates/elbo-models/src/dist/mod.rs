@@ -190,6 +190,22 @@ impl World {
     }
 }
 
+/// Refuses a process whose GPU, `cuda:index` (its LOCAL_RANK), is not among the `count`
+/// this machine has, before it meets the others: with more processes on a node than
+/// GPUs, each would otherwise fail deep inside CUDA ("invalid device ordinal").
+pub fn check_gpu(index: usize, count: usize) -> Result<()> {
+    if index < count {
+        return Ok(());
+    }
+    Err(Error::Config {
+        detail: format!(
+            "this process trains on cuda:{index} (its LOCAL_RANK), but this machine has \
+             {count} GPU(s): start at most {count} process(es) on this node (--nproc, \
+             torchrun --nproc-per-node)"
+        ),
+    })
+}
+
 /// The process group of a data-parallel training job, with what the trainer asks of it.
 #[derive(Debug)]
 pub struct Parallel {
@@ -203,6 +219,12 @@ impl Parallel {
     /// group is NCCL's when this build has it ([`NCCL`]); otherwise Gloo's, through CPU
     /// copies of the tensors.
     pub fn connect(world: &World, timeout: Duration, device: Device) -> Result<Parallel> {
+        if let Device::Cuda(index) = world.device(device) {
+            check_gpu(
+                index,
+                usize::try_from(tch::Cuda::device_count()).unwrap_or(0),
+            )?;
+        }
         let group =
             ProcessGroup::connect(&world.rendezvous(timeout, device)).map_err(|detail| {
                 Error::Distributed {

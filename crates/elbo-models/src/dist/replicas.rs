@@ -102,7 +102,11 @@ impl Replicas for Parallel {
         Parallel::sum(self, values)
     }
     fn wait_for_root(&self) -> Result<()> {
-        self.barrier(self.slow_timeout())
+        // Through the store: NCCL would time a collective barrier with the step's
+        // timeout, whatever this one waits.
+        self.group()
+            .store_barrier(self.slow_timeout())
+            .map_err(|detail| crate::Error::Distributed { detail })
     }
     fn reduce(&self, params: &[Tensor], share: f64, shared: &mut [f64]) -> Result<()> {
         self.reduce_gradients(params, share, shared)

@@ -240,3 +240,51 @@ fn a_missing_peer_or_a_taken_port_fails_the_rendezvous_with_where_and_why() {
         started.elapsed()
     );
 }
+
+/// The store barrier: every rank returns only once all have arrived (rank 0 arriving
+/// last, after the others had long been waiting), it can be held again and again under
+/// fresh keys, and a rank that never comes makes the others fail at the timeout, naming
+/// the wait and the rank.
+#[test]
+fn the_store_barrier_waits_for_every_rank_and_times_out_without_one() {
+    let arrived = std::sync::atomic::AtomicUsize::new(0);
+    let seen = on_ranks(3, |p| {
+        let mut seen = Vec::new();
+        for round in 0..3 {
+            if p.rank() == 0 {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            p.group().store_barrier(Duration::from_secs(20)).unwrap();
+            // Past the barrier, every rank of this round has arrived.
+            seen.push(arrived.load(std::sync::atomic::Ordering::SeqCst) >= 3 * (round + 1));
+            // Everyone reads before anyone arrives at the next round.
+            p.barrier(Duration::from_secs(20)).unwrap();
+        }
+        seen
+    });
+    assert!(seen.iter().flatten().all(|&ok| ok), "{seen:?}");
+
+    let results = on_ranks(2, |p| {
+        if p.rank() == 1 {
+            return Ok(());
+        }
+        p.group().store_barrier(Duration::from_millis(500))
+    });
+    let err = results[0].clone().unwrap_err();
+    assert!(
+        err.contains("waiting for the other processes on rank 0 of 2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_rank_without_a_gpu_of_its_own_is_refused_before_the_rendezvous() {
+    assert!(check_gpu(1, 2).is_ok());
+    let err = check_gpu(2, 2).unwrap_err().to_string();
+    assert!(
+        err.contains("cuda:2") && err.contains("has 2 GPU(s)") && err.contains("--nproc"),
+        "{err}"
+    );
+    assert!(!err.contains("  "), "{err}");
+}

@@ -48,7 +48,7 @@ pub use crate::models::vdm::{GammaKind, VdmPreset};
 pub const KINGMA_GAMMA: (f64, f64) = elbo_math::vdm::LinearGamma::KINGMA;
 pub use crate::nn::likelihood::Likelihood;
 pub use crate::sample::{Classes, ClipX0, Guidance, SamplerSpec, SamplingOptions};
-pub use crate::sys::ffi::exit_now;
+pub use crate::sys::ffi::{exit_now, set_deterministic as use_deterministic_algorithms};
 pub use crate::sys::{DeviceSpec, RuntimeInfo, retain_freed_memory};
 pub use crate::train::aids::TrainingAids;
 pub use crate::train::{Control, Finished, Observer, Progress, RunStart};

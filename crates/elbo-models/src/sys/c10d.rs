@@ -92,6 +92,7 @@ mod raw {
             timeout_ms: i64,
             gloo_threads: c_int,
             nccl: c_int,
+            device: c_int,
             out: *mut *mut Pg,
         ) -> *mut c_char;
         pub fn elbo_pg_free(pg: *mut Pg);
@@ -109,6 +110,7 @@ mod raw {
             timeout_ms: i64,
         ) -> *mut c_char;
         pub fn elbo_pg_barrier(pg: *mut Pg, timeout_ms: i64) -> *mut c_char;
+        pub fn elbo_pg_store_barrier(pg: *mut Pg, timeout_ms: i64) -> *mut c_char;
     }
 }
 
@@ -165,6 +167,10 @@ impl ProcessGroup {
                     millis(r.timeout),
                     r.gloo_threads.max(1) as i32,
                     i32::from(matches!(r.backend, Backend::Nccl { .. })),
+                    match r.backend {
+                        Backend::Nccl { device } => device as i32,
+                        Backend::Gloo => -1,
+                    },
                     &mut out,
                 )
             })?;
@@ -271,6 +277,26 @@ impl ProcessGroup {
             // SAFETY: the group is ours; an integer in.
             super::ffi::sys::check(unsafe {
                 raw::elbo_pg_barrier(self.raw.as_ptr(), millis(timeout))
+            })
+        }
+        #[cfg(not(elbo_gloo))]
+        {
+            let _ = timeout;
+            Ok(())
+        }
+    }
+}
+
+impl ProcessGroup {
+    /// Returns when every process has reached it, or fails after `timeout`: through the
+    /// rendezvous store, so that NCCL's own timeout of collectives does not cut a wait
+    /// longer than a step's.
+    pub fn store_barrier(&self, timeout: Duration) -> Result<(), String> {
+        #[cfg(elbo_gloo)]
+        {
+            // SAFETY: the group is ours; an integer in.
+            super::ffi::sys::check(unsafe {
+                raw::elbo_pg_store_barrier(self.raw.as_ptr(), millis(timeout))
             })
         }
         #[cfg(not(elbo_gloo))]

@@ -62,6 +62,9 @@ pub(crate) mod sys {
         pub fn elbo_cuda_autocast_dtype() -> *mut c_char;
         pub fn elbo_set_cuda_tf32(matmul: c_int, convolution: c_int) -> *mut c_char;
         pub fn elbo_cuda_tf32() -> c_int;
+        pub fn elbo_set_deterministic(on: c_int) -> *mut c_char;
+        pub fn elbo_deterministic() -> c_int;
+        pub fn elbo_torch_version() -> *mut c_char;
         pub fn elbo_group_norm(
             x: *mut C_tensor,
             shift: *mut C_tensor,
@@ -99,15 +102,17 @@ pub(crate) mod sys {
 }
 
 /// One fused Adam step over `params` with their `grads` and moments `m`, `v` (all the
-/// same length, every tensor defined, each parameter's companions of its shape), at
-/// step `t` (counted from 1). `Err` carries libtorch's message (for example a kind or
-/// device it does not support), or says the kernel was not built.
+/// same length, every tensor defined, each parameter's companions of its shape), at the
+/// step `step` holds (counted from 1; a one-element float32 tensor on the parameters'
+/// device, so that a GPU step reads it there without a copy from the host, which would
+/// wait for the device). `Err` carries libtorch's message (for example a kind or device
+/// it does not support), or says the kernel was not built.
 pub fn fused_adam(
     params: &[Tensor],
     grads: &[Tensor],
     m: &[Tensor],
     v: &[Tensor],
-    t: i64,
+    step: &Tensor,
     hyper: FusedAdamStep,
 ) -> Result<(), String> {
     let n = params.len();
@@ -125,8 +130,6 @@ pub fn fused_adam(
     }
     #[cfg(elbo_ops)]
     {
-        let device = params[0].device();
-        let step = Tensor::from_slice(&[t as f32]).to_device(device);
         let handles = |ts: &[Tensor]| -> Vec<*mut torch_sys::C_tensor> {
             ts.iter().map(|t| t.as_ptr() as *mut _).collect()
         };
@@ -153,7 +156,7 @@ pub fn fused_adam(
     }
     #[cfg(not(elbo_ops))]
     {
-        let _ = (t, hyper);
+        let _ = (step, hyper);
         Err("elbo-models was built without libtorch: no fused Adam".to_string())
     }
 }
@@ -310,6 +313,50 @@ pub fn cuda_tf32() -> Result<(bool, bool), String> {
     Err("elbo-models was built without libtorch".to_string())
 }
 
+/// Deterministic algorithms for every operation, or not: libtorch's process-wide switch
+/// (PyTorch's `torch.use_deterministic_algorithms`), with cuDNN's deterministic choice
+/// and without its benchmark search. With it on, an operation that has no deterministic
+/// kernel fails, naming itself; on CUDA, cuBLAS also needs `CUBLAS_WORKSPACE_CONFIG`
+/// (`:4096:8`) in the environment before the process starts. A process-wide setting,
+/// made by executables (`elbo train --deterministic`).
+pub fn set_deterministic(on: bool) -> Result<(), String> {
+    #[cfg(elbo_ops)]
+    {
+        // SAFETY: an integer in; a returned message is freed by `check`.
+        sys::check(unsafe { sys::elbo_set_deterministic(i32::from(on)) })
+    }
+    #[cfg(not(elbo_ops))]
+    {
+        let _ = on;
+        Err("elbo-models was built without libtorch".to_string())
+    }
+}
+
+/// Whether deterministic algorithms are on ([`set_deterministic`]).
+pub fn deterministic() -> Result<bool, String> {
+    #[cfg(elbo_ops)]
+    {
+        // SAFETY: no arguments, an integer out.
+        Ok(unsafe { sys::elbo_deterministic() } != 0)
+    }
+    #[cfg(not(elbo_ops))]
+    Err("elbo-models was built without libtorch".to_string())
+}
+
+/// The loaded libtorch's version, as its headers name it (`2.13.0`).
+pub fn torch_version() -> Result<String, String> {
+    #[cfg(elbo_ops)]
+    {
+        // SAFETY: no arguments; the message it returns is freed by `check`.
+        match sys::check(unsafe { sys::elbo_torch_version() }) {
+            Err(version) => Ok(version),
+            Ok(()) => Err("libtorch returned no version".to_string()),
+        }
+    }
+    #[cfg(not(elbo_ops))]
+    Err("elbo-models was built without libtorch".to_string())
+}
+
 /// The CUDA caching allocator's peaks on `device` since the start or the last
 /// [`reset_cuda_memory_peaks`]: (bytes allocated to tensors, bytes reserved from the
 /// device), as PyTorch's `torch.cuda.max_memory_allocated` and `max_memory_reserved`.
@@ -403,6 +450,25 @@ mod tests {
     }
 
     #[test]
+    fn deterministic_algorithms_are_switched_on_and_off_and_the_version_is_read() {
+        let _generator = crate::testing::generator_lock();
+        let before = deterministic().unwrap();
+        set_deterministic(true).unwrap();
+        assert!(deterministic().unwrap());
+        // Still computes: every CPU operation elbo uses has a deterministic kernel.
+        let x = tch::Tensor::ones([4, 4], (tch::Kind::Float, tch::Device::Cpu));
+        assert_eq!(x.matmul(&x).sum(tch::Kind::Float).double_value(&[]), 64.0);
+        set_deterministic(false).unwrap();
+        assert!(!deterministic().unwrap());
+        set_deterministic(before).unwrap();
+        let version = torch_version().unwrap();
+        assert!(
+            version.split('.').count() >= 3 && version.starts_with("2."),
+            "{version}"
+        );
+    }
+
+    #[test]
     fn tf32_is_set_for_both_matmuls_and_convolutions_and_cleared_again() {
         // Process-wide flags: under the one lock the unit tests share.
         let _generator = crate::testing::generator_lock();
@@ -471,7 +537,8 @@ mod tests {
             eps: 1e-8,
             decoupled: false,
         };
-        let err = fused_adam(&p, &[], &p, &p, 1, hyper).unwrap_err();
+        let step = Tensor::from_slice(&[1.0f32]);
+        let err = fused_adam(&p, &[], &p, &p, &step, hyper).unwrap_err();
         assert!(err.contains("1 parameters, 0 gradients"), "{err}");
     }
 }

@@ -43,6 +43,9 @@ pub struct Adam {
     v: Vec<Tensor>,
     steps: i64,
     fused: bool,
+    /// `steps` as the fused kernel reads it: on the parameters' device, counted there
+    /// (made from `steps` when missing, after a restore).
+    step_on_device: Option<Tensor>,
 }
 
 impl Adam {
@@ -66,6 +69,7 @@ impl Adam {
             v,
             steps: 0,
             fused: true,
+            step_on_device: None,
         }
     }
 
@@ -138,6 +142,9 @@ impl Adam {
     /// resumed run continues exactly.
     pub fn skip_step(&mut self) {
         self.steps += 1;
+        if let Some(on_device) = &mut self.step_on_device {
+            let _ = tch::no_grad(|| on_device.g_add_scalar_(1.0));
+        }
     }
 
     /// One Adam step at learning rate `lr`, from the current gradients.
@@ -175,7 +182,21 @@ impl Adam {
                 eps,
                 decoupled: true,
             };
-            match fused_adam(params, grads, m, v, self.steps, hyper) {
+            // The step count stays on the device and is counted there: copying it from
+            // the host at every step would wait for the GPU to drain.
+            let step = match self.step_on_device.take() {
+                Some(mut on_device) => {
+                    let _ = tch::no_grad(|| on_device.g_add_scalar_(1.0));
+                    on_device
+                }
+                None => {
+                    let device = self.params.first().map_or(tch::Device::Cpu, Tensor::device);
+                    Tensor::from_slice(&[self.steps as f32]).to_device(device)
+                }
+            };
+            let result = fused_adam(params, grads, m, v, &step, hyper);
+            self.step_on_device = Some(step);
+            match result {
                 Ok(()) => return,
                 // A kind or device the fused kernel does not take: the unfused step,
                 // from now on.
@@ -246,6 +267,7 @@ impl Adam {
             }
         }
         self.steps = steps;
+        self.step_on_device = None;
         Ok(())
     }
 }
@@ -351,12 +373,23 @@ mod tests {
             };
             let mut adam = Adam::new(&vs, config);
             adam.set_fused(fused);
-            for _ in 0..10 {
+            for i in 0..10 {
                 adam.zero_grad();
                 net.forward(&input).square().mean(Kind::Float).backward();
-                adam.step(0.05);
+                // Skipped updates count as steps (the bias correction's t): the fused
+                // kernel's count, kept on the device, must follow them.
+                if i % 4 == 3 {
+                    adam.skip_step();
+                } else {
+                    adam.step(0.05);
+                }
             }
+            assert_eq!(adam.steps, 10);
             assert_eq!(adam.fused, fused, "no fallback from the fused kernel");
+            if fused {
+                let on_device = adam.step_on_device.as_ref().unwrap().double_value(&[0]);
+                assert_eq!(on_device, 10.0, "the device's count follows the loop's");
+            }
             (net.ws.copy(), adam.state())
         };
         for weight_decay in [0.0, 0.1] {

@@ -33,6 +33,7 @@ fn case(model: &str, task: &str, speedup: f64, target: f64) -> CaseRow {
         data: None,
         efficiency: None,
         variants: Vec::new(),
+        failed_variants: Vec::new(),
         best: None,
     }
 }
@@ -242,6 +243,34 @@ fn the_best_pytorch_table_names_the_fastest_variant_and_judges_the_goal() {
     );
     // The vae row has no best (a report of before the variants): not in the table.
     assert_eq!(md.matches("| vae-mlp").count(), 1);
+}
+
+#[test]
+fn a_variant_that_failed_is_named_with_its_reason_and_left_out_of_its_row() {
+    let mut report = example();
+    let Some(Row::Case(row)) = report
+        .rows
+        .iter_mut()
+        .find(|r| matches!(r, Row::Case(c) if c.model == "ddpm-mnist" && c.task == "train"))
+    else {
+        panic!("the example has a ddpm-mnist training row")
+    };
+    row.failed_variants = vec![(
+        "channels-last".into(),
+        "steptime.py failed (exit status: 1): RuntimeError: no kernel".into(),
+    )];
+    let md = markdown(&report);
+    assert!(
+        md.contains(
+            "PyTorch (channels-last) failed on ddpm-mnist train (batch 64, threads 1), left out \
+             of its row: steptime.py failed (exit status: 1): RuntimeError: no kernel"
+        ),
+        "{md}"
+    );
+    // Read back from its JSON, the failure is still there.
+    let json = serde_json::to_string(&report).unwrap();
+    let back: Report = serde_json::from_str(&json).unwrap();
+    assert_eq!(markdown(&back), md);
 }
 
 #[test]

@@ -69,8 +69,14 @@ struct Monotone {
 }
 
 impl Monotone {
-    /// `phi(t)` and `phi'(t)` for times (B,).
+    /// `phi(t)` and `phi'(t)` for times (B,), in float32 whatever the caller's autocast:
+    /// under CUDA's bf16 autocast its products would round gamma by ~0.07, and the bound
+    /// trained would not be the float32 one evaluation computes.
     fn phi(&self, t: &Tensor) -> (Tensor, Tensor) {
+        tch::autocast(false, || self.phi_f32(t))
+    }
+
+    fn phi_f32(&self, t: &Tensor) -> (Tensor, Tensor) {
         let (w1, w2, w3) = (
             self.l1_weight.abs(),
             self.l2_weight.abs(),
