@@ -221,4 +221,15 @@ char* elbo_pg_store_barrier(elbo_pg* pg, int64_t timeout_ms) {
   }
 }
 
+#ifdef ELBO_NCCL
+// The NCCL version the loaded libtorch uses, as c10d reports it ("2.29.7").
+char* elbo_nccl_version() {
+  try {
+    return message(c10d::getNcclVersion());
+  } catch (const std::exception& e) {
+    return message(std::string("unknown: ") + describe(e));
+  }
+}
+#endif
+
 }  // extern "C"

@@ -113,11 +113,12 @@ pub trait Interpolating {
 }
 
 /// A model that samples in steps (a diffusion model), with a choice of sampler.
-pub trait SteppedSampling {
+///
+/// It is a [`Denoiser`](crate::sample::Denoiser): its noise process (T, alpha-bar,
+/// log-SNR) is the one its samplers run on.
+pub trait SteppedSampling: crate::sample::Denoiser {
     /// The sampler [`ElboModel::sample`] uses.
     fn default_sampling(&self) -> SamplingOptions;
-    /// The noise process its samplers run on (T, alpha-bar, log-SNR).
-    fn process(&self) -> &dyn crate::sample::NoiseProcess;
     /// The classes of a class-conditional model (`None`: unconditional).
     fn classes(&self) -> Option<i64>;
     /// An error unless `options` fit the model: the sampler fits T (of
@@ -125,7 +126,9 @@ pub trait SteppedSampling {
     /// guidance asks a class-conditional model for its classes with a scale it can use
     /// ([`SteppedSampling::check_guidance`], the model's own part of the check).
     fn check(&self, options: &SamplingOptions) -> Result<()> {
-        options.sampler.validate(self.process())?;
+        options
+            .sampler
+            .validate(crate::sample::Denoiser::process(self))?;
         options.clip_x0.validate()?;
         self.check_guidance(options.guidance)
     }

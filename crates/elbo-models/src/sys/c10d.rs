@@ -111,7 +111,20 @@ mod raw {
         ) -> *mut c_char;
         pub fn elbo_pg_barrier(pg: *mut Pg, timeout_ms: i64) -> *mut c_char;
         pub fn elbo_pg_store_barrier(pg: *mut Pg, timeout_ms: i64) -> *mut c_char;
+        #[cfg(elbo_nccl)]
+        pub fn elbo_nccl_version() -> *mut c_char;
     }
+}
+
+/// The NCCL version the loaded libtorch uses (`None`: this build has no NCCL).
+pub fn nccl_version() -> Option<String> {
+    #[cfg(elbo_nccl)]
+    {
+        // SAFETY: no arguments; the message it returns is freed by `check`.
+        super::ffi::sys::check(unsafe { raw::elbo_nccl_version() }).err()
+    }
+    #[cfg(not(elbo_nccl))]
+    None
 }
 
 /// A c10d process group of this process and its peers.

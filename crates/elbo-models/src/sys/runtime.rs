@@ -54,6 +54,8 @@ pub struct RuntimeInfo {
     /// Whether this elbo has the NCCL process group (a CUDA libtorch with NCCL's
     /// headers); without it, GPUs reduce through Gloo.
     pub nccl: bool,
+    /// The NCCL version libtorch uses, when this elbo has NCCL.
+    pub nccl_version: Option<String>,
     /// Whether this elbo reads the CUDA caching allocator's peaks (for the benches).
     pub cuda_memory_peaks: bool,
     /// TF32 for float32 on CUDA: (matrix products, convolutions), when libtorch says.
@@ -90,6 +92,7 @@ impl RuntimeInfo {
             openmp: tch::utils::has_openmp(),
             gloo: crate::sys::c10d::AVAILABLE,
             nccl: crate::sys::c10d::NCCL,
+            nccl_version: crate::sys::c10d::nccl_version(),
             cuda_memory_peaks: cfg!(elbo_cuda_memory),
             tf32: crate::sys::ffi::cuda_tf32().ok(),
             deterministic: crate::sys::ffi::deterministic().ok(),
@@ -125,9 +128,12 @@ impl fmt::Display for RuntimeInfo {
         )?;
         writeln!(
             f,
-            "compiled in     data-parallel on Gloo {}, NCCL {}, CUDA memory peaks {}",
+            "compiled in     data-parallel on Gloo {}, NCCL {}{}, CUDA memory peaks {}",
             yes_no(self.gloo),
             yes_no(self.nccl),
+            self.nccl_version
+                .as_ref()
+                .map_or(String::new(), |v| format!(" ({v})")),
             yes_no(self.cuda_memory_peaks)
         )?;
         match self.tf32 {
@@ -172,6 +178,7 @@ mod tests {
             if info.nccl { "yes" } else { "no" }
         )));
         assert_eq!(info.cuda_versions.is_some(), tch::utils::has_cuda());
+        assert_eq!(info.nccl_version.is_some(), info.nccl);
         assert!(
             info.tf32.is_some() && info.deterministic.is_some(),
             "{info:?}"

@@ -64,10 +64,6 @@ impl SteppedSampling for Ddpm {
         self.sampling
     }
 
-    fn process(&self) -> &dyn NoiseProcess {
-        Denoiser::process(self)
-    }
-
     fn classes(&self) -> Option<i64> {
         self.null_label()
     }

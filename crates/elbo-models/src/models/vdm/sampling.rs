@@ -63,10 +63,6 @@ impl SteppedSampling for Vdm {
         self.sampling
     }
 
-    fn process(&self) -> &dyn NoiseProcess {
-        &self.gamma
-    }
-
     fn classes(&self) -> Option<i64> {
         None
     }
