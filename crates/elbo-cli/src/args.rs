@@ -110,12 +110,13 @@ pub struct DeviceArgs {
 
 /// `elbo eval`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("sweeps").args(["sweep", "guidance_sweep"])))]
 pub struct EvalArgs {
     /// A run folder, its checkpoints/ folder, or a step-*.json checkpoint.
     pub checkpoint: PathBuf,
     /// Samples of the importance-weighted bound (IWAE); 0 for none (default 1000 for
     /// the VAEs, none for a DDPM, where one sample costs T network calls).
-    #[arg(long, conflicts_with = "frechet")]
+    #[arg(long, conflicts_with = "frechet", value_parser = clap::value_parser!(i64).range(0..))]
     pub iw: Option<i64>,
     /// Evaluate on this data instead of the run's own.
     #[arg(long, value_parser = parse::<DataSpec>)]
@@ -164,7 +165,7 @@ pub struct EvalArgs {
     pub guidance_sweep: Option<Vec<f64>>,
     /// With --sweep or --guidance-sweep: the chart's file (default frechet-sweep.png or
     /// guidance-sweep.png in the run folder; the points go beside it as .json).
-    #[arg(long)]
+    #[arg(long, requires = "sweeps")]
     pub sweep_out: Option<PathBuf>,
     #[command(flatten)]
     pub steps: StepArgs,

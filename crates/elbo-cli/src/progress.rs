@@ -37,14 +37,25 @@ pub fn start_lines(start: &RunStart) -> Vec<String> {
             thousands(start.train_examples as i64)
         ),
         format!(
-            "{} steps of {} images{from}, on {:?} with {} threads",
+            "{} steps of {} images{from}, on {} with {} thread{}",
             thousands(start.steps as i64),
             start.batch_size,
-            start.device,
-            start.threads
+            device_name(start.device),
+            start.threads,
+            if start.threads == 1 { "" } else { "s" }
         ),
         format!("run folder {}", start.run.display()),
     ]
+}
+
+/// A device as `--device` names it: `cpu`, `cuda:N`.
+fn device_name(device: elbo_models::session::Device) -> String {
+    use elbo_models::session::Device;
+    match device {
+        Device::Cpu => "cpu".to_string(),
+        Device::Cuda(index) => format!("cuda:{index}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
 }
 
 /// A progress bar on a terminal; plain lines otherwise (CI, logs).
@@ -187,6 +198,6 @@ mod tests {
             run: "runs/x".into(),
         });
         assert_eq!(lines[0], "model vae-mlp: 652,824 parameters");
-        assert!(lines[2].starts_with("710 steps of 128 images, on Cpu with 2 threads"));
+        assert!(lines[2].starts_with("710 steps of 128 images, on cpu with 2 threads"));
     }
 }

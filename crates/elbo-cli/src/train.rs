@@ -64,11 +64,23 @@ fn classifier_of(model: TrainModel) -> Result<ExitCode> {
     }
 }
 
-/// `--dist-timeout` as a duration (a positive, finite number of seconds).
+/// The longest `--dist-timeout`: a day. c10d counts timeouts in milliseconds inside
+/// 64-bit arithmetic of its own, and Gloo's waits misbehave far below the overflow
+/// (9e9 s spun forever, 1e9 s timed out at once), so the value is bounded where a wait
+/// still means something.
+const MAX_DIST_TIMEOUT_S: f64 = 86_400.0;
+
+/// `--dist-timeout` as a duration: a positive number of seconds, at most a day.
 fn dist_timeout(args: &LoopArgs) -> Result<std::time::Duration> {
-    let secs = args.dist_timeout;
-    if !(secs.is_finite() && secs > 0.0) {
-        anyhow::bail!("--dist-timeout must be a positive number of seconds, found {secs}");
+    timeout_of(args.dist_timeout)
+}
+
+fn timeout_of(secs: f64) -> Result<std::time::Duration> {
+    if !(secs.is_finite() && secs > 0.0 && secs <= MAX_DIST_TIMEOUT_S) {
+        anyhow::bail!(
+            "--dist-timeout must be a positive number of seconds up to {MAX_DIST_TIMEOUT_S} (a \
+             day), found {secs}"
+        );
     }
     Ok(std::time::Duration::from_secs_f64(secs))
 }
@@ -189,4 +201,31 @@ fn classifier(args: ClassifierArgs) -> Result<ExitCode> {
         report.seconds
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::timeout_of;
+
+    /// A timeout too large for c10d (1e300, 1e20, 9e9, 1e9 seconds: a panic, a hang, a
+    /// false timeout before) is refused with the range; a day is the most.
+    #[test]
+    fn the_dist_timeout_is_a_positive_number_of_seconds_up_to_a_day() {
+        assert_eq!(timeout_of(60.0).unwrap().as_secs(), 60);
+        assert_eq!(timeout_of(86_400.0).unwrap().as_secs(), 86_400);
+        for bad in [
+            1e300,
+            1e20,
+            9e9,
+            1e9,
+            86_400.5,
+            0.0,
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+        ] {
+            let err = timeout_of(bad).unwrap_err().to_string();
+            assert!(err.contains("up to 86400"), "{bad}: {err}");
+        }
+    }
 }

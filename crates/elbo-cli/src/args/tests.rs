@@ -49,6 +49,38 @@ fn options_of_another_model_are_refused_by_the_parser() {
     }
 }
 
+/// Values that would mean something else, and options that would be ignored, are
+/// refused by the parser: a negative number of importance samples (it silently meant
+/// none), port 0 for the launcher (the workers refuse it), --sweep-out without a sweep.
+#[test]
+fn values_that_would_be_ignored_or_misread_are_refused() {
+    for argv in [
+        &["elbo", "train", "vae", "--iw", "-1"][..],
+        &["elbo", "train", "vae", "--iw=-1"][..],
+        &["elbo", "eval", "runs/x", "--iw=-5"][..],
+        &["elbo", "train", "vae", "--nproc", "2", "--master-port", "0"][..],
+        &["elbo", "eval", "runs/x", "--sweep-out", "chart.png"][..],
+    ] {
+        assert!(parse_args(argv).is_err(), "{argv:?} was accepted");
+    }
+    assert!(parse_args(&["elbo", "train", "vae", "--iw", "0"]).is_ok());
+    assert!(
+        parse_args(&[
+            "elbo",
+            "eval",
+            "runs/x",
+            "--frechet",
+            "10",
+            "--classifier",
+            "c",
+            "--sweep",
+            "--sweep-out",
+            "chart.png"
+        ])
+        .is_ok()
+    );
+}
+
 /// The help of each model shows its true defaults, read from the library.
 #[test]
 fn help_shows_each_models_true_defaults() {

@@ -102,7 +102,7 @@ pub struct LoopArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub nproc: Option<u16>,
     /// With --nproc: the port of the rendezvous on 127.0.0.1 (default: a free one).
-    #[arg(long, requires = "nproc")]
+    #[arg(long, requires = "nproc", value_parser = clap::value_parser!(u16).range(1..))]
     pub master_port: Option<u16>,
     /// Seconds a data-parallel process waits for the others (the rendezvous, each
     /// collective) before it gives up with an error.
@@ -177,7 +177,7 @@ pub struct VaeFamilyArgs {
     #[arg(long, default_value_t = 0.0)]
     pub free_bits: f64,
     /// IWAE samples for the final evaluation on the test split; 0 for none.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(0..))]
     pub iw: i64,
 }
 

@@ -74,6 +74,15 @@ impl World {
     /// [`World::from_env`] over any source of variables.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<World>> {
         let Some(size) = var("WORLD_SIZE") else {
+            // RANK without WORLD_SIZE is a launcher half-configured, not one process.
+            if let Some(rank) = var("RANK") {
+                return Err(Error::Config {
+                    detail: format!(
+                        "RANK={rank} is set but WORLD_SIZE is not: a launcher sets both (with \
+                         MASTER_ADDR and MASTER_PORT); for one process set neither"
+                    ),
+                });
+            }
             return Ok(None);
         };
         let number = |name: &str, text: &str| -> Result<usize> {

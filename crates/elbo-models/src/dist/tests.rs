@@ -68,6 +68,8 @@ fn the_environment_describes_the_world_or_says_what_is_wrong() {
         World::from_vars(move |name| map.get(name).cloned())
     };
     assert_eq!(vars(&[]).unwrap(), None, "no WORLD_SIZE: one process");
+    let err = vars(&[("RANK", "1")]).unwrap_err().to_string();
+    assert!(err.contains("RANK=1 is set but WORLD_SIZE is not"), "{err}");
     assert_eq!(vars(&[("WORLD_SIZE", "1")]).unwrap(), None);
     let full = [
         ("RANK", "3"),

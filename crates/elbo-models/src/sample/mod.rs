@@ -306,6 +306,20 @@ pub fn sample(
     let sampler = options.sampler.build();
     let mut trajectory = Trajectory::new(frames, sampler.network_calls(big_t));
     let x = sampler.run(denoiser, shape, options.clip_x0, &mut trajectory)?;
+    // A grid of NaNs is written as black pixels that look like a result: refuse it.
+    if x.isfinite().all().int64_value(&[]) == 0 {
+        return Err(Error::Config {
+            detail: format!(
+                "sampling with {}{} gave values that are not finite (NaN or infinite): a \
+                 setting that large overflows float32 (or the model's weights are not finite)",
+                options.sampler,
+                options.guidance.map_or(String::new(), |g| format!(
+                    " and guidance scale {:?}",
+                    g.scale
+                ))
+            ),
+        });
+    }
     Ok((x, trajectory.states))
 }
 

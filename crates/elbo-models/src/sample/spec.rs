@@ -95,34 +95,64 @@ impl FromStr for SamplerSpec {
         if text == "ancestral" {
             return Ok(SamplerSpec::Ancestral);
         }
-        let mut parts = text.split('-');
+        // The name and the step count, then the options: `-eta=E` (DDIM only; E may
+        // carry its own minus signs, as in 1e-3) and at most one spacing.
+        let (name, rest) = text.split_once('-').ok_or_else(bad)?;
         // None: DDIM; Some(0): UniPC; Some(k): DPM-Solver++ of order k.
-        let order = match parts.next() {
-            Some("ddim") => None,
-            Some("unipc") => Some(0),
-            Some("dpm++1") => Some(1),
-            Some("dpm++2m") => Some(2),
-            Some("dpm++3m") => Some(3),
+        let order = match name {
+            "ddim" => None,
+            "unipc" => Some(0),
+            "dpm++1" => Some(1),
+            "dpm++2m" => Some(2),
+            "dpm++3m" => Some(3),
             _ => return Err(bad()),
         };
-        let steps = parts
-            .next()
-            .and_then(|s| s.parse::<usize>().ok())
-            .ok_or_else(bad)?;
-        let (mut eta, mut spacing) = (0.0, Spacing::Uniform);
-        for part in parts {
-            match (part.strip_prefix("eta="), Spacing::from_suffix(part)) {
-                (Some(value), _) if order.is_none() => {
-                    eta = value
-                        .parse::<f64>()
-                        .ok()
-                        .filter(|e| e.is_finite() && *e >= 0.0)
-                        .ok_or_else(bad)?;
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let steps = rest[..digits].parse::<usize>().map_err(|_| bad())?;
+        let mut options = &rest[digits..];
+        let (mut eta, mut spacing) = (None, None);
+        while !options.is_empty() {
+            let option = options.strip_prefix('-').ok_or_else(bad)?;
+            if let Some(value) = option.strip_prefix("eta=") {
+                if order.is_some() || eta.is_some() {
+                    return Err(bad());
                 }
-                (None, Some(s)) => spacing = s,
-                _ => return Err(bad()),
+                // The number runs to the next option (a letter after a dash) or the end.
+                let end = value
+                    .char_indices()
+                    .find(|&(i, c)| c == '-' && value[i + 1..].starts_with(char::is_alphabetic))
+                    .map_or(value.len(), |(i, _)| i);
+                let number = &value[..end];
+                let e = number.parse::<f64>().map_err(|_| Error::Config {
+                    detail: format!(
+                        "sampler {text:?}: eta must be a number in [0, 1], found {number:?}"
+                    ),
+                })?;
+                if !(0.0..=1.0).contains(&e) {
+                    return Err(Error::Config {
+                        detail: format!(
+                            "sampler {text:?}: DDIM's eta must be in [0, 1] (0: deterministic, \
+                             1: the posterior's variance), found {number}"
+                        ),
+                    });
+                }
+                // -0 is 0.
+                eta = Some(e + 0.0);
+                options = &value[end..];
+                continue;
             }
+            let end = option.find('-').unwrap_or(option.len());
+            let s = Spacing::from_suffix(&option[..end]).ok_or_else(bad)?;
+            if spacing.replace(s).is_some() {
+                return Err(Error::Config {
+                    detail: format!("sampler {text:?} names two spacings: choose one"),
+                });
+            }
+            options = &option[end..];
         }
+        let (eta, spacing) = (eta.unwrap_or(0.0), spacing.unwrap_or(Spacing::Uniform));
         Ok(match order {
             None => SamplerSpec::Ddim(Ddim {
                 steps,
@@ -392,8 +422,10 @@ mod tests {
             "ddpm",
             "ddim",
             "ddim-x",
-            "ddim-5-eta=-1",
+            "ddim-+5",
+            "ddim-5x",
             "ddim-5-cubic",
+            "ddim-5-eta=0.5-eta=0.2",
             "dpm++2-15",
             "dpm++4m-15",
             "dpm++2m-15-eta=1",
@@ -403,6 +435,43 @@ mod tests {
             let err = bad.parse::<SamplerSpec>().unwrap_err().to_string();
             assert!(err.contains("expected ancestral, ddim-S"), "{bad}: {err}");
         }
+        // eta is a number in [0, 1]: outside it, a range error naming the value.
+        for (bad, found) in [
+            ("ddim-10-eta=1e308", "1e308"),
+            ("ddim-10-eta=1.5", "1.5"),
+            ("ddim-5-eta=-1", "-1"),
+            ("ddim-5-eta=NaN", "NaN"),
+            ("ddim-5-eta=inf", "inf"),
+        ] {
+            let err = bad.parse::<SamplerSpec>().unwrap_err().to_string();
+            assert!(
+                err.contains("eta must be in [0, 1]") && err.contains(&format!("found {found}")),
+                "{bad}: {err}"
+            );
+        }
+        let err = "ddim-5-eta=x"
+            .parse::<SamplerSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("eta must be a number in [0, 1]"), "{err}");
+        let err = "ddim-10-karras-logsnr"
+            .parse::<SamplerSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("names two spacings"), "{err}");
+        // -0 is 0; an exponent's minus sign is the number's, not an option's.
+        assert_eq!(
+            "ddim-10-eta=-0".parse::<SamplerSpec>().unwrap().to_string(),
+            "ddim-10"
+        );
+        assert_eq!(
+            "ddim-10-eta=1e-1-karras".parse::<SamplerSpec>().unwrap(),
+            SamplerSpec::Ddim(Ddim {
+                steps: 10,
+                eta: 0.1,
+                spacing: Spacing::Karras
+            })
+        );
     }
 
     #[test]

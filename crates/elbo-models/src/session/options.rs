@@ -156,6 +156,14 @@ impl TrainOptions {
                 detail: "--batch-size must be at least 1, found 0".into(),
             });
         }
+        if let Some(asked) = self.batch_size.filter(|&b| b > train_examples) {
+            return Err(Error::Config {
+                detail: format!(
+                    "--batch-size {asked} is more than the {train_examples} training images: \
+                     choose at most {train_examples}"
+                ),
+            });
+        }
         let steps = match (self.steps, self.epochs, defaults.length) {
             (Some(steps), _, _) | (None, None, Length::Steps(steps)) => steps,
             (None, Some(epochs), _) | (None, None, Length::Epochs(epochs)) => {
@@ -206,6 +214,29 @@ impl TrainOptions {
 mod tests {
     use super::*;
     use crate::models::ddpm::RecipeName;
+
+    /// A batch larger than the training split is refused, not trained as the whole split
+    /// under a false name; the split's size itself is a batch.
+    #[test]
+    fn a_batch_larger_than_the_data_is_refused() {
+        let options = |b| TrainOptions {
+            batch_size: Some(b),
+            ..TrainOptions::default()
+        };
+        let vae = TrainDefaults::vae();
+        let err = options(1_000_000_000)
+            .resolve(&vae, 9000, TrainingAids::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--batch-size 1000000000 is more than the 9000 training images"),
+            "{err}"
+        );
+        let whole = options(9000)
+            .resolve(&vae, 9000, TrainingAids::default())
+            .unwrap();
+        assert_eq!(whole.batch_size, 9000);
+    }
 
     /// A recipe fills exactly the options not given; a VAE's length is in epochs.
     #[test]

@@ -41,6 +41,17 @@ impl Trainer<'_> {
                         ),
                     });
                 }
+                if loaded.meta.step > self.config.steps {
+                    return Err(Error::Config {
+                        detail: format!(
+                            "{} is at step {}, past the {} steps this run asks for: nothing \
+                             to train; resume with more steps to continue it",
+                            newest.display(),
+                            loaded.meta.step,
+                            self.config.steps
+                        ),
+                    });
+                }
                 let changes = self.changes_from(&loaded.meta.train_config);
                 if !changes.is_empty() && !control.allow_changes {
                     return Err(Error::Config {

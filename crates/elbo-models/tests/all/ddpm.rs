@@ -502,6 +502,27 @@ fn guided_samples_follow_the_label_and_w_0_is_the_conditional_model() {
     assert!(all.equal(&tch::Tensor::cat(&parts, 0)));
 }
 
+/// Samples that overflow (a guidance scale of 1e300 is infinite in float32, and gives
+/// inf - inf) are an error naming the sampler and the scale, never a grid of black
+/// pixels.
+#[test]
+fn samples_that_are_not_finite_are_an_error_not_a_black_grid() {
+    let _guard = exclusive();
+    let vs = VarStore::new(Device::Cpu);
+    let model = tiny_conditional(&vs, 0.1);
+    tch::manual_seed(3);
+    let err = tch::no_grad(|| model.sample_with(2, &guided(Classes::One(3), 1e300), 0))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("not finite") && err.contains("guidance scale 1e300"),
+        "{err}"
+    );
+    tch::manual_seed(3);
+    assert!(tch::no_grad(|| model.sample_with(2, &guided(Classes::One(3), 2.0), 0)).is_ok());
+}
+
 /// What guidance refuses, each with what it expected and found.
 #[test]
 fn guidance_errors_say_what_was_expected() {

@@ -430,6 +430,26 @@ fn resume_with_changed_options_is_refused_unless_allowed() {
         .find(|l| l.contains("\"kind\":\"resume\""))
         .expect("a resume line");
     assert!(resume_line.contains("\"lr\":[0.001,0.01]"), "{resume_line}");
+
+    // Resuming with fewer steps than the run has taken: nothing to train, said so.
+    let (mut vs, model) = vae(5);
+    let fewer = fit(
+        &model,
+        &mut vs,
+        &data,
+        &config(3, 5),
+        dir.path(),
+        Control {
+            resume: true,
+            stop: &AtomicBool::new(false),
+            allow_changes: true,
+        },
+    );
+    let err = fewer.err().unwrap().to_string();
+    assert!(
+        err.contains("is at step 8, past the 3 steps this run asks for: nothing to train"),
+        "{err}"
+    );
 }
 
 /// A run killed before its first checkpoint leaves `config.json` and `metrics.jsonl`

@@ -296,6 +296,25 @@ pub fn load(json: &Path) -> Result<Loaded> {
             ),
         });
     }
+    // A checkpoint names only a file of its own folder: never another run's weights
+    // (an absolute path, `..`, a sub-folder).
+    let plain = Path::new(&meta.tensors);
+    if meta.tensors.is_empty()
+        || plain.components().count() != 1
+        || !matches!(
+            plain.components().next(),
+            Some(std::path::Component::Normal(_))
+        )
+    {
+        return Err(Error::Checkpoint {
+            detail: format!(
+                "{} names its tensors {:?}: expected the name of a file beside it (such as \
+                 step-000000010.safetensors), not a path",
+                json.display(),
+                meta.tensors
+            ),
+        });
+    }
     let tensor_path = json.parent().unwrap_or(Path::new(".")).join(&meta.tensors);
     if let Some(expected) = &meta.tensors_sha256 {
         let found = sha256_of(&tensor_path)?;
@@ -317,6 +336,24 @@ pub fn load(json: &Path) -> Result<Loaded> {
             tensor_path.display()
         ),
     })?;
+    // Written only of finite states; a NaN read back is damage or an edit, and would
+    // evaluate to NaN, sample black images and resume into NaN.
+    let not_finite = tch::no_grad(|| {
+        tensors
+            .iter()
+            .find(|(_, t)| t.is_floating_point() && t.isfinite().all().int64_value(&[]) == 0)
+            .map(|(name, _)| name.clone())
+    });
+    if let Some(name) = not_finite {
+        return Err(Error::Checkpoint {
+            detail: format!(
+                "{} holds values that are not finite in {name}: elbo writes checkpoints only \
+                 of finite states, so the file was changed after it was written; use an \
+                 earlier checkpoint",
+                tensor_path.display()
+            ),
+        });
+    }
     Ok(Loaded {
         meta,
         tensors: tensors.into_iter().collect(),
@@ -345,164 +382,4 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn meta(step: u64) -> CheckpointMeta {
-        CheckpointMeta {
-            format: FORMAT,
-            elbo_version: "test".into(),
-            model: "vae".into(),
-            model_config: json!({"latent_dim": 20, "hidden": [400]}),
-            train_config: json!({"lr": 1e-3}),
-            step,
-            seed: 1,
-            tensors: String::new(),
-            tensors_sha256: None,
-            world_size: None,
-        }
-    }
-
-    #[test]
-    fn saves_loads_and_keeps_the_last_n() {
-        let _generator = crate::testing::generator_lock();
-        let dir = tempfile::tempdir().unwrap();
-        let w = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
-        for step in [10, 20, 30] {
-            save(dir.path(), meta(step), &[("w".into(), &w * step as f64)], 2).unwrap();
-        }
-        let kept: Vec<String> = list(dir.path())
-            .unwrap()
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(kept, ["step-000000020.json", "step-000000030.json"]);
-        assert!(!dir.path().join("step-000000010.safetensors").exists());
-        let loaded = load(dir.path()).unwrap();
-        assert_eq!(loaded.meta.step, 30);
-        assert!(loaded.tensors["w"].equal(&(&w * 30.0)));
-        let leftovers = fs::read_dir(dir.path())
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with('.')
-            })
-            .count();
-        // No temporary file (the atomic writer's are dot files) is left.
-        assert_eq!(leftovers, 0);
-    }
-
-    #[test]
-    fn another_model_or_config_is_refused_naming_the_difference() {
-        let _generator = crate::testing::generator_lock();
-        let m = meta(1);
-        m.check_compatible("vae", &json!({"latent_dim": 20, "hidden": [400]}))
-            .unwrap();
-        let err = m
-            .check_compatible("ddpm", &m.model_config)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("holds a vae model, this run is a ddpm"),
-            "{err}"
-        );
-        let err = m
-            .check_compatible("vae", &json!({"latent_dim": 32, "hidden": [400]}))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("latent_dim: checkpoint 20, asked 32"), "{err}");
-    }
-
-    #[test]
-    fn garbage_and_missing_files_are_clear_errors() {
-        let _generator = crate::testing::generator_lock();
-        let dir = tempfile::tempdir().unwrap();
-        let err = load(dir.path()).err().unwrap().to_string();
-        assert!(err.contains("no checkpoint"), "{err}");
-        let json = dir.path().join("step-000000001.json");
-        fs::write(&json, "{not json").unwrap();
-        let err = load(&json).err().unwrap().to_string();
-        assert!(err.contains("is not an elbo checkpoint"), "{err}");
-        save(
-            dir.path(),
-            meta(2),
-            &[("w".into(), Tensor::from_slice(&[1.0f32]))],
-            5,
-        )
-        .unwrap();
-        fs::write(dir.path().join("step-000000002.safetensors"), b"truncated").unwrap();
-        let err = load(&dir.path().join("step-000000002.json"))
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(err.contains("changed or damaged"), "{err}");
-        // Without a recorded digest (a checkpoint from before it was kept), the reader's
-        // own error.
-        let json = dir.path().join("step-000000002.json");
-        let mut unchecked: CheckpointMeta =
-            serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
-        unchecked.tensors_sha256 = None;
-        fs::write(&json, serde_json::to_string(&unchecked).unwrap()).unwrap();
-        let err = load(&json).err().unwrap().to_string();
-        assert!(err.contains("cannot read the tensors"), "{err}");
-    }
-
-    /// A checkpoint records the sha256 of its tensors and refuses a file changed after:
-    /// 50 bytes flipped in the payload (safetensors itself would read them as weights).
-    #[test]
-    fn changed_tensors_a_renamed_json_and_another_format_are_refused() {
-        let _generator = crate::testing::generator_lock();
-        let dir = tempfile::tempdir().unwrap();
-        let w = Tensor::arange(1000, (tch::Kind::Float, tch::Device::Cpu));
-        let json = save(dir.path(), meta(7), &[("w".into(), w.shallow_clone())], 3).unwrap();
-        let written: CheckpointMeta =
-            serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
-        let digest = written.tensors_sha256.clone().unwrap();
-        assert_eq!(digest.len(), 64);
-        assert!(load(&json).unwrap().tensors["w"].equal(&w));
-
-        let tensors = dir.path().join("step-000000007.safetensors");
-        let mut bytes = fs::read(&tensors).unwrap();
-        let end = bytes.len();
-        for b in &mut bytes[end - 50..] {
-            *b ^= 0x5a;
-        }
-        fs::write(&tensors, &bytes).unwrap();
-        let err = load(&json).err().unwrap().to_string();
-        assert!(err.contains(&format!("records {digest}")), "{err}");
-        assert!(err.contains("changed or damaged"), "{err}");
-
-        let renamed = dir.path().join("step-000000009.json");
-        fs::copy(&json, &renamed).unwrap();
-        let err = load(&renamed).err().unwrap().to_string();
-        assert!(err.contains("says it is step 7"), "{err}");
-
-        let mut future = written;
-        future.format = FORMAT + 1;
-        fs::write(&json, serde_json::to_string(&future).unwrap()).unwrap();
-        let err = load(&json).err().unwrap().to_string();
-        assert!(
-            err.contains(&format!("this elbo reads format {FORMAT}")),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn a_failed_write_leaves_no_file_under_either_name() {
-        let _generator = crate::testing::generator_lock();
-        let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("out.bin");
-        let err = write_atomically(&target, |temp| {
-            fs::write(temp, b"half")?;
-            Err(Error::Config {
-                detail: "interrupted".into(),
-            })
-        });
-        assert!(err.is_err());
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
-    }
-}
+mod tests;
