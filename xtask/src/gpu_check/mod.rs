@@ -182,22 +182,7 @@ impl Check<'_> {
             Ok(Found::default())
         }) && self.step(report, BUILD, |limit| {
             // The tests build in the release profile too: one build of the crates.
-            self.cargo(
-                &[
-                    "test",
-                    "--release",
-                    "--no-run",
-                    "-p",
-                    "elbo-models",
-                    "--features",
-                    "cuda-tests",
-                    "--test",
-                    "cuda",
-                    "--test",
-                    "parallel",
-                ],
-                limit,
-            )?;
+            self.cargo(&cuda_tests(&["--no-run"]), limit)?;
             self.cargo(
                 &[
                     "build",
@@ -250,21 +235,7 @@ impl Check<'_> {
             }
         }
         self.step(report, CUDA_TESTS, |limit| {
-            let ran = self.cargo(
-                &[
-                    "test",
-                    "--release",
-                    "-p",
-                    "elbo-models",
-                    "--features",
-                    "cuda-tests",
-                    "--test",
-                    "cuda",
-                    "--test",
-                    "parallel",
-                ],
-                limit,
-            )?;
+            let ran = self.cargo(&cuda_tests(&[]), limit)?;
             let results: Vec<String> = ran
                 .lines
                 .iter()
@@ -526,6 +497,24 @@ impl Check<'_> {
         }
         self.elbo(&args, limit)
     }
+}
+
+/// `cargo test` of the cuda tests in the release profile (the build's profile), with
+/// `extra` arguments (`--no-run` to build them only).
+fn cuda_tests<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["test", "--release"];
+    args.extend_from_slice(extra);
+    args.extend([
+        "-p",
+        "elbo-models",
+        "--features",
+        "cuda-tests",
+        "--test",
+        "cuda",
+        "--test",
+        "parallel",
+    ]);
+    args
 }
 
 /// A planned step that was not run.

@@ -461,3 +461,14 @@ fn checkpoints_are_compared_tensor_by_tensor_per_group() {
         "a NaN against a number is a difference"
     );
 }
+
+#[test]
+fn the_cuda_tests_build_and_run_in_the_release_profile() {
+    let build = cuda_tests(&["--no-run"]);
+    assert_eq!(&build[..3], ["test", "--release", "--no-run"]);
+    let run = cuda_tests(&[]);
+    assert_eq!(&run[..2], ["test", "--release"]);
+    assert!(run.windows(2).any(|w| w == ["--features", "cuda-tests"]));
+    assert!(run.windows(2).any(|w| w == ["--test", "parallel"]));
+    assert_eq!(build.len(), run.len() + 1);
+}
