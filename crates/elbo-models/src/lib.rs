@@ -99,4 +99,17 @@ pub(crate) mod testing {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// A file every write to which fails as on a full disk: the kernel's `/dev/full`
+    /// (`None`, said on stderr, where the machine has no such device: some containers
+    /// replace it with a plain file).
+    pub(crate) fn full_disk() -> Option<&'static std::path::Path> {
+        use std::os::unix::fs::FileTypeExt;
+        let path = std::path::Path::new("/dev/full");
+        let device = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_char_device());
+        if !device {
+            eprintln!("not run: /dev/full is not the kernel's full device here");
+        }
+        device.then_some(path)
+    }
 }

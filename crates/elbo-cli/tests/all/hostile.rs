@@ -548,3 +548,47 @@ fn a_killed_worker_ends_the_job_and_ctrl_c_stops_every_worker() {
         }
     }
 }
+
+/// A run's `config.json` emptied, garbled or edited to another model is refused by
+/// eval, plot and --resume, which leave it as it is; deleted, it is written again by
+/// the resume (from the checkpoint), byte for byte as the run began.
+#[test]
+fn an_edited_config_json_is_refused_and_a_deleted_one_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("r");
+    let r = run_dir.to_str().unwrap();
+    let out = run(&["train", "vae", "--steps", "2", "--run", r]);
+    assert!(out.status.success(), "{}", text(&out));
+    let config = run_dir.join("config.json");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let edits = [
+        (
+            r#"{"model": "ddpm", "model_config": {}, "train_config": {}}"#.to_string(),
+            "the checkpoint holds a vae, config.json says ddpm",
+        ),
+        (
+            original.replace("\"latent_dim\": 20", "\"latent_dim\": 10"),
+            "model_config.latent_dim: the checkpoint has 20, config.json 10",
+        ),
+        ("{oops".to_string(), "found text that does not parse"),
+        (String::new(), "found an empty file"),
+    ];
+    for (edit, expected) in edits {
+        assert_ne!(edit, original);
+        std::fs::write(&config, &edit).unwrap();
+        for args in [
+            vec!["eval", r],
+            vec!["plot", r],
+            vec!["train", "vae", "--steps", "3", "--resume", "--run", r],
+        ] {
+            let out = run(&args);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+            assert!(text(&out).contains(expected), "{args:?}: {}", text(&out));
+            assert_eq!(std::fs::read_to_string(&config).unwrap(), edit);
+        }
+    }
+    std::fs::remove_file(&config).unwrap();
+    let out = run(&["train", "vae", "--steps", "3", "--resume", "--run", r]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), original);
+}

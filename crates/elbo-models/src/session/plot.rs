@@ -8,7 +8,7 @@ use tch::nn::VarStore;
 use super::restore::restore;
 use crate::error::{Error, Result};
 use crate::models::ModelConfig;
-use crate::train::{self, RunDir};
+use crate::train::{self, RunDir, checkpoint};
 
 /// Draws the training curves of the run folder `run` (its `metrics.jsonl`) into `out`
 /// (default: the run's `curves.png`); returns the file written.
@@ -42,16 +42,17 @@ pub fn plot_run(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
 /// A VDM run's learned noise schedule: `gamma(t)` of its newest checkpoint (the EMA
 /// weights, which evaluation and sampling use) beside the schedule it started from (the
 /// model built again from the run's seed, as training built it), as a PNG at `out`
-/// (default: the run's `gamma.png`). `None` for a folder whose `config.json` does not
-/// name a VDM.
+/// (default: the run's `gamma.png`). `None` for a run of another family, or without a
+/// checkpoint yet; an error for a `config.json` that contradicts the checkpoints.
 pub fn plot_schedule(run: &Path, out: Option<&Path>) -> Result<Option<PathBuf>> {
-    // A run folder names its family in config.json; only a VDM's is read further.
+    // The newest checkpoint names the family (only its JSON is read for that).
     let folder = RunDir::new(run);
-    let family = std::fs::read_to_string(folder.config())
-        .ok()
-        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-        .and_then(|v| v["model"].as_str().map(str::to_string));
-    if family.as_deref() != Some(crate::models::vdm::FAMILY) {
+    let Some(newest) = checkpoint::list(&folder.checkpoints())?.pop() else {
+        return Ok(None);
+    };
+    let meta = checkpoint::read_meta(&newest)?;
+    checkpoint::check_run_config(&folder.config(), &meta)?;
+    if meta.model != crate::models::vdm::FAMILY {
         return Ok(None);
     }
     let restored = restore(run, Device::Cpu, true)?;

@@ -48,6 +48,9 @@ impl Restored {
 pub fn restore(path: &Path, device: Device, use_ema: bool) -> Result<Restored> {
     let json = resolve_checkpoint(path)?;
     let loaded = checkpoint::load(&json)?;
+    if let Some(run) = checkpoint::run_of(&json) {
+        checkpoint::check_run_config(&run.config(), &loaded.meta)?;
+    }
     let config = ModelConfig::from_record(&loaded.meta.model, &loaded.meta.model_config).map_err(
         |e| match e {
             Error::Checkpoint { detail } => Error::Checkpoint {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use elbo_plot::{Figure, Panel, Series, Style};
 use serde_json::Value;
@@ -15,27 +15,33 @@ use crate::error::{Error, Result};
 /// `metrics.jsonl`, appended line by line (each line written whole).
 pub struct MetricsLog {
     file: std::fs::File,
+    path: PathBuf,
 }
 
 impl MetricsLog {
     /// Opens (creating) the log at `path` for appending.
     pub fn open(path: &Path) -> Result<MetricsLog> {
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
+            std::fs::create_dir_all(parent).map_err(|e| Error::file("create", parent, e))?;
         }
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(path)?;
-        Ok(MetricsLog { file })
+            .open(path)
+            .map_err(|e| Error::file("open", path, e))?;
+        Ok(MetricsLog {
+            file,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Appends one line.
     pub fn write(&mut self, value: &Value) -> Result<()> {
         let mut line = value.to_string();
         line.push('\n');
-        self.file.write_all(line.as_bytes())?;
-        Ok(())
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(|e| Error::file("append to", &self.path, e))
     }
 }
 

@@ -26,6 +26,10 @@ impl Trainer<'_> {
         ema: Option<&mut Ema>,
     ) -> Result<u64> {
         let run = &self.run;
+        if self.writer {
+            // Before the first step, not after the first epoch's work.
+            checkpoint::create_folder(&run.checkpoints())?;
+        }
         let newest = checkpoint::list(&run.checkpoints())?.pop();
         match (control.resume, newest) {
             (true, Some(newest)) => {
@@ -33,6 +37,7 @@ impl Trainer<'_> {
                 loaded
                     .meta
                     .check_compatible(&self.identity.family, &self.identity.config)?;
+                let has_config = checkpoint::check_run_config(&run.config(), &loaded.meta)?;
                 if loaded.meta.seed != self.config.seed {
                     return Err(Error::Checkpoint {
                         detail: format!(
@@ -78,6 +83,10 @@ impl Trainer<'_> {
                     .collect();
                 step.restore(&own)?;
                 if self.writer {
+                    if !has_config {
+                        // Deleted: written again, from the checkpoint.
+                        checkpoint::write_run_config(&run.config(), &loaded.meta)?;
+                    }
                     metrics::truncate(&run.metrics(), loaded.meta.step)?;
                     if !changes.is_empty() {
                         let changed: serde_json::Map<String, serde_json::Value> = changes
@@ -114,13 +123,7 @@ impl Trainer<'_> {
                     _ => {}
                 }
             }
-            let meta = self.meta(0);
-            let value = serde_json::json!({
-                "model": meta.model,
-                "model_config": meta.model_config,
-                "train_config": meta.train_config,
-            });
-            checkpoint::write_json_atomically(&run.config(), &value)?;
+            checkpoint::write_run_config(&run.config(), &self.meta(0))?;
         }
         Ok(0)
     }

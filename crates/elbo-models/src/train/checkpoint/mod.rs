@@ -15,6 +15,8 @@ use tch::Tensor;
 
 use crate::error::{Error, Result};
 
+mod tensors;
+
 /// The version of the checkpoint format this code writes and reads.
 pub const FORMAT: u32 = 1;
 
@@ -81,6 +83,83 @@ impl CheckpointMeta {
     }
 }
 
+/// Writes a run's `config.json` (at `path`): the model family, its configuration and
+/// the training configuration of `meta`, whole or not at all.
+pub fn write_run_config(path: &Path, meta: &CheckpointMeta) -> Result<()> {
+    let value = serde_json::json!({
+        "model": meta.model,
+        "model_config": meta.model_config,
+        "train_config": meta.train_config,
+    });
+    write_json_atomically(path, &value)
+}
+
+/// Checks a run's `config.json` (at `path`, written when the run began) against one of
+/// its checkpoints: `Ok(true)` when it names the same model family and configuration,
+/// `Ok(false)` when it is not there (the checkpoint's own record is complete; a resume
+/// writes the file again), and an error saying what was found when it was emptied,
+/// garbled or edited to describe another model.
+pub fn check_run_config(path: &Path, meta: &CheckpointMeta) -> Result<bool> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::file("read", path, e)),
+    };
+    let remedy = "its checkpoints still record the run: restore the file, or delete it and \
+                  resume the run (which writes it again from the newest checkpoint)";
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
+        detail: format!(
+            "{} is not the JSON elbo wrote when the run began (expected an object with \
+             model, model_config and train_config; {}); {remedy}",
+            path.display(),
+            if text.trim().is_empty() {
+                "found an empty file".to_string()
+            } else {
+                format!("found text that does not parse: {e}")
+            }
+        ),
+    })?;
+    let differences = match value.get("model").and_then(|m| m.as_str()) {
+        Some(family) if family == meta.model => json_differences(
+            "model_config",
+            &meta.model_config,
+            value.get("model_config").unwrap_or(&serde_json::Value::Null),
+        ),
+        Some(family) => vec![format!(
+            "model: the checkpoint holds a {}, config.json says {family}",
+            meta.model
+        )],
+        None => vec![format!(
+            "model: the checkpoint holds a {}, config.json names no model",
+            meta.model
+        )],
+    };
+    if differences.is_empty() {
+        return Ok(true);
+    }
+    Err(Error::Checkpoint {
+        detail: format!(
+            "{} does not describe the run its checkpoints hold ({}): it was edited after \
+             the run began; {remedy}",
+            path.display(),
+            differences
+                .join("; ")
+                .replace(": checkpoint ", ": the checkpoint has ")
+                .replace(", asked ", ", config.json ")
+        ),
+    })
+}
+
+/// The run folder of a checkpoint's JSON file `<run>/checkpoints/step-*.json`; `None`
+/// for a checkpoint outside a run folder's `checkpoints/`.
+pub fn run_of(json: &Path) -> Option<super::RunDir> {
+    let folder = json.parent()?;
+    if folder.file_name()? != "checkpoints" {
+        return None;
+    }
+    Some(super::RunDir::new(folder.parent()?))
+}
+
 /// `field: checkpoint X, asked Y` for every leaf where two JSON values differ.
 fn json_differences(
     path: &str,
@@ -128,21 +207,20 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
     });
     match (written, failed) {
         (Ok(()), _) => Ok(()),
+        (Err(_), Some(Error::Io(reason))) => Err(Error::File {
+            action: "write",
+            path: path.to_path_buf(),
+            reason,
+        }),
         (Err(_), Some(own)) => Err(own),
-        (
-            Err(elbo_plot::PlotError::Io {
-                path,
-                action,
-                source,
-            }),
-            None,
-        ) => Err(Error::File {
+        // The file the user knows is `path`, not the temporary name it was written as.
+        (Err(elbo_plot::PlotError::Io { action, source, .. }), None) => Err(Error::File {
             action: if action.starts_with("renaming") {
                 "rename into place"
             } else {
                 "write"
             },
-            path,
+            path: path.to_path_buf(),
             reason: source,
         }),
         (Err(other), None) => Err(Error::File {
@@ -166,30 +244,51 @@ pub fn write_json_atomically(path: &Path, value: &serde_json::Value) -> Result<(
 }
 
 /// Saves a checkpoint into `dir` (created if needed), then removes all but the newest
-/// `keep` checkpoints. Returns the JSON file's path.
+/// `keep` checkpoints. Returns the JSON file's path. On failure nothing of this
+/// checkpoint is left: a tensors file whose JSON could not be written is removed.
 pub fn save(
     dir: &Path,
     mut meta: CheckpointMeta,
     tensors: &[(String, Tensor)],
     keep: usize,
 ) -> Result<PathBuf> {
-    fs::create_dir_all(dir)?;
+    create_folder(dir)?;
     let (tensor_name, json_name) = super::layout::checkpoint_names(meta.step);
     meta.tensors = tensor_name.clone();
-    write_atomically(&dir.join(&tensor_name), |temp| {
-        Tensor::write_safetensors(tensors, temp)?;
+    let tensor_path = dir.join(&tensor_name);
+    write_atomically(&tensor_path, |temp| {
+        tensors::write(temp, tensors).map_err(|e| Error::file("write", &tensor_path, e))?;
         meta.tensors_sha256 = Some(sha256_of(temp)?);
         Ok(())
     })?;
     let json_path = dir.join(&json_name);
-    write_atomically(&json_path, |temp| {
+    let json = write_atomically(&json_path, |temp| {
         let mut file = fs::File::create(temp)?;
         serde_json::to_writer_pretty(&mut file, &meta).map_err(std::io::Error::from)?;
         file.write_all(b"\n")?;
         Ok(())
-    })?;
+    });
+    if let Err(e) = json {
+        // Without its JSON the tensors are no checkpoint: nothing would ever read or
+        // remove them.
+        let _ = fs::remove_file(&tensor_path);
+        return Err(e);
+    }
     prune(dir, keep.max(1))?;
     Ok(json_path)
+}
+
+/// Creates the checkpoint folder `dir`, refusing a file in its place with what was
+/// expected.
+pub fn create_folder(dir: &Path) -> Result<()> {
+    if dir.is_file() {
+        return Err(Error::file(
+            "create the checkpoint folder",
+            dir,
+            std::io::Error::other("it is a file: expected a folder (or nothing) there"),
+        ));
+    }
+    fs::create_dir_all(dir).map_err(|e| Error::file("create", dir, e))
 }
 
 /// The sha256 digest of the file at `path`, in lowercase hexadecimal.
@@ -211,32 +310,71 @@ pub fn sha256_of(path: &Path) -> Result<String> {
 
 /// The complete checkpoints in `dir`, oldest first.
 pub fn list(dir: &Path) -> Result<Vec<PathBuf>> {
+    Ok(named(dir, ".json")?.into_iter().map(|(_, p)| p).collect())
+}
+
+/// The files `step-*<suffix>` in `dir` by name, sorted (none when `dir` does not exist).
+fn named(dir: &Path, suffix: &str) -> Result<Vec<(String, PathBuf)>> {
     let mut found = Vec::new();
-    let Ok(entries) = fs::read_dir(dir) else {
-        return Ok(found);
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => return Ok(found),
+        Err(e) => return Err(Error::file("list", dir, e)),
     };
     for entry in entries {
-        let path = entry?.path();
+        let path = entry.map_err(|e| Error::file("list", dir, e))?.path();
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        if name.starts_with("step-") && name.ends_with(".json") {
-            found.push(path);
+            .unwrap_or_default()
+            .to_string();
+        if name.starts_with("step-") && name.ends_with(suffix) {
+            found.push((name, path));
         }
     }
     found.sort();
     Ok(found)
 }
 
+/// Removes all but the newest `keep` checkpoints, and every tensors file without its
+/// JSON (left by a kill between the two writes, or during an earlier rotation).
 fn prune(dir: &Path, keep: usize) -> Result<()> {
     let all = list(dir)?;
     for json in &all[..all.len().saturating_sub(keep)] {
         // JSON first: a checkpoint is gone as soon as its JSON is.
-        fs::remove_file(json)?;
+        fs::remove_file(json).map_err(|e| Error::file("remove", json, e))?;
         let _ = fs::remove_file(json.with_extension("safetensors"));
     }
+    for (_, orphan) in named(dir, ".safetensors")? {
+        if !orphan.with_extension("json").exists() {
+            fs::remove_file(&orphan).map_err(|e| Error::file("remove", &orphan, e))?;
+        }
+    }
     Ok(())
+}
+
+/// The error for a checkpoint `json` that is not there (any more): a run's writer keeps
+/// only its newest checkpoints, so a reader that named one may find it rotated away.
+fn removed(json: &Path) -> Error {
+    let folder = json.parent().unwrap_or(Path::new("."));
+    let newest = list(folder).ok().and_then(|mut l| l.pop());
+    Error::Checkpoint {
+        detail: match newest {
+            Some(newest) => format!(
+                "{} is not there: the run's writer keeps only its newest checkpoints and \
+                 removed it (rotation); the newest is {} (name the run folder to always \
+                 read the newest)",
+                json.display(),
+                newest.display()
+            ),
+            None => format!(
+                "{} is not there, and {} holds no checkpoint",
+                json.display(),
+                folder.display()
+            ),
+        },
+    }
 }
 
 /// A checkpoint read back.
@@ -267,22 +405,7 @@ pub fn load(json: &Path) -> Result<Loaded> {
             ),
         });
     }
-    let text = fs::read_to_string(&json).map_err(|e| Error::Checkpoint {
-        detail: format!("cannot read {}: {e}", json.display()),
-    })?;
-    let meta: CheckpointMeta = serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
-        detail: format!("{} is not an elbo checkpoint: {e}", json.display()),
-    })?;
-    if meta.format != FORMAT {
-        return Err(Error::Checkpoint {
-            detail: format!(
-                "{} has format {}, written by elbo {}; this elbo reads format {FORMAT}",
-                json.display(),
-                meta.format,
-                meta.elbo_version
-            ),
-        });
-    }
+    let meta = read_meta(&json)?;
     let named = json
         .file_name()
         .and_then(|n| n.to_str())
@@ -316,6 +439,10 @@ pub fn load(json: &Path) -> Result<Loaded> {
         });
     }
     let tensor_path = json.parent().unwrap_or(Path::new(".")).join(&meta.tensors);
+    if !tensor_path.exists() && !json.exists() {
+        // Rotated away between reading the JSON and its tensors.
+        return Err(removed(&json));
+    }
     if let Some(expected) = &meta.tensors_sha256 {
         let found = sha256_of(&tensor_path)?;
         if &found != expected {
@@ -329,12 +456,15 @@ pub fn load(json: &Path) -> Result<Loaded> {
             });
         }
     }
-    let tensors = Tensor::read_safetensors(&tensor_path).map_err(|e| Error::Checkpoint {
-        detail: format!(
-            "cannot read the tensors {}: {e} (expected the complete safetensors file the \
-             checkpoint's JSON names)",
-            tensor_path.display()
-        ),
+    let tensors = tensors::read(&tensor_path).map_err(|e| Error::Checkpoint {
+        detail: match e {
+            tensors::ReadError::Io(e) => format!("cannot read {}: {e}", tensor_path.display()),
+            tensors::ReadError::Format(why) => format!(
+                "the tensors {} are not the complete safetensors file the checkpoint's JSON \
+                 names: {why}",
+                tensor_path.display()
+            ),
+        },
     })?;
     // Written only of finite states; a NaN read back is damage or an edit, and would
     // evaluate to NaN, sample black images and resume into NaN.
@@ -360,11 +490,43 @@ pub fn load(json: &Path) -> Result<Loaded> {
     })
 }
 
+/// What the checkpoint whose JSON file is `json` says about itself (its tensors are
+/// not read).
+pub fn read_meta(json: &Path) -> Result<CheckpointMeta> {
+    let text = fs::read_to_string(json).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => removed(json),
+        _ => Error::Checkpoint {
+            detail: format!("cannot read {}: {e}", json.display()),
+        },
+    })?;
+    let meta: CheckpointMeta = serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
+        detail: format!("{} is not an elbo checkpoint: {e}", json.display()),
+    })?;
+    if meta.format != FORMAT {
+        return Err(Error::Checkpoint {
+            detail: format!(
+                "{} has format {}, written by elbo {}; this elbo reads format {FORMAT}",
+                json.display(),
+                meta.format,
+                meta.elbo_version
+            ),
+        });
+    }
+    Ok(meta)
+}
+
 /// Finds the checkpoint meant by `path`: a checkpoint's JSON file, a run folder (its
 /// newest checkpoint), or a run's `checkpoints/` folder.
 pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
     if path.is_file() {
         return Ok(path.to_path_buf());
+    }
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if name.starts_with("step-") && name.ends_with(".json") && !path.exists() {
+        return Err(removed(path));
     }
     let in_run = super::RunDir::new(path).checkpoints();
     let folder = if in_run.is_dir() {

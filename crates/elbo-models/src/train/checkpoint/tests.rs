@@ -101,7 +101,12 @@ fn garbage_and_missing_files_are_clear_errors() {
     unchecked.tensors_sha256 = None;
     fs::write(&json, serde_json::to_string(&unchecked).unwrap()).unwrap();
     let err = load(&json).err().unwrap().to_string();
-    assert!(err.contains("cannot read the tensors"), "{err}");
+    assert!(
+        err.contains("are not the complete safetensors file")
+            && err.contains("safetensors header")
+            && !err.contains("HeaderTooLarge"),
+        "{err}"
+    );
 }
 
 /// A checkpoint records the sha256 of its tensors and refuses a file changed after:
@@ -231,4 +236,80 @@ fn a_failed_write_leaves_no_file_under_either_name() {
     });
     assert!(err.is_err());
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+/// A checkpoint whose JSON cannot be written (here a folder in its place; a full disk
+/// alike) fails naming the JSON, and leaves no tensors file that nothing would read or
+/// remove; tensors left without JSON by a kill are removed by the next save.
+#[test]
+fn a_failed_json_write_leaves_no_orphan_and_orphans_are_collected() {
+    let _generator = crate::testing::generator_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let w = [("w".to_string(), Tensor::from_slice(&[1.0f32]))];
+    let json = dir.path().join("step-000000003.json");
+    fs::create_dir(&json).unwrap();
+    let err = save(dir.path(), meta(3), &w, 5).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("cannot rename into place {}", json.display())),
+        "{err}"
+    );
+    assert!(!dir.path().join("step-000000003.safetensors").exists());
+    fs::remove_dir(&json).unwrap();
+    // A kill between the two writes (or during a rotation) leaves tensors alone.
+    let orphan = dir.path().join("step-000000001.safetensors");
+    fs::write(&orphan, b"left by a kill").unwrap();
+    save(dir.path(), meta(4), &w, 5).unwrap();
+    assert!(!orphan.exists(), "the orphan was kept");
+    assert!(dir.path().join("step-000000004.safetensors").exists());
+    // A file where the folder goes is refused before anything is written.
+    let file = dir.path().join("file");
+    fs::write(&file, b"x").unwrap();
+    let err = save(&file, meta(5), &w, 5).unwrap_err().to_string();
+    assert!(err.contains("it is a file: expected a folder"), "{err}");
+}
+
+/// A reader that names a checkpoint the writer's rotation removed is told so, with the
+/// newest one.
+#[test]
+fn a_rotated_checkpoint_names_the_newest() {
+    let _generator = crate::testing::generator_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let w = [("w".to_string(), Tensor::from_slice(&[1.0f32]))];
+    for step in [1, 2, 3] {
+        save(dir.path(), meta(step), &w, 1).unwrap();
+    }
+    let gone = dir.path().join("step-000000001.json");
+    let newest = dir.path().join("step-000000003.json");
+    for err in [
+        resolve_checkpoint(&gone).unwrap_err().to_string(),
+        load(&gone).err().unwrap().to_string(),
+    ] {
+        assert!(
+            err.contains("removed it (rotation)") && err.contains(&newest.display().to_string()),
+            "{err}"
+        );
+    }
+}
+
+/// A metrics line that cannot be appended (a full disk: /dev/full) names the log.
+#[test]
+fn a_full_disk_under_the_metrics_log_names_it() {
+    let Some(full) = crate::testing::full_disk() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("metrics.jsonl");
+    std::os::unix::fs::symlink(full, &path).unwrap();
+    let err = super::super::metrics::MetricsLog::open(&path)
+        .unwrap()
+        .write(&json!({"step": 1}))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        format!(
+            "cannot append to {}: No space left on device (os error 28)",
+            path.display()
+        )
+    );
 }
