@@ -592,3 +592,49 @@ fn an_edited_config_json_is_refused_and_a_deleted_one_restored() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(std::fs::read_to_string(&config).unwrap(), original);
 }
+
+/// A tmpfs of a given size mounted on a temporary folder, unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    /// `None` (said on stderr) where mounting is not allowed (it needs root).
+    fn mount(kib: u64) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("not run: mounting a tmpfs needs root");
+        }
+        mounted.then_some(Tmpfs(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+/// A full disk (a 600 KiB tmpfs: the VAE's tensors take 7.8 MB) fails the checkpoint
+/// naming the file and the operating system's reason, and leaves no part of it.
+#[test]
+fn a_full_disk_names_the_file_and_leaves_nothing_half_written() {
+    let Some(disk) = Tmpfs::mount(600) else {
+        return;
+    };
+    let run_dir = disk.0.path().join("r");
+    let out = run(&["train", "vae", "--steps", "3", "--run", run_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let expected = format!(
+        "error: cannot write {}: No space left on device (os error 28)",
+        run_dir
+            .join("checkpoints/step-000000003.safetensors")
+            .display()
+    );
+    assert!(text(&out).contains(&expected), "{}", text(&out));
+    assert_eq!(files(&run_dir.join("checkpoints")), Vec::<PathBuf>::new());
+}
