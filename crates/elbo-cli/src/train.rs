@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use elbo_models::session::{
@@ -42,7 +43,17 @@ pub fn run(model: TrainModel) -> Result<ExitCode> {
             world.rank,
             world.size
         ),
-        (Some(n), None) if n > 1 => return launch::run(n, looped.master_port, timeout),
+        (Some(n), None) if n > 1 => {
+            // Refused here, once, rather than by each of n workers.
+            let batch = args.boxed_job(session::Device::Cpu).plan().batch_size();
+            session::check_global_batch(batch, n.into())?;
+            return launch::run(launch::Launch {
+                nproc: n.into(),
+                port: looped.master_port,
+                timeout,
+                max_restarts: looped.max_restarts,
+            });
+        }
         _ => {}
     }
     match &world {
@@ -117,8 +128,9 @@ fn train_as(
     finish(&report)
 }
 
-/// A flag that the first Ctrl-C raises (the run stops after its step with a
-/// checkpoint); a second one exits at once.
+/// A flag that the first Ctrl-C (or SIGTERM) raises (the run stops after its step with
+/// a checkpoint); a second one exits at once, and so does a process of a data-parallel
+/// job that, after the request, waits in a collective for [`STUCK_AFTER_STOP`].
 fn stop_flag() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
@@ -130,9 +142,41 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
             session::exit_now(130);
         }
         eprintln!("\nstopping after this step (Ctrl-C again to quit at once)...");
+        watch_for_a_stuck_collective(Instant::now());
     })
     .context("installing the Ctrl-C handler")?;
     Ok(stop)
+}
+
+/// How long a process may wait in a collective after a stop request. The processes of a
+/// job step in lockstep and the launcher (or the cluster) asks all of them to stop, so
+/// the others arrive within a fraction of a step; a wait this long after the request is
+/// for a process that will not come (stopped, hung, or lost without a broken socket),
+/// and `--dist-timeout` may be a day.
+const STUCK_AFTER_STOP: Duration = Duration::from_secs(10);
+
+/// After a stop request: exits (130) when this process has waited in one collective for
+/// [`STUCK_AFTER_STOP`] since the request, saying so. The checkpoints already written
+/// are complete; the step in flight is lost, as it would be on any path out.
+fn watch_for_a_stuck_collective(asked: Instant) {
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let Some((what, since)) = session::waiting_in() else {
+                continue;
+            };
+            let stuck = since.max(asked).elapsed();
+            if stuck >= STUCK_AFTER_STOP {
+                eprintln!(
+                    "stopping now: after the stop request this process waited {}s in {what} \
+                     for the other processes of the job, which did not come (stopped, hung or \
+                     lost); the checkpoints already written are complete",
+                    stuck.as_secs()
+                );
+                session::exit_now(130);
+            }
+        }
+    });
 }
 
 fn finish(report: &JobReport) -> Result<ExitCode> {

@@ -104,6 +104,17 @@ pub struct LoopArgs {
     /// With --nproc: the port of the rendezvous on 127.0.0.1 (default: a free one).
     #[arg(long, requires = "nproc", value_parser = clap::value_parser!(u16).range(1..))]
     pub master_port: Option<u16>,
+    /// With --nproc: restart the whole job up to K times when a worker fails (as
+    /// torchrun's --max-restarts); each attempt resumes the newest checkpoint, so it
+    /// needs --resume. A Ctrl-C or SIGTERM is never restarted.
+    #[arg(
+        long,
+        value_name = "K",
+        requires = "nproc",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u32).range(0..=1000)
+    )]
+    pub max_restarts: u32,
     /// Seconds a data-parallel process waits for the others (the rendezvous, each
     /// collective) before it gives up with an error.
     #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]

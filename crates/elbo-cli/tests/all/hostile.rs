@@ -638,3 +638,155 @@ fn a_full_disk_names_the_file_and_leaves_nothing_half_written() {
     assert!(text(&out).contains(&expected), "{}", text(&out));
     assert_eq!(files(&run_dir.join("checkpoints")), Vec::<PathBuf>::new());
 }
+
+/// A `--nproc 2` job on a run folder of `dir`, 1e6 steps, checkpoints every 50.
+fn long_job(run_dir: &Path, extra: &[&str]) -> Child {
+    let mut args = vec![
+        "train",
+        "vae",
+        "--steps",
+        "1000000",
+        "--batch-size",
+        "32",
+        "--checkpoint-every",
+        "50",
+        "--run",
+        run_dir.to_str().unwrap(),
+        "--nproc",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    spawn(&args)
+}
+
+/// A worker stopped with SIGSTOP: the other gives up at --dist-timeout and the
+/// launcher names the stopped rank as the cause (not the healthy one that timed out);
+/// with a day's timeout, a SIGTERM ends the job stuck waiting for it within seconds
+/// (the waiting process gives up 10 s after the request), exit 130.
+#[test]
+fn a_stopped_worker_is_named_and_a_stop_ends_the_wait_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for (case, timeout) in [("timeout", "3"), ("sigterm", "86400")] {
+        let run_dir = dir.path().join(case);
+        let launcher = long_job(&run_dir, &["--dist-timeout", timeout]);
+        wait_for("a first checkpoint", || {
+            files(&run_dir.join("checkpoints"))
+                .iter()
+                .any(|p| p.extension().is_some_and(|e| e == "json"))
+        });
+        let workers = workers_of(&launcher);
+        assert_eq!(workers.len(), 2, "{workers:?}");
+        let stopped = Command::new("kill")
+            .args(["-STOP", &workers[1].1.to_string()])
+            .status()
+            .unwrap();
+        assert!(stopped.success());
+        let started = Instant::now();
+        if case == "sigterm" {
+            signal(&launcher, "TERM");
+        }
+        let out = launcher.wait_with_output().unwrap();
+        let said = text(&out);
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{case}: the job took {:?} to stop: {said}",
+            started.elapsed()
+        );
+        assert!(
+            said.contains("rank 1 of 2 had been stopped (SIGSTOP or a debugger)"),
+            "{case}: {said}"
+        );
+        if case == "sigterm" {
+            assert_eq!(out.status.code(), Some(130), "{said}");
+            assert!(said.contains("in all-reduce for the other processes"), "{said}");
+        } else {
+            assert_eq!(out.status.code(), Some(1), "{said}");
+            assert!(said.contains("worker of rank 0 (of 2) exited"), "{said}");
+        }
+        assert!(temporaries(&run_dir).is_empty(), "{case}");
+    }
+}
+
+/// `--max-restarts 1 --resume`: a worker killed with kill -9 after the first
+/// checkpoint, the launcher starts the job again, it resumes, and the final weights,
+/// Adam's moments and all are byte-identical to an unbroken run's. Without --resume
+/// the option is refused; a batch that cannot divide is refused once, before any
+/// worker starts.
+#[test]
+fn max_restarts_resumes_a_killed_job_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = |name: &str, extra: &[&str]| {
+        let run_dir = dir.path().join(name);
+        let mut args = vec![
+            "train",
+            "vae",
+            "--steps",
+            "200",
+            "--batch-size",
+            "32",
+            "--checkpoint-every",
+            "50",
+            "--run",
+            run_dir.to_str().unwrap(),
+            "--nproc",
+            "2",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        (run_dir, args)
+    };
+    let (unbroken, args) = job("unbroken", &[]);
+    let out = run(&args_of(&args));
+    assert!(out.status.success(), "{}", text(&out));
+    let (restarted, args) = job("restarted", &["--max-restarts", "1", "--resume"]);
+    let launcher = spawn(&args_of(&args));
+    wait_for("a first checkpoint", || {
+        files(&restarted.join("checkpoints"))
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "json"))
+    });
+    let workers = workers_of(&launcher);
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    let killed = Command::new("kill")
+        .args(["-9", &workers[1].1.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = launcher.wait_with_output().unwrap();
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("worker of rank 1 (of 2) was killed by signal 9 (SIGKILL) first")
+            && said.contains("restarting the job from its newest checkpoint (restart 1 of 1)"),
+        "{said}"
+    );
+    let (a, b) = (checkpoint_json(&unbroken), checkpoint_json(&restarted));
+    assert_eq!(a["step"], 200);
+    assert_eq!(a["tensors_sha256"], b["tensors_sha256"], "{said}");
+
+    let (_, args) = job("no-resume", &["--max-restarts", "1"]);
+    let out = run(&args_of(&args));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("add --resume"), "{}", text(&out));
+    let odd = dir.path().join("odd");
+    let out = run(&[
+        "train",
+        "vae",
+        "--batch-size",
+        "33",
+        "--nproc",
+        "64",
+        "--run",
+        odd.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(
+        text(&out).matches("does not divide among 64 processes").count(),
+        1,
+        "{}",
+        text(&out)
+    );
+    assert!(!odd.exists(), "a worker started");
+}

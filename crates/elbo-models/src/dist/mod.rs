@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use tch::{Device, Tensor};
 
-pub use crate::sys::c10d::{AVAILABLE, Backend, NCCL, ProcessGroup, Rendezvous, UNAVAILABLE};
+pub use crate::sys::c10d::{
+    AVAILABLE, Backend, NCCL, ProcessGroup, Rendezvous, UNAVAILABLE, waiting_in,
+};
 pub use reduce::{DEFAULT_BUCKET_BYTES, buckets};
 pub use replicas::{Alone, Replica, Replicas};
 
@@ -166,6 +168,7 @@ impl World {
             ("LOCAL_WORLD_SIZE", self.local_size.to_string()),
             ("MASTER_ADDR", self.master_addr.clone()),
             ("MASTER_PORT", self.master_port.to_string()),
+            ("TORCHELASTIC_RESTART_COUNT", self.restart_count.to_string()),
         ]
     }
 

@@ -48,6 +48,11 @@ pub struct Plan<'a> {
 }
 
 impl<'a> Plan<'a> {
+    /// The global batch: the user's, or the defaults'.
+    pub fn batch_size(&self) -> usize {
+        self.options.batch_size.unwrap_or(self.defaults.batch_size)
+    }
+
     /// A diffusion model's plan (DDPM, VDM): a recipe's defaults, no aids, the bound on
     /// `final_examples` test images at the end and no IWAE bound.
     fn diffusion(recipe: RecipeName, final_examples: usize, options: &'a TrainOptions) -> Plan<'a> {

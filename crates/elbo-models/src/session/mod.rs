@@ -30,7 +30,7 @@ pub use options::{Length, TrainDefaults, TrainOptions};
 pub use crate::data::DataSpec;
 pub use crate::dist::{
     AVAILABLE as DATA_PARALLEL, Alone, DEFAULT_TIMEOUT, ENV_VARS, Parallel, Replicas,
-    UNAVAILABLE as NO_DATA_PARALLEL, World,
+    UNAVAILABLE as NO_DATA_PARALLEL, World, waiting_in,
 };
 pub use crate::eval::classifier::{
     ClassifierJob, ClassifierReport, ClassifierTrainConfig, run_job as train_classifier,
@@ -51,7 +51,7 @@ pub use crate::sample::{Classes, ClipX0, Guidance, SamplerSpec, SamplingOptions}
 pub use crate::sys::ffi::{exit_now, set_deterministic as use_deterministic_algorithms};
 pub use crate::sys::{DeviceSpec, RuntimeInfo, retain_freed_memory};
 pub use crate::train::aids::TrainingAids;
-pub use crate::train::{Control, Finished, Observer, Progress, RunStart};
+pub use crate::train::{Control, Finished, Observer, Progress, RunStart, check_global_batch};
 pub use tch::Device;
 
 use crate::error::{Error, Result};

@@ -9,9 +9,39 @@
 //! false and [`ProcessGroup::connect`] says so.
 #![allow(unsafe_code)]
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tch::{Device, Tensor};
+
+/// The collective this process is waiting in, and since when (one at a time: a process
+/// group's calls come from the training thread).
+static WAITING: Mutex<Option<(&'static str, Instant)>> = Mutex::new(None);
+
+/// The collective this process is inside (`all-reduce`, `broadcast`, `barrier`), and
+/// when it began; `None` outside one. A signal handler's thread reads it to tell a step
+/// that will end from a wait for processes that will not come.
+pub fn waiting_in() -> Option<(&'static str, Instant)> {
+    *WAITING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Marks this process as inside the collective `what` until dropped.
+#[cfg_attr(not(elbo_gloo), allow(dead_code))]
+struct Waiting;
+
+#[cfg_attr(not(elbo_gloo), allow(dead_code))]
+impl Waiting {
+    fn begin(what: &'static str) -> Waiting {
+        *WAITING.lock().unwrap_or_else(|p| p.into_inner()) = Some((what, Instant::now()));
+        Waiting
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        *WAITING.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
 
 /// Whether this build has the Gloo process group (Gloo's headers were found).
 pub const AVAILABLE: bool = cfg!(elbo_gloo);
@@ -242,6 +272,7 @@ impl ProcessGroup {
         #[cfg(elbo_gloo)]
         {
             let handles = handles(tensors);
+            let _waiting = Waiting::begin("all-reduce");
             // SAFETY: live tensor handles borrowed for the call; the group is ours.
             super::ffi::sys::check(unsafe {
                 raw::elbo_pg_allreduce_sum(
@@ -265,6 +296,7 @@ impl ProcessGroup {
         #[cfg(elbo_gloo)]
         {
             let handles = handles(tensors);
+            let _waiting = Waiting::begin("broadcast");
             // SAFETY: live tensor handles borrowed for the call; the group is ours.
             super::ffi::sys::check(unsafe {
                 raw::elbo_pg_broadcast(
@@ -287,6 +319,7 @@ impl ProcessGroup {
     pub fn barrier(&self, timeout: Duration) -> Result<(), String> {
         #[cfg(elbo_gloo)]
         {
+            let _waiting = Waiting::begin("barrier");
             // SAFETY: the group is ours; an integer in.
             super::ffi::sys::check(unsafe {
                 raw::elbo_pg_barrier(self.raw.as_ptr(), millis(timeout))
@@ -307,6 +340,7 @@ impl ProcessGroup {
     pub fn store_barrier(&self, timeout: Duration) -> Result<(), String> {
         #[cfg(elbo_gloo)]
         {
+            let _waiting = Waiting::begin("barrier");
             // SAFETY: the group is ours; an integer in.
             super::ffi::sys::check(unsafe {
                 raw::elbo_pg_store_barrier(self.raw.as_ptr(), millis(timeout))

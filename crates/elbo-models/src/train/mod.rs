@@ -518,21 +518,28 @@ impl<'a> Trainer<'a> {
 /// Refuses a data-parallel job whose global batch does not divide among its processes,
 /// or whose epochs end with a batch smaller than the number of processes.
 fn check_divisible(batch: usize, examples: usize, world: usize) -> Result<()> {
-    if !batch.is_multiple_of(world) {
-        return Err(Error::Config {
-            detail: format!(
-                "--batch-size {batch} is the global batch and does not divide among {world} \
-                 processes: choose a multiple of {world} (e.g. {})",
-                (batch / world).max(1) * world
-            ),
-        });
-    }
+    check_global_batch(batch, world)?;
     let last = examples % batch;
     if last != 0 && last < world {
         return Err(Error::Config {
             detail: format!(
                 "each epoch of {examples} examples ends with a batch of {last}, fewer than the \
                  {world} processes: choose a batch size that leaves at least {world} (or none)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a global batch that does not divide among `world` processes (a launcher
+/// checks it before starting them).
+pub fn check_global_batch(batch: usize, world: usize) -> Result<()> {
+    if !batch.is_multiple_of(world) {
+        return Err(Error::Config {
+            detail: format!(
+                "--batch-size {batch} is the global batch and does not divide among {world} \
+                 processes: choose a multiple of {world} (e.g. {})",
+                (batch / world).max(1) * world
             ),
         });
     }
