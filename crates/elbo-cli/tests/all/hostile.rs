@@ -281,6 +281,25 @@ fn bad_options_are_refused_with_their_range() {
             "{options:?} wrote into the run folder"
         );
     }
+    // Diffusion steps bounded where they still mean something (10^9 was killed for
+    // memory; a VDM's bound at 10^8 collapsed to 0.03 bits/dim).
+    for (family, steps, expected) in [
+        ("ddpm", "1000000000", "a DDPM has 1 to 100000 steps, found 1000000000"),
+        ("vdm", "100000000", "at most 16777216 (2^24) steps, found 100000000"),
+    ] {
+        let run_dir = dir.path().join(family);
+        let out = run(&[
+            "train",
+            family,
+            "--timesteps",
+            steps,
+            "--run",
+            run_dir.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{family}: {}", text(&out));
+        assert!(text(&out).contains(expected), "{family}: {}", text(&out));
+        assert!(!run_dir.join("checkpoints").exists());
+    }
     for args in [
         vec!["sample", "runs/none", "--n", "0"],
         vec!["sample", "runs/none", "--interpolate", "1"],

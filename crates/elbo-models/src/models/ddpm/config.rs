@@ -164,6 +164,17 @@ impl DdpmConfig {
     /// class-conditional network only.
     pub fn validate(&self) -> Result<()> {
         self.unet.validate()?;
+        if !(1..=MAX_TIMESTEPS).contains(&self.timesteps) {
+            return Err(Error::Config {
+                detail: format!(
+                    "a DDPM has 1 to {MAX_TIMESTEPS} steps, found {}: its schedule keeps about \
+                     ten float64 tables of T entries (and the loss-second-moment sampler \
+                     a history of 10 losses per step), and its bound takes T network calls \
+                     per image; T = 1000 (Ho et al.) or 4000 (improved DDPM) are the usual",
+                    self.timesteps
+                ),
+            });
+        }
         if !(0.0..1.0).contains(&self.cond_drop) {
             return Err(Error::Config {
                 detail: format!(
@@ -195,6 +206,10 @@ impl DdpmConfig {
         Ok(())
     }
 }
+
+/// The most diffusion steps a DDPM may have: 100 times improved DDPM's 4000, with
+/// tables of a few tens of megabytes (10^9 steps were killed for memory at 23 GB).
+pub const MAX_TIMESTEPS: usize = 100_000;
 
 /// A training recipe: the settings besides the model that a DDPM is trained with.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -59,6 +59,10 @@ pub struct VdmConfig {
     pub sampling_steps: usize,
 }
 
+/// The most steps of a discrete-time VDM: float32 times resolve `2^24` steps (the
+/// T-step weights themselves are computed in float64, exact far beyond).
+pub const MAX_TIMESTEPS: usize = 1 << 24;
+
 impl VdmConfig {
     /// A preset for images of shape `image`: the DDPM preset's network (`vdm-mnist`:
     /// `ddpm-mnist`'s), Fourier features with n = 6 and 7, the monotone schedule from
@@ -134,6 +138,14 @@ impl VdmConfig {
         }
         if self.timesteps == Some(0) {
             return bad("a discrete-time VDM needs at least 1 step, found 0".into());
+        }
+        if let Some(t) = self.timesteps.filter(|&t| t > MAX_TIMESTEPS) {
+            return bad(format!(
+                "a discrete-time VDM has at most {MAX_TIMESTEPS} (2^24) steps, found {t}: its \
+                 training times are drawn in float32, which tells 2^24 steps apart, and far \
+                 below that the T-step bound equals the continuous-time one (leave \
+                 --timesteps out for it)"
+            ));
         }
         if !(1..=100_000).contains(&self.sampling_steps) {
             return bad(format!(

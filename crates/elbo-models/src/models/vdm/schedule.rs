@@ -77,15 +77,19 @@ impl Monotone {
     }
 
     fn phi_f32(&self, t: &Tensor) -> (Tensor, Tensor) {
+        // In `t`'s precision: float64 where differences of the schedule at nearby times
+        // matter (the T-step loss).
+        let kind = t.kind();
         let (w1, w2, w3) = (
-            self.l1_weight.abs(),
-            self.l2_weight.abs(),
-            self.l3_weight.abs(),
+            self.l1_weight.abs().to_kind(kind),
+            self.l2_weight.abs().to_kind(kind),
+            self.l3_weight.abs().to_kind(kind),
         );
+        let (b1, b2) = (self.l1_bias.to_kind(kind), self.l2_bias.to_kind(kind));
         let features = w2.size()[0] as f64;
         // l1: 1 -> 1; l2: 1 -> F; l3: F -> 1, without bias.
-        let u = t.unsqueeze(1).matmul(&w1.tr()) + &self.l1_bias; // (B, 1)
-        let h = (u.matmul(&w2.tr()) + &self.l2_bias).sigmoid(); // (B, F)
+        let u = t.unsqueeze(1).matmul(&w1.tr()) + b1; // (B, 1)
+        let h = (u.matmul(&w2.tr()) + b2).sigmoid(); // (B, F)
         let phi = &u + h.matmul(&w3.tr()) / features;
         // d phi / dt = w1 (1 + sum_k w3_k h_k (1 - h_k) w2_k / F).
         let slope = (&h * (-&h + 1.0) * w2.tr()).matmul(&w3.tr()) / features;
@@ -184,7 +188,9 @@ impl GammaNet {
         match &self.monotone {
             None => (t.shallow_clone(), t.ones_like()),
             Some(net) => {
-                let ends = Tensor::from_slice(&[0.0f32, 1.0]).to_device(t.device());
+                let ends = Tensor::from_slice(&[0.0f32, 1.0])
+                    .to_device(t.device())
+                    .to_kind(t.kind());
                 let (phi, phi_dot) = net.phi(t);
                 let (phi_ends, _) = net.phi(&ends);
                 let (p0, p1) = (phi_ends.get(0), phi_ends.get(1));
