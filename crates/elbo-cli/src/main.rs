@@ -41,9 +41,30 @@ fn run(command: Command) -> Result<ExitCode> {
             println!("{}", elbo_models::session::RuntimeInfo::current());
         }
         Command::Train { model } => return train::run(model),
-        Command::Eval(args) => eval::eval(args)?,
-        Command::Sample(args) => eval::sample(args)?,
-        Command::Plot(args) => eval::plot(args)?,
+        Command::Eval(args) => {
+            interrupt_ends("the evaluation")?;
+            eval::eval(args)?
+        }
+        Command::Sample(args) => {
+            interrupt_ends("sampling")?;
+            eval::sample(args)?
+        }
+        Command::Plot(args) => {
+            interrupt_ends("plotting")?;
+            eval::plot(args)?
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A command that only reads a run and writes its outputs whole at the end: Ctrl-C or
+/// SIGTERM ends it at once (exit 130), saying that nothing was written. (The outputs
+/// go through temporary names, so none is left half-written.)
+fn interrupt_ends(what: &'static str) -> Result<()> {
+    use anyhow::Context;
+    ctrlc::set_handler(move || {
+        eprintln!("\ninterrupted: {what} stopped; it wrote nothing (its files are written whole, at the end)");
+        elbo_models::session::exit_now(130);
+    })
+    .context("installing the Ctrl-C handler")
 }

@@ -809,3 +809,49 @@ fn max_restarts_resumes_a_killed_job_bit_for_bit() {
     );
     assert!(!odd.exists(), "a worker started");
 }
+
+/// `elbo eval` and `elbo sample` end at once on SIGTERM or Ctrl-C, with exit 130 and a
+/// word that they wrote nothing (before, SIGTERM killed them silently with 143).
+#[test]
+fn sigterm_or_ctrl_c_ends_eval_and_sample_with_a_word() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("r");
+    let r = run_dir.to_str().unwrap();
+    let out = run(&["train", "vae", "--steps", "2", "--iw", "0", "--run", r]);
+    assert!(out.status.success(), "{}", text(&out));
+    let grid = dir.path().join("grid.png");
+    for (args, name, what) in [
+        (vec!["eval", r, "--iw", "5000"], "TERM", "the evaluation"),
+        (
+            vec!["sample", r, "--n", "100000", "--out", grid.to_str().unwrap()],
+            "INT",
+            "sampling",
+        ),
+    ] {
+        let child = spawn(&args);
+        // Once its handler is in place (SIGINT and SIGTERM caught, in /proc's SigCgt
+        // mask), the command is in its work, seconds before it writes anything.
+        let status = format!("/proc/{}/status", child.id());
+        wait_for("the signal handler", || {
+            std::fs::read_to_string(&status)
+                .ok()
+                .and_then(|s| {
+                    let mask = s.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+                    u64::from_str_radix(mask.trim(), 16).ok()
+                })
+                .is_some_and(|mask| mask & (1 << 1) != 0 && mask & (1 << 14) != 0)
+        });
+        let started = Instant::now();
+        signal(&child, name);
+        let out = child.wait_with_output().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(10), "{args:?}");
+        assert_eq!(out.status.code(), Some(130), "{args:?}: {}", text(&out));
+        assert!(
+            text(&out).contains(&format!("interrupted: {what} stopped; it wrote nothing")),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    assert!(!grid.exists());
+    assert!(temporaries(dir.path()).is_empty());
+}
