@@ -211,10 +211,15 @@ pub fn sweep(
         });
     };
     let big_t = stepped.process().timesteps();
+    // The whole grid is checked before minutes go into its first points.
+    for sampler in samplers {
+        sampler.validate(stepped.process()).map_err(|e| Error::Config {
+            detail: format!("the sweep's sampler {sampler}: {e}; no point was computed"),
+        })?;
+    }
     let mut points = Vec::with_capacity(samplers.len());
     let mut floor = f64::NAN;
     for sampler in samplers {
-        sampler.validate(stepped.process())?;
         let config = FrechetConfig {
             sampling: Some(SamplingOptions::clipped(*sampler)),
             ..*config
@@ -330,16 +335,29 @@ pub fn guidance_sweep(
     let per_class = n / classes;
     let labels = Tensor::arange(classes, (tch::Kind::Int64, device))
         .repeat_interleave_self_int(per_class, None, None);
+    let sampling_at = |scale: f64| SamplingOptions {
+        guidance: Some(Guidance {
+            classes: Classes::All,
+            scale,
+        }),
+        ..base
+    };
+    // The whole grid is checked before minutes go into its first points.
+    for &scale in scales {
+        if let Some(stepped) = model.capabilities().stepped {
+            stepped
+                .check(&sampling_at(scale))
+                .map_err(|e| Error::Config {
+                    detail: format!(
+                        "the sweep's guidance scale {scale}: {e}; no point was computed"
+                    ),
+                })?;
+        }
+    }
     let mut points = Vec::with_capacity(scales.len());
     let mut floor = f64::NAN;
     for &scale in scales {
-        let sampling = SamplingOptions {
-            guidance: Some(Guidance {
-                classes: Classes::All,
-                scale,
-            }),
-            ..base
-        };
+        let sampling = sampling_at(scale);
         let config = FrechetConfig {
             sampling: Some(sampling),
             ..*config

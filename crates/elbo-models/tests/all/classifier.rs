@@ -213,7 +213,29 @@ fn learns_digits_round_trips_and_anchors_the_frechet_distance() {
     let ddpm =
         elbo_models::models::ddpm::Ddpm::new(&(vs.root() / "ddpm"), crate::common::tiny_ddpm())
             .unwrap();
+    // A grid with a sampler the model cannot run (more steps than its T) is refused
+    // before the first point, naming the sampler.
+    let too_long: Vec<elbo_models::sample::SamplerSpec> = ["ddim-2", "ddim-100000"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
     let mut seen = 0;
+    let err = frechet::sweep(
+        &ddpm,
+        &model,
+        &splits,
+        &small,
+        &too_long,
+        Device::Cpu,
+        &mut |_| seen += 1,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("the sweep's sampler ddim-100000") && err.contains("no point was computed"),
+        "{err}"
+    );
+    assert_eq!(seen, 0);
     let (points, floor) = frechet::sweep(
         &ddpm,
         &model,
