@@ -69,7 +69,7 @@ pub struct StepArgs {
     pub class: Option<Classes>,
     /// With --class: classifier-free guidance's w, eps = (1 + w) eps(x, class) - w
     /// eps(x, null) (default 0: the conditional model alone).
-    #[arg(long, value_name = "W", requires = "class")]
+    #[arg(long, value_name = "W", requires = "class", allow_negative_numbers = true)]
     pub guidance: Option<f64>,
 }
 
@@ -159,6 +159,7 @@ pub struct EvalArgs {
         long,
         value_name = "W,W,...",
         value_delimiter = ',',
+        allow_negative_numbers = true,
         requires = "frechet",
         conflicts_with_all = ["sweep", "class"]
     )]
@@ -189,7 +190,7 @@ pub struct SampleArgs {
     pub interpolate: Option<i64>,
     /// The seed of the draws.
     #[arg(long, default_value_t = 0)]
-    pub seed: i64,
+    pub seed: u64,
     /// A DDPM's sampler: ancestral (Ho et al.'s algorithm 2, T steps), ddim-S[-eta=E],
     /// DPM-Solver++ dpm++1-S, dpm++2m-S, dpm++3m-S, or unipc-S (S network calls); a
     /// spacing -quadratic, -logsnr or -karras may follow (default ddim-50: 50 steps,
@@ -207,7 +208,8 @@ pub struct SampleArgs {
 pub struct PlotArgs {
     /// A run folder (with its metrics.jsonl).
     pub run: PathBuf,
-    /// The PNG to write (default: the run's curves.png).
+    /// The PNG to write, or a folder to write curves.png (and a VDM's gamma.png) into
+    /// (default: the run folder).
     #[arg(long)]
     pub out: Option<PathBuf>,
 }

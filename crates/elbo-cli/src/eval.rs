@@ -158,10 +158,18 @@ pub fn sample(args: SampleArgs) -> Result<()> {
 
 /// `elbo plot`.
 pub fn plot(args: PlotArgs) -> Result<()> {
-    let path = session::plot_run(&args.run, args.out.as_deref())?;
+    // `--out DIR`: the charts go into it, under their usual names.
+    let (out, schedule) = match args.out.as_deref() {
+        Some(dir) if dir.is_dir() => (
+            Some(dir.join("curves.png")),
+            Some(dir.join("gamma.png")),
+        ),
+        Some(file) => (Some(file.to_path_buf()), Some(file.with_extension("gamma.png"))),
+        None => (None, None),
+    };
+    let path = session::plot_run(&args.run, out.as_deref())?;
     println!("wrote {}", path.display());
     // A VDM's learned schedule beside the curves.
-    let schedule = args.out.as_deref().map(|o| o.with_extension("gamma.png"));
     if let Some(path) = session::plot_schedule(&args.run, schedule.as_deref())? {
         println!("wrote {}", path.display());
     }

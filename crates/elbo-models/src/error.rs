@@ -109,6 +109,27 @@ pub enum Error {
 }
 
 impl Error {
+    /// A chart or picture of `path` that could not be drawn: a failed write is an
+    /// [`Error::File`] naming `path` once (not the temporary file too), anything else an
+    /// [`Error::Plot`].
+    pub fn plot(path: impl Into<std::path::PathBuf>, e: elbo_plot::PlotError) -> Error {
+        match e {
+            elbo_plot::PlotError::Io { action, source, .. } => Error::File {
+                action: if action.starts_with("renaming") {
+                    "rename into place"
+                } else {
+                    "write"
+                },
+                path: path.into(),
+                reason: source,
+            },
+            other => Error::Plot {
+                path: path.into(),
+                detail: other.to_string(),
+            },
+        }
+    }
+
     /// [`Error::File`]: `action` on `path` failed with `reason`.
     pub fn file(
         action: &'static str,

@@ -855,3 +855,52 @@ fn sigterm_or_ctrl_c_ends_eval_and_sample_with_a_word() {
     assert!(!grid.exists());
     assert!(temporaries(dir.path()).is_empty());
 }
+
+/// Two ranks started by hand (as another launcher would) with different options: both
+/// refuse, and the one that differs names the option with both values.
+#[test]
+fn ranks_with_different_options_name_the_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("r");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let ranks: Vec<Child> = ["0.001", "0.002"]
+        .iter()
+        .enumerate()
+        .map(|(rank, lr)| {
+            elbo()
+                .args(["train", "vae", "--steps", "2", "--lr", lr, "--run"])
+                .arg(&run_dir)
+                .envs([
+                    ("RANK", rank.to_string()),
+                    ("WORLD_SIZE", "2".to_string()),
+                    ("MASTER_ADDR", "127.0.0.1".to_string()),
+                    ("MASTER_PORT", port.clone()),
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let said: Vec<String> = ranks
+        .into_iter()
+        .map(|child| {
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+            text(&out)
+        })
+        .collect();
+    for s in &said {
+        assert!(s.contains("rank 1 differs from rank 0"), "{s}");
+    }
+    assert!(
+        said[1].contains("(rank 1: train_config.lr: rank 0 has 0.001, this rank 0.002)"),
+        "{}",
+        said[1]
+    );
+}

@@ -315,15 +315,32 @@ impl Parallel {
     }
 
     /// Checks that every process holds the same `text` (`what` names it in the error),
-    /// naming the ranks that differ from rank 0.
-    pub fn same_everywhere(&self, what: &str, text: &str) -> Result<()> {
-        use sha2::Digest;
-        let own: Vec<u8> = sha2::Sha256::digest(text.as_bytes()).to_vec();
-        let root = Tensor::from_slice(&own).to_device(self.device());
+    /// naming the ranks that differ from rank 0; a rank that differs adds what
+    /// `explain(rank 0's text)` says (the options that differ, by name).
+    pub fn same_everywhere(
+        &self,
+        what: &str,
+        text: &str,
+        explain: &dyn Fn(&str) -> String,
+    ) -> Result<()> {
+        let device = self.device();
+        let bytes = text.as_bytes();
+        let length = Tensor::from_slice(&[bytes.len() as i64]).to_device(device);
+        self.group
+            .broadcast(std::slice::from_ref(&length), 0)
+            .map_err(|e| self.failed(e))?;
+        let root_length = length.to_device(Device::Cpu).int64_value(&[0]);
+        let root = if self.rank() == 0 {
+            Tensor::from_slice(bytes).to_device(device)
+        } else {
+            Tensor::zeros([root_length.max(0)], (tch::Kind::Uint8, device))
+        };
         self.group
             .broadcast(std::slice::from_ref(&root), 0)
             .map_err(|e| self.failed(e))?;
-        let same = Vec::<u8>::try_from(&root.to_device(Device::Cpu)).unwrap_or_default() == own;
+        let root_bytes = Vec::<u8>::try_from(&root.to_device(Device::Cpu)).unwrap_or_default();
+        let root_text = String::from_utf8_lossy(&root_bytes);
+        let same = root_text == text;
         let differ = self.failing_ranks(same)?;
         if differ.is_empty() {
             return Ok(());
@@ -331,7 +348,7 @@ impl Parallel {
         Err(Error::Config {
             detail: format!(
                 "the {} processes of this job disagree on {what}: rank{} {} differ{} from \
-                 rank 0. Every process must run the same command on the same data",
+                 rank 0{}. Every process must run the same command on the same data",
                 self.size(),
                 if differ.len() > 1 { "s" } else { "" },
                 differ
@@ -340,6 +357,11 @@ impl Parallel {
                     .collect::<Vec<_>>()
                     .join(", "),
                 if differ.len() > 1 { "" } else { "s" },
+                if same {
+                    String::new()
+                } else {
+                    format!(" (rank {}: {})", self.rank(), explain(&root_text))
+                },
             ),
         })
     }

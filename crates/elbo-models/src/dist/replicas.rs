@@ -22,8 +22,14 @@ pub trait Replicas {
     }
     /// Which ranks report `ok == false`, the same list in every process.
     fn failing_ranks(&self, ok: bool) -> Result<Vec<usize>>;
-    /// Checks that every process holds the same `text` (`what` names it in the error).
-    fn same_everywhere(&self, what: &str, text: &str) -> Result<()>;
+    /// Checks that every process holds the same `text` (`what` names it in the error;
+    /// a process that differs adds `explain(rank 0's text)`).
+    fn same_everywhere(
+        &self,
+        what: &str,
+        text: &str,
+        explain: &dyn Fn(&str) -> String,
+    ) -> Result<()>;
     /// Overwrites every tensor with rank 0's, in place.
     fn broadcast_from_root(&self, tensors: &[Tensor]) -> Result<()>;
     /// The sum over processes of each value.
@@ -61,7 +67,12 @@ impl Replicas for Alone {
     fn failing_ranks(&self, ok: bool) -> Result<Vec<usize>> {
         Ok(if ok { Vec::new() } else { vec![0] })
     }
-    fn same_everywhere(&self, _what: &str, _text: &str) -> Result<()> {
+    fn same_everywhere(
+        &self,
+        _what: &str,
+        _text: &str,
+        _explain: &dyn Fn(&str) -> String,
+    ) -> Result<()> {
         Ok(())
     }
     fn broadcast_from_root(&self, _tensors: &[Tensor]) -> Result<()> {
@@ -92,8 +103,13 @@ impl Replicas for Parallel {
     fn failing_ranks(&self, ok: bool) -> Result<Vec<usize>> {
         Parallel::failing_ranks(self, ok)
     }
-    fn same_everywhere(&self, what: &str, text: &str) -> Result<()> {
-        Parallel::same_everywhere(self, what, text)
+    fn same_everywhere(
+        &self,
+        what: &str,
+        text: &str,
+        explain: &dyn Fn(&str) -> String,
+    ) -> Result<()> {
+        Parallel::same_everywhere(self, what, text, explain)
     }
     fn broadcast_from_root(&self, tensors: &[Tensor]) -> Result<()> {
         Parallel::broadcast_from_root(self, tensors)

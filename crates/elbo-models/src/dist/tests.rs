@@ -207,15 +207,25 @@ fn broadcast_gives_every_rank_the_state_of_rank_0_and_disagreement_is_named() {
         let r = p.rank() as f32;
         let state = [Tensor::from_slice(&[r, r]), Tensor::from_slice(&[5.0 * r])];
         p.broadcast_from_root(&state).unwrap();
-        let same = p.same_everywhere("the job", "same text");
+        let explain = |root: &str| format!("rank 0 says {root:?}");
+        let same = p.same_everywhere("the job", "same text", &explain);
         let text = if p.rank() == 2 { "other" } else { "same text" };
-        let differ = p.same_everywhere("the job", text).unwrap_err().to_string();
-        (values(&state[0]), values(&state[1]), same.is_ok(), differ)
+        let differ = p
+            .same_everywhere("the job", text, &explain)
+            .unwrap_err()
+            .to_string();
+        (p.rank(), values(&state[0]), values(&state[1]), same.is_ok(), differ)
     });
-    for (a, b, same, differ) in out {
+    for (rank, a, b, same, differ) in out {
         assert_eq!((a, b), (vec![0.0, 0.0], vec![0.0]));
         assert!(same);
         assert!(differ.contains("rank 2 differs from rank 0"), "{differ}");
+        // The rank that differs says how, from rank 0's text.
+        assert_eq!(
+            differ.contains("(rank 2: rank 0 says \"same text\")"),
+            rank == 2,
+            "{differ}"
+        );
     }
 }
 

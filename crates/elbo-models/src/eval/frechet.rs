@@ -70,7 +70,7 @@ pub fn unit_samples(
     seed: u64,
     sampling: Option<&SamplingOptions>,
 ) -> Result<Tensor> {
-    tch::manual_seed((seed & i64::MAX as u64) as i64);
+    crate::sample::seed_draws(seed);
     let mut parts = Vec::new();
     let mut left = n as i64;
     // Drawing as many of each class orders the whole draw: one call.

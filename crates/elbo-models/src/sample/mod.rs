@@ -20,6 +20,12 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{Error, Result};
 pub use spec::{SamplerSpec, Spacing, kept_timesteps};
 
+/// Seeds libtorch's (process-wide) generator before drawing samples. Every command's
+/// `--seed` is a u64, the seed libtorch keeps (its bits, as its i64 argument).
+pub fn seed_draws(seed: u64) {
+    tch::manual_seed(i64::from_ne_bytes(seed.to_ne_bytes()));
+}
+
 /// A noise process as samplers see it: `x_t = alpha(t) x_0 + sigma(t) eps` on the
 /// model's time grid `t = 0..=T` (`t = 0` is the data), with `alpha(t)^2 = alpha_bar(t)`
 /// and `alpha^2 + sigma^2 = 1` (variance preserving).

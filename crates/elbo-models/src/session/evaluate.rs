@@ -41,7 +41,7 @@ pub fn evaluate_checkpoint(
         None => Some(1000),
         Some(k) => (k > 0).then_some(k),
     };
-    tch::manual_seed(seed as i64);
+    crate::sample::seed_draws(seed);
     let report = eval::evaluate(restored.model.as_ref(), &test, iw, 100)?;
     Ok((restored, report))
 }
@@ -189,10 +189,7 @@ fn run_sweep<P>(
         config.samples,
         splits.test.len()
     );
-    elbo_plot::write(&plot, &(sweep.figure)(&points, floor, &title)).map_err(|e| Error::Plot {
-        path: plot.clone(),
-        detail: e.to_string(),
-    })?;
+    elbo_plot::write(&plot, &(sweep.figure)(&points, floor, &title)).map_err(|e| Error::plot(plot.clone(), e))?;
     let json = plot.with_extension("json");
     let value = serde_json::json!({
         "checkpoint": restored.path, "step": restored.meta.step, "samples": config.samples,

@@ -18,7 +18,8 @@ pub use evaluate::{
 };
 pub use plot::{plot_run, plot_schedule};
 pub use restore::{Restored, restore};
-pub use sample::{SampleRequest, clipped, sample_checkpoint, seed_draws, write_samples};
+pub use crate::sample::seed_draws;
+pub use sample::{SampleRequest, clipped, sample_checkpoint, write_samples};
 
 pub use jobs::{
     DdpmJob, ElboTraining, FinalEval, HvaeJob, Job, JobReport, Plan, VaeJob, VdmJob, run_folder,

@@ -92,9 +92,6 @@ pub fn plot_schedule(run: &Path, out: Option<&Path>) -> Result<Option<PathBuf>> 
         }],
     };
     let out = out.map_or_else(|| folder.schedule_chart(), Path::to_path_buf);
-    elbo_plot::write(&out, &figure).map_err(|e| Error::Plot {
-        path: out.clone(),
-        detail: e.to_string(),
-    })?;
+    elbo_plot::write(&out, &figure).map_err(|e| Error::plot(out.clone(), e))?;
     Ok(Some(out))
 }

@@ -87,11 +87,6 @@ pub fn write_samples(
     Ok(written)
 }
 
-/// Seeds libtorch's (process-wide) generator before drawing samples.
-pub fn seed_draws(seed: i64) {
-    tch::manual_seed(seed);
-}
-
 /// The sampler `sampler` with each step's `x_0` clipped (the default), unguided.
 pub fn clipped(sampler: SamplerSpec) -> SamplingOptions {
     SamplingOptions::clipped(sampler)
@@ -113,7 +108,7 @@ pub struct SampleRequest {
     /// A class-conditional model's classes and guidance.
     pub guidance: Option<Guidance>,
     /// The seed of the draws.
-    pub seed: i64,
+    pub seed: u64,
 }
 
 /// Restores the checkpoint at `path` (EMA weights when kept) and writes the samples
@@ -135,7 +130,7 @@ pub fn sample_checkpoint(
         request.clip_x0,
         request.guidance,
     )?;
-    seed_draws(request.seed);
+    crate::sample::seed_draws(request.seed);
     write_samples(
         &restored,
         request.n,

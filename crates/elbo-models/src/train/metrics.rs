@@ -159,10 +159,7 @@ pub fn write_curves(metrics: &Path, out: &Path, title: &str) -> Result<bool> {
     if figure.panels.is_empty() {
         return Ok(false);
     }
-    elbo_plot::write(out, &figure).map_err(|e| Error::Plot {
-        path: out.to_path_buf(),
-        detail: e.to_string(),
-    })?;
+    elbo_plot::write(out, &figure).map_err(|e| Error::plot(out.to_path_buf(), e))?;
     Ok(true)
 }
 

@@ -222,9 +222,17 @@ impl<'a> Trainer<'a> {
                 "train_config": serde_json::to_value(&config).unwrap_or_default(),
                 "train_examples": train.len(), "resume": control.resume,
             });
+            let explain = |root: &str| {
+                let root = serde_json::from_str(root).unwrap_or_default();
+                checkpoint::json_differences("", &root, &job)
+                    .join("; ")
+                    .replace(": checkpoint ", ": rank 0 has ")
+                    .replace(", asked ", ", this rank ")
+            };
             replicas.same_everywhere(
                 "the model, the training options or the data",
                 &job.to_string(),
+                &explain,
             )?;
         }
         // Only the writer touches the run folder; in a data-parallel job the others then

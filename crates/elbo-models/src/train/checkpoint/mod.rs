@@ -161,7 +161,7 @@ pub fn run_of(json: &Path) -> Option<super::RunDir> {
 }
 
 /// `field: checkpoint X, asked Y` for every leaf where two JSON values differ.
-fn json_differences(
+pub(crate) fn json_differences(
     path: &str,
     saved: &serde_json::Value,
     asked: &serde_json::Value,
@@ -214,15 +214,7 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
         }),
         (Err(_), Some(own)) => Err(own),
         // The file the user knows is `path`, not the temporary name it was written as.
-        (Err(elbo_plot::PlotError::Io { action, source, .. }), None) => Err(Error::File {
-            action: if action.starts_with("renaming") {
-                "rename into place"
-            } else {
-                "write"
-            },
-            path: path.to_path_buf(),
-            reason: source,
-        }),
+        (Err(e @ elbo_plot::PlotError::Io { .. }), None) => Err(Error::plot(path, e)),
         (Err(other), None) => Err(Error::File {
             action: "write",
             path: path.to_path_buf(),
