@@ -23,6 +23,8 @@ pub fn plot_run(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
             ),
         });
     }
+    let text = std::fs::read_to_string(&metrics).map_err(|e| Error::file("read", &metrics, e))?;
+    train::metrics::check_lines(&metrics, &text)?;
     let out = out.map_or_else(|| folder.curves(), Path::to_path_buf);
     let title = run
         .file_name()

@@ -45,12 +45,47 @@ impl MetricsLog {
     }
 }
 
+/// Refuses a metrics log (`text`, read from `path`) with a line that is not a JSON
+/// object, other than a last line cut short (without its newline: a kill while it was
+/// written). Such a line was edited or damaged; dropping it would lose it unseen.
+pub fn check_lines(path: &Path, text: &str) -> Result<()> {
+    let complete = text.strip_suffix('\n').map_or_else(
+        || text.rsplit_once('\n').map_or("", |(whole, _)| whole),
+        |whole| whole,
+    );
+    let bad: Vec<String> = complete
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| {
+            serde_json::from_str::<Value>(line).map_or(true, |v| !v.is_object())
+        })
+        .map(|(i, _)| (i + 1).to_string())
+        .collect();
+    if bad.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Config {
+        detail: format!(
+            "{} line{} {} {} not a JSON object: expected one per line (only a last line cut \
+             short by a kill may be incomplete), so the file was edited or damaged; fix or \
+             remove {}",
+            path.display(),
+            if bad.len() > 1 { "s" } else { "" },
+            bad.join(", "),
+            if bad.len() > 1 { "are" } else { "is" },
+            if bad.len() > 1 { "them" } else { "it" },
+        ),
+    })
+}
+
 /// Drops the metrics lines after `step` (from a run that went on past its last
-/// checkpoint), rewriting the file atomically.
+/// checkpoint), rewriting the file atomically; refuses a damaged log
+/// ([`check_lines`]).
 pub fn truncate(path: &Path, step: u64) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(());
     };
+    check_lines(path, &text)?;
     let kept: String = text
         .lines()
         .filter(|line| {
@@ -166,6 +201,29 @@ pub fn write_curves(metrics: &Path, out: &Path, title: &str) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A last line cut short by a kill is expected; a damaged line before it is named
+    /// (by plot and by a resume, which would otherwise drop it unseen).
+    #[test]
+    fn a_damaged_line_is_named_and_a_cut_last_line_is_not() {
+        let path = Path::new("run/metrics.jsonl");
+        let good = "{\"step\": 1}\n{\"step\": 2}\n";
+        check_lines(path, good).unwrap();
+        check_lines(path, &format!("{good}{{\"step\": 3, \"lo")).unwrap();
+        let err = check_lines(path, "{\"step\": 1}\ngarbage\n[1]\n{\"step\": 4}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("run/metrics.jsonl lines 2, 3 are not a JSON object"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("metrics.jsonl");
+        std::fs::write(&file, "{\"step\": 1}\nxx\n{\"step\": 2}\n").unwrap();
+        let err = truncate(&file, 1).unwrap_err().to_string();
+        assert!(err.contains("line 2 is not a JSON object"), "{err}");
+        assert!(std::fs::read_to_string(&file).unwrap().contains("xx"), "kept");
+    }
 
     #[test]
     fn curves_pair_train_and_test_values_and_skip_bad_lines() {
