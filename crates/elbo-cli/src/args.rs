@@ -69,7 +69,12 @@ pub struct StepArgs {
     pub class: Option<Classes>,
     /// With --class: classifier-free guidance's w, eps = (1 + w) eps(x, class) - w
     /// eps(x, null) (default 0: the conditional model alone).
-    #[arg(long, value_name = "W", requires = "class", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "W",
+        requires = "class",
+        allow_negative_numbers = true
+    )]
     pub guidance: Option<f64>,
 }
 

@@ -160,11 +160,11 @@ pub fn sample(args: SampleArgs) -> Result<()> {
 pub fn plot(args: PlotArgs) -> Result<()> {
     // `--out DIR`: the charts go into it, under their usual names.
     let (out, schedule) = match args.out.as_deref() {
-        Some(dir) if dir.is_dir() => (
-            Some(dir.join("curves.png")),
-            Some(dir.join("gamma.png")),
+        Some(dir) if dir.is_dir() => (Some(dir.join("curves.png")), Some(dir.join("gamma.png"))),
+        Some(file) => (
+            Some(file.to_path_buf()),
+            Some(file.with_extension("gamma.png")),
         ),
-        Some(file) => (Some(file.to_path_buf()), Some(file.with_extension("gamma.png"))),
         None => (None, None),
     };
     let path = session::plot_run(&args.run, out.as_deref())?;

@@ -213,6 +213,7 @@ impl Job<'_> {
                 master_addr: "127.0.0.1".to_string(),
                 master_port: self.port,
                 agent_store: false,
+                gloo_interfaces: Vec::new(),
                 restart_count: u64::from(self.restart),
             };
             let mut command = Command::new(self.exe);
@@ -271,7 +272,12 @@ impl Job<'_> {
                     if frozen || late {
                         let _ = child.kill();
                         *slot = child.wait().ok();
-                        if frozen { &mut stopped } else { &mut killed_late }.push(*rank);
+                        if frozen {
+                            &mut stopped
+                        } else {
+                            &mut killed_late
+                        }
+                        .push(*rank);
                     }
                 }
             }

@@ -7,6 +7,7 @@
 // exceptions never leave: each function returns nullptr, or a message from malloc that
 // names the operation and the rank (free it with elbo_free_message).
 
+#include <algorithm>
 #include <chrono>
 #include <exception>
 #include <memory>
@@ -68,10 +69,12 @@ extern "C" {
 // key prefix `prefix`, then a process group over it: Gloo, or NCCL when `nccl` is 1, on
 // the GPU `device` (made this process's current device, bound to the group, and
 // connected at once, as torch.distributed.init_process_group(device_id=...) does).
-// The group's operations time out after `timeout_ms`.
+// Gloo goes over the comma-separated network interfaces `gloo_interfaces` (one device
+// each, as torch.distributed does with GLOO_SOCKET_IFNAME), or, when it is empty, the
+// interface of the host name. The group's operations time out after `timeout_ms`.
 char* elbo_pg_new(const char* host, int port, int rank, int world, int host_store,
-                  const char* prefix, int64_t timeout_ms, int gloo_threads, int nccl,
-                  int device, elbo_pg** out) {
+                  const char* prefix, int64_t timeout_ms, int gloo_threads,
+                  const char* gloo_interfaces, int nccl, int device, elbo_pg** out) {
   *out = nullptr;
   std::string at = std::string(host) + ":" + std::to_string(port);
   std::string stage = "the rendezvous at " + at;
@@ -108,7 +111,23 @@ char* elbo_pg_new(const char* host, int port, int rank, int world, int host_stor
     } else {
       stage = "creating the Gloo process group (rendezvous at " + at + ")";
       auto pg_options = c10d::ProcessGroupGloo::Options::create(millis(timeout_ms));
-      pg_options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+      const std::string interfaces(gloo_interfaces);
+      if (interfaces.empty()) {
+        pg_options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+      } else {
+        std::size_t begin = 0;
+        while (begin <= interfaces.size()) {
+          const std::size_t end = std::min(interfaces.find(',', begin), interfaces.size());
+          const std::string name = interfaces.substr(begin, end - begin);
+          stage = "creating Gloo's device on the network interface " + name +
+                  " (GLOO_SOCKET_IFNAME)";
+          pg_options->devices.push_back(
+              c10d::ProcessGroupGloo::createDeviceForInterface(name));
+          begin = end + 1;
+        }
+        stage = "creating the Gloo process group (rendezvous at " + at + ", interfaces " +
+                interfaces + ")";
+      }
       pg_options->threads = gloo_threads;
       backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, pg_options);
     }

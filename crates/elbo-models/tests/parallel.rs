@@ -187,6 +187,7 @@ fn job(
                     master_addr: "127.0.0.1".into(),
                     master_port: port,
                     agent_store: false,
+                    gloo_interfaces: Vec::new(),
                     restart_count: 0,
                 };
                 command.envs(world.vars());

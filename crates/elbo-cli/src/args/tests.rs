@@ -255,7 +255,16 @@ fn eval_and_sample_parse() {
     assert_eq!(args.sampler, Some("ddim-20".parse().unwrap()));
     // A negative guidance scale is a value (the model refuses it with its range), not an
     // unknown option.
-    let cli = parse_args(&["elbo", "sample", "runs/x", "--class", "1", "--guidance", "-1"]).unwrap();
+    let cli = parse_args(&[
+        "elbo",
+        "sample",
+        "runs/x",
+        "--class",
+        "1",
+        "--guidance",
+        "-1",
+    ])
+    .unwrap();
     let Command::Sample(args) = cli.command else {
         panic!("expected sample");
     };

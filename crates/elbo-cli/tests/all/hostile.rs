@@ -284,8 +284,16 @@ fn bad_options_are_refused_with_their_range() {
     // Diffusion steps bounded where they still mean something (10^9 was killed for
     // memory; a VDM's bound at 10^8 collapsed to 0.03 bits/dim).
     for (family, steps, expected) in [
-        ("ddpm", "1000000000", "a DDPM has 1 to 100000 steps, found 1000000000"),
-        ("vdm", "100000000", "at most 16777216 (2^24) steps, found 100000000"),
+        (
+            "ddpm",
+            "1000000000",
+            "a DDPM has 1 to 100000 steps, found 1000000000",
+        ),
+        (
+            "vdm",
+            "100000000",
+            "at most 16777216 (2^24) steps, found 100000000",
+        ),
     ] {
         let run_dir = dir.path().join(family);
         let out = run(&[
@@ -646,7 +654,14 @@ fn a_full_disk_names_the_file_and_leaves_nothing_half_written() {
         return;
     };
     let run_dir = disk.0.path().join("r");
-    let out = run(&["train", "vae", "--steps", "3", "--run", run_dir.to_str().unwrap()]);
+    let out = run(&[
+        "train",
+        "vae",
+        "--steps",
+        "3",
+        "--run",
+        run_dir.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let expected = format!(
         "error: cannot write {}: No space left on device (os error 28)",
@@ -717,7 +732,10 @@ fn a_stopped_worker_is_named_and_a_stop_ends_the_wait_for_it() {
         );
         if case == "sigterm" {
             assert_eq!(out.status.code(), Some(130), "{said}");
-            assert!(said.contains("in all-reduce for the other processes"), "{said}");
+            assert!(
+                said.contains("in all-reduce for the other processes"),
+                "{said}"
+            );
         } else {
             assert_eq!(out.status.code(), Some(1), "{said}");
             assert!(said.contains("worker of rank 0 (of 2) exited"), "{said}");
@@ -802,7 +820,9 @@ fn max_restarts_resumes_a_killed_job_bit_for_bit() {
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert_eq!(
-        text(&out).matches("does not divide among 64 processes").count(),
+        text(&out)
+            .matches("does not divide among 64 processes")
+            .count(),
         1,
         "{}",
         text(&out)
@@ -823,7 +843,14 @@ fn sigterm_or_ctrl_c_ends_eval_and_sample_with_a_word() {
     for (args, name, what) in [
         (vec!["eval", r, "--iw", "5000"], "TERM", "the evaluation"),
         (
-            vec!["sample", r, "--n", "100000", "--out", grid.to_str().unwrap()],
+            vec![
+                "sample",
+                r,
+                "--n",
+                "100000",
+                "--out",
+                grid.to_str().unwrap(),
+            ],
             "INT",
             "sampling",
         ),

@@ -5,5 +5,6 @@
 mod common;
 mod conditional;
 mod hostile;
+mod nodes;
 mod thin;
 mod vdm;

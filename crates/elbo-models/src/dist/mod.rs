@@ -61,6 +61,11 @@ pub struct World {
     /// The launcher's agent already hosts the store (torchrun sets
     /// `TORCHELASTIC_USE_AGENT_STORE=True`): every rank connects as a client.
     pub agent_store: bool,
+    /// The network interfaces Gloo uses (`GLOO_SOCKET_IFNAME`, comma-separated, as
+    /// torch.distributed reads it); empty: the interface of the machine's host name.
+    /// Machines with several networks (a cluster's fast fabric beside its management
+    /// Ethernet, a container's bridge) name the one the other nodes reach.
+    pub gloo_interfaces: Vec<String>,
     /// torchrun's `TORCHELASTIC_RESTART_COUNT` (0 otherwise): keys of a restarted
     /// attempt do not meet the old ones.
     pub restart_count: u64,
@@ -147,6 +152,21 @@ impl World {
             Some(text) => number("TORCHELASTIC_RESTART_COUNT", &text)? as u64,
             None => 0,
         };
+        let gloo_interfaces = match var("GLOO_SOCKET_IFNAME") {
+            None => Vec::new(),
+            Some(text) => {
+                let names: Vec<String> = text.split(',').map(|n| n.trim().to_string()).collect();
+                if names.iter().any(String::is_empty) {
+                    return Err(Error::Config {
+                        detail: format!(
+                            "GLOO_SOCKET_IFNAME={text:?}: expected network interface names \
+                             separated by commas (such as eth0 or eth0,eth1)"
+                        ),
+                    });
+                }
+                names
+            }
+        };
         Ok(Some(World {
             rank,
             size,
@@ -155,6 +175,7 @@ impl World {
             master_addr,
             master_port,
             agent_store,
+            gloo_interfaces,
             restart_count,
         }))
     }
@@ -185,6 +206,7 @@ impl World {
             prefix: format!("/worker/attempt_{}/elbo/", self.restart_count),
             timeout,
             gloo_threads: 2,
+            gloo_interfaces: self.gloo_interfaces.clone(),
             backend: match self.device(device) {
                 Device::Cuda(index) if NCCL => Backend::Nccl { device: index },
                 _ => Backend::Gloo,

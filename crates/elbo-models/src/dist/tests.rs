@@ -27,6 +27,7 @@ fn world(rank: usize, size: usize, port: u16) -> World {
         master_addr: "127.0.0.1".to_string(),
         master_port: port,
         agent_store: false,
+        gloo_interfaces: Vec::new(),
         restart_count: 0,
     }
 }
@@ -214,7 +215,13 @@ fn broadcast_gives_every_rank_the_state_of_rank_0_and_disagreement_is_named() {
             .same_everywhere("the job", text, &explain)
             .unwrap_err()
             .to_string();
-        (p.rank(), values(&state[0]), values(&state[1]), same.is_ok(), differ)
+        (
+            p.rank(),
+            values(&state[0]),
+            values(&state[1]),
+            same.is_ok(),
+            differ,
+        )
     });
     for (rank, a, b, same, differ) in out {
         assert_eq!((a, b), (vec![0.0, 0.0], vec![0.0]));

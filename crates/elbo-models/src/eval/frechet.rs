@@ -213,9 +213,11 @@ pub fn sweep(
     let big_t = stepped.process().timesteps();
     // The whole grid is checked before minutes go into its first points.
     for sampler in samplers {
-        sampler.validate(stepped.process()).map_err(|e| Error::Config {
-            detail: format!("the sweep's sampler {sampler}: {e}; no point was computed"),
-        })?;
+        sampler
+            .validate(stepped.process())
+            .map_err(|e| Error::Config {
+                detail: format!("the sweep's sampler {sampler}: {e}; no point was computed"),
+            })?;
     }
     let mut points = Vec::with_capacity(samplers.len());
     let mut floor = f64::NAN;

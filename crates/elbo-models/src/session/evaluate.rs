@@ -189,7 +189,8 @@ fn run_sweep<P>(
         config.samples,
         splits.test.len()
     );
-    elbo_plot::write(&plot, &(sweep.figure)(&points, floor, &title)).map_err(|e| Error::plot(plot.clone(), e))?;
+    elbo_plot::write(&plot, &(sweep.figure)(&points, floor, &title))
+        .map_err(|e| Error::plot(plot.clone(), e))?;
     let json = plot.with_extension("json");
     let value = serde_json::json!({
         "checkpoint": restored.path, "step": restored.meta.step, "samples": config.samples,

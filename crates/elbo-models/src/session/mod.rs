@@ -12,13 +12,13 @@ mod plot;
 mod restore;
 mod sample;
 
+pub use crate::sample::seed_draws;
 pub use evaluate::{
     SweepReport, evaluate_checkpoint, frechet_of_checkpoint, frechet_sweep, guidance_sweep,
     sampling_for,
 };
 pub use plot::{plot_run, plot_schedule};
 pub use restore::{Restored, restore};
-pub use crate::sample::seed_draws;
 pub use sample::{SampleRequest, clipped, sample_checkpoint, write_samples};
 
 pub use jobs::{

@@ -95,6 +95,8 @@ pub struct Rendezvous {
     pub timeout: Duration,
     /// Gloo's worker threads per process.
     pub gloo_threads: usize,
+    /// The network interfaces Gloo uses (empty: the host name's).
+    pub gloo_interfaces: Vec<String>,
     /// Gloo or NCCL.
     pub backend: Backend,
 }
@@ -121,6 +123,7 @@ mod raw {
             prefix: *const c_char,
             timeout_ms: i64,
             gloo_threads: c_int,
+            gloo_interfaces: *const c_char,
             nccl: c_int,
             device: c_int,
             out: *mut *mut Pg,
@@ -196,8 +199,9 @@ impl ProcessGroup {
             let text =
                 |s: &str| std::ffi::CString::new(s).map_err(|_| format!("{s:?} holds a NUL byte"));
             let (host, prefix) = (text(&r.host)?, text(&r.prefix)?);
+            let interfaces = text(&r.gloo_interfaces.join(","))?;
             let mut out: *mut raw::Pg = std::ptr::null_mut();
-            // SAFETY: two NUL-terminated strings borrowed for the call and integers; on
+            // SAFETY: three NUL-terminated strings borrowed for the call and integers; on
             // success the C side stores a new group in `out`, which we then own.
             super::ffi::sys::check(unsafe {
                 raw::elbo_pg_new(
@@ -209,6 +213,7 @@ impl ProcessGroup {
                     prefix.as_ptr(),
                     millis(r.timeout),
                     r.gloo_threads.max(1) as i32,
+                    interfaces.as_ptr(),
                     i32::from(matches!(r.backend, Backend::Nccl { .. })),
                     match r.backend {
                         Backend::Nccl { device } => device as i32,

@@ -56,9 +56,7 @@ pub fn check_lines(path: &Path, text: &str) -> Result<()> {
     let bad: Vec<String> = complete
         .lines()
         .enumerate()
-        .filter(|(_, line)| {
-            serde_json::from_str::<Value>(line).map_or(true, |v| !v.is_object())
-        })
+        .filter(|(_, line)| serde_json::from_str::<Value>(line).map_or(true, |v| !v.is_object()))
         .map(|(i, _)| (i + 1).to_string())
         .collect();
     if bad.is_empty() {
@@ -222,7 +220,10 @@ mod tests {
         std::fs::write(&file, "{\"step\": 1}\nxx\n{\"step\": 2}\n").unwrap();
         let err = truncate(&file, 1).unwrap_err().to_string();
         assert!(err.contains("line 2 is not a JSON object"), "{err}");
-        assert!(std::fs::read_to_string(&file).unwrap().contains("xx"), "kept");
+        assert!(
+            std::fs::read_to_string(&file).unwrap().contains("xx"),
+            "kept"
+        );
     }
 
     #[test]

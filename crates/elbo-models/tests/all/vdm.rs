@@ -250,7 +250,10 @@ fn the_t_step_weights_hold_at_the_largest_t() {
     let limit = elbo_models::models::vdm::MAX_TIMESTEPS;
     let (continuous, discrete) = (weights(None), weights(Some(limit)));
     for (c, d) in continuous.iter().zip(&discrete) {
-        assert!((d - c).abs() < 1e-5 * c.abs(), "T-step {d} vs continuous {c}");
+        assert!(
+            (d - c).abs() < 1e-5 * c.abs(),
+            "T-step {d} vs continuous {c}"
+        );
     }
     let mut over = tiny(GammaKind::Monotone);
     over.timesteps = Some(limit + 1);

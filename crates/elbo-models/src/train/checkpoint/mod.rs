@@ -123,7 +123,9 @@ pub fn check_run_config(path: &Path, meta: &CheckpointMeta) -> Result<bool> {
         Some(family) if family == meta.model => json_differences(
             "model_config",
             &meta.model_config,
-            value.get("model_config").unwrap_or(&serde_json::Value::Null),
+            value
+                .get("model_config")
+                .unwrap_or(&serde_json::Value::Null),
         ),
         Some(family) => vec![format!(
             "model: the checkpoint holds a {}, config.json says {family}",

@@ -103,11 +103,17 @@ pub fn write(path: &Path, tensors: &[(String, Tensor)]) -> std::io::Result<()> {
             })?;
             let shape = t.size().iter().map(|&d| d as usize).collect();
             let tensor = t.detach().to_device(Device::Cpu).contiguous();
-            Ok((name.as_str(), Cpu { dtype, shape, tensor }))
+            Ok((
+                name.as_str(),
+                Cpu {
+                    dtype,
+                    shape,
+                    tensor,
+                },
+            ))
         })
         .collect::<std::io::Result<Vec<_>>>()?;
-    safetensors::serialize_to_file(cpu.iter().map(|(n, c)| (*n, c)), None, path)
-        .map_err(io_error)
+    safetensors::serialize_to_file(cpu.iter().map(|(n, c)| (*n, c)), None, path).map_err(io_error)
 }
 
 /// Reads the safetensors file at `path` (on the CPU).
