@@ -46,9 +46,9 @@ pub fn run(model: TrainModel) -> Result<ExitCode> {
         (Some(n), None) if n > 1 => {
             // Refused here, once, rather than by each of n workers.
             let batch = args.boxed_job(session::Device::Cpu).plan().batch_size();
-            session::check_global_batch(batch, n.into())?;
+            session::check_global_batch(batch, n)?;
             return launch::run(launch::Launch {
-                nproc: n.into(),
+                nproc: n,
                 port: looped.master_port,
                 timeout,
                 max_restarts: looped.max_restarts,

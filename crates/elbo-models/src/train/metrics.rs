@@ -49,10 +49,9 @@ impl MetricsLog {
 /// object, other than a last line cut short (without its newline: a kill while it was
 /// written). Such a line was edited or damaged; dropping it would lose it unseen.
 pub fn check_lines(path: &Path, text: &str) -> Result<()> {
-    let complete = text.strip_suffix('\n').map_or_else(
-        || text.rsplit_once('\n').map_or("", |(whole, _)| whole),
-        |whole| whole,
-    );
+    let complete = text
+        .strip_suffix('\n')
+        .unwrap_or_else(|| text.rsplit_once('\n').map_or("", |(whole, _)| whole));
     let bad: Vec<String> = complete
         .lines()
         .enumerate()
