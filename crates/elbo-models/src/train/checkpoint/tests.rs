@@ -298,7 +298,7 @@ fn a_full_disk_under_the_metrics_log_names_it() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("metrics.jsonl");
+    let path = crate::train::RunDir::new(dir.path()).metrics();
     std::os::unix::fs::symlink(full, &path).unwrap();
     let err = super::super::metrics::MetricsLog::open(&path)
         .unwrap()
