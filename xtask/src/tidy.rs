@@ -355,7 +355,7 @@ fn no_message_carries_a_run_of_spaces() {
 #[test]
 fn the_pure_crates_do_not_depend_on_libtorch() {
     let ws = workspace();
-    for krate in ["elbo-math", "elbo-data", "elbo-plot"] {
+    for krate in ["elbo-math", "elbo-data", "elbo-plot", "elbo-board"] {
         let manifest =
             std::fs::read_to_string(ws.join("crates").join(krate).join("Cargo.toml")).unwrap();
         for line in manifest.lines() {

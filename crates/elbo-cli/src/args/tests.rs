@@ -131,6 +131,15 @@ fn values_are_parsed_into_the_librarys_types() {
         job.train.batch_size, None,
         "the recipe's, filled in the library"
     );
+    assert!(job.train.tensorboard, "event files are written by default");
+    let cli = parse_args(&["elbo", "train", "ddpm", "--no-tensorboard"]).unwrap();
+    let Command::Train {
+        model: TrainModel::Ddpm(args),
+    } = cli.command
+    else {
+        panic!("expected train ddpm");
+    };
+    assert!(!args.job(Device::Cpu).train.tensorboard);
     let err = parse_args(&["elbo", "train", "ddpm", "--variance", "learned"])
         .unwrap_err()
         .to_string();

@@ -157,6 +157,10 @@ pub struct LoopArgs {
     /// Checkpoints to keep (default 3).
     #[arg(long)]
     pub keep: Option<usize>,
+    /// Do not write TensorBoard event files in the run folder (written by default:
+    /// `tensorboard --logdir runs`).
+    #[arg(long)]
+    pub no_tensorboard: bool,
     /// Skip updates whose gradient norm exceeds this (default: never).
     #[arg(long)]
     pub skip_grad_norm: Option<f64>,
@@ -367,6 +371,7 @@ impl LoopArgs {
             keep: self.keep,
             skip_grad_norm: self.skip_grad_norm,
             autocast_bf16: self.autocast.is_some(),
+            tensorboard: !self.no_tensorboard,
         }
     }
 }

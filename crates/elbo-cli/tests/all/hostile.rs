@@ -444,6 +444,12 @@ fn nproc_2_trains_one_run_and_refuses_an_indivisible_batch() {
     );
     assert_eq!(checkpoint_json(&run_dir)["world_size"], 2);
     assert_eq!(checkpoint_json(&run_dir)["step"], 12);
+    // Rank 0 alone writes TensorBoard's event file.
+    let events = files(&run_dir)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("tfevents"))
+        .count();
+    assert_eq!(events, 1);
     let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
     let mut steps: Vec<u64> = metrics
         .lines()

@@ -50,6 +50,8 @@ pub struct TrainOptions {
     pub skip_grad_norm: Option<f64>,
     /// bf16 autocast of the forward pass (CUDA only).
     pub autocast_bf16: bool,
+    /// Write TensorBoard event files in the run folder (default on).
+    pub tensorboard: bool,
 }
 
 impl Default for TrainOptions {
@@ -73,6 +75,7 @@ impl Default for TrainOptions {
             keep: None,
             skip_grad_norm: None,
             autocast_bf16: false,
+            tensorboard: true,
         }
     }
 }
@@ -197,6 +200,7 @@ impl TrainOptions {
                     .unwrap_or(base.cadence.checkpoint_every),
                 keep_checkpoints: self.keep.unwrap_or(base.cadence.keep_checkpoints),
                 eval_examples: defaults.eval_examples,
+                tensorboard: self.tensorboard,
                 ..base.cadence
             },
             horizontal_flip: defaults.horizontal_flip,

@@ -36,6 +36,14 @@ pub struct Cadence {
     pub log_every: u64,
     /// Evaluate on at most this many test examples at each epoch's end (0: never).
     pub eval_examples: usize,
+    /// Write TensorBoard event files in the run folder (absent in records of runs
+    /// from before them: on).
+    #[serde(default = "on")]
+    pub tensorboard: bool,
+}
+
+fn on() -> bool {
+    true
 }
 
 impl Default for Cadence {
@@ -47,6 +55,7 @@ impl Default for Cadence {
             keep_checkpoints: 3,
             log_every: 10,
             eval_examples: 1000,
+            tensorboard: true,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! <run>/config.json                      model, model_config, train_config
 //! <run>/metrics.jsonl                    one JSON object per logged step and per epoch
 //! <run>/curves.png                       the metrics as training curves
+//! <run>/events.out.tfevents.*            the same in TensorBoard (one per process start)
 //! <run>/samples/epoch-NNN.png            samples at each epoch's end
 //! <run>/samples/reconstructions-epoch-NNN.png
 //! <run>/checkpoints/step-NNNNNNNNN.json  what the tensors belong to (written last)
@@ -49,6 +50,11 @@ impl RunDir {
     /// The run's configuration, written when it starts.
     pub fn config(&self) -> PathBuf {
         self.root.join("config.json")
+    }
+    /// Where the TensorBoard event files go (`events.out.tfevents.*`): the run folder
+    /// itself, so that `tensorboard --logdir runs` names each run by its folder.
+    pub fn events(&self) -> PathBuf {
+        self.root.clone()
     }
     /// The training curves.
     pub fn curves(&self) -> PathBuf {

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 pub struct MetricsLog {
     file: std::fs::File,
     path: PathBuf,
+    board: Option<super::board::Board>,
 }
 
 impl MetricsLog {
@@ -32,7 +33,22 @@ impl MetricsLog {
         Ok(MetricsLog {
             file,
             path: path.to_path_buf(),
+            board: None,
         })
+    }
+
+    /// The log that also writes each line's scalars (and the epochs' pictures) to the
+    /// run's TensorBoard event file `board`.
+    pub fn with_board(self, board: super::board::Board) -> MetricsLog {
+        MetricsLog {
+            board: Some(board),
+            ..self
+        }
+    }
+
+    /// The run's TensorBoard event file, if it keeps one.
+    pub fn board(&mut self) -> Option<&mut super::board::Board> {
+        self.board.as_mut()
     }
 
     /// Appends one line.
@@ -41,7 +57,11 @@ impl MetricsLog {
         line.push('\n');
         self.file
             .write_all(line.as_bytes())
-            .map_err(|e| Error::file("append to", &self.path, e))
+            .map_err(|e| Error::file("append to", &self.path, e))?;
+        match &mut self.board {
+            Some(board) => board.line(value),
+            None => Ok(()),
+        }
     }
 }
 

@@ -23,6 +23,7 @@
 //! bottom; all that stands alone lives in the modules below.)
 
 pub mod aids;
+pub mod board;
 pub mod checkpoint;
 mod config;
 mod events;
@@ -281,7 +282,12 @@ impl<'a> Trainer<'a> {
         let mut order_epoch = u64::MAX;
         let mut order = loader.order(0);
         let mut metrics = if self.writer {
-            Some(MetricsLog::open(&self.run.metrics())?)
+            let log = MetricsLog::open(&self.run.metrics())?;
+            Some(if config.cadence.tensorboard {
+                log.with_board(board::Board::open(&self.run, index)?)
+            } else {
+                log
+            })
         } else {
             None
         };
@@ -459,12 +465,17 @@ impl<'a> Trainer<'a> {
         for hook in &mut self.hooks {
             values.extend(hook.epoch_end(&at)?);
         }
-        if let (false, Some(metrics)) = (values.is_empty(), metrics) {
-            let mut line = serde_json::json!({"kind": "epoch", "step": step, "epoch": epoch});
-            for (name, value) in &values {
-                line[name] = value.clone();
+        if let Some(metrics) = metrics {
+            if !values.is_empty() {
+                let mut line = serde_json::json!({"kind": "epoch", "step": step, "epoch": epoch});
+                for (name, value) in &values {
+                    line[name] = value.clone();
+                }
+                metrics.write(&line)?;
             }
-            metrics.write(&line)?;
+            if let Some(board) = metrics.board() {
+                board.pictures(&self.run, step, epoch)?;
+            }
         }
         // A run whose steps log nothing numeric has no curves yet (`false`).
         metrics::write_curves(&self.run.metrics(), &self.run.curves(), &self.label)?;

@@ -123,6 +123,102 @@ fn resume_is_bit_exact() {
     assert_eq!(last_step(split.path()), 18);
 }
 
+/// The run's TensorBoard event files, read back as TensorBoard reads them (a session
+/// start drops the earlier files' events from its step on): every number of
+/// metrics.jsonl under its tag at its step, the epochs' pictures byte for byte, the
+/// configuration as text; a resume adds a file whose session starts after the
+/// checkpoint's step. Without `tensorboard`, no event file.
+#[test]
+fn tensorboard_holds_what_metrics_jsonl_holds_across_a_resume() {
+    use elbo_board::proto::{Kind, What};
+    let _generator = exclusive();
+    let (train_set, test_set) = subset(200, 64);
+    let dir = tempfile::tempdir().unwrap();
+    run(9, dir.path(), false, &train_set, &test_set);
+    run(18, dir.path(), true, &train_set, &test_set);
+    let files = elbo_board::event_files(dir.path());
+    assert_eq!(files.len(), 2, "one file per process start: {files:?}");
+    let mut scalars: Vec<(String, i64, f32)> = Vec::new();
+    let mut images: Vec<(String, i64, Vec<u8>)> = Vec::new();
+    let mut texts = Vec::new();
+    let mut starts = Vec::new();
+    for file in &files {
+        for event in elbo_board::read_events(file).unwrap() {
+            match event.what {
+                Some(What::SessionLog(_)) => {
+                    starts.push(event.step);
+                    scalars.retain(|s| s.1 < event.step);
+                    images.retain(|i| i.1 < event.step);
+                }
+                Some(What::Summary(summary)) => {
+                    for value in summary.value {
+                        match value.kind {
+                            Some(Kind::SimpleValue(v)) => scalars.push((value.tag, event.step, v)),
+                            Some(Kind::Image(i)) => {
+                                images.push((value.tag, event.step, i.encoded_image_string))
+                            }
+                            Some(Kind::Tensor(t)) => texts.push(t.string_val[0].clone()),
+                            None => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(starts, [10], "the resume from step 9 starts at 10");
+    let text = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+    let mut expected = Vec::new();
+    for line in text.lines() {
+        let line: serde_json::Value = serde_json::from_str(line).unwrap();
+        for (tag, value) in train::board::tags_of(&line) {
+            expected.push((tag, line["step"].as_i64().unwrap(), value as f32));
+        }
+    }
+    assert!(expected.iter().any(|e| e.0 == "test/elbo"), "{expected:?}");
+    assert!(expected.iter().any(|e| e.0 == "train/loss"), "{expected:?}");
+    assert_eq!(scalars, expected);
+    // 7 steps an epoch: pictures at the ends of epochs 1 and 2 (steps 7 and 14).
+    let run_dir = RunDir::new(dir.path());
+    for (epoch, step) in [(1, 7), (2, 14)] {
+        let png = std::fs::read(run_dir.epoch_samples(epoch)).unwrap();
+        assert!(
+            images.contains(&("samples".to_string(), step, png)),
+            "epoch {epoch}"
+        );
+    }
+    let recorded = std::fs::read_to_string(run_dir.config()).unwrap();
+    assert_eq!(texts.len(), 2);
+    assert!(
+        texts
+            .iter()
+            .all(|t| *t == format!("```json\n{recorded}\n```").into_bytes())
+    );
+
+    // Off: no event file.
+    let off = tempfile::tempdir().unwrap();
+    let (mut vs, model) = vae(5);
+    let mut quiet = config(3, 5);
+    quiet.cadence.tensorboard = false;
+    fit(
+        &model,
+        &mut vs,
+        &TrainData {
+            train: &train_set,
+            test: &test_set,
+        },
+        &quiet,
+        off.path(),
+        Control {
+            resume: false,
+            stop: &AtomicBool::new(false),
+            allow_changes: false,
+        },
+    )
+    .unwrap();
+    assert!(elbo_board::event_files(off.path()).is_empty());
+}
+
 #[test]
 fn a_run_folder_is_not_overwritten_and_foreign_checkpoints_are_refused() {
     let _generator = exclusive();
