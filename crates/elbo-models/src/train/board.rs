@@ -4,7 +4,9 @@
 //!
 //! Tags: a step line's values under `train/<name>` (`train/loss`, `train/elbo`,
 //! `train/lr`, `train/grad_norm`, ...), an epoch line's `test_<name>` values under
-//! `test/<name>` and its other numbers under `epoch/<name>`; the epoch's sample grid and
+//! `test/<name>` and its other numbers under `epoch/<name>`; the training throughput at
+//! each logged step under `perf/images_per_s` (not in `metrics.jsonl`, which stays a
+//! function of the seed); the epoch's sample grid and
 //! reconstructions as the images `samples` and `reconstructions`; the run's
 //! configuration (config.json) as the text `config`. A resumed run marks a session
 //! start just after its checkpoint's step, so TensorBoard drops what the interrupted
@@ -68,6 +70,14 @@ impl Board {
             return Ok(());
         }
         self.writer.scalars(step, &values).map_err(error)
+    }
+
+    /// Training images per second (of the global batch) over the steps since the last
+    /// logged one, at `step`, as `perf/images_per_s`.
+    pub fn throughput(&mut self, step: u64, images_per_s: f64) -> Result<()> {
+        self.writer
+            .scalars(step, &[("perf/images_per_s".to_string(), images_per_s)])
+            .map_err(error)
     }
 
     /// The pictures of epoch `epoch` (counted from 1) that the run wrote, at `step`.

@@ -292,6 +292,9 @@ impl<'a> Trainer<'a> {
             None
         };
         let mut skipped = 0u64;
+        // Throughput between logged steps (TensorBoard only: metrics.jsonl stays a
+        // function of the seed, so a resumed run's log equals an unbroken one's).
+        let mut last_log = (Instant::now(), index);
         while index < config.steps {
             let epoch = index / steps_per_epoch;
             let position = (index % steps_per_epoch) as usize;
@@ -385,6 +388,12 @@ impl<'a> Trainer<'a> {
                     line["skipped_updates"] = skipped.into();
                 }
                 metrics.write(&line)?;
+                if let Some(board) = metrics.board() {
+                    let (then, from) = last_log;
+                    let images = (index - from) as f64 * config.batch_size as f64;
+                    board.throughput(index, images / then.elapsed().as_secs_f64().max(1e-9))?;
+                }
+                last_log = (Instant::now(), index);
             }
             let checkpoint_now =
                 index % config.cadence.checkpoint_every.max(1) == 0 || index == config.steps;

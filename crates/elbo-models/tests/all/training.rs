@@ -167,6 +167,14 @@ fn tensorboard_holds_what_metrics_jsonl_holds_across_a_resume() {
         }
     }
     assert_eq!(starts, [10], "the resume from step 9 starts at 10");
+    // Throughput, at every logged step, is TensorBoard's alone.
+    let (perf, scalars): (Vec<_>, Vec<_>) = scalars
+        .into_iter()
+        .partition(|s| s.0 == "perf/images_per_s");
+    assert!(
+        perf.iter().all(|p| p.2.is_finite() && p.2 > 0.0),
+        "{perf:?}"
+    );
     let text = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
     let mut expected = Vec::new();
     for line in text.lines() {
@@ -178,6 +186,12 @@ fn tensorboard_holds_what_metrics_jsonl_holds_across_a_resume() {
     assert!(expected.iter().any(|e| e.0 == "test/elbo"), "{expected:?}");
     assert!(expected.iter().any(|e| e.0 == "train/loss"), "{expected:?}");
     assert_eq!(scalars, expected);
+    let logged: Vec<i64> = expected
+        .iter()
+        .filter(|e| e.0 == "train/loss")
+        .map(|e| e.1)
+        .collect();
+    assert_eq!(perf.iter().map(|p| p.1).collect::<Vec<_>>(), logged);
     // 7 steps an epoch: pictures at the ends of epochs 1 and 2 (steps 7 and 14).
     let run_dir = RunDir::new(dir.path());
     for (epoch, step) in [(1, 7), (2, 14)] {
