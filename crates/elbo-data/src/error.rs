@@ -61,6 +61,18 @@ pub enum DataError {
         #[source]
         source: io::Error,
     },
+    /// An image file that cannot be decoded (truncated, damaged, or not the format its
+    /// name says).
+    #[error(
+        "{}: {detail}; expected an image it can decode (--skip-bad leaves such files out, listed)",
+        path.display()
+    )]
+    BadImage {
+        /// The file.
+        path: PathBuf,
+        /// What the decoder said.
+        detail: String,
+    },
     /// A needed file or folder does not exist.
     #[error("{}: not found; {hint}", path.display())]
     Missing {
