@@ -51,6 +51,70 @@ where
     text.parse::<T>().map_err(|e| e.to_string())
 }
 
+/// How a folder of images (`--data folder:PATH`) is read; each may also be written in
+/// the name (`folder:PATH?image-size=64&channels=3`), which is how a run records it.
+#[derive(Debug, Args, Clone, Default, PartialEq)]
+pub struct FolderArgs {
+    /// With --data folder:PATH: resize each image's short side to S (the triangle
+    /// filter, antialiased, as torchvision's Resize) and crop its centre to S x S
+    /// (default: every image must have one size).
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub image_size: Option<u32>,
+    /// With --data folder:PATH: 1 (grey, as PIL's "L") or 3 (RGB) channels (default: 1
+    /// when every image is grey, else 3).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["1", "3"]))]
+    pub channels: Option<String>,
+    /// With --data folder:PATH without a test/ sub-folder: the share of the images held
+    /// out for testing, chosen by a fixed seed (default 0.02, at least one image).
+    #[arg(long, value_name = "F")]
+    pub test_fraction: Option<f64>,
+    /// With --data folder:PATH: leave out files that cannot be decoded, listed with why
+    /// in the run folder's skipped-images.txt (default: the first one is an error).
+    #[arg(long)]
+    pub skip_bad: bool,
+}
+
+impl FolderArgs {
+    /// Whether any was given.
+    fn given(&self) -> bool {
+        self.image_size.is_some()
+            || self.channels.is_some()
+            || self.test_fraction.is_some()
+            || self.skip_bad
+    }
+
+    /// `data` with these options applied: an error when they are given for data that
+    /// is not a folder of images.
+    pub fn apply(&self, data: &DataSpec) -> Result<DataSpec, String> {
+        let DataSpec::Folder(folder) = data else {
+            return if self.given() {
+                Err(format!(
+                    "--image-size, --channels, --test-fraction and --skip-bad apply to a folder \
+                     of images (--data folder:PATH), not to {data}"
+                ))
+            } else {
+                Ok(data.clone())
+            };
+        };
+        let mut folder = folder.clone();
+        let o = &mut folder.options;
+        if let Some(s) = self.image_size {
+            o.image_size = Some(s);
+        }
+        if let Some(c) = &self.channels {
+            o.channels = c.parse().ok();
+        }
+        if let Some(f) = self.test_fraction {
+            if !(f > 0.0 && f < 1.0) {
+                return Err(format!("--test-fraction must be in (0, 1), found {f}"));
+            }
+            o.test_fraction = f;
+        }
+        o.skip_bad |= self.skip_bad;
+        Ok(DataSpec::Folder(folder))
+    }
+}
+
 /// How a DDPM's steps treat their prediction of x_0, and a class-conditional DDPM's
 /// classes and guidance (`elbo sample`, `elbo eval --frechet`).
 #[derive(Debug, Args)]
@@ -126,6 +190,8 @@ pub struct EvalArgs {
     /// Evaluate on this data instead of the run's own.
     #[arg(long, value_parser = parse::<DataSpec>)]
     pub data: Option<DataSpec>,
+    #[command(flatten)]
+    pub folder: FolderArgs,
     /// Only the first N test examples.
     #[arg(long, conflicts_with = "frechet")]
     pub examples: Option<usize>,

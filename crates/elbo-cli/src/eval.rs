@@ -3,13 +3,21 @@
 use anyhow::Result;
 use elbo_models::session::{self, FrechetConfig, SampleRequest, SamplerSpec, SamplingOptions};
 
-use crate::args::{EvalArgs, PlotArgs, SampleArgs};
+use crate::args::{EvalArgs, FolderArgs, PlotArgs, SampleArgs};
 use crate::progress::print_eval;
 use crate::train::device;
 
 /// `elbo eval`: the bound, or with --frechet the quality of samples.
-pub fn eval(args: EvalArgs) -> Result<()> {
+pub fn eval(mut args: EvalArgs) -> Result<()> {
     let device = device(&args.device)?;
+    args.data = match &args.data {
+        Some(data) => Some(args.folder.apply(data).map_err(anyhow::Error::msg)?),
+        None if args.folder != FolderArgs::default() => anyhow::bail!(
+            "--image-size, --channels, --test-fraction and --skip-bad apply to --data \
+             folder:PATH; without --data the run's own data is read as it was recorded"
+        ),
+        None => None,
+    };
     let (Some(samples), Some(classifier)) = (args.frechet, &args.classifier) else {
         if args.steps.any() {
             anyhow::bail!(

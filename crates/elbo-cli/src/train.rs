@@ -33,6 +33,11 @@ pub fn run(model: TrainModel) -> Result<ExitCode> {
             .expect("every other model is an ELBO family"),
     };
     let looped = args.looped();
+    let run_args = args.run_args();
+    run_args
+        .folder
+        .apply(&run_args.data)
+        .map_err(anyhow::Error::msg)?;
     let timeout = dist_timeout(looped)?;
     let world = session::World::from_env()?;
     match (looped.nproc.map(usize::from), &world) {

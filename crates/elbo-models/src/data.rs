@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use elbo_data::{Dataset, DatasetKind, EpochSeed, Pixels, Scale, Splits, Transform};
+use elbo_data::{Dataset, DatasetKind, EpochSeed, FolderOptions, Pixels, Scale, Splits, Transform};
 use ndarray::Array4;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
@@ -76,7 +76,7 @@ pub fn fixed_tensor(
 }
 
 /// A data set as a user names it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum DataSpec {
     /// The MNIST sample bundled with elbo (the default).
     Bundled,
@@ -84,20 +84,115 @@ pub enum DataSpec {
     Named(DatasetKind),
     /// A folder of MNIST-layout IDX files, or a CIFAR-10 folder or archive.
     Path(PathBuf),
+    /// A folder of images (`folder:PATH`), read as [`elbo_data::load_folder`] reads it.
+    Folder(FolderSpec),
+}
+
+/// A folder of images and how it is read; named `folder:PATH`, followed by the
+/// options that differ from the defaults (`?image-size=64&channels=3`), which is how
+/// a run records it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FolderSpec {
+    /// The folder.
+    pub path: PathBuf,
+    /// Size, channels, the held-out share, bad files.
+    pub options: FolderOptions,
+}
+
+/// The prefix of a folder of images' name.
+pub const FOLDER_PREFIX: &str = "folder:";
+
+impl FolderSpec {
+    /// The options part of the name (`?key=value&...`, empty for the defaults).
+    fn query(&self) -> String {
+        let o = &self.options;
+        let d = FolderOptions::default();
+        let mut parts = Vec::new();
+        if let Some(s) = o.image_size {
+            parts.push(format!("image-size={s}"));
+        }
+        if let Some(c) = o.channels {
+            parts.push(format!("channels={c}"));
+        }
+        if o.test_fraction != d.test_fraction {
+            parts.push(format!("test-fraction={}", o.test_fraction));
+        }
+        if o.seed != d.seed {
+            parts.push(format!("split-seed={}", o.seed));
+        }
+        if o.skip_bad {
+            parts.push("skip-bad".to_string());
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", parts.join("&"))
+        }
+    }
+
+    /// Reads `PATH[?options]` (what follows `folder:`).
+    fn parse(text: &str) -> std::result::Result<FolderSpec, String> {
+        let mut options = FolderOptions::default();
+        let (path, query) = text.rsplit_once('?').unwrap_or((text, ""));
+        for part in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = part.split_once('=').unwrap_or((part, ""));
+            let bad = || format!("{part:?} in data folder:{text}");
+            match key {
+                "image-size" => options.image_size = Some(value.parse().map_err(|_| bad())?),
+                "channels" => options.channels = Some(value.parse().map_err(|_| bad())?),
+                "test-fraction" => options.test_fraction = value.parse().map_err(|_| bad())?,
+                "split-seed" => options.seed = value.parse().map_err(|_| bad())?,
+                "skip-bad" if value.is_empty() => options.skip_bad = true,
+                _ => {
+                    return Err(format!(
+                        "{} (expected image-size=S, channels=1|3, test-fraction=F, \
+                         split-seed=N or skip-bad)",
+                        bad()
+                    ));
+                }
+            }
+        }
+        if path.is_empty() {
+            return Err("data folder: names no folder (expected folder:PATH)".to_string());
+        }
+        Ok(FolderSpec {
+            path: PathBuf::from(path),
+            options,
+        })
+    }
 }
 
 impl DataSpec {
     /// What `text` names, without checking that a path exists (for names read back
-    /// from a run's configuration).
+    /// from a run's configuration). A `folder:` name whose options do not parse is
+    /// taken as a path, which loading then refuses.
     pub fn named(text: &str) -> DataSpec {
         if text == "mnist-sample" {
             return DataSpec::Bundled;
+        }
+        if let Some(rest) = text.strip_prefix(FOLDER_PREFIX) {
+            return match FolderSpec::parse(rest) {
+                Ok(folder) => DataSpec::Folder(folder),
+                Err(_) => DataSpec::Path(PathBuf::from(text)),
+            };
         }
         match text.parse::<DatasetKind>() {
             Ok(kind) => DataSpec::Named(kind),
             Err(_) => DataSpec::Path(PathBuf::from(text)),
         }
     }
+}
+
+/// A data set loaded, with what its source says besides the images.
+#[derive(Debug, Clone)]
+pub struct LoadedData {
+    /// The train and test splits.
+    pub splits: Splits,
+    /// The number of classes its labels count (10 for the named data sets; a folder's
+    /// class folders, 0 for an unlabelled one).
+    pub classes: usize,
+    /// Files a folder's `skip-bad` left out, with why.
+    pub skipped: Vec<(PathBuf, String)>,
 }
 
 /// Recorded in configurations as the name a user typed.
@@ -122,16 +217,31 @@ impl<'de> Deserialize<'de> for DataSpec {
 impl FromStr for DataSpec {
     type Err = Error;
 
-    /// A name, or a folder or file that exists.
+    /// A name, a folder of images (`folder:PATH`), or a folder or file that exists.
     fn from_str(text: &str) -> Result<Self> {
+        if let Some(rest) = text.strip_prefix(FOLDER_PREFIX) {
+            let mut folder = FolderSpec::parse(rest).map_err(|detail| Error::Config { detail })?;
+            if !folder.path.is_dir() {
+                return Err(Error::Config {
+                    detail: format!(
+                        "data {text:?}: {} is not a folder (expected a folder of images)",
+                        folder.path.display()
+                    ),
+                });
+            }
+            // Recorded whole, so that the run reads it again from anywhere.
+            folder.path = std::fs::canonicalize(&folder.path)
+                .map_err(|e| Error::file("resolve", &folder.path, e))?;
+            return Ok(DataSpec::Folder(folder));
+        }
         let spec = DataSpec::named(text);
         if !matches!(&spec, DataSpec::Path(path) if !path.exists()) {
             Ok(spec)
         } else {
             Err(Error::Config {
                 detail: format!(
-                    "data {text:?} is neither mnist-sample, mnist, fashion-mnist, cifar10 nor \
-                     an existing folder or file"
+                    "data {text:?} is neither mnist-sample, mnist, fashion-mnist, cifar10, \
+                     folder:PATH (a folder of images) nor an existing folder or file"
                 ),
             })
         }
@@ -151,6 +261,12 @@ impl fmt::Display for DataSpec {
             DataSpec::Bundled => f.write_str("mnist-sample"),
             DataSpec::Named(kind) => f.write_str(kind.name()),
             DataSpec::Path(path) => write!(f, "{}", path.display()),
+            DataSpec::Folder(folder) => write!(
+                f,
+                "{FOLDER_PREFIX}{}{}",
+                folder.path.display(),
+                folder.query()
+            ),
         }
     }
 }
@@ -158,24 +274,45 @@ impl fmt::Display for DataSpec {
 impl DataSpec {
     /// Loads the training and test splits.
     pub fn load(&self) -> Result<Splits> {
+        Ok(self.load_all()?.splits)
+    }
+
+    /// Loads the training and test splits, with the class count and skipped files.
+    pub fn load_all(&self) -> Result<LoadedData> {
         let data_error = |e: elbo_data::DataError| Error::Data {
             detail: e.to_string(),
         };
+        let ten = |splits: Splits| LoadedData {
+            splits,
+            classes: 10,
+            skipped: Vec::new(),
+        };
         match self {
-            DataSpec::Bundled => elbo_data::load_bundled().map_err(data_error),
+            DataSpec::Bundled => elbo_data::load_bundled().map(ten).map_err(data_error),
             DataSpec::Named(kind) => {
                 let dir = elbo_data::dataset_dir(*kind).map_err(data_error)?;
-                elbo_data::load(*kind, &dir).map_err(data_error)
+                elbo_data::load(*kind, &dir).map(ten).map_err(data_error)
             }
             DataSpec::Path(path) => {
                 let looks_like_cifar = path.extension().is_some_and(|e| e == "gz")
                     || path.join(elbo_data::CIFAR10_FOLDER).exists()
                     || path.join("data_batch_1.bin").exists();
                 if looks_like_cifar {
-                    elbo_data::load_cifar10(path).map_err(data_error)
+                    elbo_data::load_cifar10(path).map(ten).map_err(data_error)
                 } else {
-                    elbo_data::load_idx_dir(path, 10).map_err(data_error)
+                    elbo_data::load_idx_dir(path, 10)
+                        .map(ten)
+                        .map_err(data_error)
                 }
+            }
+            DataSpec::Folder(folder) => {
+                let read =
+                    elbo_data::load_folder(&folder.path, &folder.options).map_err(data_error)?;
+                Ok(LoadedData {
+                    splits: read.splits,
+                    classes: read.classes.len(),
+                    skipped: read.skipped,
+                })
             }
         }
     }
@@ -241,5 +378,45 @@ mod tests {
             serde_json::to_string(&DataSpec::Bundled).unwrap(),
             "\"mnist-sample\""
         );
+    }
+
+    /// `folder:PATH?options` reads back as it was written (a run's record), the path
+    /// made absolute; unknown options and missing folders are refused.
+    #[test]
+    fn folder_names_round_trip_with_their_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = format!(
+            "folder:{}?image-size=64&channels=3&test-fraction=0.1&split-seed=3&skip-bad",
+            dir.path().display()
+        );
+        let spec: DataSpec = full.parse().unwrap();
+        let DataSpec::Folder(folder) = &spec else {
+            panic!("{spec:?}")
+        };
+        assert_eq!(
+            folder.options,
+            FolderOptions {
+                image_size: Some(64),
+                channels: Some(3),
+                test_fraction: 0.1,
+                seed: 3,
+                skip_bad: true
+            }
+        );
+        let canonical = std::fs::canonicalize(dir.path()).unwrap();
+        assert_eq!(folder.path, canonical);
+        assert_eq!(DataSpec::named(&spec.to_string()), spec);
+        let plain = format!("folder:{}", canonical.display());
+        assert_eq!(plain.parse::<DataSpec>().unwrap().to_string(), plain);
+        let err = format!("folder:{}?size=3", dir.path().display())
+            .parse::<DataSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected image-size=S"), "{err}");
+        let err = "folder:/no/such/dir"
+            .parse::<DataSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not a folder"), "{err}");
     }
 }

@@ -11,7 +11,7 @@ use elbo_models::session::{
     TrainingAids, VaeJob, VaePreset, VarianceKind, VdmJob, VdmPreset,
 };
 
-use super::{DeviceArgs, parse};
+use super::{DeviceArgs, FolderArgs, parse};
 
 /// The models `elbo train` trains.
 #[derive(Debug, Subcommand)]
@@ -37,6 +37,8 @@ pub trait TrainArgs {
     fn device(&self) -> &DeviceArgs;
     /// The job, to train on `device`.
     fn boxed_job(&self, device: Device) -> Box<dyn Job>;
+    /// The data, folder and seed.
+    fn run_args(&self) -> &RunArgs;
 }
 
 impl TrainModel {
@@ -67,6 +69,9 @@ macro_rules! train_args {
             fn boxed_job(&self, device: Device) -> Box<dyn Job> {
                 Box::new(self.job(device))
             }
+            fn run_args(&self) -> &RunArgs {
+                &self.run
+            }
         }
     )*};
 }
@@ -76,9 +81,12 @@ train_args!(VaeArgs, HvaeArgs, DdpmArgs, VdmArgs);
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// mnist-sample (bundled, the default), mnist, fashion-mnist, cifar10 (fetched with
-    /// `cargo xtask data`), or a folder.
+    /// `cargo xtask data`), folder:PATH (a folder of images: one sub-folder per class,
+    /// or images only), or a folder of IDX files or CIFAR-10.
     #[arg(long, default_value = "mnist-sample", value_parser = parse::<DataSpec>)]
     pub data: DataSpec,
+    #[command(flatten)]
+    pub folder: FolderArgs,
     /// The run folder (default: runs/<model>-<UTC time>).
     #[arg(long)]
     pub run: Option<PathBuf>,
@@ -354,7 +362,10 @@ impl LoopArgs {
     /// The run's options (the parsed values; the library fills the rest).
     pub fn options(&self, run: &RunArgs, device: Device) -> TrainOptions {
         TrainOptions {
-            data: run.data.clone(),
+            data: run
+                .folder
+                .apply(&run.data)
+                .unwrap_or_else(|_| run.data.clone()),
             run: run.run.clone(),
             device,
             epochs: self.epochs,

@@ -4,6 +4,7 @@
 
 mod common;
 mod conditional;
+mod folders;
 mod hostile;
 mod nodes;
 mod thin;

@@ -72,8 +72,9 @@ impl<'a> Plan<'a> {
 pub trait Job {
     /// The model's name in run folders and reports (`vae-mlp`, `hvae-ladder`, ...).
     fn label(&self) -> String;
-    /// The model's configuration for images of shape `image`.
-    fn model(&self, image: [i64; 3]) -> Result<ModelConfig>;
+    /// The model's configuration for images of shape `image` from data of `classes`
+    /// classes (0: unlabelled).
+    fn model(&self, image: [i64; 3], classes: usize) -> Result<ModelConfig>;
     /// How the run goes.
     fn plan(&self) -> Plan<'_>;
 }
@@ -132,7 +133,7 @@ impl Job for VaeJob {
     fn label(&self) -> String {
         self.preset.to_string()
     }
-    fn model(&self, image: [i64; 3]) -> Result<ModelConfig> {
+    fn model(&self, image: [i64; 3], _classes: usize) -> Result<ModelConfig> {
         let config = VaeConfig::preset(self.preset, image, self.training.likelihood)?;
         Ok(ModelConfig::Vae(config))
     }
@@ -162,7 +163,7 @@ impl Job for HvaeJob {
     fn label(&self) -> String {
         format!("hvae-{}", self.variant)
     }
-    fn model(&self, image: [i64; 3]) -> Result<ModelConfig> {
+    fn model(&self, image: [i64; 3], _classes: usize) -> Result<ModelConfig> {
         Ok(ModelConfig::Hvae(HvaeConfig::new(
             self.variant,
             image,
@@ -177,10 +178,6 @@ impl Job for HvaeJob {
         self.training.plan()
     }
 }
-
-/// The classes of a class-conditional DDPM: every data set elbo reads has 10 (its
-/// readers check each label against it).
-pub const CLASSES: i64 = 10;
 
 /// A DDPM training job (`elbo train ddpm`): a preset with changes, a recipe for the
 /// training settings the options do not give.
@@ -216,8 +213,9 @@ pub struct DdpmJob {
 }
 
 impl DdpmJob {
-    /// The preset for `image` with the job's changes.
-    pub fn config(&self, image: [i64; 3]) -> Result<DdpmConfig> {
+    /// The preset for `image` with the job's changes, conditional on `classes` classes
+    /// with `cond_drop`.
+    pub fn config(&self, image: [i64; 3], classes: usize) -> Result<DdpmConfig> {
         let mut config = DdpmConfig::preset(self.preset, image)?;
         if let Some(v) = self.schedule {
             config.schedule = v;
@@ -246,7 +244,16 @@ impl DdpmJob {
             config.unet.dropout = v;
         }
         if let Some(p) = self.cond_drop {
-            config = config.conditional(CLASSES, p)?;
+            if classes < 2 {
+                return Err(Error::Config {
+                    detail: format!(
+                        "--cond-drop trains a class-conditional model, which needs labelled \
+                         data of at least 2 classes (a folder with one sub-folder per class); \
+                         this data has {classes}"
+                    ),
+                });
+            }
+            config = config.conditional(classes as i64, p)?;
         }
         config.validate()?;
         Ok(config)
@@ -257,8 +264,8 @@ impl Job for DdpmJob {
     fn label(&self) -> String {
         self.preset.to_string()
     }
-    fn model(&self, image: [i64; 3]) -> Result<ModelConfig> {
-        Ok(ModelConfig::Ddpm(self.config(image)?))
+    fn model(&self, image: [i64; 3], classes: usize) -> Result<ModelConfig> {
+        Ok(ModelConfig::Ddpm(self.config(image, classes)?))
     }
     fn plan(&self) -> Plan<'_> {
         Plan::diffusion(self.recipe, self.final_examples, &self.train)
@@ -324,7 +331,7 @@ impl Job for VdmJob {
     fn label(&self) -> String {
         self.preset.to_string()
     }
-    fn model(&self, image: [i64; 3]) -> Result<ModelConfig> {
+    fn model(&self, image: [i64; 3], _classes: usize) -> Result<ModelConfig> {
         Ok(ModelConfig::Vdm(self.config(image)?))
     }
     fn plan(&self) -> Plan<'_> {
@@ -379,15 +386,19 @@ pub fn train_in(
     let writer = replicas.rank() == 0;
     let plan = job.plan();
     let options = plan.options;
-    let splits: Splits = options.data.load()?;
+    let loaded = options.data.load_all()?;
+    let splits: Splits = loaded.splits;
     let [c, h, w] = splits.train.image_shape().map(|d| d as i64);
-    let model_config = job.model([c, h, w])?;
+    let model_config = job.model([c, h, w], loaded.classes)?;
     let config = options.resolve(&plan.defaults, splits.train.len(), plan.aids)?;
     let device = options.device;
     let mut vs = train::var_store(config.seed, device);
     let model = model_config.build(&vs.root())?;
     let label = job.label();
     let run = train::RunDir::new(run_folder(options.run.as_ref(), &label));
+    if writer && !loaded.skipped.is_empty() {
+        write_skipped(&run, &loaded.skipped)?;
+    }
     let data = TrainData {
         train: &splits.train,
         test: &splits.test,
@@ -419,6 +430,18 @@ pub fn train_in(
         train: report,
         eval,
     })
+}
+
+/// Lists the files a folder's `skip-bad` left out (one per line: the path, a tab, why)
+/// in the run folder, whole or not at all.
+fn write_skipped(run: &train::RunDir, skipped: &[(PathBuf, String)]) -> Result<()> {
+    let path = run.skipped_images();
+    std::fs::create_dir_all(&run.root).map_err(|e| Error::file("create", &run.root, e))?;
+    let text: String = skipped
+        .iter()
+        .map(|(file, why)| format!("{}\t{why}\n", file.display()))
+        .collect();
+    train::checkpoint::write_atomically(&path, |temp| Ok(std::fs::write(temp, &text)?))
 }
 
 /// The current UTC time as `YYYYMMDD-HHMMSS`, for run folder names.

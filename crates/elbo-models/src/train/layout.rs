@@ -6,6 +6,7 @@
 //! <run>/metrics.jsonl                    one JSON object per logged step and per epoch
 //! <run>/curves.png                       the metrics as training curves
 //! <run>/events.out.tfevents.*            the same in TensorBoard (one per process start)
+//! <run>/skipped-images.txt               files of a folder data set left out (skip-bad)
 //! <run>/samples/epoch-NNN.png            samples at each epoch's end
 //! <run>/samples/reconstructions-epoch-NNN.png
 //! <run>/checkpoints/step-NNNNNNNNN.json  what the tensors belong to (written last)
@@ -50,6 +51,10 @@ impl RunDir {
     /// The run's configuration, written when it starts.
     pub fn config(&self) -> PathBuf {
         self.root.join("config.json")
+    }
+    /// The files a folder data set's `skip-bad` left out, with why.
+    pub fn skipped_images(&self) -> PathBuf {
+        self.root.join("skipped-images.txt")
     }
     /// Where the TensorBoard event files go (`events.out.tfevents.*`): the run folder
     /// itself, so that `tensorboard --logdir runs` names each run by its folder.

@@ -1,0 +1,165 @@
+//! A folder of your own images as data: three classes of shapes in mixed formats and
+//! sizes, trained as a class-conditional DDPM (the class count from the folders) and a
+//! grey VAE; the folder's options recorded and read again by eval; bad files skipped
+//! and listed; options that do not apply refused.
+
+use std::path::Path;
+
+use image::{ImageFormat, Rgb, RgbImage};
+
+use crate::common::{run, text};
+
+/// `root/<class>/<i>.<ext>`: a bright disc, square or bar on a dark ground, in sizes
+/// from 30 to 58 pixels, as PNG, JPEG, WebP and BMP.
+fn shapes(root: &Path) {
+    for (k, class) in ["disc", "square", "bar"].iter().enumerate() {
+        for i in 0..12u32 {
+            let (w, h) = (30 + i * 2, 58 - i * 2);
+            let image = RgbImage::from_fn(w, h, |x, y| {
+                let (u, v) = (x as f32 / w as f32 - 0.5, y as f32 / h as f32 - 0.5);
+                let inside = match k {
+                    0 => u * u + v * v < 0.09,
+                    1 => u.abs() < 0.3 && v.abs() < 0.3,
+                    _ => u.abs() < 0.1,
+                };
+                if inside {
+                    Rgb([220, 60 + 10 * i as u8, 40 * k as u8])
+                } else {
+                    Rgb([20, 20, 20])
+                }
+            });
+            let format = [
+                ImageFormat::Png,
+                ImageFormat::Jpeg,
+                ImageFormat::WebP,
+                ImageFormat::Bmp,
+            ][i as usize % 4];
+            let path = root
+                .join(class)
+                .join(format!("{i}.{}", format.extensions_str()[0]));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            image.save_with_format(path, format).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_folder_of_your_images_trains_a_conditional_ddpm_and_a_grey_vae() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("shapes");
+    shapes(&images);
+    std::fs::write(images.join("bar/broken.png"), b"\x89PNG\r\n\x1a\n cut").unwrap();
+    let data = format!("folder:{}", images.display());
+
+    // Without --skip-bad the broken file is named.
+    let ddpm = dir.path().join("ddpm");
+    let args = [
+        "train",
+        "ddpm",
+        "--data",
+        &data,
+        "--image-size",
+        "32",
+        "--cond-drop",
+        "0.1",
+        "--steps",
+        "2",
+        "--final-examples",
+        "0",
+        "--run",
+        ddpm.to_str().unwrap(),
+    ];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("broken.png") && text(&out).contains("--skip-bad"),
+        "{}",
+        text(&out)
+    );
+    // With it: trained, the file listed in the run folder, three classes.
+    let out = run(&[&args[..], &["--skip-bad"]].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    let skipped = std::fs::read_to_string(ddpm.join("skipped-images.txt")).unwrap();
+    assert!(skipped.starts_with(&images.join("bar/broken.png").display().to_string()));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ddpm.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["model_config"]["unet"]["num_classes"], 3, "{config}");
+    assert_eq!(
+        config["train_config"]["data"],
+        format!(
+            "folder:{}?image-size=32&skip-bad",
+            std::fs::canonicalize(&images).unwrap().display()
+        )
+    );
+    let grid = dir.path().join("class-2.png");
+    let out = run(&[
+        "sample",
+        ddpm.to_str().unwrap(),
+        "--class",
+        "2",
+        "--sampler",
+        "ddim-2",
+        "--n",
+        "4",
+        "--out",
+        grid.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run(&["sample", ddpm.to_str().unwrap(), "--class", "3", "--n", "4"]);
+    assert!(!out.status.success(), "class 3 of 3 was accepted");
+
+    // A grey 28x28 VAE of the same images; eval reads the folder as recorded.
+    std::fs::remove_file(images.join("bar/broken.png")).unwrap();
+    let vae = dir.path().join("vae");
+    let out = run(&[
+        "train",
+        "vae",
+        "--data",
+        &data,
+        "--image-size",
+        "28",
+        "--channels",
+        "1",
+        "--steps",
+        "3",
+        "--iw",
+        "0",
+        "--run",
+        vae.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run(&["eval", vae.to_str().unwrap(), "--iw", "0"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("ELBO"), "{}", text(&out));
+
+    // Options of a folder refused for other data, and --cond-drop without labels.
+    let out = run(&["train", "vae", "--image-size", "28", "--steps", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("apply to a folder of images"),
+        "{}",
+        text(&out)
+    );
+    let flat = dir.path().join("flat");
+    std::fs::create_dir_all(&flat).unwrap();
+    for entry in std::fs::read_dir(images.join("disc")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, flat.join(path.file_name().unwrap())).unwrap();
+    }
+    let out = run(&[
+        "train",
+        "ddpm",
+        "--data",
+        &format!("folder:{}", flat.display()),
+        "--image-size",
+        "32",
+        "--cond-drop",
+        "0.1",
+        "--steps",
+        "1",
+        "--run",
+        dir.path().join("flat-run").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("this data has 0"), "{}", text(&out));
+}
