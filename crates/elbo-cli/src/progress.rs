@@ -87,6 +87,14 @@ impl ProgressView {
 }
 
 impl Observer for ProgressView {
+    fn packing(&mut self, done: usize, total: usize) {
+        // Before the first step, so before the bar: lines, every 1,000 images and at the
+        // end.
+        if done == total || done % 1000 == 0 {
+            eprintln!("packing the folder of images: {done}/{total} decoded");
+        }
+    }
+
     fn started(&mut self, start: &RunStart) {
         for line in start_lines(start) {
             eprintln!("{line}");

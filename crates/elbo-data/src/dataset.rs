@@ -1,16 +1,48 @@
 //! A labelled image data set held as `u8` arrays, and its train/test splits.
 
+use std::fmt;
+use std::sync::Arc;
+
 use ndarray::{Array1, Array4, ArrayView1, ArrayView3, ArrayView4, Axis};
 
 use crate::error::{DataError, Result};
 
 /// Images of shape (N, C, H, W) and their labels (N), as unsigned bytes.
 ///
-/// The images are always in standard (row-major, contiguous) layout.
-#[derive(Debug, Clone, PartialEq)]
+/// The images are always in standard (row-major, contiguous) layout: in memory, or
+/// mapped from a packed file ([`Dataset::mapped`]), whose pages every process reading
+/// it shares.
+#[derive(Clone)]
 pub struct Dataset {
-    images: Array4<u8>,
+    images: Storage,
     labels: Array1<u8>,
+}
+
+/// Where a data set's pixels are.
+#[derive(Clone)]
+enum Storage {
+    Owned(Array4<u8>),
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        offset: usize,
+        shape: [usize; 4],
+    },
+}
+
+impl fmt::Debug for Dataset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dataset")
+            .field("images", &self.images().shape())
+            .field("mapped", &matches!(self.images, Storage::Mapped { .. }))
+            .field("labels", &self.labels.len())
+            .finish()
+    }
+}
+
+impl PartialEq for Dataset {
+    fn eq(&self, other: &Self) -> bool {
+        self.labels == other.labels && self.images() == other.images()
+    }
 }
 
 impl Dataset {
@@ -29,13 +61,45 @@ impl Dataset {
         } else {
             images.as_standard_layout().into_owned()
         };
-        Ok(Dataset { images, labels })
+        Ok(Dataset {
+            images: Storage::Owned(images),
+            labels,
+        })
+    }
+
+    /// A data set whose images are the bytes `offset..` of the mapped file `map`, in
+    /// (N, C, H, W) order with `shape`'s sizes, and `labels` (N).
+    pub fn mapped(
+        map: Arc<memmap2::Mmap>,
+        offset: usize,
+        shape: [usize; 4],
+        labels: Array1<u8>,
+    ) -> Result<Self> {
+        let len = shape.iter().product::<usize>();
+        if offset.checked_add(len).is_none_or(|end| end > map.len()) {
+            return Err(DataError::Invalid {
+                what: "mapped data set",
+                expected: format!("{len} bytes of images from byte {offset}"),
+                found: format!("a file of {} bytes", map.len()),
+            });
+        }
+        if shape[0] != labels.len() {
+            return Err(DataError::Invalid {
+                what: "data set",
+                expected: format!("as many labels as images ({})", shape[0]),
+                found: format!("{} labels", labels.len()),
+            });
+        }
+        Ok(Dataset {
+            images: Storage::Mapped { map, offset, shape },
+            labels,
+        })
     }
 
     /// Joins data sets of the same image shape, in order (e.g. CIFAR-10's five
     /// training batches).
     pub fn concatenate(parts: &[Dataset]) -> Result<Self> {
-        let views: Vec<_> = parts.iter().map(|d| d.images.view()).collect();
+        let views: Vec<_> = parts.iter().map(|d| d.images()).collect();
         let labels: Vec<_> = parts.iter().map(|d| d.labels.view()).collect();
         let images = ndarray::concatenate(Axis(0), &views).map_err(|e| DataError::Invalid {
             what: "data sets to join",
@@ -62,13 +126,26 @@ impl Dataset {
 
     /// The shape of one image: [channels, height, width].
     pub fn image_shape(&self) -> [usize; 3] {
-        let s = self.images.shape();
+        let s = self.images().shape().to_vec();
         [s[1], s[2], s[3]]
     }
 
     /// All images, (N, C, H, W).
     pub fn images(&self) -> ArrayView4<'_, u8> {
-        self.images.view()
+        match &self.images {
+            Storage::Owned(images) => images.view(),
+            Storage::Mapped { map, offset, shape } => {
+                let len = shape.iter().product::<usize>();
+                // The range and shape were checked when the data set was made.
+                ArrayView4::from_shape(*shape, &map[*offset..*offset + len])
+                    .expect("a mapped data set's shape fits its bytes")
+            }
+        }
+    }
+
+    /// Whether the images are mapped from a file rather than held in memory.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.images, Storage::Mapped { .. })
     }
 
     /// All labels, (N).
@@ -79,12 +156,15 @@ impl Dataset {
     /// Example `index`: its image (C, H, W) and label, or `None` past the end.
     pub fn get(&self, index: usize) -> Option<(ArrayView3<'_, u8>, u8)> {
         let label = *self.labels.get(index)?;
-        Some((self.images.index_axis(Axis(0), index), label))
+        Some((self.images().index_axis_move(Axis(0), index), label))
     }
 
-    /// The images and labels.
+    /// The images and labels (a mapped data set's images copied into memory).
     pub fn into_parts(self) -> (Array4<u8>, Array1<u8>) {
-        (self.images, self.labels)
+        match self.images {
+            Storage::Owned(images) => (images, self.labels),
+            Storage::Mapped { .. } => (self.images().to_owned(), self.labels),
+        }
     }
 }
 

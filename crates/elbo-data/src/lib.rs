@@ -82,7 +82,10 @@ pub use cifar10_archive::load_cifar10_archive;
 pub use dataset::{Dataset, Splits};
 pub use download::{DownloadConfig, fetch};
 pub use error::{DataError, Offset, Result};
-pub use folder::{EXTENSIONS, FolderData, FolderOptions, load_folder, luma};
+pub use folder::{
+    EXTENSIONS, FolderData, FolderOptions, PACK_FORMAT, PackInfo, load_folder, load_folder_packed,
+    luma,
+};
 pub use import::import;
 pub use kind::DatasetKind;
 pub use load::{CIFAR10_BATCHES, CIFAR10_FOLDER, IDX_FILES, load, load_cifar10, load_idx_dir};

@@ -99,6 +99,9 @@ pub struct FolderSpec {
     pub options: FolderOptions,
 }
 
+/// The sub-folder of the data folder that holds packed folders of images.
+pub const PACKS: &str = "packed";
+
 /// The prefix of a folder of images' name.
 pub const FOLDER_PREFIX: &str = "folder:";
 
@@ -279,6 +282,14 @@ impl DataSpec {
 
     /// Loads the training and test splits, with the class count and skipped files.
     pub fn load_all(&self) -> Result<LoadedData> {
+        self.load_all_with(&mut |_, _| {})
+    }
+
+    /// [`DataSpec::load_all`], telling `packing` (images done, of all) while a folder
+    /// of images is packed. A folder is read through its pack in the data folder
+    /// (`<data>/packed/`, see [`elbo_data::load_folder_packed`]): packed on first use,
+    /// memory-mapped after.
+    pub fn load_all_with(&self, packing: &mut dyn FnMut(usize, usize)) -> Result<LoadedData> {
         let data_error = |e: elbo_data::DataError| Error::Data {
             detail: e.to_string(),
         };
@@ -306,8 +317,12 @@ impl DataSpec {
                 }
             }
             DataSpec::Folder(folder) => {
-                let read =
-                    elbo_data::load_folder(&folder.path, &folder.options).map_err(data_error)?;
+                let packs = elbo_data::default_data_dir()
+                    .map_err(data_error)?
+                    .join(PACKS);
+                let (read, _) =
+                    elbo_data::load_folder_packed(&folder.path, &folder.options, &packs, packing)
+                        .map_err(data_error)?;
                 Ok(LoadedData {
                     splits: read.splits,
                     classes: read.classes.len(),

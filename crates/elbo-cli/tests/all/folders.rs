@@ -7,7 +7,18 @@ use std::path::Path;
 
 use image::{ImageFormat, Rgb, RgbImage};
 
-use crate::common::{run, text};
+use std::process::Output;
+
+use crate::common::{elbo, text};
+
+/// `elbo args...` with its data folder (where packs go) in `data`.
+fn run_with(data: &Path, args: &[&str]) -> Output {
+    elbo()
+        .env("ELBO_DATA_DIR", data)
+        .args(args)
+        .output()
+        .expect("elbo runs")
+}
 
 /// `root/<class>/<i>.<ext>`: a bright disc, square or bar on a dark ground, in sizes
 /// from 30 to 58 pixels, as PNG, JPEG, WebP and BMP.
@@ -50,6 +61,8 @@ fn a_folder_of_your_images_trains_a_conditional_ddpm_and_a_grey_vae() {
     shapes(&images);
     std::fs::write(images.join("bar/broken.png"), b"\x89PNG\r\n\x1a\n cut").unwrap();
     let data = format!("folder:{}", images.display());
+    let packs = dir.path().join("data");
+    let run = |args: &[&str]| run_with(&packs, args);
 
     // Without --skip-bad the broken file is named.
     let ddpm = dir.path().join("ddpm");
@@ -131,6 +144,42 @@ fn a_folder_of_your_images_trains_a_conditional_ddpm_and_a_grey_vae() {
     let out = run(&["eval", vae.to_str().unwrap(), "--iw", "0"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("ELBO"), "{}", text(&out));
+    // Packed once per options (by the first run of each); two ranks map that pack.
+    let packed = std::fs::read_dir(packs.join("packed"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().is_dir())
+        .count();
+    assert_eq!(
+        packed, 2,
+        "one pack per source folder and options (32 RGB, 28 grey)"
+    );
+    let two = dir.path().join("two");
+    let out = run(&[
+        "train",
+        "vae",
+        "--data",
+        &data,
+        "--image-size",
+        "28",
+        "--channels",
+        "1",
+        "--steps",
+        "2",
+        "--batch-size",
+        "16",
+        "--iw",
+        "0",
+        "--nproc",
+        "2",
+        "--run",
+        two.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !text(&out).contains("packing"),
+        "the pack was found: {}",
+        text(&out)
+    );
 
     // Options of a folder refused for other data, and --cond-drop without labels.
     let out = run(&["train", "vae", "--image-size", "28", "--steps", "1"]);

@@ -244,8 +244,40 @@ pub fn luma(rgb: [u8; 3]) -> u8 {
     ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16) as u8
 }
 
-/// Reads the folder `root` as a data set (see the module's documentation).
-pub fn load_folder(root: &Path, options: &FolderOptions) -> Result<FolderData> {
+/// A folder's image files, found but not decoded.
+pub(crate) struct Scanned {
+    /// The training split's files.
+    train: Vec<Entry>,
+    /// The `test/` folder's, when there is one.
+    test: Option<Vec<Entry>>,
+    /// The class folders' names, in label order.
+    classes: Vec<OsString>,
+}
+
+impl Scanned {
+    /// Every file with its label, the training split's first, then `None` and the test
+    /// folder's (what a pack's listing digest covers, with each file's size and time).
+    pub(crate) fn files(&self) -> Vec<Option<(&Path, u8)>> {
+        let mut out: Vec<Option<(&Path, u8)>> = self
+            .train
+            .iter()
+            .map(|e| Some((e.path.as_path(), e.label)))
+            .collect();
+        if let Some(test) = &self.test {
+            out.push(None);
+            out.extend(test.iter().map(|e| Some((e.path.as_path(), e.label))));
+        }
+        out
+    }
+
+    /// The number of files.
+    pub(crate) fn len(&self) -> usize {
+        self.train.len() + self.test.as_ref().map_or(0, Vec::len)
+    }
+}
+
+/// Checks the options and finds the folder's image files and classes.
+pub(crate) fn scan(root: &Path, options: &FolderOptions) -> Result<Scanned> {
     if !root.is_dir() {
         return Err(DataError::Missing {
             path: root.to_path_buf(),
@@ -290,7 +322,34 @@ pub fn load_folder(root: &Path, options: &FolderOptions) -> Result<FolderData> {
             "none",
         ));
     }
+    Ok(Scanned {
+        train,
+        test,
+        classes,
+    })
+}
+
+/// Reads the folder `root` as a data set (see the module's documentation).
+pub fn load_folder(root: &Path, options: &FolderOptions) -> Result<FolderData> {
+    decode_scanned(scan(root, options)?, options, &mut |_, _| {})
+}
+
+/// Decodes what [`scan`] found into the splits, telling `progress` (files done, of
+/// all) as it goes.
+pub(crate) fn decode_scanned(
+    scanned: Scanned,
+    options: &FolderOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<FolderData> {
+    let total = scanned.len();
+    let Scanned {
+        train,
+        test,
+        classes,
+    } = scanned;
+    let fraction = options.test_fraction;
     let mut skipped = Vec::new();
+    let mut done = 0;
     let mut decoded = |entries: Vec<Entry>| -> Result<Vec<(image::RgbImage, bool, u8)>> {
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -304,6 +363,8 @@ pub fn load_folder(root: &Path, options: &FolderOptions) -> Result<FolderData> {
                     });
                 }
             }
+            done += 1;
+            progress(done, total);
         }
         Ok(out)
     };
@@ -390,6 +451,9 @@ pub fn load_folder(root: &Path, options: &FolderOptions) -> Result<FolderData> {
         skipped,
     })
 }
+
+mod pack;
+pub use pack::{PACK_FORMAT, PackInfo, load_folder_packed};
 
 #[cfg(test)]
 mod tests;

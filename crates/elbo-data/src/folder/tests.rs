@@ -282,3 +282,82 @@ fn lumas_are_pils() {
     assert_eq!(luma([0, 0, 255]), 29);
     assert_eq!(luma([10, 200, 30]), 124);
 }
+
+/// The first read packs, later ones map the same pack (equal data, no decoding), a
+/// changed source or other options re-pack, and a damaged pack is refused naming its
+/// file; two readers at once wait for one packer.
+#[test]
+fn a_pack_is_made_once_mapped_after_redone_on_change_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, packs) = (dir.path().join("photos"), dir.path().join("packs"));
+    for (class, n) in [("a", 5u32), ("b", 4)] {
+        for i in 0..n {
+            save(
+                &colour(12 + i, 10),
+                &root.join(class).join(format!("{i}.png")),
+                ImageFormat::Png,
+            );
+        }
+    }
+    let options = FolderOptions {
+        image_size: Some(8),
+        test_fraction: 0.25,
+        ..FolderOptions::default()
+    };
+    let decoded = load_folder(&root, &options).unwrap();
+    let mut calls = 0;
+    let (first, info) =
+        load_folder_packed(&root, &options, &packs, &mut |_, _| calls += 1).unwrap();
+    assert!(
+        info.packed_now && calls == 9,
+        "{info:?}, {calls} progress calls"
+    );
+    assert!(first.splits.train.is_mapped() && first.splits.test.is_mapped());
+    assert_eq!(first.splits, decoded.splits);
+    assert_eq!(first.classes, ["a", "b"]);
+    let (again, info) = load_folder_packed(&root, &options, &packs, &mut |_, _| panic!()).unwrap();
+    assert!(!info.packed_now);
+    assert_eq!(again.splits, decoded.splits);
+    // Other options: a pack of their own, beside the first, which stays.
+    let grey = FolderOptions {
+        channels: Some(1),
+        ..options.clone()
+    };
+    let (_, other) = load_folder_packed(&root, &grey, &packs, &mut |_, _| {}).unwrap();
+    assert!(other.packed_now && other.dir != info.dir);
+    let (_, info) = load_folder_packed(&root, &options, &packs, &mut |_, _| {}).unwrap();
+    assert!(!info.packed_now);
+    // A file added: packed again.
+    save(&colour(9, 9), &root.join("b/new.png"), ImageFormat::Png);
+    let (more, info) = load_folder_packed(&root, &options, &packs, &mut |_, _| {}).unwrap();
+    assert!(info.packed_now);
+    assert_eq!(more.splits.train.len() + more.splits.test.len(), 10);
+    // A flipped byte in the pack: refused, naming the file.
+    let images = info.dir.join("images.u8");
+    let mut bytes = std::fs::read(&images).unwrap();
+    bytes[7] ^= 1;
+    std::fs::write(&images, bytes).unwrap();
+    let err = load_folder_packed(&root, &options, &packs, &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&images.display().to_string()) && err.contains("sha256"),
+        "{err}"
+    );
+    // Two readers at once (a fresh pack folder): one packs, the other waits and maps.
+    let packs2 = dir.path().join("packs2");
+    let both: Vec<bool> = std::thread::scope(|s| {
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    load_folder_packed(&root, &options, &packs2, &mut |_, _| {})
+                        .unwrap()
+                        .1
+                        .packed_now
+                })
+            })
+            .collect();
+        readers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(both.iter().filter(|&&p| p).count(), 1, "{both:?}");
+}

@@ -386,7 +386,9 @@ pub fn train_in(
     let writer = replicas.rank() == 0;
     let plan = job.plan();
     let options = plan.options;
-    let loaded = options.data.load_all()?;
+    let loaded = options
+        .data
+        .load_all_with(&mut |done, total| observer.packing(done, total))?;
     let splits: Splits = loaded.splits;
     let [c, h, w] = splits.train.image_shape().map(|d| d as i64);
     let model_config = job.model([c, h, w], loaded.classes)?;

@@ -57,6 +57,11 @@ pub trait Observer {
     fn started(&mut self, start: &RunStart);
     /// A logged step.
     fn progress(&mut self, progress: &Progress);
+    /// A folder of images is being packed: `done` of `total` images decoded (nothing
+    /// is called when its pack is found).
+    fn packing(&mut self, done: usize, total: usize) {
+        let _ = (done, total);
+    }
 }
 
 impl<F: FnMut(&Progress)> Observer for F {
