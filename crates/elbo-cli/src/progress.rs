@@ -90,7 +90,7 @@ impl Observer for ProgressView {
     fn packing(&mut self, done: usize, total: usize) {
         // Before the first step, so before the bar: lines, every 1,000 images and at the
         // end.
-        if done == total || done % 1000 == 0 {
+        if done == total || done.is_multiple_of(1000) {
             eprintln!("packing the folder of images: {done}/{total} decoded");
         }
     }
