@@ -41,6 +41,41 @@ pub enum Command {
     Sample(SampleArgs),
     /// Draw a run's training curves (metrics.jsonl) as a PNG.
     Plot(PlotArgs),
+    /// Look at a data set before training on it, or pack a folder of images ahead of
+    /// time.
+    Data {
+        /// What to do.
+        #[command(subcommand)]
+        action: DataCommand,
+    },
+}
+
+/// `elbo data ...`.
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// The counts, image size, channels, classes (with their counts), the pixels' mean
+    /// and standard deviation per channel, and a grid of 64 random training images.
+    Inspect(DataArgs),
+    /// Pack a folder of images (decoded, resized, converted, in one memory-mapped file
+    /// under the data folder) ahead of training; training packs on first use otherwise.
+    Pack(DataArgs),
+}
+
+/// A data set named as `--data` names it, with a folder's options.
+#[derive(Debug, Args)]
+pub struct DataArgs {
+    /// mnist-sample, mnist, fashion-mnist, cifar10, folder:PATH, or a folder of IDX
+    /// files or CIFAR-10.
+    #[arg(value_parser = parse::<DataSpec>)]
+    pub data: DataSpec,
+    #[command(flatten)]
+    pub folder: FolderArgs,
+    /// The grid of random training images (inspect).
+    #[arg(long, default_value = "data-grid.png")]
+    pub out: PathBuf,
+    /// The seed of the images drawn for the grid (inspect).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 /// Parses a value with the library's `FromStr` (its message names the choices).

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use elbo_models::session::{self, FrechetConfig, SampleRequest, SamplerSpec, SamplingOptions};
 
-use crate::args::{EvalArgs, FolderArgs, PlotArgs, SampleArgs};
+use crate::args::{DataCommand, EvalArgs, FolderArgs, PlotArgs, SampleArgs};
 use crate::progress::print_eval;
 use crate::train::device;
 
@@ -180,6 +180,70 @@ pub fn plot(args: PlotArgs) -> Result<()> {
     // A VDM's learned schedule beside the curves.
     if let Some(path) = session::plot_schedule(&args.run, schedule.as_deref())? {
         println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// `elbo data inspect` and `elbo data pack`.
+pub fn data(action: DataCommand) -> Result<()> {
+    let progress = &mut |done: usize, total: usize| {
+        if done == total || done.is_multiple_of(1000) {
+            eprintln!("packing the folder of images: {done}/{total} decoded");
+        }
+    };
+    match action {
+        DataCommand::Inspect(args) => {
+            let data = args.folder.apply(&args.data).map_err(anyhow::Error::msg)?;
+            let report = session::inspect_data(&data, &args.out, args.seed, progress)?;
+            let (train, test) = report.counts;
+            let [c, h, w] = report.shape;
+            println!("data {}", report.data);
+            println!(
+                "images {train} training, {test} test, {c}x{h}x{w} (channels x height x width)"
+            );
+            if report.classes.is_empty() {
+                println!("classes none (unlabelled)");
+            } else {
+                println!("classes {} (training images of each)", report.classes.len());
+                for (name, n) in &report.classes {
+                    println!("  {name:<20} {n}");
+                }
+            }
+            for (k, (mean, std)) in report.pixel_mean_std.iter().enumerate() {
+                println!("pixels channel {k}: mean {mean:.4}, std {std:.4} (in [0, 1])");
+            }
+            if !report.skipped.is_empty() {
+                println!("skipped {} files (--skip-bad):", report.skipped.len());
+                for (file, why) in &report.skipped {
+                    println!("  {}: {why}", file.display());
+                }
+            }
+            println!("wrote {}", report.grid.display());
+        }
+        DataCommand::Pack(args) => {
+            let data = args.folder.apply(&args.data).map_err(anyhow::Error::msg)?;
+            let started = std::time::Instant::now();
+            let info = session::pack_data(&data, progress)?;
+            let bytes: u64 = std::fs::read_dir(&info.dir)
+                .map(|entries| {
+                    entries
+                        .filter_map(|e| e.ok()?.metadata().ok())
+                        .map(|m| m.len())
+                        .sum()
+                })
+                .unwrap_or(0);
+            println!(
+                "{} {} ({:.1} MB) in {:.1} s",
+                if info.packed_now {
+                    "packed"
+                } else {
+                    "already packed:"
+                },
+                info.dir.display(),
+                bytes as f64 / 1e6,
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
     Ok(())
 }

@@ -53,6 +53,7 @@ fn run(command: Command) -> Result<ExitCode> {
             interrupt_ends("plotting")?;
             eval::plot(args)?
         }
+        Command::Data { action } => eval::data(action)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -191,9 +191,9 @@ impl DataSpec {
 pub struct LoadedData {
     /// The train and test splits.
     pub splits: Splits,
-    /// The number of classes its labels count (10 for the named data sets; a folder's
-    /// class folders, 0 for an unlabelled one).
-    pub classes: usize,
+    /// The classes its labels count, by name (the named data sets' 10 by number; a
+    /// folder's class folders; none for an unlabelled folder).
+    pub classes: Vec<String>,
     /// Files a folder's `skip-bad` left out, with why.
     pub skipped: Vec<(PathBuf, String)>,
 }
@@ -295,7 +295,7 @@ impl DataSpec {
         };
         let ten = |splits: Splits| LoadedData {
             splits,
-            classes: 10,
+            classes: (0..10).map(|k| k.to_string()).collect(),
             skipped: Vec::new(),
         };
         match self {
@@ -325,7 +325,7 @@ impl DataSpec {
                         .map_err(data_error)?;
                 Ok(LoadedData {
                     splits: read.splits,
-                    classes: read.classes.len(),
+                    classes: read.classes,
                     skipped: read.skipped,
                 })
             }

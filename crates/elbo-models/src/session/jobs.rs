@@ -391,7 +391,7 @@ pub fn train_in(
         .load_all_with(&mut |done, total| observer.packing(done, total))?;
     let splits: Splits = loaded.splits;
     let [c, h, w] = splits.train.image_shape().map(|d| d as i64);
-    let model_config = job.model([c, h, w], loaded.classes)?;
+    let model_config = job.model([c, h, w], loaded.classes.len())?;
     let config = options.resolve(&plan.defaults, splits.train.len(), plan.aids)?;
     let device = options.device;
     let mut vs = train::var_store(config.seed, device);

@@ -6,6 +6,7 @@
 //! [`eval::classifier::run_job`]: crate::eval::classifier::run_job
 
 mod evaluate;
+mod inspect;
 pub mod jobs;
 pub mod options;
 mod plot;
@@ -17,6 +18,7 @@ pub use evaluate::{
     SweepReport, evaluate_checkpoint, frechet_of_checkpoint, frechet_sweep, guidance_sweep,
     sampling_for,
 };
+pub use inspect::{DataReport, inspect_data, pack_data};
 pub use plot::{plot_run, plot_schedule};
 pub use restore::{Restored, restore};
 pub use sample::{SampleRequest, clipped, sample_checkpoint, write_samples};
