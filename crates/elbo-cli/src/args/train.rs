@@ -249,7 +249,8 @@ pub struct HvaeArgs {
 /// `elbo train ddpm`.
 #[derive(Debug, Args)]
 pub struct DdpmArgs {
-    /// ddpm-mnist (1.6 M parameters) or ddpm-cifar10 (Ho et al.'s 35.7 M).
+    /// ddpm-mnist (1.6 M parameters), ddpm-cifar10 (Ho et al.'s 35.7 M) or ddpm-64
+    /// (improved DDPM's 64x64 network, 116 M).
     #[arg(long, default_value = "ddpm-mnist", value_parser = parse::<DdpmPreset>)]
     pub preset: DdpmPreset,
     /// The training settings the options below do not give: mnist or ho-cifar10 (see

@@ -55,7 +55,19 @@ fn preset_parameter_counts() {
         .parse::<DdpmPreset>()
         .unwrap_err()
         .to_string();
-    assert!(err.contains("expected ddpm-mnist or ddpm-cifar10"), "{err}");
+    assert!(
+        err.contains("expected one of ddpm-mnist, ddpm-cifar10, ddpm-64"),
+        "{err}"
+    );
+    // improved DDPM's 64x64 UNet, with fixed variances: its count, stated in the
+    // preset's documentation and the README.
+    let vs = VarStore::new(Device::Cpu);
+    Ddpm::new(
+        &vs.root(),
+        DdpmConfig::preset(DdpmPreset::Ddpm64, [3, 64, 64]).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(parameters(&vs), 115_938_691);
     let err = DdpmConfig::preset(DdpmPreset::Mnist, [1, 28, 30])
         .unwrap_err()
         .to_string();
