@@ -56,16 +56,17 @@ pub enum DataCommand {
     /// The counts, image size, channels, classes (with their counts), the pixels' mean
     /// and standard deviation per channel, and a grid of 64 random training images.
     Inspect(DataArgs),
-    /// Pack a folder of images (decoded, resized, converted, in one memory-mapped file
-    /// under the data folder) ahead of training; training packs on first use otherwise.
+    /// Pack a folder of images or parquet shards (decoded, resized, converted, in one
+    /// memory-mapped file under the data folder) ahead of training; training packs on
+    /// first use otherwise.
     Pack(DataArgs),
 }
 
 /// A data set named as `--data` names it, with a folder's options.
 #[derive(Debug, Args)]
 pub struct DataArgs {
-    /// mnist-sample, mnist, fashion-mnist, cifar10, folder:PATH, or a folder of IDX
-    /// files or CIFAR-10.
+    /// mnist-sample, mnist, fashion-mnist, cifar10, folder:PATH, parquet:PATH, or a
+    /// folder of IDX files or CIFAR-10.
     #[arg(value_parser = parse::<DataSpec>)]
     pub data: DataSpec,
     #[command(flatten)]
@@ -107,32 +108,46 @@ pub struct FolderArgs {
     /// in the run folder's skipped-images.txt (default: the first one is an error).
     #[arg(long)]
     pub skip_bad: bool,
+    /// With --data parquet:PATH: the image column (default: the first struct of bytes
+    /// and path, as datasets' Image).
+    #[arg(long, value_name = "NAME")]
+    pub image_column: Option<String>,
+    /// With --data parquet:PATH: the label column (default: an integer column label or
+    /// labels, if any).
+    #[arg(long, value_name = "NAME")]
+    pub label_column: Option<String>,
 }
 
 impl FolderArgs {
     /// Whether any was given.
     fn given(&self) -> bool {
-        self.image_size.is_some()
-            || self.channels.is_some()
-            || self.test_fraction.is_some()
-            || self.skip_bad
+        *self != FolderArgs::default()
     }
 
     /// `data` with these options applied: an error when they are given for data that
-    /// is not a folder of images.
+    /// is not a folder of images or parquet shards (or columns for a folder).
     pub fn apply(&self, data: &DataSpec) -> Result<DataSpec, String> {
-        let DataSpec::Folder(folder) = data else {
+        let (DataSpec::Folder(spec) | DataSpec::Parquet(spec)) = data else {
             return if self.given() {
                 Err(format!(
-                    "--image-size, --channels, --test-fraction and --skip-bad apply to a folder \
-                     of images (--data folder:PATH), not to {data}"
+                    "--image-size, --channels, --test-fraction, --skip-bad, --image-column and \
+                     --label-column apply to a folder of images (--data folder:PATH) or \
+                     parquet shards (--data parquet:PATH), not to {data}"
                 ))
             } else {
                 Ok(data.clone())
             };
         };
-        let mut folder = folder.clone();
-        let o = &mut folder.options;
+        let parquet = matches!(data, DataSpec::Parquet(_));
+        if !parquet && (self.image_column.is_some() || self.label_column.is_some()) {
+            return Err(
+                "--image-column and --label-column apply to parquet shards (--data \
+                 parquet:PATH); a folder's labels are its sub-folders"
+                    .to_string(),
+            );
+        }
+        let mut spec = spec.clone();
+        let o = &mut spec.options;
         if let Some(s) = self.image_size {
             o.image_size = Some(s);
         }
@@ -146,7 +161,17 @@ impl FolderArgs {
             o.test_fraction = f;
         }
         o.skip_bad |= self.skip_bad;
-        Ok(DataSpec::Folder(folder))
+        if let Some(c) = &self.image_column {
+            spec.columns.image = Some(c.clone());
+        }
+        if let Some(c) = &self.label_column {
+            spec.columns.label = Some(c.clone());
+        }
+        Ok(if parquet {
+            DataSpec::Parquet(spec)
+        } else {
+            DataSpec::Folder(spec)
+        })
     }
 }
 

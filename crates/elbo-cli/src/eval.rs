@@ -13,8 +13,9 @@ pub fn eval(mut args: EvalArgs) -> Result<()> {
     args.data = match &args.data {
         Some(data) => Some(args.folder.apply(data).map_err(anyhow::Error::msg)?),
         None if args.folder != FolderArgs::default() => anyhow::bail!(
-            "--image-size, --channels, --test-fraction and --skip-bad apply to --data \
-             folder:PATH; without --data the run's own data is read as it was recorded"
+            "--image-size, --channels, --test-fraction, --skip-bad, --image-column and \
+             --label-column apply to --data folder:PATH or parquet:PATH; without --data the \
+             run's own data is read as it was recorded"
         ),
         None => None,
     };

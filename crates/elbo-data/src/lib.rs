@@ -86,6 +86,8 @@ pub use folder::{
     EXTENSIONS, FolderData, FolderOptions, PACK_FORMAT, PackInfo, load_folder, load_folder_packed,
     luma,
 };
+#[cfg(feature = "parquet")]
+pub use folder::{ParquetColumns, load_parquet, load_parquet_packed};
 pub use import::import;
 pub use kind::DatasetKind;
 pub use load::{CIFAR10_BATCHES, CIFAR10_FOLDER, IDX_FILES, load, load_cifar10, load_idx_dir};

@@ -86,6 +86,9 @@ pub enum DataSpec {
     Path(PathBuf),
     /// A folder of images (`folder:PATH`), read as [`elbo_data::load_folder`] reads it.
     Folder(FolderSpec),
+    /// Hugging Face datasets' parquet shards (`parquet:PATH`, a file or a folder), read
+    /// as [`elbo_data::load_parquet`] reads them.
+    Parquet(FolderSpec),
 }
 
 /// A folder of images and how it is read; named `folder:PATH`, followed by the
@@ -93,10 +96,12 @@ pub enum DataSpec {
 /// a run records it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FolderSpec {
-    /// The folder.
+    /// The folder (or, for parquet, a file or a folder of shards).
     pub path: PathBuf,
     /// Size, channels, the held-out share, bad files.
     pub options: FolderOptions,
+    /// Parquet's image and label columns (`None`: found; unused for a folder).
+    pub columns: elbo_data::ParquetColumns,
 }
 
 /// The sub-folder of the data folder that holds packed folders of images.
@@ -104,6 +109,8 @@ pub const PACKS: &str = "packed";
 
 /// The prefix of a folder of images' name.
 pub const FOLDER_PREFIX: &str = "folder:";
+/// The prefix of parquet shards' name.
+pub const PARQUET_PREFIX: &str = "parquet:";
 
 impl FolderSpec {
     /// The options part of the name (`?key=value&...`, empty for the defaults).
@@ -126,6 +133,12 @@ impl FolderSpec {
         if o.skip_bad {
             parts.push("skip-bad".to_string());
         }
+        if let Some(c) = &self.columns.image {
+            parts.push(format!("image-column={c}"));
+        }
+        if let Some(c) = &self.columns.label {
+            parts.push(format!("label-column={c}"));
+        }
         if parts.is_empty() {
             String::new()
         } else {
@@ -136,6 +149,7 @@ impl FolderSpec {
     /// Reads `PATH[?options]` (what follows `folder:`).
     fn parse(text: &str) -> std::result::Result<FolderSpec, String> {
         let mut options = FolderOptions::default();
+        let mut columns = elbo_data::ParquetColumns::default();
         let (path, query) = text.rsplit_once('?').unwrap_or((text, ""));
         for part in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = part.split_once('=').unwrap_or((part, ""));
@@ -146,10 +160,12 @@ impl FolderSpec {
                 "test-fraction" => options.test_fraction = value.parse().map_err(|_| bad())?,
                 "split-seed" => options.seed = value.parse().map_err(|_| bad())?,
                 "skip-bad" if value.is_empty() => options.skip_bad = true,
+                "image-column" if !value.is_empty() => columns.image = Some(value.into()),
+                "label-column" if !value.is_empty() => columns.label = Some(value.into()),
                 _ => {
                     return Err(format!(
                         "{} (expected image-size=S, channels=1|3, test-fraction=F, \
-                         split-seed=N or skip-bad)",
+                         split-seed=N, skip-bad, image-column=NAME or label-column=NAME)",
                         bad()
                     ));
                 }
@@ -161,6 +177,7 @@ impl FolderSpec {
         Ok(FolderSpec {
             path: PathBuf::from(path),
             options,
+            columns,
         })
     }
 }
@@ -176,6 +193,12 @@ impl DataSpec {
         if let Some(rest) = text.strip_prefix(FOLDER_PREFIX) {
             return match FolderSpec::parse(rest) {
                 Ok(folder) => DataSpec::Folder(folder),
+                Err(_) => DataSpec::Path(PathBuf::from(text)),
+            };
+        }
+        if let Some(rest) = text.strip_prefix(PARQUET_PREFIX) {
+            return match FolderSpec::parse(rest) {
+                Ok(shards) => DataSpec::Parquet(shards),
                 Err(_) => DataSpec::Path(PathBuf::from(text)),
             };
         }
@@ -222,20 +245,45 @@ impl FromStr for DataSpec {
 
     /// A name, a folder of images (`folder:PATH`), or a folder or file that exists.
     fn from_str(text: &str) -> Result<Self> {
-        if let Some(rest) = text.strip_prefix(FOLDER_PREFIX) {
-            let mut folder = FolderSpec::parse(rest).map_err(|detail| Error::Config { detail })?;
-            if !folder.path.is_dir() {
+        for (prefix, parquet) in [(FOLDER_PREFIX, false), (PARQUET_PREFIX, true)] {
+            let Some(rest) = text.strip_prefix(prefix) else {
+                continue;
+            };
+            let mut spec = FolderSpec::parse(rest).map_err(|detail| Error::Config { detail })?;
+            let exists = if parquet {
+                spec.path.exists()
+            } else {
+                spec.path.is_dir()
+            };
+            if !exists {
                 return Err(Error::Config {
                     detail: format!(
-                        "data {text:?}: {} is not a folder (expected a folder of images)",
-                        folder.path.display()
+                        "data {text:?}: {} is not there (expected {})",
+                        spec.path.display(),
+                        if parquet {
+                            "a parquet file or a folder of *.parquet shards"
+                        } else {
+                            "a folder of images"
+                        }
+                    ),
+                });
+            }
+            if !parquet && spec.columns != elbo_data::ParquetColumns::default() {
+                return Err(Error::Config {
+                    detail: format!(
+                        "data {text:?}: image-column and label-column are parquet's; a folder's \
+                         labels are its sub-folders"
                     ),
                 });
             }
             // Recorded whole, so that the run reads it again from anywhere.
-            folder.path = std::fs::canonicalize(&folder.path)
-                .map_err(|e| Error::file("resolve", &folder.path, e))?;
-            return Ok(DataSpec::Folder(folder));
+            spec.path = std::fs::canonicalize(&spec.path)
+                .map_err(|e| Error::file("resolve", &spec.path, e))?;
+            return Ok(if parquet {
+                DataSpec::Parquet(spec)
+            } else {
+                DataSpec::Folder(spec)
+            });
         }
         let spec = DataSpec::named(text);
         if !matches!(&spec, DataSpec::Path(path) if !path.exists()) {
@@ -244,7 +292,8 @@ impl FromStr for DataSpec {
             Err(Error::Config {
                 detail: format!(
                     "data {text:?} is neither mnist-sample, mnist, fashion-mnist, cifar10, \
-                     folder:PATH (a folder of images) nor an existing folder or file"
+                     folder:PATH (a folder of images), parquet:PATH (Hugging Face datasets' \
+                     shards) nor an existing folder or file"
                 ),
             })
         }
@@ -269,6 +318,12 @@ impl fmt::Display for DataSpec {
                 "{FOLDER_PREFIX}{}{}",
                 folder.path.display(),
                 folder.query()
+            ),
+            DataSpec::Parquet(shards) => write!(
+                f,
+                "{PARQUET_PREFIX}{}{}",
+                shards.path.display(),
+                shards.query()
             ),
         }
     }
@@ -316,13 +371,21 @@ impl DataSpec {
                         .map_err(data_error)
                 }
             }
-            DataSpec::Folder(folder) => {
+            DataSpec::Folder(spec) | DataSpec::Parquet(spec) => {
                 let packs = elbo_data::default_data_dir()
                     .map_err(data_error)?
                     .join(PACKS);
-                let (read, _) =
-                    elbo_data::load_folder_packed(&folder.path, &folder.options, &packs, packing)
-                        .map_err(data_error)?;
+                let (read, _) = match self {
+                    DataSpec::Parquet(_) => elbo_data::load_parquet_packed(
+                        &spec.path,
+                        &spec.columns,
+                        &spec.options,
+                        &packs,
+                        packing,
+                    ),
+                    _ => elbo_data::load_folder_packed(&spec.path, &spec.options, &packs, packing),
+                }
+                .map_err(data_error)?;
                 Ok(LoadedData {
                     splits: read.splits,
                     classes: read.classes,

@@ -82,7 +82,8 @@ train_args!(VaeArgs, HvaeArgs, DdpmArgs, VdmArgs);
 pub struct RunArgs {
     /// mnist-sample (bundled, the default), mnist, fashion-mnist, cifar10 (fetched with
     /// `cargo xtask data`), folder:PATH (a folder of images: one sub-folder per class,
-    /// or images only), or a folder of IDX files or CIFAR-10.
+    /// or images only), parquet:PATH (Hugging Face datasets' parquet shards: a file or
+    /// a folder), or a folder of IDX files or CIFAR-10.
     #[arg(long, default_value = "mnist-sample", value_parser = parse::<DataSpec>)]
     pub data: DataSpec,
     #[command(flatten)]

@@ -271,3 +271,71 @@ fn data_inspect_and_pack() {
         text(&out)
     );
 }
+
+/// Parquet shards written by Hugging Face `datasets` (elbo-data's fixture): inspected,
+/// then trained on and evaluated, their class names and columns recorded.
+#[test]
+fn parquet_shards_of_datasets_train_and_evaluate() {
+    let dir = tempfile::tempdir().unwrap();
+    let packs = dir.path().join("data");
+    let shard =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../elbo-data/src/folder/hf-tiny-train.parquet");
+    let data = format!("parquet:{}?test-fraction=0.5", shard.display());
+    let grid = dir.path().join("g.png");
+    let out = run_with(
+        &packs,
+        &["data", "inspect", &data, "--out", grid.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("images 3 training, 3 test, 3x8x8"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("even") && text(&out).contains("odd"),
+        "{}",
+        text(&out)
+    );
+    let vae = dir.path().join("vae");
+    let out = run_with(
+        &packs,
+        &[
+            "train",
+            "vae",
+            "--data",
+            &data,
+            "--label-column",
+            "label",
+            "--steps",
+            "2",
+            "--iw",
+            "0",
+            "--run",
+            vae.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let config = std::fs::read_to_string(vae.join("config.json")).unwrap();
+    assert!(
+        config.contains("test-fraction=0.5&label-column=label"),
+        "{config}"
+    );
+    let out = run_with(&packs, &["eval", vae.to_str().unwrap(), "--iw", "0"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run_with(
+        &packs,
+        &[
+            "train",
+            "vae",
+            "--data",
+            &data,
+            "--label-column",
+            "nope",
+            "--steps",
+            "1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("\"nope\""), "{}", text(&out));
+}

@@ -76,10 +76,12 @@ pub struct FolderData {
     pub skipped: Vec<(PathBuf, String)>,
 }
 
-/// One image file and its label.
-struct Entry {
-    path: PathBuf,
-    label: u8,
+/// One image and its label: a file, or bytes read from elsewhere (a parquet row),
+/// named for messages by `path`.
+pub(crate) struct Entry {
+    pub(crate) path: PathBuf,
+    pub(crate) label: u8,
+    pub(crate) bytes: Option<Vec<u8>>,
 }
 
 fn io<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(std::io::Error) -> DataError + 'a {
@@ -151,6 +153,7 @@ fn scan_split(dir: &Path, classes: &mut Vec<OsString>, skip: &[&str]) -> Result<
             .map(|p| Entry {
                 path: p.clone(),
                 label: 0,
+                bytes: None,
             })
             .collect());
     }
@@ -196,14 +199,25 @@ fn scan_split(dir: &Path, classes: &mut Vec<OsString>, skip: &[&str]) -> Result<
         out.extend(files.into_iter().map(|path| Entry {
             path,
             label: label as u8,
+            bytes: None,
         }));
     }
     Ok(out)
 }
 
 /// One decoded image, brought to the common size, as RGB, and whether it was grey.
-fn decode(path: &Path, size: Option<u32>) -> std::result::Result<(image::RgbImage, bool), String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+fn decode(
+    entry: &Entry,
+    size: Option<u32>,
+) -> std::result::Result<(image::RgbImage, bool), String> {
+    let read;
+    let bytes = match &entry.bytes {
+        Some(bytes) => bytes,
+        None => {
+            read = std::fs::read(&entry.path).map_err(|e| format!("cannot read it: {e}"))?;
+            &read
+        }
+    };
     let image = image::ImageReader::new(std::io::Cursor::new(&bytes))
         .with_guessed_format()
         .map_err(|e| e.to_string())?
@@ -247,11 +261,11 @@ pub fn luma(rgb: [u8; 3]) -> u8 {
 /// A folder's image files, found but not decoded.
 pub(crate) struct Scanned {
     /// The training split's files.
-    train: Vec<Entry>,
+    pub(crate) train: Vec<Entry>,
     /// The `test/` folder's, when there is one.
-    test: Option<Vec<Entry>>,
+    pub(crate) test: Option<Vec<Entry>>,
     /// The class folders' names, in label order.
-    classes: Vec<OsString>,
+    pub(crate) classes: Vec<OsString>,
 }
 
 impl Scanned {
@@ -276,14 +290,9 @@ impl Scanned {
     }
 }
 
-/// Checks the options and finds the folder's image files and classes.
-pub(crate) fn scan(root: &Path, options: &FolderOptions) -> Result<Scanned> {
-    if !root.is_dir() {
-        return Err(DataError::Missing {
-            path: root.to_path_buf(),
-            hint: "expected a folder of images (one sub-folder per class, or images only)".into(),
-        });
-    }
+/// Refuses options that cannot work: channels other than 1 or 3, a size of 0, a
+/// held-out share outside (0, 1).
+pub(crate) fn check_options(options: &FolderOptions) -> Result<()> {
     if let Some(c) = options.channels.filter(|c| ![1, 3].contains(c)) {
         return Err(invalid("--channels", "1 or 3", c.to_string()));
     }
@@ -298,6 +307,18 @@ pub(crate) fn scan(root: &Path, options: &FolderOptions) -> Result<Scanned> {
             fraction.to_string(),
         ));
     }
+    Ok(())
+}
+
+/// Checks the options and finds the folder's image files and classes.
+pub(crate) fn scan(root: &Path, options: &FolderOptions) -> Result<Scanned> {
+    if !root.is_dir() {
+        return Err(DataError::Missing {
+            path: root.to_path_buf(),
+            hint: "expected a folder of images (one sub-folder per class, or images only)".into(),
+        });
+    }
+    check_options(options)?;
     let mut classes = Vec::new();
     let (train_dir, test_dir) = (root.join("train"), root.join("test"));
     let (train, test) = if test_dir.is_dir() {
@@ -353,7 +374,7 @@ pub(crate) fn decode_scanned(
     let mut decoded = |entries: Vec<Entry>| -> Result<Vec<(image::RgbImage, bool, u8)>> {
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
-            match decode(&entry.path, options.image_size) {
+            match decode(&entry, options.image_size) {
                 Ok((image, grey)) => out.push((image, grey, entry.label)),
                 Err(why) if options.skip_bad => skipped.push((entry.path, why)),
                 Err(detail) => {
@@ -452,7 +473,11 @@ pub(crate) fn decode_scanned(
     })
 }
 
+#[cfg(feature = "parquet")]
+mod hub;
 mod pack;
+#[cfg(feature = "parquet")]
+pub use hub::{ParquetColumns, load_parquet, load_parquet_packed};
 pub use pack::{PACK_FORMAT, PackInfo, load_folder_packed};
 
 #[cfg(test)]

@@ -56,17 +56,16 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-/// What identifies a pack's content: every file's path, label, size and time, and the
-/// options.
-fn listing_digest(scanned: &Scanned, options: &FolderOptions) -> Result<String> {
+/// What identifies a pack's content: each of `files`' path, tag (a label, a column),
+/// size and modification time, in order, and the options.
+pub(crate) fn listing_of<'a>(
+    files: impl Iterator<Item = (&'a Path, String)>,
+    options: &FolderOptions,
+) -> Result<String> {
     use std::os::unix::ffi::OsStrExt;
     let mut hasher = Sha256::new();
     hasher.update(format!("elbo-pack {PACK_FORMAT}\n{options:?}\n").as_bytes());
-    for file in scanned.files() {
-        let Some((path, label)) = file else {
-            hasher.update(b"test\n");
-            continue;
-        };
+    for (path, tag) in files {
         let meta = std::fs::metadata(path).map_err(io(path, "reading the metadata of"))?;
         let modified = meta
             .modified()
@@ -74,9 +73,52 @@ fn listing_digest(scanned: &Scanned, options: &FolderOptions) -> Result<String> 
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_nanos());
         hasher.update(path.as_os_str().as_bytes());
-        hasher.update(format!("\0{label}\0{}\0{modified}\n", meta.len()).as_bytes());
+        hasher.update(format!("\0{tag}\0{}\0{modified}\n", meta.len()).as_bytes());
     }
     Ok(hex(&hasher.finalize()))
+}
+
+/// Where packed images come from: a folder, parquet files.
+pub(crate) trait Source {
+    /// The source's canonical path (with the options, it names the pack).
+    fn root(&self) -> &Path;
+    /// What identifies its content ([`listing_of`]), without decoding anything.
+    fn listing(&self, options: &FolderOptions) -> Result<String>;
+    /// Its images, decoded (`progress` told images done, of all).
+    fn decode(
+        self: Box<Self>,
+        options: &FolderOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<FolderData>;
+}
+
+/// A folder of images as a [`Source`].
+struct FolderSource {
+    root: PathBuf,
+    scanned: Scanned,
+}
+
+impl Source for FolderSource {
+    fn root(&self) -> &Path {
+        &self.root
+    }
+    fn listing(&self, options: &FolderOptions) -> Result<String> {
+        let files = self.scanned.files();
+        listing_of(
+            files.into_iter().map(|f| match f {
+                Some((path, label)) => (path, label.to_string()),
+                None => (Path::new("/"), "test".to_string()),
+            }),
+            options,
+        )
+    }
+    fn decode(
+        self: Box<Self>,
+        options: &FolderOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<FolderData> {
+        decode_scanned(self.scanned, options, progress)
+    }
 }
 
 /// The pack folder of the source folder `root` (canonical) read with `options`, under
@@ -307,9 +349,9 @@ pub struct PackInfo {
 }
 
 /// Reads the folder `root` as [`super::load_folder`] does, through its pack under
-/// `packs`: found and current, it is mapped; absent, or made of another listing or
-/// options, the folder is decoded (`progress` told files done, of all) and packed,
-/// then mapped. Either way the data sets' images are mapped from the pack.
+/// `packs`: found and current, it is mapped; absent, or made of another listing, the
+/// folder is decoded (`progress` told files done, of all) and packed, then mapped.
+/// Either way the data sets' images are mapped from the pack.
 pub fn load_folder_packed(
     root: &Path,
     options: &FolderOptions,
@@ -318,8 +360,24 @@ pub fn load_folder_packed(
 ) -> Result<(FolderData, PackInfo)> {
     let scanned = scan(root, options)?;
     let root = std::fs::canonicalize(root).map_err(io(root, "resolving"))?;
-    let listing = listing_digest(&scanned, options)?;
+    load_packed(
+        Box::new(FolderSource { root, scanned }),
+        options,
+        packs,
+        progress,
+    )
+}
+
+/// [`load_folder_packed`] for any [`Source`].
+pub(crate) fn load_packed(
+    source: Box<dyn Source>,
+    options: &FolderOptions,
+    packs: &Path,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(FolderData, PackInfo)> {
+    let listing = source.listing(options)?;
     std::fs::create_dir_all(packs).map_err(io(packs, "creating"))?;
+    let root = source.root().to_path_buf();
     let dir = pack_dir(packs, &root, options);
     let lock_path = dir.with_extension("lock");
     let lock = File::options()
@@ -341,7 +399,7 @@ pub fn load_folder_packed(
             ));
         }
         _ => {
-            let data = decode_scanned(scanned, options, progress)?;
+            let data = source.decode(options, progress)?;
             write(&dir, &root, &listing, &data)?;
             true
         }

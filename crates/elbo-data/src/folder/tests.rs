@@ -361,3 +361,228 @@ fn a_pack_is_made_once_mapped_after_redone_on_change_and_checked() {
     });
     assert_eq!(both.iter().filter(|&&p| p).count(), 1, "{both:?}");
 }
+
+#[cfg(feature = "parquet")]
+mod parquet_files {
+    //! Parquet shards the tests write with the parquet crate's own writer (snappy, the
+    //! schema `datasets` writes: an `image` struct of `bytes` and `path`, an int64
+    //! `label`, the `huggingface` metadata with the class names).
+
+    use std::sync::Arc;
+
+    use parquet::basic::Compression;
+    use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
+    use parquet::file::metadata::KeyValue;
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use parquet::schema::parser::parse_message_type;
+
+    use super::*;
+    use crate::folder::{ParquetColumns, load_parquet, load_parquet_packed};
+
+    fn png_bytes(image: &DynamicImage) -> Vec<u8> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        image.write_to(&mut out, ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    /// A shard of `images` with `labels` (none: no label column); `image` names the
+    /// image column.
+    fn shard(path: &Path, image: &str, images: &[Vec<u8>], labels: Option<&[i64]>, names: &[&str]) {
+        let label_field = if labels.is_some() {
+            "optional int64 label;"
+        } else {
+            ""
+        };
+        let schema = format!(
+            "message schema {{ optional group {image} {{ optional binary bytes; optional binary \
+             path (STRING); }} {label_field} }}"
+        );
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build();
+        let file = std::fs::File::create(path).unwrap();
+        let mut writer = SerializedFileWriter::new(
+            file,
+            Arc::new(parse_message_type(&schema).unwrap()),
+            Arc::new(props),
+        )
+        .unwrap();
+        let features = format!(
+            r#"{{"info": {{"features": {{"{image}": {{"_type": "Image"}}, "label": {{"names": {names:?}, "_type": "ClassLabel"}}}}}}}}"#
+        );
+        writer.append_key_value_metadata(KeyValue::new("huggingface".to_string(), features));
+        let mut group = writer.next_row_group().unwrap();
+        // image.bytes: present (definition level 2).
+        let mut column = group.next_column().unwrap().unwrap();
+        let values: Vec<ByteArray> = images.iter().map(|b| ByteArray::from(b.clone())).collect();
+        column
+            .typed::<ByteArrayType>()
+            .write_batch(&values, Some(&vec![2; images.len()]), None)
+            .unwrap();
+        column.close().unwrap();
+        // image.path: null inside a present struct (definition level 1).
+        let mut column = group.next_column().unwrap().unwrap();
+        column
+            .typed::<ByteArrayType>()
+            .write_batch(&[], Some(&vec![1; images.len()]), None)
+            .unwrap();
+        column.close().unwrap();
+        if let Some(labels) = labels {
+            let mut column = group.next_column().unwrap().unwrap();
+            column
+                .typed::<Int64Type>()
+                .write_batch(labels, Some(&vec![1; labels.len()]), None)
+                .unwrap();
+            column.close().unwrap();
+        }
+        group.close().unwrap();
+        writer.close().unwrap();
+    }
+
+    #[test]
+    fn hub_shards_read_with_splits_labels_and_class_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let image = |i: u32| png_bytes(&colour(10 + i, 8));
+        let train: Vec<Vec<u8>> = (0..6).map(image).collect();
+        shard(
+            &data.join("train-00000-of-00002.parquet"),
+            "img",
+            &train[..3],
+            Some(&[0, 1, 2]),
+            &["cat", "dog", "emu"],
+        );
+        shard(
+            &data.join("train-00001-of-00002.parquet"),
+            "img",
+            &train[3..],
+            Some(&[2, 1, 0]),
+            &["cat", "dog", "emu"],
+        );
+        shard(
+            &data.join("test-00000-of-00001.parquet"),
+            "img",
+            &train[..2],
+            Some(&[1, 1]),
+            &["cat", "dog", "emu"],
+        );
+        shard(
+            &data.join("validation-00000-of-00001.parquet"),
+            "img",
+            &train[..1],
+            Some(&[0]),
+            &["cat", "dog", "emu"],
+        );
+        let options = FolderOptions {
+            image_size: Some(8),
+            ..FolderOptions::default()
+        };
+        let read = load_parquet(dir.path(), &ParquetColumns::default(), &options).unwrap();
+        assert_eq!(read.classes, ["cat", "dog", "emu"]);
+        assert_eq!(read.splits.train.labels().to_vec(), [0, 1, 2, 2, 1, 0]);
+        assert_eq!(read.splits.test.labels().to_vec(), [1, 1]);
+        assert_eq!(read.splits.train.image_shape(), [3, 8, 8]);
+        // The pixels are the images' (their second copies in the test shard).
+        assert_eq!(
+            read.splits.test.images().index_axis(ndarray::Axis(0), 0),
+            read.splits.train.images().index_axis(ndarray::Axis(0), 0)
+        );
+        // Packed once, mapped after, equal.
+        let packs = dir.path().join("packs");
+        let (packed, info) = load_parquet_packed(
+            dir.path(),
+            &ParquetColumns::default(),
+            &options,
+            &packs,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert!(info.packed_now && packed.splits.train.is_mapped());
+        assert_eq!(packed.splits, read.splits);
+        let (_, info) = load_parquet_packed(
+            dir.path(),
+            &ParquetColumns::default(),
+            &options,
+            &packs,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert!(!info.packed_now);
+    }
+
+    /// A shard written by `datasets` itself (`benches/reference/hf_parquet.py`: its
+    /// `Image` and `ClassLabel` features, pyarrow's writer): every image, label and
+    /// class name read back.
+    #[test]
+    fn a_shard_written_by_datasets_reads_back() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/folder/hf-tiny-train.parquet");
+        let options = FolderOptions {
+            test_fraction: 0.5,
+            ..FolderOptions::default()
+        };
+        let read = load_parquet(&file, &ParquetColumns::default(), &options).unwrap();
+        assert_eq!(read.classes, ["even", "odd"]);
+        let mut seen: Vec<([u8; 3], u8)> = Vec::new();
+        for split in [&read.splits.train, &read.splits.test] {
+            let images = split.images();
+            for (n, &label) in split.labels().iter().enumerate() {
+                let pixel = [0, 1, 2].map(|c| images[[n, c, 0, 7]]);
+                seen.push((pixel, label));
+            }
+        }
+        seen.sort();
+        let expected: Vec<([u8; 3], u8)> = (0..6u8)
+            .map(|i| ([40 * i, 255 - 40 * i, 7 * i], i % 2))
+            .collect();
+        assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn a_file_without_labels_and_named_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pokemon.parquet");
+        let images: Vec<Vec<u8>> = (0..10).map(|i| png_bytes(&grey(6 + i, 6))).collect();
+        shard(&file, "picture", &images, None, &[]);
+        let options = FolderOptions {
+            image_size: Some(6),
+            test_fraction: 0.2,
+            ..FolderOptions::default()
+        };
+        let read = load_parquet(&file, &ParquetColumns::default(), &options).unwrap();
+        assert!(read.classes.is_empty());
+        assert_eq!((read.splits.train.len(), read.splits.test.len()), (8, 2));
+        assert_eq!(read.splits.train.image_shape(), [1, 6, 6]);
+        // A column asked for that is not there is named with the columns there are.
+        let asked = ParquetColumns {
+            image: Some("image".into()),
+            label: None,
+        };
+        let err = load_parquet(&file, &asked, &options)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"image\"") && err.contains("picture"),
+            "{err}"
+        );
+        let asked = ParquetColumns {
+            image: None,
+            label: Some("fine_label".into()),
+        };
+        let err = load_parquet(&file, &asked, &options)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fine_label"), "{err}");
+        // Not parquet at all.
+        let bad = dir.path().join("bad.parquet");
+        std::fs::write(&bad, b"PAR1 nothing").unwrap();
+        let err = load_parquet(&bad, &ParquetColumns::default(), &options)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bad.parquet") && err.contains("parquet"),
+            "{err}"
+        );
+    }
+}

@@ -93,25 +93,39 @@ pub fn inspect_data(
     })
 }
 
-/// Packs the folder of images `data` names ahead of time (`packing` told images done,
-/// of all); returns the pack folder and whether it was packed now (`false`: found).
+/// Packs the folder of images or parquet shards `data` names ahead of time (`packing`
+/// told images done, of all); returns the pack folder and whether it was packed now
+/// (`false`: found).
 pub fn pack_data(
     data: &DataSpec,
     packing: &mut dyn FnMut(usize, usize),
 ) -> Result<elbo_data::PackInfo> {
-    let DataSpec::Folder(folder) = data else {
-        return Err(crate::error::Error::Config {
-            detail: format!(
-                "only a folder of images (folder:PATH) is packed; {data} is read as it is"
-            ),
-        });
-    };
     let packs = elbo_data::default_data_dir()
         .map_err(|e| crate::error::Error::Data {
             detail: e.to_string(),
         })?
         .join(crate::data::PACKS);
-    elbo_data::load_folder_packed(&folder.path, &folder.options, &packs, packing)
+    let packed = match data {
+        DataSpec::Folder(spec) => {
+            elbo_data::load_folder_packed(&spec.path, &spec.options, &packs, packing)
+        }
+        DataSpec::Parquet(spec) => elbo_data::load_parquet_packed(
+            &spec.path,
+            &spec.columns,
+            &spec.options,
+            &packs,
+            packing,
+        ),
+        _ => {
+            return Err(crate::error::Error::Config {
+                detail: format!(
+                    "only a folder of images (folder:PATH) or parquet shards (parquet:PATH) are \
+                     packed; {data} is read as it is"
+                ),
+            });
+        }
+    };
+    packed
         .map(|(_, info)| info)
         .map_err(|e| crate::error::Error::Data {
             detail: e.to_string(),
