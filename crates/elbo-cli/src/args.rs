@@ -36,7 +36,7 @@ pub enum Command {
     /// Evaluate a run or checkpoint on its test split: the ELBO with its terms and the
     /// importance-weighted bound, in nats per image and bits per dimension; or, with
     /// --frechet, the quality of its samples.
-    Eval(EvalArgs),
+    Eval(Box<EvalArgs>),
     /// Draw samples from a run or checkpoint as a PNG grid.
     Sample(SampleArgs),
     /// Draw a run's training curves (metrics.jsonl) as a PNG.

@@ -43,7 +43,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Train { model } => return train::run(model),
         Command::Eval(args) => {
             interrupt_ends("the evaluation")?;
-            eval::eval(args)?
+            eval::eval(*args)?
         }
         Command::Sample(args) => {
             interrupt_ends("sampling")?;
