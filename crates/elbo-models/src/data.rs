@@ -495,6 +495,6 @@ mod tests {
             .parse::<DataSpec>()
             .unwrap_err()
             .to_string();
-        assert!(err.contains("is not a folder"), "{err}");
+        assert!(err.contains("is not there (expected a folder of images)"), "{err}");
     }
 }
