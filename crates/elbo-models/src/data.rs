@@ -495,6 +495,9 @@ mod tests {
             .parse::<DataSpec>()
             .unwrap_err()
             .to_string();
-        assert!(err.contains("is not there (expected a folder of images)"), "{err}");
+        assert!(
+            err.contains("is not there (expected a folder of images)"),
+            "{err}"
+        );
     }
 }
