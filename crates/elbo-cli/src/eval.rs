@@ -187,10 +187,9 @@ pub fn plot(args: PlotArgs) -> Result<()> {
 
 /// `elbo data inspect` and `elbo data pack`.
 pub fn data(action: DataCommand) -> Result<()> {
+    let mut packing = crate::progress::Packing::new();
     let progress = &mut |done: usize, total: usize| {
-        if done == total || done.is_multiple_of(1000) {
-            eprintln!("packing the folder of images: {done}/{total} decoded");
-        }
+        crate::progress::packing_progress(&mut packing, done, total);
     };
     match action {
         DataCommand::Inspect(args) => {

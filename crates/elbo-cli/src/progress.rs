@@ -61,6 +61,46 @@ fn device_name(device: elbo_models::session::Device) -> String {
 /// A progress bar on a terminal; plain lines otherwise (CI, logs).
 pub struct ProgressView {
     bar: Option<indicatif::ProgressBar>,
+    packing: Option<Packing>,
+}
+
+/// The packing of a folder of images, shown: a bar of its own on a terminal (it comes
+/// before training's), else a line every 1,000 images and at the end.
+pub struct Packing {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Packing {
+    /// A bar when standard error is a terminal.
+    pub fn new() -> Packing {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "packing {bar:30} {pos}/{len} images [{elapsed_precise} < {eta_precise}]",
+            ) {
+                bar.set_style(style);
+            }
+            bar
+        });
+        Packing { bar }
+    }
+}
+
+/// Shows `done` of `total` images packed.
+pub fn packing_progress(packing: &mut Packing, done: usize, total: usize) {
+    match &packing.bar {
+        Some(bar) => {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            if done == total {
+                bar.finish();
+            }
+        }
+        None if done == total || done.is_multiple_of(1000) => {
+            eprintln!("packing the folder of images: {done}/{total} decoded");
+        }
+        None => {}
+    }
 }
 
 impl ProgressView {
@@ -75,7 +115,7 @@ impl ProgressView {
             }
             bar
         });
-        ProgressView { bar }
+        ProgressView { bar, packing: None }
     }
 
     /// Clears the bar.
@@ -88,11 +128,7 @@ impl ProgressView {
 
 impl Observer for ProgressView {
     fn packing(&mut self, done: usize, total: usize) {
-        // Before the first step, so before the bar: lines, every 1,000 images and at the
-        // end.
-        if done == total || done.is_multiple_of(1000) {
-            eprintln!("packing the folder of images: {done}/{total} decoded");
-        }
+        packing_progress(self.packing.get_or_insert_with(Packing::new), done, total);
     }
 
     fn started(&mut self, start: &RunStart) {

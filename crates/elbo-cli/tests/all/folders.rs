@@ -72,7 +72,7 @@ fn a_folder_of_your_images_trains_a_conditional_ddpm_and_a_grey_vae() {
         "--data",
         &data,
         "--image-size",
-        "32",
+        "16",
         "--cond-drop",
         "0.1",
         "--steps",
@@ -100,7 +100,7 @@ fn a_folder_of_your_images_trains_a_conditional_ddpm_and_a_grey_vae() {
     assert_eq!(
         config["train_config"]["data"],
         format!(
-            "folder:{}?image-size=32&skip-bad",
+            "folder:{}?image-size=16&skip-bad",
             std::fs::canonicalize(&images).unwrap().display()
         )
     );
@@ -151,7 +151,7 @@ fn a_folder_of_your_images_trains_a_conditional_ddpm_and_a_grey_vae() {
         .count();
     assert_eq!(
         packed, 2,
-        "one pack per source folder and options (32 RGB, 28 grey)"
+        "one pack per source folder and options (16 RGB, 28 grey)"
     );
     let two = dir.path().join("two");
     let out = run(&[
@@ -201,7 +201,7 @@ fn a_folder_of_your_images_trains_a_conditional_ddpm_and_a_grey_vae() {
         "--data",
         &format!("folder:{}", flat.display()),
         "--image-size",
-        "32",
+        "16",
         "--cond-drop",
         "0.1",
         "--steps",

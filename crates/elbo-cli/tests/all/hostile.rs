@@ -590,7 +590,7 @@ fn an_edited_config_json_is_refused_and_a_deleted_one_restored() {
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("r");
     let r = run_dir.to_str().unwrap();
-    let out = run(&["train", "vae", "--steps", "2", "--run", r]);
+    let out = run(&["train", "vae", "--steps", "2", "--iw", "0", "--run", r]);
     assert!(out.status.success(), "{}", text(&out));
     let config = run_dir.join("config.json");
     let original = std::fs::read_to_string(&config).unwrap();
@@ -612,7 +612,9 @@ fn an_edited_config_json_is_refused_and_a_deleted_one_restored() {
         for args in [
             vec!["eval", r],
             vec!["plot", r],
-            vec!["train", "vae", "--steps", "3", "--resume", "--run", r],
+            vec![
+                "train", "vae", "--steps", "3", "--iw", "0", "--resume", "--run", r,
+            ],
         ] {
             let out = run(&args);
             assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
@@ -621,7 +623,9 @@ fn an_edited_config_json_is_refused_and_a_deleted_one_restored() {
         }
     }
     std::fs::remove_file(&config).unwrap();
-    let out = run(&["train", "vae", "--steps", "3", "--resume", "--run", r]);
+    let out = run(&[
+        "train", "vae", "--steps", "3", "--iw", "0", "--resume", "--run", r,
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(std::fs::read_to_string(&config).unwrap(), original);
 }

@@ -199,6 +199,15 @@ fn run_sweep<P>(
         "points": points.iter().map(sweep.point).collect::<Vec<_>>(),
     });
     checkpoint::write_json_atomically(&json, &value)?;
+    // Into the run's TensorBoard too, unless the run was trained without it.
+    let keeps_board = restored.meta.train_config["tensorboard"]
+        .as_bool()
+        .unwrap_or(true);
+    if let (Some(run), true) = (checkpoint::run_of(&restored.path), keeps_board) {
+        let png = std::fs::read(&plot).map_err(|e| Error::file("read", &plot, e))?;
+        let name = sweep.default_name.trim_end_matches(".png");
+        crate::train::board::sweep(&run, restored.meta.step, name, &png, &value)?;
+    }
     let report = SweepReport {
         points,
         floor,

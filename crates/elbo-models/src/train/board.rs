@@ -8,7 +8,9 @@
 //! each logged step under `perf/images_per_s` (not in `metrics.jsonl`, which stays a
 //! function of the seed); the epoch's sample grid and
 //! reconstructions as the images `samples` and `reconstructions`; the run's
-//! configuration (config.json) as the text `config`. A resumed run marks a session
+//! configuration (config.json) as the text `config`; `elbo eval`'s sweeps, in event files
+//! of their own, as the image and text `sweep/frechet-sweep` (or `guidance-sweep`) at
+//! the checkpoint's step. A resumed run marks a session
 //! start just after its checkpoint's step, so TensorBoard drops what the interrupted
 //! process logged past the checkpoint, as the resume drops those lines from
 //! `metrics.jsonl`.
@@ -93,6 +95,19 @@ impl Board {
         }
         Ok(())
     }
+}
+
+/// A sweep of `elbo eval` (its chart `png` and its points as JSON) in a new event file
+/// of `run`, at the checkpoint's `step`: the image `sweep/<name>` and the text
+/// `sweep/<name>`.
+pub fn sweep(run: &RunDir, step: u64, name: &str, png: &[u8], points: &Value) -> Result<()> {
+    let mut writer = EventWriter::create(&run.events()).map_err(error)?;
+    let tag = format!("sweep/{name}");
+    writer.png(step, &tag, png).map_err(error)?;
+    let text = serde_json::to_string_pretty(points).unwrap_or_default();
+    writer
+        .text(step, &tag, &format!("```json\n{text}\n```"))
+        .map_err(error)
 }
 
 /// A metrics line's numbers under their TensorBoard tags (see the module's docs).

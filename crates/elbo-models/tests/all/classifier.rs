@@ -345,3 +345,94 @@ fn each_restore_refuses_the_other_family() {
     let unit = data::to_unit_range(Likelihood::DiscretizedGaussian, &symmetric);
     assert_eq!(Vec::<f32>::try_from(unit).unwrap(), [0.0, 0.5, 1.0]);
 }
+
+/// `session::frechet_sweep` on a DDPM run folder: the chart and its JSON, and the same
+/// in the run's TensorBoard (the chart as the image `sweep/frechet-sweep`, the points as
+/// text, at the checkpoint's step).
+#[test]
+fn a_sweep_of_a_run_goes_into_its_tensorboard() {
+    use elbo_board::proto::{Kind as BoardKind, What};
+    let _lock = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    // An untrained small classifier and a tiny DDPM, each as a checkpoint.
+    let meta = |model: &str, config: serde_json::Value, step| CheckpointMeta {
+        format: checkpoint::FORMAT,
+        elbo_version: "test".into(),
+        model: model.into(),
+        model_config: config,
+        train_config: serde_json::json!({}),
+        step,
+        seed: 0,
+        tensors: String::new(),
+        tensors_sha256: None,
+        world_size: None,
+    };
+    let named = |vs: &tch::nn::VarStore| -> Vec<(String, Tensor)> {
+        vs.variables()
+            .into_iter()
+            .map(|(n, t)| (format!("model.{n}"), t.detach()))
+            .collect()
+    };
+    let vs = train::var_store(0, Device::Cpu);
+    Classifier::new(&vs.root(), small_config()).unwrap();
+    let classifier_dir = dir.path().join("classifier");
+    let config = serde_json::to_value(small_config()).unwrap();
+    checkpoint::save(
+        &classifier_dir,
+        meta("classifier", config, 1),
+        &named(&vs),
+        1,
+    )
+    .unwrap();
+    let vs = train::var_store(0, Device::Cpu);
+    let ddpm_config = crate::common::tiny_ddpm();
+    elbo_models::models::ddpm::Ddpm::new(&vs.root(), ddpm_config.clone()).unwrap();
+    let run = RunDir::new(dir.path().join("ddpm"));
+    let ddpm_meta = meta("ddpm", serde_json::to_value(&ddpm_config).unwrap(), 7);
+    checkpoint::save(&run.checkpoints(), ddpm_meta.clone(), &named(&vs), 1).unwrap();
+    checkpoint::write_run_config(&run.config(), &ddpm_meta).unwrap();
+    let samplers: Vec<elbo_models::sample::SamplerSpec> = ["ddim-2", "ddim-3"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let config = FrechetConfig {
+        samples: 20,
+        batch: 10,
+        ..FrechetConfig::default()
+    };
+    let (_, report) = session::frechet_sweep(
+        &run.root,
+        &classifier_dir,
+        None,
+        &config,
+        &samplers,
+        Device::Cpu,
+        None,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(report.points.len(), 2);
+    let png = std::fs::read(&report.plot).unwrap();
+    let files = elbo_board::event_files(&run.root);
+    assert_eq!(files.len(), 1);
+    let mut found = (false, false);
+    for event in elbo_board::read_events(&files[0]).unwrap() {
+        let Some(What::Summary(summary)) = event.what else {
+            continue;
+        };
+        assert_eq!(event.step, 7);
+        for value in summary.value {
+            assert_eq!(value.tag, "sweep/frechet-sweep");
+            match value.kind {
+                Some(BoardKind::Image(image)) => {
+                    found.0 = image.encoded_image_string == png;
+                }
+                Some(BoardKind::Tensor(text)) => {
+                    found.1 = String::from_utf8_lossy(&text.string_val[0]).contains("ddim-3");
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(found, (true, true));
+}
