@@ -415,6 +415,28 @@ fn workers_of(launcher: &Child) -> Vec<(usize, u32)> {
     out
 }
 
+/// Waits for `launcher`'s job to write its first checkpoint into `run_dir`, then sends
+/// rank 1 the signal `name` (`9`, `STOP`, ...); returns the workers (rank, pid).
+fn signal_rank_1_after_a_checkpoint(
+    launcher: &Child,
+    run_dir: &Path,
+    name: &str,
+) -> Vec<(usize, u32)> {
+    wait_for("a first checkpoint", || {
+        files(&run_dir.join("checkpoints"))
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "json"))
+    });
+    let workers = workers_of(launcher);
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    let sent = Command::new("kill")
+        .args([format!("-{name}"), workers[1].1.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{name}");
+    workers
+}
+
 /// `--nproc 2` end to end: the two workers train one run (rank 0 writes it, the
 /// checkpoint says 2 processes), the launcher reports as one process would, and a batch
 /// that does not divide among the processes is refused with the numbers.
@@ -713,18 +735,7 @@ fn a_stopped_worker_is_named_and_a_stop_ends_the_wait_for_it() {
     for (case, timeout) in [("timeout", "3"), ("sigterm", "86400")] {
         let run_dir = dir.path().join(case);
         let launcher = long_job(&run_dir, &["--dist-timeout", timeout]);
-        wait_for("a first checkpoint", || {
-            files(&run_dir.join("checkpoints"))
-                .iter()
-                .any(|p| p.extension().is_some_and(|e| e == "json"))
-        });
-        let workers = workers_of(&launcher);
-        assert_eq!(workers.len(), 2, "{workers:?}");
-        let stopped = Command::new("kill")
-            .args(["-STOP", &workers[1].1.to_string()])
-            .status()
-            .unwrap();
-        assert!(stopped.success());
+        signal_rank_1_after_a_checkpoint(&launcher, &run_dir, "STOP");
         let started = Instant::now();
         if case == "sigterm" {
             signal(&launcher, "TERM");
@@ -789,18 +800,7 @@ fn max_restarts_resumes_a_killed_job_bit_for_bit() {
     assert!(out.status.success(), "{}", text(&out));
     let (restarted, args) = job("restarted", &["--max-restarts", "1", "--resume"]);
     let launcher = spawn(&args_of(&args));
-    wait_for("a first checkpoint", || {
-        files(&restarted.join("checkpoints"))
-            .iter()
-            .any(|p| p.extension().is_some_and(|e| e == "json"))
-    });
-    let workers = workers_of(&launcher);
-    assert_eq!(workers.len(), 2, "{workers:?}");
-    let killed = Command::new("kill")
-        .args(["-9", &workers[1].1.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    signal_rank_1_after_a_checkpoint(&launcher, &restarted, "9");
     let out = launcher.wait_with_output().unwrap();
     let said = text(&out);
     assert!(out.status.success(), "{said}");
@@ -899,12 +899,7 @@ fn sigterm_or_ctrl_c_ends_eval_and_sample_with_a_word() {
 fn ranks_with_different_options_name_the_option() {
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("r");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
+    let port = crate::common::free_port();
     let ranks: Vec<Child> = ["0.001", "0.002"]
         .iter()
         .enumerate()

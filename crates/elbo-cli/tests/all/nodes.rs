@@ -136,12 +136,7 @@ fn two_nodes_equal_one_node_of_two_processes() {
 #[test]
 fn an_interface_that_does_not_exist_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
+    let port = crate::common::free_port();
     let out = elbo()
         .args(JOB)
         .arg("--run")

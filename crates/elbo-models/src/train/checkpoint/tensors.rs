@@ -34,21 +34,22 @@ fn dtype_of(kind: Kind) -> Option<Dtype> {
     })
 }
 
+/// Every kind a checkpoint's tensors may have.
+const KINDS: [Kind; 10] = [
+    Kind::Float,
+    Kind::Double,
+    Kind::Half,
+    Kind::BFloat16,
+    Kind::Int64,
+    Kind::Int,
+    Kind::Int16,
+    Kind::Int8,
+    Kind::Uint8,
+    Kind::Bool,
+];
+
 fn kind_of(dtype: Dtype) -> Option<Kind> {
-    [
-        Kind::Float,
-        Kind::Double,
-        Kind::Half,
-        Kind::BFloat16,
-        Kind::Int64,
-        Kind::Int,
-        Kind::Int16,
-        Kind::Int8,
-        Kind::Uint8,
-        Kind::Bool,
-    ]
-    .into_iter()
-    .find(|&k| dtype_of(k) == Some(dtype))
+    KINDS.into_iter().find(|&k| dtype_of(k) == Some(dtype))
 }
 
 /// One tensor, on the CPU and contiguous, as safetensors sees it.
@@ -156,25 +157,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.safetensors");
         let base = Tensor::arange(6, (Kind::Float, Device::Cpu)).reshape([2, 3]);
-        let tensors: Vec<(String, Tensor)> = [
-            Kind::Float,
-            Kind::Double,
-            Kind::Half,
-            Kind::BFloat16,
-            Kind::Int64,
-            Kind::Int,
-            Kind::Int16,
-            Kind::Int8,
-            Kind::Uint8,
-            Kind::Bool,
-        ]
-        .into_iter()
-        .map(|k| (format!("{k:?}"), base.to_kind(k)))
-        .chain([
-            ("scalar".to_string(), Tensor::from(7i64)),
-            ("strided".to_string(), base.tr()),
-        ])
-        .collect();
+        let tensors: Vec<(String, Tensor)> = KINDS
+            .into_iter()
+            .map(|k| (format!("{k:?}"), base.to_kind(k)))
+            .chain([
+                ("scalar".to_string(), Tensor::from(7i64)),
+                ("strided".to_string(), base.tr()),
+            ])
+            .collect();
         write(&path, &tensors).unwrap();
         let back: std::collections::BTreeMap<String, Tensor> =
             read(&path).unwrap().into_iter().collect();
