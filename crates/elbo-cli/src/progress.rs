@@ -73,17 +73,24 @@ pub struct Packing {
 impl Packing {
     /// A bar when standard error is a terminal.
     pub fn new() -> Packing {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new(0);
-            if let Ok(style) = indicatif::ProgressStyle::with_template(
+        Packing {
+            bar: terminal_bar(
                 "packing {bar:30} {pos}/{len} images [{elapsed_precise} < {eta_precise}]",
-            ) {
-                bar.set_style(style);
-            }
-            bar
-        });
-        Packing { bar }
+            ),
+        }
     }
+}
+
+/// A progress bar drawn with `template` when standard error is a terminal (`None`
+/// otherwise: CI and logs get plain lines).
+fn terminal_bar(template: &str) -> Option<indicatif::ProgressBar> {
+    std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+            bar.set_style(style);
+        }
+        bar
+    })
 }
 
 /// Shows `done` of `total` images packed.
@@ -106,16 +113,12 @@ pub fn packing_progress(packing: &mut Packing, done: usize, total: usize) {
 impl ProgressView {
     /// A bar when standard error is a terminal.
     pub fn new() -> ProgressView {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new(0);
-            if let Ok(style) = indicatif::ProgressStyle::with_template(
+        ProgressView {
+            bar: terminal_bar(
                 "{bar:30} {pos}/{len} steps {msg} [{elapsed_precise} < {eta_precise}]",
-            ) {
-                bar.set_style(style);
-            }
-            bar
-        });
-        ProgressView { bar, packing: None }
+            ),
+            packing: None,
+        }
     }
 
     /// Clears the bar.
