@@ -66,7 +66,7 @@ pub fn digest_file(path: &Path) -> Result<Digests> {
     }
 }
 
-/// Checks `digests` against `expected`: the md5 always, the sha256 when known.
+/// Checks `digests` against `expected`: each digest it pins (at least one).
 /// `consequence` says in the error what happened to the file.
 pub(crate) fn verify(
     file: &str,
@@ -81,8 +81,15 @@ pub(crate) fn verify(
         actual: actual.to_owned(),
         consequence,
     };
-    if !digests.md5.eq_ignore_ascii_case(&expected.md5) {
-        return Err(mismatch("md5", &expected.md5, &digests.md5));
+    if expected.md5.is_none() && expected.sha256.is_none() {
+        return Err(DataError::Unpinned {
+            file: file.to_owned(),
+        });
+    }
+    if let Some(md5) = &expected.md5
+        && !digests.md5.eq_ignore_ascii_case(md5)
+    {
+        return Err(mismatch("md5", md5, &digests.md5));
     }
     match &expected.sha256 {
         Some(sha) if !digests.sha256.eq_ignore_ascii_case(sha) => {
@@ -154,11 +161,11 @@ mod tests {
     }
 
     #[test]
-    fn md5_is_required_and_sha256_checked_when_given() {
+    fn each_pinned_digest_is_checked_and_one_is_required() {
         let d = digest_bytes(b"abc");
         let mut expected = RemoteFile {
             name: Cow::Borrowed("abc"),
-            md5: Cow::Owned(d.md5.clone()),
+            md5: Some(Cow::Owned(d.md5.clone())),
             sha256: None,
             size: None,
         };
@@ -168,7 +175,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("sha256") && err.contains(&d.sha256) && err.contains("expected 00"));
-        expected.md5 = Cow::Borrowed("11");
+        expected.md5 = Some(Cow::Borrowed("11"));
         let err = verify("abc", &expected, &d, "deleted")
             .unwrap_err()
             .to_string();
@@ -176,6 +183,13 @@ mod tests {
             err.contains("md5 checksum mismatch: expected 11, found 9001"),
             "{err}"
         );
+        // A sha256 alone verifies; no digest at all is refused, never waved through.
+        expected.md5 = None;
+        expected.sha256 = Some(Cow::Owned(d.sha256.clone()));
+        verify("abc", &expected, &d, "kept").unwrap();
+        expected.sha256 = None;
+        let err = verify("abc", &expected, &d, "kept").unwrap_err().to_string();
+        assert!(err.contains("pins neither an md5 nor a sha256"), "{err}");
     }
 
     #[test]

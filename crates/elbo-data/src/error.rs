@@ -98,6 +98,12 @@ pub enum DataError {
         /// What happened to the file.
         consequence: &'static str,
     },
+    /// A manifest entry pins no digest, so a download could not be verified.
+    #[error("{file}: the manifest pins neither an md5 nor a sha256 digest: nothing to verify the file against")]
+    Unpinned {
+        /// The file.
+        file: String,
+    },
     /// The server answered with an HTTP status that retrying does not change.
     #[error("{url}: the server answered HTTP {status}; {OFFLINE_HINT}")]
     HttpStatus {

@@ -76,8 +76,13 @@ fn source_of(manifest: &Manifest, file: &RemoteFile, from: &Path) -> Result<Path
             Err(DataError::Missing {
                 path,
                 hint: format!(
-                    "expected {} (md5 {}) in the folder to import from",
-                    file.name, file.md5
+                    "expected {} ({}) in the folder to import from",
+                    file.name,
+                    match (&file.sha256, &file.md5) {
+                        (Some(sha), _) => format!("sha256 {sha}"),
+                        (None, Some(md5)) => format!("md5 {md5}"),
+                        (None, None) => "no digest pinned".into(),
+                    }
                 ),
             })
         };

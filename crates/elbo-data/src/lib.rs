@@ -59,16 +59,20 @@ mod error;
 mod folder;
 pub mod idx;
 mod import;
+mod inception;
 mod input;
 mod kind;
 mod load;
 mod manifest;
+pub mod npy;
 mod paths;
 mod progress;
+pub mod pth;
 mod rng;
 mod shuffle;
 mod staging;
 mod transform;
+pub mod zip;
 
 #[cfg(test)]
 mod test_server;
@@ -89,6 +93,10 @@ pub use folder::{
 #[cfg(feature = "parquet")]
 pub use folder::{ParquetColumns, load_parquet, load_parquet_packed};
 pub use import::import;
+pub use inception::{
+    FID_INCEPTION, INCEPTION_FOLDER, INCEPTION_SAFETENSORS, convert_to_safetensors, fetch_inception,
+    inception_weights_path,
+};
 pub use kind::DatasetKind;
 pub use load::{CIFAR10_BATCHES, CIFAR10_FOLDER, IDX_FILES, load, load_cifar10, load_idx_dir};
 pub use manifest::{CIFAR10, FASHION_MNIST, MNIST, Manifest, RemoteFile};

@@ -14,8 +14,9 @@ use std::borrow::Cow;
 pub struct RemoteFile {
     /// The file name, both on the server (appended to the base URL) and on disk.
     pub name: Cow<'static, str>,
-    /// The md5 digest the file must have.
-    pub md5: Cow<'static, str>,
+    /// The md5 digest the file must have, when it is known (at least one of md5 and
+    /// sha256 is).
+    pub md5: Option<Cow<'static, str>>,
     /// The sha256 digest the file must have, when it is known.
     pub sha256: Option<Cow<'static, str>>,
     /// Its size in bytes, when known: a download that announces or sends more is cut
@@ -51,7 +52,7 @@ impl Manifest {
 const fn md5_only(name: &'static str, md5: &'static str, size: u64) -> RemoteFile {
     RemoteFile {
         name: Cow::Borrowed(name),
-        md5: Cow::Borrowed(md5),
+        md5: Some(Cow::Borrowed(md5)),
         sha256: None,
         size: Some(size),
     }
@@ -145,10 +146,10 @@ mod tests {
     fn real_digests_are_well_formed() {
         for manifest in [MNIST, FASHION_MNIST, CIFAR10] {
             for file in manifest.files.iter() {
-                assert_eq!(file.md5.len(), 32, "{}", file.name);
+                let md5 = file.md5.as_deref().unwrap_or_default();
+                assert_eq!(md5.len(), 32, "{}", file.name);
                 assert!(
-                    file.md5
-                        .bytes()
+                    md5.bytes()
                         .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
                 );
             }

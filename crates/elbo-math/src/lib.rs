@@ -171,6 +171,7 @@ pub mod elbo;
 pub mod error;
 pub mod frechet;
 pub mod gaussian;
+pub mod kid;
 mod linalg;
 pub mod normal_cdf;
 pub mod parameterisation;

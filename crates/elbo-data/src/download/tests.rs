@@ -29,7 +29,7 @@ fn manifest_for(server: &TestServer, files: &[(String, Vec<u8>)]) -> Manifest {
                 let d = digest_bytes(bytes);
                 RemoteFile {
                     name: Cow::Owned(name.clone()),
-                    md5: Cow::Owned(d.md5),
+                    md5: Some(Cow::Owned(d.md5)),
                     sha256: Some(Cow::Owned(d.sha256)),
                     size: None,
                 }
@@ -319,7 +319,7 @@ fn md5_only_manifests_verify_and_report_the_sha256_to_pin() {
         base_url: Cow::Owned(server.base_url()),
         files: Cow::Owned(vec![RemoteFile {
             name: Cow::Borrowed("u.bin"),
-            md5: Cow::Owned(digest_bytes(&body).md5),
+            md5: Some(Cow::Owned(digest_bytes(&body).md5)),
             sha256: None,
             size: None,
         }]),
@@ -350,7 +350,7 @@ fn a_body_larger_than_the_known_size_is_refused_and_nothing_kept() {
         base_url: Cow::Owned(server.base_url()),
         files: Cow::Owned(vec![RemoteFile {
             name: Cow::Borrowed("big.bin"),
-            md5: Cow::Owned(d.md5),
+            md5: Some(Cow::Owned(d.md5)),
             sha256: None,
             size: Some(100),
         }]),

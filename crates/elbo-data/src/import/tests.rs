@@ -13,7 +13,7 @@ fn manifest(files: &[(&str, &[u8])]) -> Manifest {
                 let d = digest_bytes(bytes);
                 RemoteFile {
                     name: Cow::Owned((*name).to_owned()),
-                    md5: Cow::Owned(d.md5),
+                    md5: Some(Cow::Owned(d.md5)),
                     sha256: Some(Cow::Owned(d.sha256)),
                     size: None,
                 }
