@@ -3,9 +3,11 @@
 //! ELBO in expectation and tightens towards `log p(x)` as K grows.
 
 pub mod classifier;
+pub mod fid;
 pub mod frechet;
 mod hooks;
 pub mod image;
+pub mod inception;
 
 pub use hooks::{Pictures, TestElbo, mean_elbo};
 

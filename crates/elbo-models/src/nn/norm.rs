@@ -17,21 +17,35 @@ use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
 /// GroupNorm's epsilon: tch's and PyTorch's default, which `nn::group_norm` is built with.
-const EPS: f64 = 1e-5;
+pub(crate) const EPS: f64 = 1e-5;
 
 /// An affine GroupNorm, followed by SiLU when `silu` (see the module docs).
 #[derive(Debug)]
 pub(crate) struct GroupNorm {
     norm: nn::GroupNorm,
     silu: bool,
+    eps: f64,
 }
 
 impl GroupNorm {
-    /// Variables `weight` and `bias` (C) under `path`; SiLU after the norm when `silu`.
-    pub(crate) fn new(path: nn::Path<'_>, groups: i64, channels: i64, silu: bool) -> GroupNorm {
+    /// Variables `weight` and `bias` (C) under `path`; SiLU after the norm when `silu`;
+    /// the epsilon `eps` ([`EPS`], PyTorch's; TensorFlow's models, and diffusers' ports
+    /// of them, use 1e-6).
+    pub(crate) fn with_eps(
+        path: nn::Path<'_>,
+        groups: i64,
+        channels: i64,
+        silu: bool,
+        eps: f64,
+    ) -> GroupNorm {
+        let config = nn::GroupNormConfig {
+            eps,
+            ..Default::default()
+        };
         GroupNorm {
-            norm: nn::group_norm(path, groups, channels, Default::default()),
+            norm: nn::group_norm(path, groups, channels, config),
             silu,
+            eps,
         }
     }
 
@@ -53,7 +67,7 @@ impl GroupNorm {
             return None;
         }
         let groups = self.norm.num_groups;
-        match crate::sys::ffi::group_norm(x, shift, weight, bias, groups, EPS, self.silu) {
+        match crate::sys::ffi::group_norm(x, shift, weight, bias, groups, self.eps, self.silu) {
             Ok(z) => Some(z),
             Err(reason) => panic!("GroupNorm of a {:?} input: {reason}", x.size()),
         }
@@ -84,7 +98,7 @@ mod tests {
 
     /// A layer with non-trivial weight and bias.
     fn layer(vs: &nn::VarStore, groups: i64, channels: i64, silu: bool) -> GroupNorm {
-        let layer = GroupNorm::new(vs.root() / "norm", groups, channels, silu);
+        let layer = GroupNorm::with_eps(vs.root() / "norm", groups, channels, silu, EPS);
         tch::no_grad(|| {
             let ws = layer.norm.ws.as_ref().unwrap();
             let bs = layer.norm.bs.as_ref().unwrap();
@@ -206,7 +220,7 @@ mod tests {
     fn saturated_and_nan_inputs_behave_as_silu() {
         let _generator = crate::testing::generator_lock();
         let vs = nn::VarStore::new(Device::Cpu);
-        let layer = GroupNorm::new(vs.root() / "norm", 1, 2, true);
+        let layer = GroupNorm::with_eps(vs.root() / "norm", 1, 2, true, EPS);
         tch::no_grad(|| {
             let ws = layer.norm.ws.as_ref().unwrap();
             ws.shallow_clone()

@@ -44,10 +44,43 @@ pub struct UnetConfig {
     /// `z_t`); the output has `in_channels`. 0 (and absent from checkpoints) for a DDPM.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub extra_inputs: i64,
+    /// GroupNorm's epsilon: 1e-5 (PyTorch's; absent from checkpoints) for elbo's own
+    /// networks, 1e-6 for TensorFlow's (Ho et al.'s, and diffusers' ports of them).
+    #[serde(default = "default_norm_eps", skip_serializing_if = "is_default_norm_eps")]
+    pub norm_eps: f64,
+    /// How the stride-2 convolutions pad: 1 on every side (1, absent from checkpoints),
+    /// or 0: one row and one column after the image, TensorFlow's "SAME" (Ho et al.'s
+    /// network; diffusers' `downsample_padding: 0`).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub downsample_padding: i64,
+    /// Added to the timestep before it is embedded: 0 (absent from checkpoints) for
+    /// elbo's networks, which see `t` in `1..=T`; -1 for networks trained on `t - 1`
+    /// (diffusers, Ho et al.'s code: time counted from 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub time_offset: i64,
 }
 
 fn is_zero(n: &i64) -> bool {
     *n == 0
+}
+
+fn one() -> i64 {
+    1
+}
+
+fn is_one(n: &i64) -> bool {
+    *n == 1
+}
+
+/// GroupNorm's default epsilon (PyTorch's).
+pub const DEFAULT_NORM_EPS: f64 = crate::nn::norm::EPS;
+
+fn default_norm_eps() -> f64 {
+    DEFAULT_NORM_EPS
+}
+
+fn is_default_norm_eps(eps: &f64) -> bool {
+    *eps == DEFAULT_NORM_EPS
 }
 
 impl UnetConfig {
@@ -77,6 +110,33 @@ impl UnetConfig {
             return bad(format!(
                 "the UNet takes 0 to 1024 extra input channels, found {}",
                 self.extra_inputs
+            ));
+        }
+        if !(self.norm_eps > 0.0 && self.norm_eps < 1.0) {
+            return bad(format!(
+                "GroupNorm's epsilon must be in (0, 1), found {}",
+                self.norm_eps
+            ));
+        }
+        if !matches!(self.downsample_padding, 0 | 1) {
+            return bad(format!(
+                "downsample_padding is 1 (every side) or 0 (after the image, as TensorFlow), \
+                 found {}",
+                self.downsample_padding
+            ));
+        }
+        let halvings = self.channel_mults.len().saturating_sub(1) as u32;
+        if self.downsample_padding == 0 && self.image_size % (1i64 << halvings.min(62)) != 0 {
+            return bad(format!(
+                "downsample_padding 0 needs a side divisible by 2^{halvings} (one halving per \
+                 level after the first), found {}",
+                self.image_size
+            ));
+        }
+        if !matches!(self.time_offset, -1 | 0) {
+            return bad(format!(
+                "time_offset is 0 (t counted from 1) or -1 (from 0), found {}",
+                self.time_offset
             ));
         }
         if self.res_blocks == 0 {
@@ -117,15 +177,26 @@ pub fn timestep_embedding(t: &Tensor, dim: i64) -> Tensor {
 }
 
 fn conv3(path: nn::Path<'_>, c_in: i64, c_out: i64, stride: i64, zero: bool) -> Conv {
+    conv3_padded(path, c_in, c_out, stride, 1, zero)
+}
+
+fn conv3_padded(
+    path: nn::Path<'_>,
+    c_in: i64,
+    c_out: i64,
+    stride: i64,
+    padding: i64,
+    zero: bool,
+) -> Conv {
     let mut config = nn::ConvConfig {
         stride,
-        padding: 1,
+        padding,
         ..Default::default()
     };
     if zero {
         config.ws_init = nn::Init::Const(0.0);
     }
-    Conv::new(nn::conv2d(path, c_in, c_out, 3, config), stride, 1)
+    Conv::new(nn::conv2d(path, c_in, c_out, 3, config), stride, padding)
 }
 
 fn conv1(path: nn::Path<'_>, c_in: i64, c_out: i64, zero: bool) -> Conv {
@@ -153,10 +224,10 @@ impl ResBlock {
     fn new(p: nn::Path<'_>, c_in: i64, c_out: i64, temb: i64, config: &UnetConfig) -> ResBlock {
         let g = config.norm_groups;
         ResBlock {
-            norm1: GroupNorm::new(&p / "norm1", g, c_in, true),
+            norm1: GroupNorm::with_eps(&p / "norm1", g, c_in, true, config.norm_eps),
             conv1: conv3(&p / "conv1", c_in, c_out, 1, false),
             time: nn::linear(&p / "time", temb, c_out, Default::default()),
-            norm2: GroupNorm::new(&p / "norm2", g, c_out, true),
+            norm2: GroupNorm::with_eps(&p / "norm2", g, c_out, true, config.norm_eps),
             conv2: conv3(&p / "conv2", c_out, c_out, 1, true),
             skip: (c_in != c_out).then(|| conv1(&p / "skip", c_in, c_out, false)),
             dropout: config.dropout,
@@ -190,9 +261,9 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(p: nn::Path<'_>, channels: i64, groups: i64) -> Attention {
+    fn new(p: nn::Path<'_>, channels: i64, groups: i64, eps: f64) -> Attention {
         Attention {
-            norm: GroupNorm::new(&p / "norm", groups, channels, false),
+            norm: GroupNorm::with_eps(&p / "norm", groups, channels, false, eps),
             q: conv1(&p / "q", channels, channels, false),
             k: conv1(&p / "k", channels, channels, false),
             v: conv1(&p / "v", channels, channels, false),
@@ -260,6 +331,7 @@ impl Unet {
         let ch = config.base_channels;
         let temb = 4 * ch;
         let g = config.norm_groups;
+        let eps = config.norm_eps;
         let levels = config.channel_mults.len();
         let attn_at = |side: i64| config.attention_resolutions.contains(&side);
         let (pd, pu) = (p / "down", p / "up");
@@ -272,16 +344,17 @@ impl Unet {
                 let path = &pd / format!("{level}_{block}");
                 let res = ResBlock::new(&path / "res", c, c_out, temb, config);
                 c = c_out;
-                let attn = attn_at(side).then(|| Attention::new(&path / "attn", c, g));
+                let attn = attn_at(side).then(|| Attention::new(&path / "attn", c, g, eps));
                 down.push(Layer::Stage(Box::new(Stage { res, attn })));
                 skip_channels.push(c);
             }
             if level + 1 < levels {
-                down.push(Layer::Down(conv3(
+                down.push(Layer::Down(conv3_padded(
                     &pd / format!("{level}_down"),
                     c,
                     c,
                     2,
+                    config.downsample_padding,
                     false,
                 )));
                 skip_channels.push(c);
@@ -291,7 +364,7 @@ impl Unet {
         let pm = p / "middle";
         let middle = (
             ResBlock::new(&pm / "res1", c, c, temb, config),
-            Attention::new(&pm / "attn", c, g),
+            Attention::new(&pm / "attn", c, g, eps),
             ResBlock::new(&pm / "res2", c, c, temb, config),
         );
         let mut up = Vec::new();
@@ -302,7 +375,7 @@ impl Unet {
                 let path = &pu / format!("{level}_{block}");
                 let res = ResBlock::new(&path / "res", c + skip, c_out, temb, config);
                 c = c_out;
-                let attn = attn_at(side).then(|| Attention::new(&path / "attn", c, g));
+                let attn = attn_at(side).then(|| Attention::new(&path / "attn", c, g, eps));
                 up.push(Layer::Stage(Box::new(Stage { res, attn })));
             }
             if level > 0 {
@@ -334,7 +407,7 @@ impl Unet {
             down,
             middle,
             up,
-            out_norm: GroupNorm::new(p / "out_norm", g, c, true),
+            out_norm: GroupNorm::with_eps(p / "out_norm", g, c, true, eps),
             output: conv3(p / "output", c, config.in_channels, 1, true),
         })
     }
@@ -368,7 +441,11 @@ impl Unet {
         labels: Option<&Tensor>,
         train: bool,
     ) -> Tensor {
-        let emb = timestep_embedding(t, self.config.base_channels);
+        let emb = if self.config.time_offset == 0 {
+            timestep_embedding(t, self.config.base_channels)
+        } else {
+            timestep_embedding(&(t + self.config.time_offset), self.config.base_channels)
+        };
         let temb = self.time2.forward(&self.time1.forward(&emb).silu());
         let temb = match (&self.label, self.config.num_classes) {
             (Some(table), Some(null)) => {
@@ -394,6 +471,10 @@ impl Unet {
         for layer in &self.down {
             h = match layer {
                 Layer::Stage(stage) => stage.forward(&h, &temb_act, train),
+                Layer::Down(conv) | Layer::Up(conv) if self.config.downsample_padding == 0 => {
+                    // TensorFlow's "SAME" for stride 2: one more row and column after.
+                    conv.forward(&h.constant_pad_nd([0, 1, 0, 1]))
+                }
                 Layer::Down(conv) | Layer::Up(conv) => conv.forward(&h),
             };
             skips.push(h.shallow_clone());

@@ -272,6 +272,28 @@ pub fn save(
     Ok(json_path)
 }
 
+/// Reads the safetensors file at `path` (any, not only a checkpoint's: imported
+/// weights, the FID Inception's), its tensors on the CPU in the file's order; `what`
+/// says in an error what the file was read as.
+pub fn read_tensor_file(path: &Path, what: &str) -> Result<Vec<(String, Tensor)>> {
+    tensors::read(path).map_err(|e| Error::Checkpoint {
+        detail: match e {
+            tensors::ReadError::Io(e) => format!("cannot read {} ({what}): {e}", path.display()),
+            tensors::ReadError::Format(why) => {
+                format!("{} is not the safetensors file of {what}: {why}", path.display())
+            }
+        },
+    })
+}
+
+/// Writes `tensors` as the safetensors file `path`, whole or not at all (a temporary
+/// name, synced, renamed).
+pub fn write_tensor_file(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    write_atomically(path, |temp| {
+        tensors::write(temp, tensors).map_err(|e| Error::file("write", path, e))
+    })
+}
+
 /// Creates the checkpoint folder `dir`, refusing a file in its place with what was
 /// expected.
 pub fn create_folder(dir: &Path) -> Result<()> {
