@@ -26,6 +26,7 @@ pub const LAYERS: &[(&str, u8)] = &[
     ("models", 5),
     ("eval", 6),
     ("fit", 7),
+    ("interop", 7),
     ("session", 8),
 ];
 

@@ -71,6 +71,7 @@ pub mod dist;
 mod error;
 pub mod eval;
 pub mod fit;
+pub mod interop;
 pub mod models;
 pub mod nn;
 pub mod sample;

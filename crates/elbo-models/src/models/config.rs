@@ -122,6 +122,24 @@ impl ModelConfig {
         })
     }
 
+    /// This configuration with the fields no training option sets taken from
+    /// `recorded`, the run being resumed: a UNet's GroupNorm epsilon, stride-2 padding
+    /// and time offset, which only an imported network (`elbo import diffusers`) has
+    /// otherwise. The rest must still match, field by field.
+    pub fn adopting_fixed_fields(mut self, recorded: &ModelConfig) -> ModelConfig {
+        let unets = match (&mut self, recorded) {
+            (ModelConfig::Ddpm(c), ModelConfig::Ddpm(r)) => Some((&mut c.unet, &r.unet)),
+            (ModelConfig::Vdm(c), ModelConfig::Vdm(r)) => Some((&mut c.unet, &r.unet)),
+            _ => None,
+        };
+        if let Some((ours, theirs)) = unets {
+            ours.norm_eps = theirs.norm_eps;
+            ours.downsample_padding = theirs.downsample_padding;
+            ours.time_offset = theirs.time_offset;
+        }
+        self
+    }
+
     /// Builds the model under `path`, with fresh weights.
     pub fn build(&self, path: &nn::Path<'_>) -> Result<Box<dyn ElboModel>> {
         Ok(match self {

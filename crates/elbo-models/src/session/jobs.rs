@@ -391,13 +391,22 @@ pub fn train_in(
         .load_all_with(&mut |done, total| observer.packing(done, total))?;
     let splits: Splits = loaded.splits;
     let [c, h, w] = splits.train.image_shape().map(|d| d as i64);
-    let model_config = job.model([c, h, w], loaded.classes.len())?;
+    let label = job.label();
+    let run = train::RunDir::new(run_folder(options.run.as_ref(), &label));
+    let mut model_config = job.model([c, h, w], loaded.classes.len())?;
+    if control.resume {
+        // What no option sets comes from the run (an imported network's conventions).
+        let newest = train::checkpoint::list(&run.checkpoints()).ok().and_then(|mut l| l.pop());
+        if let Some(meta) = newest.and_then(|json| train::checkpoint::read_meta(&json).ok())
+            && let Ok(recorded) = ModelConfig::from_record(&meta.model, &meta.model_config)
+        {
+            model_config = model_config.adopting_fixed_fields(&recorded);
+        }
+    }
     let config = options.resolve(&plan.defaults, splits.train.len(), plan.aids)?;
     let device = options.device;
     let mut vs = train::var_store(config.seed, device);
     let model = model_config.build(&vs.root())?;
-    let label = job.label();
-    let run = train::RunDir::new(run_folder(options.run.as_ref(), &label));
     if writer && !loaded.skipped.is_empty() {
         write_skipped(&run, &loaded.skipped)?;
     }

@@ -7,6 +7,7 @@
 
 mod evaluate;
 mod inspect;
+mod interop;
 pub mod jobs;
 pub mod options;
 mod plot;
@@ -19,6 +20,7 @@ pub use evaluate::{
     sampling_for,
 };
 pub use inspect::{DataReport, inspect_data, pack_data};
+pub use interop::{ImportReport, ImportRequest, export_diffusers, import_diffusers};
 pub use plot::{plot_run, plot_schedule};
 pub use restore::{Restored, restore};
 pub use sample::{SampleRequest, clipped, sample_checkpoint, write_samples};

@@ -52,6 +52,10 @@ impl RunDir {
     pub fn config(&self) -> PathBuf {
         self.root.join("config.json")
     }
+    /// Where an imported run came from (`elbo import`): the source and its digest.
+    pub fn imported(&self) -> PathBuf {
+        self.root.join("imported.json")
+    }
     /// The files a folder data set's `skip-bad` left out, with why.
     pub fn skipped_images(&self) -> PathBuf {
         self.root.join("skipped-images.txt")

@@ -12,5 +12,6 @@ mod classifier;
 mod compat;
 mod ddpm;
 mod hvae;
+mod interop;
 mod training;
 mod vdm;

@@ -1,0 +1,211 @@
+//! diffusers' UNet2DModel in and out, against the frozen fixture of
+//! `benches/reference/diffusers_unet.py fixture` (diffusers 0.42.1, torch 2.13.0): a
+//! two-level UNet2DModel with Ho et al.'s conventions (attention on the second level,
+//! GroupNorm epsilon 1e-6, TensorFlow padding, `flip_sin_to_cos: false`,
+//! `freq_shift: 1`), random weights, and its eps at three timesteps.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use elbo_models::data::DataSpec;
+use elbo_models::interop::diffusers::{read_diffusers, write_diffusers};
+use elbo_models::models::ddpm::{ScheduleKind, VarianceKind};
+use elbo_models::nn::unet::Unet;
+use elbo_models::session::{self, ImportRequest, RecipeName};
+use elbo_models::train::checkpoint::{read_tensor_file, write_tensor_file};
+use tch::{Device, Kind, Tensor, nn};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusers-tiny")
+}
+
+fn expected() -> BTreeMap<String, Tensor> {
+    read_tensor_file(&fixture().join("expected.safetensors"), "the fixture")
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// elbo's UNet with `weights` (by elbo's names), at diffusers' inputs (`t` counted from
+/// 0, elbo's from 1).
+fn eps(config: &elbo_models::nn::unet::UnetConfig, weights: &BTreeMap<String, Tensor>) -> Tensor {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let unet = Unet::new(&vs.root(), config).unwrap();
+    tch::no_grad(|| {
+        for (name, mut var) in vs.variables() {
+            var.copy_(&weights[&name]);
+        }
+    });
+    let e = expected();
+    tch::no_grad(|| unet.forward(&e["x"], &(&e["t"] + 1), false))
+}
+
+/// The largest gap relative to the largest value.
+fn gap(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]).max(1e-12)
+}
+
+fn copy_fixture(to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for name in ["config.json", "scheduler_config.json", "diffusion_pytorch_model.safetensors"] {
+        std::fs::copy(fixture().join(name), to.join(name)).unwrap();
+    }
+}
+
+/// Float32 convolutions and attention summed in other orders than PyTorch's: ~1e-6
+/// relative; a wrong mapping, padding or time convention is off by O(1e-2) or more.
+const TOLERANCE: f64 = 1e-5;
+
+#[test]
+fn a_diffusers_unet_predicts_the_same_eps_in_elbo() {
+    let _generator = crate::common::exclusive();
+    let model = read_diffusers(&fixture(), None).unwrap();
+    let c = &model.config;
+    assert_eq!((c.unet.base_channels, c.unet.channel_mults.clone()), (8, vec![1, 2]));
+    assert_eq!((c.unet.res_blocks, c.unet.attention_resolutions.clone()), (1, vec![4]));
+    assert_eq!((c.unet.norm_eps, c.unet.downsample_padding, c.unet.time_offset), (1e-6, 0, -1));
+    assert_eq!((c.timesteps, c.schedule, c.variance), (1000, ScheduleKind::Linear, VarianceKind::FixedLarge));
+    let found = eps(&c.unet, &model.weights);
+    let g = gap(&found, &expected()["eps"]);
+    assert!(g < TOLERANCE, "eps differs by {g} relative");
+
+    // The same weights under the attention names of older diffusers versions.
+    let dir = tempfile::tempdir().unwrap();
+    copy_fixture(dir.path());
+    std::fs::copy(
+        fixture().join("legacy-names.safetensors"),
+        dir.path().join("diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
+    let legacy = read_diffusers(dir.path(), None).unwrap();
+    assert!(gap(&eps(&legacy.config.unet, &legacy.weights), &expected()["eps"]) < TOLERANCE);
+}
+
+#[test]
+fn an_export_reads_back_tensor_for_tensor() {
+    let _generator = crate::common::exclusive();
+    let model = read_diffusers(&fixture(), None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("export");
+    let files = write_diffusers(&model.config, &model.weights, &out).unwrap();
+    assert_eq!(files.len(), 4);
+    assert!(out.join("model_index.json").is_file());
+    let back = read_diffusers(&out, None).unwrap();
+    assert_eq!(back.config, model.config);
+    assert_eq!(back.weights.len(), model.weights.len());
+    for (name, t) in &model.weights {
+        assert!(back.weights[name].equal(t), "{name}");
+    }
+    // The diffusers names are the fixture's own, every one of them.
+    let theirs: Vec<String> = read_tensor_file(&fixture().join("diffusion_pytorch_model.safetensors"), "x")
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let ours: Vec<String> = read_tensor_file(&out.join("diffusion_pytorch_model.safetensors"), "x")
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let (mut a, mut b) = (theirs, ours);
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn what_elbo_cannot_express_or_read_is_refused_naming_it() {
+    let _generator = crate::common::exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("m");
+    let edit = |file: &str, from: &str, to: &str| {
+        copy_fixture(&folder);
+        let path = folder.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{from}");
+        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+        read_diffusers(&folder, None).err().unwrap().to_string()
+    };
+    let err = edit("config.json", "\"AttnDownBlock2D\"", "\"CrossAttnDownBlock2D\"");
+    assert!(err.contains("down_block_types[1] is CrossAttnDownBlock2D"), "{err}");
+    let err = edit("config.json", "\"flip_sin_to_cos\": false", "\"flip_sin_to_cos\": true");
+    assert!(err.contains("flip_sin_to_cos is true"), "{err}");
+    let err = edit("config.json", "\"attention_head_dim\": null", "\"attention_head_dim\": 8");
+    assert!(err.contains("attention_head_dim is 8"), "{err}");
+    let err = edit("scheduler_config.json", "\"fixed_large\"", "\"learned_range\"");
+    assert!(err.contains("variance_type is learned_range"), "{err}");
+    let err = edit("scheduler_config.json", "\"beta_end\": 0.02", "\"beta_end\": 0.03");
+    assert!(err.contains("beta_end 0.03"), "{err}");
+
+    // A missing file names itself and what was expected.
+    copy_fixture(&folder);
+    std::fs::remove_file(folder.join("scheduler_config.json")).unwrap();
+    let err = read_diffusers(&folder, None).err().unwrap().to_string();
+    assert!(err.contains("scheduler_config.json") && err.contains("beta schedule"), "{err}");
+
+    // A tensor of the wrong shape, a missing one and an extra one.
+    copy_fixture(&folder);
+    let weights = folder.join("diffusion_pytorch_model.safetensors");
+    let original = read_tensor_file(&weights, "x").unwrap();
+    let mut changed: Vec<(String, Tensor)> = original.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+    let at = changed.iter().position(|(n, _)| n == "conv_in.weight").unwrap();
+    changed[at].1 = Tensor::zeros([8, 3, 1, 1], (Kind::Float, Device::Cpu));
+    write_tensor_file(&weights, &changed).unwrap();
+    let err = read_diffusers(&folder, None).err().unwrap().to_string();
+    assert!(err.contains("conv_in.weight has shape [8, 3, 1, 1]") && err.contains("[8, 3, 3, 3]"), "{err}");
+    changed.remove(at);
+    write_tensor_file(&weights, &changed).unwrap();
+    let err = read_diffusers(&folder, None).err().unwrap().to_string();
+    assert!(err.contains("conv_in.weight") && err.contains("missing"), "{err}");
+    let mut extra = original;
+    extra.push(("time_embedding.cond_proj.weight".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu))));
+    write_tensor_file(&weights, &extra).unwrap();
+    let err = read_diffusers(&folder, None).err().unwrap().to_string();
+    assert!(err.contains("time_embedding.cond_proj.weight") && err.contains("no place"), "{err}");
+
+    // A checksum given and not matched.
+    copy_fixture(&folder);
+    let err = read_diffusers(&folder, Some(&"0".repeat(64))).err().unwrap().to_string();
+    assert!(err.contains("sha256 checksum mismatch: expected 000"), "{err}");
+}
+
+#[test]
+fn an_imported_run_samples_and_exports_back_to_the_same_network() {
+    let _generator = crate::common::exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let request = ImportRequest {
+        folder: fixture(),
+        run: run.clone(),
+        data: DataSpec::Bundled,
+        recipe: RecipeName::HoCifar10,
+        sha256: None,
+        seed: 0,
+    };
+    let report = session::import_diffusers(&request).unwrap();
+    assert!(report.checkpoint.ends_with("step-000000000.json"), "{report:?}");
+    assert!(run.join("config.json").is_file());
+    // A second import into the same run is refused.
+    let err = session::import_diffusers(&request).unwrap_err().to_string();
+    assert!(err.contains("already holds a run"), "{err}");
+    // The run restores (its EMA is the weights) and predicts the fixture's eps.
+    let restored = session::restore(&run, Device::Cpu, true).unwrap();
+    let weights: BTreeMap<String, Tensor> = restored
+        .vs
+        .variables()
+        .into_iter()
+        .filter_map(|(n, t)| Some((n.strip_prefix("unet.")?.to_string(), t)))
+        .collect();
+    assert!(gap(&eps(&report.config.unet, &weights), &expected()["eps"]) < TOLERANCE);
+    // Exported again: the fixture's tensors, bit for bit.
+    let out = dir.path().join("out");
+    session::export_diffusers(&run, &out).unwrap();
+    let theirs: BTreeMap<String, Tensor> =
+        read_tensor_file(&fixture().join("diffusion_pytorch_model.safetensors"), "x")
+            .unwrap()
+            .into_iter()
+            .collect();
+    for (name, t) in read_tensor_file(&out.join("diffusion_pytorch_model.safetensors"), "x").unwrap() {
+        assert!(theirs[&name].equal(&t), "{name}");
+    }
+}
