@@ -72,7 +72,8 @@ CIFAR10 = dict(
     layers_per_block=2,
     block_out_channels=(128, 256, 256, 256),
     down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    # Up blocks run deepest first: index 2 is the 16x16 level, as down index 1.
+    up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
     norm_num_groups=32,
     norm_eps=1e-6,
     downsample_padding=0,

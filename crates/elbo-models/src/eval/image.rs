@@ -27,12 +27,7 @@ pub fn save_grid(images: &Tensor, columns: i64, path: &Path) -> Result<()> {
     let rows = (n + columns - 1) / columns;
     let cols = columns.min(n);
     let (gh, gw) = (rows * (h + pad) + pad, cols * (w + pad) + pad);
-    let pixels = (images.detach().to_device(tch::Device::Cpu).clamp(0.0, 1.0) * 255.0)
-        .round()
-        .to_kind(Kind::Uint8)
-        .permute([0, 2, 3, 1])
-        .contiguous();
-    let pixels = Vec::<u8>::try_from(pixels.flatten(0, -1))?;
+    let pixels = to_u8_nhwc(images)?;
     let (h, w, c) = (h as usize, w as usize, c as usize);
     let mut grid = vec![0u8; gh as usize * gw as usize * c];
     for index in 0..n as usize {
@@ -45,6 +40,23 @@ pub fn save_grid(images: &Tensor, columns: i64, path: &Path) -> Result<()> {
             grid[dst..dst + w * c].copy_from_slice(&pixels[src..src + w * c]);
         }
     }
+    write_png(path, gw as u32, gh as u32, c, &grid)
+}
+
+/// Images (N, C, H, W) in `[0, 1]` as 8-bit pixels (rounded), NHWC, on the CPU.
+pub fn to_u8_nhwc(images: &Tensor) -> Result<Vec<u8>> {
+    let pixels = (images.detach().to_device(tch::Device::Cpu).clamp(0.0, 1.0) * 255.0)
+        .round()
+        .to_kind(Kind::Uint8)
+        .permute([0, 2, 3, 1])
+        .contiguous();
+    Ok(Vec::<u8>::try_from(pixels.flatten(0, -1))?)
+}
+
+/// Writes 8-bit grey (`c` 1) or RGB (`c` 3) `pixels` (rows of `width`) as the PNG file
+/// `path`, whole or not at all; its folder is created if needed.
+pub fn write_png(path: &Path, width: u32, height: u32, c: usize, pixels: &[u8]) -> Result<()> {
+    let (gw, gh, grid) = (width, height, pixels);
     if path.is_dir() {
         return Err(Error::Config {
             detail: format!(
@@ -59,7 +71,7 @@ pub fn save_grid(images: &Tensor, columns: i64, path: &Path) -> Result<()> {
     write_atomically(path, |temp| {
         let io = |e: std::io::Error| Error::file("write", path, e);
         let file = std::io::BufWriter::new(std::fs::File::create(temp).map_err(io)?);
-        let mut encoder = png::Encoder::new(file, gw as u32, gh as u32);
+        let mut encoder = png::Encoder::new(file, gw, gh);
         encoder.set_color(if c == 1 {
             png::ColorType::Grayscale
         } else {
@@ -71,7 +83,7 @@ pub fn save_grid(images: &Tensor, columns: i64, path: &Path) -> Result<()> {
             detail: e.to_string(),
         };
         let mut writer = encoder.write_header().map_err(encoding)?;
-        writer.write_image_data(&grid).map_err(encoding)?;
+        writer.write_image_data(grid).map_err(encoding)?;
         writer.finish().map_err(encoding)?;
         Ok(())
     })

@@ -6,6 +6,7 @@
 //! [`eval::classifier::run_job`]: crate::eval::classifier::run_job
 
 mod evaluate;
+mod export;
 mod inspect;
 mod interop;
 pub mod jobs;
@@ -19,6 +20,7 @@ pub use evaluate::{
     SweepReport, evaluate_checkpoint, frechet_of_checkpoint, frechet_sweep, guidance_sweep,
     sampling_for,
 };
+pub use export::{ExportFormat, ExportReport, ExportRequest, export_samples};
 pub use inspect::{DataReport, inspect_data, pack_data};
 pub use interop::{ImportReport, ImportRequest, export_diffusers, import_diffusers};
 pub use plot::{plot_run, plot_schedule};

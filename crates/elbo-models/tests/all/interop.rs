@@ -209,3 +209,92 @@ fn an_imported_run_samples_and_exports_back_to_the_same_network() {
         assert!(theirs[&name].equal(&t), "{name}");
     }
 }
+
+/// Opt-in evidence at full size (not a CI test: it needs the bench venv's output):
+/// `ELBO_DIFFUSERS_PARITY=/tmp/diffusers_parity` after
+/// `benches/reference/diffusers_unet.py parity /tmp/diffusers_parity`: the
+/// google/ddpm-cifar10-32 configuration with random weights, its eps at two timesteps
+/// within 1e-5, and DDIM-50 from the same starting noise within 1e-4 of diffusers'
+/// DDIMScheduler (`timestep_spacing="trailing"`, elbo's uniform steps), clipped
+/// (`use_clipped_model_output=True`: elbo's DDIM recomputes eps from the clipped x_0)
+/// and unclipped. Prints the gaps.
+#[test]
+fn full_size_parity_with_diffusers_when_asked() {
+    let _generator = crate::common::exclusive();
+    let Some(dir) = std::env::var_os("ELBO_DIFFUSERS_PARITY").map(PathBuf::from) else {
+        eprintln!("not run: set ELBO_DIFFUSERS_PARITY to the folder diffusers_unet.py parity wrote");
+        return;
+    };
+    use elbo_models::models::ddpm::Ddpm;
+    use elbo_models::sample::{ClipX0, SamplerSpec, SamplingOptions, sample};
+    let model = read_diffusers(&dir.join("model"), None).unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let ddpm = Ddpm::new(&vs.root(), model.config.clone()).unwrap();
+    tch::no_grad(|| {
+        for (name, mut var) in vs.variables() {
+            var.copy_(&model.weights[name.strip_prefix("unet.").unwrap()]);
+        }
+    });
+    let get = |file: &str| -> BTreeMap<String, Tensor> {
+        read_tensor_file(&dir.join(file), file).unwrap().into_iter().collect()
+    };
+    let e = get("eps.safetensors");
+    let ours = tch::no_grad(|| ddpm.unet().forward(&e["x"], &(&e["t"] + 1), false));
+    let eps_gap = gap(&ours, &e["eps"]);
+    eprintln!("eps: largest gap {eps_gap:.3e} relative to the largest |eps|");
+    assert!(eps_gap < 1e-5);
+    let d = get("ddim.safetensors");
+    for (clip, key) in [(ClipX0::Static, "ddim_clip_recomputed_eps"), (ClipX0::None, "ddim_noclip")] {
+        tch::manual_seed(2);
+        let options = SamplingOptions {
+            clip_x0: clip,
+            ..SamplingOptions::clipped("ddim-50".parse::<SamplerSpec>().unwrap())
+        };
+        let start = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        assert!(start.equal(&d["start"]), "libtorch's generator gives diffusers' start noise");
+        tch::manual_seed(2);
+        let (x, _) = tch::no_grad(|| sample(&ddpm, &[2, 3, 32, 32], &options, 0)).unwrap();
+        let g = gap(&x, &d[key]);
+        eprintln!("DDIM-50 {key}: largest gap {g:.3e} relative to the largest |x_0|");
+        assert!(g < 1e-4);
+    }
+}
+
+/// Opt-in: `ELBO_DIFFUSERS_EXPORT=/tmp/export` writes a small elbo-trained-shape DDPM
+/// (time counted from 1: the export folds the shift) with random weights as a
+/// diffusers folder there, with inputs and elbo's eps in `elbo-eps.safetensors`, for
+/// `diffusers_unet.py check-export` to compare.
+#[test]
+fn an_export_for_diffusers_to_check_when_asked() {
+    let _generator = crate::common::exclusive();
+    let Some(dir) = std::env::var_os("ELBO_DIFFUSERS_EXPORT").map(PathBuf::from) else {
+        eprintln!("not run: set ELBO_DIFFUSERS_EXPORT to a folder to write the export to");
+        return;
+    };
+    let mut config = crate::common::tiny_ddpm();
+    config.unet.in_channels = 3;
+    config.unet.image_size = 16;
+    config.unet.attention_resolutions = vec![8];
+    config.timesteps = 1000;
+    tch::manual_seed(5);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let unet = Unet::new(&(vs.root() / "unet"), &config.unet).unwrap();
+    let weights: BTreeMap<String, Tensor> = tch::no_grad(|| {
+        vs.variables()
+            .into_iter()
+            .map(|(n, mut t)| {
+                let _ = t.g_add_(&(Tensor::randn_like(&t) * 0.05));
+                (n.strip_prefix("unet.").unwrap().to_string(), t)
+            })
+            .collect()
+    });
+    write_diffusers(&config, &weights, &dir).unwrap();
+    let x = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu));
+    let t = Tensor::from_slice(&[3i64, 640]);
+    let eps = tch::no_grad(|| unet.forward(&x, &(&t + 1), false));
+    write_tensor_file(
+        &dir.join("elbo-eps.safetensors"),
+        &[("x".into(), x), ("t".into(), t), ("eps".into(), eps)],
+    )
+    .unwrap();
+}
