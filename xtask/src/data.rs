@@ -18,14 +18,19 @@ pub enum DatasetArg {
     FashionMnist,
     /// CIFAR-10, binary version (one archive, about 163 MB).
     Cifar10,
+    /// Not a data set: the FID Inception's weights (pytorch-fid's
+    /// pt_inception-2015-12-05-6726825d.pth, 95.6 MB), verified and converted to
+    /// safetensors for `elbo eval --fid`.
+    Inception,
 }
 
-impl From<DatasetArg> for DatasetKind {
-    fn from(arg: DatasetArg) -> Self {
-        match arg {
-            DatasetArg::Mnist => DatasetKind::Mnist,
-            DatasetArg::FashionMnist => DatasetKind::FashionMnist,
-            DatasetArg::Cifar10 => DatasetKind::Cifar10,
+impl DatasetArg {
+    fn kind(self) -> Option<DatasetKind> {
+        match self {
+            DatasetArg::Mnist => Some(DatasetKind::Mnist),
+            DatasetArg::FashionMnist => Some(DatasetKind::FashionMnist),
+            DatasetArg::Cifar10 => Some(DatasetKind::Cifar10),
+            DatasetArg::Inception => None,
         }
     }
 }
@@ -52,10 +57,12 @@ pub struct DataArgs {
 
 /// Runs `cargo xtask data`.
 pub fn run(args: &DataArgs) -> Result<()> {
-    let kind = DatasetKind::from(args.dataset);
     let root = match &args.dir {
         Some(dir) => dir.clone(),
         None => elbo_data::default_data_dir()?,
+    };
+    let Some(kind) = args.dataset.kind() else {
+        return inception(args, &root);
     };
     let folder = root.join(kind.name());
     let mut manifest = kind.manifest();
@@ -87,6 +94,35 @@ pub fn run(args: &DataArgs) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask data inception`: the FID Inception's weights, fetched (or imported with
+/// `--from`) and verified against their pinned sha256 and size, then converted.
+fn inception(args: &DataArgs, root: &std::path::Path) -> Result<()> {
+    let mut manifest = elbo_data::FID_INCEPTION;
+    if let Some(mirror) = &args.mirror {
+        manifest = manifest.with_base_url(mirror.clone());
+    }
+    println!(
+        "FID Inception weights: into {}",
+        root.join(elbo_data::INCEPTION_FOLDER).display()
+    );
+    let mut bars = Bars::default();
+    let fetched = elbo_data::fetch_inception(
+        &manifest,
+        root,
+        args.from.as_deref(),
+        &DownloadConfig::default(),
+        &mut |e| bars.on(e),
+    );
+    bars.clear();
+    let (fetched, converted) = fetched?;
+    report(&fetched);
+    println!(
+        "converted to {} (what `elbo eval --fid` reads)",
+        converted.display()
+    );
+    Ok(())
+}
+
 /// Prints how each file came to be in place, and any sha256 still to pin.
 fn report(fetched: &[FetchedFile]) {
     for file in fetched {
@@ -95,7 +131,7 @@ fn report(fetched: &[FetchedFile]) {
             Outcome::Downloaded => "downloaded",
             Outcome::Imported => "imported",
         };
-        println!("  {how:<15} {}  md5 {}", file.name, file.digests.md5);
+        println!("  {how:<15} {}  sha256 {}", file.name, file.digests.sha256);
         if !file.sha256_pinned {
             println!(
                 "  {:<15} {}  sha256 {} (not in the manifest yet: pin it in crates/elbo-data/src/manifest.rs)",

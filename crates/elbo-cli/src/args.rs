@@ -41,6 +41,18 @@ pub enum Command {
     Sample(SampleArgs),
     /// Draw a run's training curves (metrics.jsonl) as a PNG.
     Plot(PlotArgs),
+    /// Bring a model made elsewhere into an elbo run.
+    Import {
+        /// From which format.
+        #[command(subcommand)]
+        from: ImportCommand,
+    },
+    /// Write a run's model in another tool's format.
+    Export {
+        /// To which format.
+        #[command(subcommand)]
+        to: ExportCommand,
+    },
     /// Look at a data set before training on it, or pack a folder of images ahead of
     /// time.
     Data {
@@ -48,6 +60,57 @@ pub enum Command {
         #[command(subcommand)]
         action: DataCommand,
     },
+}
+
+/// `elbo import ...`.
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// A diffusers UNet2DModel folder (config.json, diffusion_pytorch_model.safetensors
+    /// or .bin, scheduler_config.json; flat as google/ddpm-cifar10-32, or a pipeline's
+    /// unet/ and scheduler/) as a new DDPM run, whose step-0 checkpoint `elbo sample`,
+    /// `elbo eval` and `elbo train ddpm --resume` (fine-tuning) take.
+    Diffusers(ImportArgs),
+}
+
+/// `elbo import diffusers`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The diffusers model folder.
+    pub folder: PathBuf,
+    /// The run folder to create.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The data the model is for: its test split is what `elbo eval` reads.
+    #[arg(long, default_value = "cifar10", value_parser = parse::<DataSpec>)]
+    pub data: DataSpec,
+    /// The recipe fine-tuning (`elbo train ddpm --resume`) continues with.
+    #[arg(long, default_value = "ho-cifar10", value_parser = parse::<RecipeName>)]
+    pub recipe: RecipeName,
+    /// The sha256 the weights file must have (the Hub shows it for each file).
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// The run's seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// `elbo export ...`.
+#[derive(Debug, Subcommand)]
+pub enum ExportCommand {
+    /// A DDPM run as a diffusers folder (model_index.json, config.json,
+    /// diffusion_pytorch_model.safetensors, scheduler_config.json) that
+    /// `DDPMPipeline.from_pretrained` loads; the EMA weights when the run keeps them.
+    Diffusers(ExportArgs),
+}
+
+/// `elbo export diffusers`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A run folder, its checkpoints/ folder, or a step-*.json checkpoint.
+    pub checkpoint: PathBuf,
+    /// The folder to write.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// `elbo data ...`.
@@ -240,12 +303,13 @@ pub struct DeviceArgs {
 /// `elbo eval`.
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("sweeps").args(["sweep", "guidance_sweep"])))]
+#[command(group(clap::ArgGroup::new("quality").args(["frechet", "fid"])))]
 pub struct EvalArgs {
     /// A run folder, its checkpoints/ folder, or a step-*.json checkpoint.
     pub checkpoint: PathBuf,
     /// Samples of the importance-weighted bound (IWAE); 0 for none (default 1000 for
     /// the VAEs, none for a DDPM, where one sample costs T network calls).
-    #[arg(long, conflicts_with = "frechet", value_parser = clap::value_parser!(i64).range(0..))]
+    #[arg(long, conflicts_with = "quality", value_parser = clap::value_parser!(i64).range(0..))]
     pub iw: Option<i64>,
     /// Evaluate on this data instead of the run's own.
     #[arg(long, value_parser = parse::<DataSpec>)]
@@ -253,13 +317,28 @@ pub struct EvalArgs {
     #[command(flatten)]
     pub folder: FolderArgs,
     /// Only the first N test examples.
-    #[arg(long, conflicts_with = "frechet")]
+    #[arg(long, conflicts_with = "quality")]
     pub examples: Option<usize>,
     /// Measure sample quality instead of the bound: the Fréchet distance between N
     /// samples and the whole test split in the features of --classifier, with the
     /// floor of N training images.
     #[arg(long, value_name = "N", requires = "classifier")]
     pub frechet: Option<usize>,
+    /// Inception FID of N samples against the data's training split (as pytorch-fid,
+    /// in the features of its FID Inception: fetch the weights with `cargo xtask data
+    /// inception`); the reference statistics are computed once and cached.
+    #[arg(long, value_name = "N", conflicts_with = "frechet")]
+    pub fid: Option<usize>,
+    /// With --fid: also KID (torch-fidelity's: 100 subsets of at most 1000).
+    #[arg(long, requires = "fid")]
+    pub kid: bool,
+    /// With --fid: the converted FID Inception weights (default: where `cargo xtask data
+    /// inception` puts them, in the data folder).
+    #[arg(long, value_name = "PATH", requires = "fid")]
+    pub inception_weights: Option<PathBuf>,
+    /// With --fid: compare with the test split instead of the training split.
+    #[arg(long, requires = "fid")]
+    pub fid_test_split: bool,
     /// The classifier (run folder or checkpoint of `elbo train classifier`) whose
     /// features --frechet compares.
     #[arg(
@@ -275,7 +354,7 @@ pub struct EvalArgs {
     /// A DDPM's sampler for --frechet: ancestral, ddim-S[-eta=E], DPM-Solver++
     /// dpm++1-S, dpm++2m-S, dpm++3m-S, or unipc-S; a spacing -quadratic, -logsnr or
     /// -karras may follow (default ddim-50).
-    #[arg(long, requires = "frechet", value_parser = parse::<SamplerSpec>)]
+    #[arg(long, requires = "quality", value_parser = parse::<SamplerSpec>)]
     pub sampler: Option<SamplerSpec>,
     /// With --frechet, for a DDPM: the quality-versus-cost sweep, N samples with each
     /// of DDIM at 5, 10, 15, 20, 50 network calls and DPM-Solver++ 2M and UniPC at 5,
@@ -310,14 +389,24 @@ pub struct EvalArgs {
 pub struct SampleArgs {
     /// A run folder, its checkpoints/ folder, or a step-*.json checkpoint.
     pub checkpoint: PathBuf,
-    /// How many samples.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    /// How many samples (a grid: at most 100000; an export: at most 10000000).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(i64).range(1..=10_000_000))]
     pub n: i64,
-    /// The PNG to write.
+    /// The PNG grid to write, or with --format the export's folder (png-dir) or .npz
+    /// file.
     #[arg(long, default_value = "samples.png")]
     pub out: PathBuf,
+    /// Export every sample for other tools instead of a grid: png-dir (a folder of
+    /// PNGs, as pytorch-fid and clean-fid read) or npz (guided-diffusion's layout: uint8
+    /// NHWC in arr_0, labels in arr_1 with --class). In batches; run the same command
+    /// again to continue an interrupted export.
+    #[arg(long, value_name = "png-dir|npz", value_parser = parse::<session::ExportFormat>)]
+    pub format: Option<session::ExportFormat>,
+    /// With --format: samples per batch (the unit an interrupted export resumes from).
+    #[arg(long, default_value_t = 250, requires = "format")]
+    pub batch: usize,
     /// Also write latent interpolation strips of this many steps (a VAE's).
-    #[arg(long, value_parser = clap::value_parser!(i64).range(2..=1000))]
+    #[arg(long, conflicts_with = "format", value_parser = clap::value_parser!(i64).range(2..=1000))]
     pub interpolate: Option<i64>,
     /// The seed of the draws.
     #[arg(long, default_value_t = 0)]

@@ -3,7 +3,9 @@
 use anyhow::Result;
 use elbo_models::session::{self, FrechetConfig, SampleRequest, SamplerSpec, SamplingOptions};
 
-use crate::args::{DataCommand, EvalArgs, FolderArgs, PlotArgs, SampleArgs};
+use crate::args::{
+    DataCommand, EvalArgs, ExportCommand, FolderArgs, ImportCommand, PlotArgs, SampleArgs,
+};
 use crate::progress::print_eval;
 use crate::train::device;
 
@@ -19,6 +21,9 @@ pub fn eval(mut args: EvalArgs) -> Result<()> {
         ),
         None => None,
     };
+    if let Some(samples) = args.fid {
+        return fid(&args, samples, device);
+    }
     let (Some(samples), Some(classifier)) = (args.frechet, &args.classifier) else {
         if args.steps.any() {
             anyhow::bail!(
@@ -123,6 +128,130 @@ pub fn eval(mut args: EvalArgs) -> Result<()> {
         "  floor: {} training images vs the same {} test images: {:.3} ({} features)",
         report.samples, report.test_images, report.train_floor, report.features
     );
+    Ok(())
+}
+
+/// `elbo eval --fid N [--kid]`.
+fn fid(args: &EvalArgs, samples: usize, device: session::Device) -> Result<()> {
+    let steps = &args.steps;
+    let request = session::FidRequest {
+        samples,
+        kid: args.kid,
+        weights: args.inception_weights.clone(),
+        train_split: !args.fid_test_split,
+        seed: args.seed,
+        sampling: (args.sampler.is_some() || steps.any()).then(|| SamplingOptions {
+            sampler: args.sampler.unwrap_or_default(),
+            clip_x0: steps.clip_x0(),
+            guidance: steps.guidance(),
+        }),
+        batch: 50,
+    };
+    let started = std::time::Instant::now();
+    let (restored, report) =
+        session::fid_of_checkpoint(&args.checkpoint, args.data.as_ref(), &request, device)?;
+    print_checkpoint(&restored);
+    let split = if request.train_split {
+        "training"
+    } else {
+        "test"
+    };
+    println!(
+        "FID (Inception pool features, {} samples vs {} {split} images): {:.3}",
+        report.samples, report.reference_images, report.fid
+    );
+    if let Some(kid) = report.kid {
+        println!(
+            "KID (subsets of {}): {:.5} +- {:.5}",
+            kid.subset_size, kid.mean, kid.std
+        );
+    }
+    println!(
+        "reference statistics {} ({:.1} s in all)",
+        report.reference_stats.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `elbo sample --format png-dir|npz`: an export, resumable; Ctrl-C stops it after the
+/// batch in hand (a second one at once).
+pub fn export_samples(args: SampleArgs) -> Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let device = device(&args.device)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            session::exit_now(130);
+        }
+        eprintln!(
+            "
+stopping after this batch (run the same command again to continue)..."
+        );
+    })?;
+    let request = session::ExportRequest {
+        n: args.n as usize,
+        batch: args.batch,
+        format: args.format.unwrap_or(session::ExportFormat::PngDir),
+        out: args.out.clone(),
+        seed: args.seed,
+        sampler: args.sampler,
+        clip_x0: args.steps.clip_x0(),
+        guidance: args.steps.guidance(),
+    };
+    let mut bar = crate::progress::Packing::export();
+    let report = session::export_samples(
+        &args.checkpoint,
+        &request,
+        device,
+        &stop,
+        &mut |done, total| crate::progress::packing_progress(&mut bar, done, total),
+    )?;
+    if report.stopped {
+        eprintln!(
+            "stopped: {} batches drawn; run the same command again to continue the export",
+            report.drawn_batches
+        );
+        std::process::exit(130);
+    }
+    println!(
+        "wrote {} samples to {} ({} batches drawn now)",
+        report.samples,
+        report.out.display(),
+        report.drawn_batches
+    );
+    Ok(())
+}
+
+/// `elbo import diffusers`.
+pub fn import(from: ImportCommand) -> Result<()> {
+    let ImportCommand::Diffusers(args) = from;
+    let report = session::import_diffusers(&session::ImportRequest {
+        folder: args.folder,
+        run: args.out,
+        data: args.data,
+        recipe: args.recipe,
+        sha256: args.sha256,
+        seed: args.seed,
+    })?;
+    println!(
+        "imported {} ({} parameters; sha256 {})",
+        report.weights.0.display(),
+        report.parameters,
+        report.weights.1
+    );
+    println!("checkpoint {}", report.checkpoint.display());
+    Ok(())
+}
+
+/// `elbo export diffusers`.
+pub fn export(to: ExportCommand) -> Result<()> {
+    let ExportCommand::Diffusers(args) = to;
+    for path in session::export_diffusers(&args.checkpoint, &args.out)? {
+        println!("wrote {}", path.display());
+    }
     Ok(())
 }
 

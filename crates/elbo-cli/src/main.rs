@@ -45,6 +45,7 @@ fn run(command: Command) -> Result<ExitCode> {
             interrupt_ends("the evaluation")?;
             eval::eval(*args)?
         }
+        Command::Sample(args) if args.format.is_some() => eval::export_samples(args)?,
         Command::Sample(args) => {
             interrupt_ends("sampling")?;
             eval::sample(args)?
@@ -52,6 +53,11 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Plot(args) => {
             interrupt_ends("plotting")?;
             eval::plot(args)?
+        }
+        Command::Import { from } => eval::import(from)?,
+        Command::Export { to } => {
+            interrupt_ends("the export")?;
+            eval::export(to)?
         }
         Command::Data { action } => eval::data(action)?,
     }

@@ -68,6 +68,8 @@ pub struct ProgressView {
 /// before training's), else a line every 1,000 images and at the end.
 pub struct Packing {
     bar: Option<indicatif::ProgressBar>,
+    /// The plain line's text before `done/total`, and how often it is printed.
+    line: (&'static str, usize),
 }
 
 impl Packing {
@@ -77,6 +79,17 @@ impl Packing {
             bar: terminal_bar(
                 "packing {bar:30} {pos}/{len} images [{elapsed_precise} < {eta_precise}]",
             ),
+            line: ("packing the folder of images, decoded", 1000),
+        }
+    }
+
+    /// The batches of a sample export (`elbo sample --format`).
+    pub fn export() -> Packing {
+        Packing {
+            bar: terminal_bar(
+                "exporting {bar:30} {pos}/{len} batches [{elapsed_precise} < {eta_precise}]",
+            ),
+            line: ("exporting samples, batches done", 1),
         }
     }
 }
@@ -103,8 +116,8 @@ pub fn packing_progress(packing: &mut Packing, done: usize, total: usize) {
                 bar.finish();
             }
         }
-        None if done == total || done.is_multiple_of(1000) => {
-            eprintln!("packing the folder of images: {done}/{total} decoded");
+        None if done == total || done.is_multiple_of(packing.line.1) => {
+            eprintln!("{}: {done}/{total}", packing.line.0);
         }
         None => {}
     }

@@ -188,7 +188,9 @@ mod tests {
         expected.sha256 = Some(Cow::Owned(d.sha256.clone()));
         verify("abc", &expected, &d, "kept").unwrap();
         expected.sha256 = None;
-        let err = verify("abc", &expected, &d, "kept").unwrap_err().to_string();
+        let err = verify("abc", &expected, &d, "kept")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("pins neither an md5 nor a sha256"), "{err}");
     }
 

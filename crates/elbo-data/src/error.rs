@@ -99,7 +99,9 @@ pub enum DataError {
         consequence: &'static str,
     },
     /// A manifest entry pins no digest, so a download could not be verified.
-    #[error("{file}: the manifest pins neither an md5 nor a sha256 digest: nothing to verify the file against")]
+    #[error(
+        "{file}: the manifest pins neither an md5 nor a sha256 digest: nothing to verify the file against"
+    )]
     Unpinned {
         /// The file.
         file: String,

@@ -19,7 +19,9 @@ use crate::{DownloadConfig, fetch, import};
 
 /// The weights file as pytorch-fid publishes it (the GitHub release `fid_weights`).
 pub const FID_INCEPTION: Manifest = Manifest {
-    base_url: Cow::Borrowed("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"),
+    base_url: Cow::Borrowed(
+        "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/",
+    ),
     files: Cow::Borrowed(&[RemoteFile {
         name: Cow::Borrowed("pt_inception-2015-12-05-6726825d.pth"),
         md5: None,
@@ -108,12 +110,13 @@ pub fn convert_to_safetensors(pth: &Path, out: &Path) -> Result<usize> {
             .unwrap_or_default(),
     );
     let views: Vec<(&str, &PthTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| DataError::Malformed {
-        file: pth.display().to_string(),
-        offset: crate::Offset::File(0),
-        expected: "tensors safetensors can hold".into(),
-        found: e.to_string(),
-    })?;
+    let bytes =
+        safetensors::serialize(views, Some(metadata)).map_err(|e| DataError::Malformed {
+            file: pth.display().to_string(),
+            offset: crate::Offset::File(0),
+            expected: "tensors safetensors can hold".into(),
+            found: e.to_string(),
+        })?;
     let temp = out.with_extension(format!("safetensors.partial-{}", std::process::id()));
     std::fs::write(&temp, &bytes)
         .and_then(|()| std::fs::File::open(&temp)?.sync_all())
@@ -143,7 +146,9 @@ mod tests {
     }
 
     fn fixture(name: &str) -> Vec<u8> {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pth").join(name);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/pth")
+            .join(name);
         std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
@@ -216,7 +221,12 @@ mod tests {
             err.contains("95628359") || err.contains(real.sha256.as_deref().unwrap()),
             "{err}"
         );
-        assert!(!dir.path().join(INCEPTION_FOLDER).join(real.name.as_ref()).exists());
+        assert!(
+            !dir.path()
+                .join(INCEPTION_FOLDER)
+                .join(real.name.as_ref())
+                .exists()
+        );
         assert!(!inception_weights_path(dir.path()).exists());
         // The same without a size: the sha256 says so.
         let mut unsized_manifest = manifest.clone();

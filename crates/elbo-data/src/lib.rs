@@ -94,8 +94,8 @@ pub use folder::{
 pub use folder::{ParquetColumns, load_parquet, load_parquet_packed};
 pub use import::import;
 pub use inception::{
-    FID_INCEPTION, INCEPTION_FOLDER, INCEPTION_SAFETENSORS, convert_to_safetensors, fetch_inception,
-    inception_weights_path,
+    FID_INCEPTION, INCEPTION_FOLDER, INCEPTION_SAFETENSORS, convert_to_safetensors,
+    fetch_inception, inception_weights_path,
 };
 pub use kind::DatasetKind;
 pub use load::{CIFAR10_BATCHES, CIFAR10_FOLDER, IDX_FILES, load, load_cifar10, load_idx_dir};

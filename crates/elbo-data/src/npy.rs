@@ -100,7 +100,11 @@ pub fn header(dtype: Dtype, shape: &[usize]) -> Vec<u8> {
         [one] => format!("({one},)"),
         _ => format!(
             "({})",
-            shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     };
     let dict = format!(
@@ -108,7 +112,9 @@ pub fn header(dtype: Dtype, shape: &[usize]) -> Vec<u8> {
         dtype.descr()
     );
     // numpy leaves room for the first axis to grow to 21 digits in place.
-    let growth = shape.first().map_or(0, |d| 21usize.saturating_sub(d.to_string().len()));
+    let growth = shape
+        .first()
+        .map_or(0, |d| 21usize.saturating_sub(d.to_string().len()));
     let dict = format!("{dict}{}", " ".repeat(growth));
     let (version, prefix) = if dict.len() + 1 + 10 <= 65_535 {
         (1u8, 10)
@@ -176,7 +182,11 @@ pub fn from_npy(file: &str, bytes: &[u8]) -> Result<Array> {
         )
     })?;
     if field("fortran_order").is_none_or(|v| !v.starts_with("False")) {
-        return Err(bad(start as u64, "fortran_order False (C order)", text.into()));
+        return Err(bad(
+            start as u64,
+            "fortran_order False (C order)",
+            text.into(),
+        ));
     }
     let dims = field("shape")
         .and_then(|v| v.strip_prefix('(')?.split(')').next())
@@ -288,7 +298,11 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.npz");
-        write_npz(std::fs::File::create(&path).unwrap(), &[("mu", &a), ("arr_0", &b)]).unwrap();
+        write_npz(
+            std::fs::File::create(&path).unwrap(),
+            &[("mu", &a), ("arr_0", &b)],
+        )
+        .unwrap();
         let back = read_npz(&path).unwrap();
         assert_eq!(back[0], ("mu".to_string(), a.clone()));
         assert_eq!(back[1], ("arr_0".to_string(), b));
@@ -307,8 +321,16 @@ mod tests {
         write_npz(&mut whole, &[("arr_0", &array)]).unwrap();
         let mut zip = ZipWriter::new(Vec::new());
         let crc = crc32fast::hash(&data);
-        add_npy_member(&mut zip, "arr_0", Dtype::U8, &[10, 10, 10], 1000, crc, &mut &data[..])
-            .unwrap();
+        add_npy_member(
+            &mut zip,
+            "arr_0",
+            Dtype::U8,
+            &[10, 10, 10],
+            1000,
+            crc,
+            &mut &data[..],
+        )
+        .unwrap();
         assert_eq!(zip.finish().unwrap(), whole);
     }
 
@@ -317,7 +339,10 @@ mod tests {
         let mut npy = to_npy(&Array::f64(vec![3], &[1.0, 2.0, 3.0]));
         npy.pop();
         let err = from_npy("x.npy", &npy).unwrap_err().to_string();
-        assert!(err.contains("24 bytes of data for shape [3]") && err.contains("23"), "{err}");
+        assert!(
+            err.contains("24 bytes of data for shape [3]") && err.contains("23"),
+            "{err}"
+        );
         let mut big_endian = to_npy(&Array::f64(vec![1], &[1.0]));
         big_endian[21] = b'>';
         let err = from_npy("b.npy", &big_endian).unwrap_err().to_string();

@@ -205,7 +205,10 @@ mod tests {
             .commit(&expected, &dest, "the file was deleted")
             .unwrap_err()
             .to_string();
-        assert!(err.contains(expected.md5.as_deref().unwrap_or_default()), "{err}");
+        assert!(
+            err.contains(expected.md5.as_deref().unwrap_or_default()),
+            "{err}"
+        );
         assert!(err.contains(&digest_bytes(b"hellO").md5), "{err}");
         assert!(!temp.exists() && !dest.exists());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);

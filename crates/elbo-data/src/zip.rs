@@ -62,7 +62,9 @@ struct Fields<'a> {
 
 impl Fields<'_> {
     fn slice(&self, at: u64, len: u64, what: &str) -> Result<&[u8]> {
-        let end = at.checked_add(len).filter(|&e| e <= self.bytes.len() as u64);
+        let end = at
+            .checked_add(len)
+            .filter(|&e| e <= self.bytes.len() as u64);
         match end {
             Some(end) => Ok(&self.bytes[at as usize..end as usize]),
             None => Err(bad(
@@ -125,7 +127,12 @@ impl<'a> ZipArchive<'a> {
         let mut cd_offset = u64::from(f.u32(end + 16)?);
         if entries == 0xFFFF || cd_size == MAX32 || cd_offset == MAX32 {
             let locator = end.checked_sub(20).ok_or_else(|| {
-                bad(file, end, "a ZIP64 end-record locator", "the start of the file")
+                bad(
+                    file,
+                    end,
+                    "a ZIP64 end-record locator",
+                    "the start of the file",
+                )
             })?;
             f.signature(locator, LOCATOR64, "the ZIP64 end-record locator")?;
             let end64 = f.u64(locator + 8)?;
@@ -297,7 +304,13 @@ impl<W: Write> ZipWriter<W> {
 
     /// Adds a member of `size` bytes whose CRC-32 is `crc`, its bytes read from `data`
     /// (exactly `size` of them, or an error).
-    pub fn add(&mut self, name: &str, size: u64, crc: u32, data: &mut dyn Read) -> std::io::Result<()> {
+    pub fn add(
+        &mut self,
+        name: &str,
+        size: u64,
+        crc: u32,
+        data: &mut dyn Read,
+    ) -> std::io::Result<()> {
         let header_offset = self.written;
         let big = size >= MAX32;
         let mut header = Vec::with_capacity(30 + name.len() + 20);
@@ -369,7 +382,11 @@ impl<W: Write> ZipWriter<W> {
             e.extend_from_slice(&0u16.to_le_bytes());
             e.extend_from_slice(&DOS_DATE.to_le_bytes());
             e.extend_from_slice(&m.crc.to_le_bytes());
-            let sized = if m.size >= MAX32 { MAX32 as u32 } else { m.size as u32 };
+            let sized = if m.size >= MAX32 {
+                MAX32 as u32
+            } else {
+                m.size as u32
+            };
             e.extend_from_slice(&sized.to_le_bytes());
             e.extend_from_slice(&sized.to_le_bytes());
             e.extend_from_slice(&(m.name.len() as u16).to_le_bytes());
@@ -448,7 +465,10 @@ mod tests {
         assert_eq!(zip.read_named("dir/b.bin").unwrap(), [0, 1, 2, 255]);
         assert!(zip.read_named("empty").unwrap().is_empty());
         let err = zip.read_named("c").unwrap_err().to_string();
-        assert!(err.contains("a member named c") && err.contains("a.npy"), "{err}");
+        assert!(
+            err.contains("a member named c") && err.contains("a.npy"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -465,7 +485,10 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("cut.zip") && err.contains("end-of-central"), "{err}");
+        assert!(
+            err.contains("cut.zip") && err.contains("end-of-central"),
+            "{err}"
+        );
         assert!(ZipArchive::new("n.zip", b"not a zip at all, just text").is_err());
     }
 
@@ -503,7 +526,10 @@ mod tests {
         // view that puts the tail at its real offset; check the records instead.
         let end = tail.len() - 22;
         assert_eq!(&tail[end..end + 4], &END.to_le_bytes());
-        assert_eq!(u32::from_le_bytes(tail[end + 16..end + 20].try_into().unwrap()), u32::MAX);
+        assert_eq!(
+            u32::from_le_bytes(tail[end + 16..end + 20].try_into().unwrap()),
+            u32::MAX
+        );
         let locator = end - 20;
         assert_eq!(&tail[locator..locator + 4], &LOCATOR64.to_le_bytes());
         let central = 6 + 30 + 3; // "beyond", header, "far"

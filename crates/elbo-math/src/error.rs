@@ -64,6 +64,15 @@ pub enum MathError {
         /// The shape it had.
         found: Vec<usize>,
     },
+    /// An iteration that converges for every valid input did not (a defect, or an input
+    /// beyond float64's range).
+    #[error("{what} did not converge after {iterations} iterations")]
+    NoConvergence {
+        /// What was iterated.
+        what: &'static str,
+        /// How many iterations ran.
+        iterations: usize,
+    },
     /// An input that must not be empty was.
     #[error("{what} must not be empty")]
     Empty {

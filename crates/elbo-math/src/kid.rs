@@ -166,8 +166,18 @@ mod tests {
 
     #[test]
     fn the_estimator_is_the_written_out_sum() {
-        let x = array![[0.1, 2.0, -1.0], [1.5, 0.0, 0.3], [0.7, 0.7, 0.7], [-2.0, 1.0, 0.0]];
-        let y = array![[1.0, 1.0, 1.0], [0.0, -1.0, 2.0], [0.5, 0.25, 0.0], [3.0, 0.0, 1.0]];
+        let x = array![
+            [0.1, 2.0, -1.0],
+            [1.5, 0.0, 0.3],
+            [0.7, 0.7, 0.7],
+            [-2.0, 1.0, 0.0]
+        ];
+        let y = array![
+            [1.0, 1.0, 1.0],
+            [0.0, -1.0, 2.0],
+            [0.5, 0.25, 0.0],
+            [3.0, 0.0, 1.0]
+        ];
         let fast = polynomial_mmd2(&x, &y).unwrap();
         assert!((fast - naive(&x, &y)).abs() < 1e-12 * naive(&x, &y).abs().max(1.0));
         // Identical sets too (their estimate is not zero: the diagonal is left out of
@@ -198,7 +208,12 @@ mod tests {
             subset_size: 1000,
             ..config
         };
-        assert_eq!(kernel_inception_distance(&x, &y, &capped).unwrap().subset_size, 25);
+        assert_eq!(
+            kernel_inception_distance(&x, &y, &capped)
+                .unwrap()
+                .subset_size,
+            25
+        );
     }
 
     #[test]
@@ -215,7 +230,10 @@ mod tests {
         };
         let k_near = kernel_inception_distance(&base, &near, &config).unwrap();
         let k_far = kernel_inception_distance(&base, &far, &config).unwrap();
-        assert!(k_far.mean > 100.0 * k_near.mean.abs(), "{k_near:?} {k_far:?}");
+        assert!(
+            k_far.mean > 100.0 * k_near.mean.abs(),
+            "{k_near:?} {k_far:?}"
+        );
     }
 
     #[test]

@@ -251,9 +251,10 @@ pub struct HvaeArgs {
 #[derive(Debug, Args)]
 pub struct DdpmArgs {
     /// ddpm-mnist (1.6 M parameters), ddpm-cifar10 (Ho et al.'s 35.7 M) or ddpm-64
-    /// (improved DDPM's 64x64 network, 116 M).
-    #[arg(long, default_value = "ddpm-mnist", value_parser = parse::<DdpmPreset>)]
-    pub preset: DdpmPreset,
+    /// (improved DDPM's 64x64 network, 116 M) [default: ddpm-mnist; with --resume: the
+    /// run's own network, such as one `elbo import diffusers` made]
+    #[arg(long, value_parser = parse::<DdpmPreset>)]
+    pub preset: Option<DdpmPreset>,
     /// The training settings the options below do not give: mnist or ho-cifar10 (see
     /// each option's default).
     #[arg(long, default_value = "mnist", value_parser = parse::<RecipeName>)]

@@ -6,6 +6,7 @@ mod common;
 mod conditional;
 mod folders;
 mod hostile;
+mod interop;
 mod nodes;
 mod thin;
 mod vdm;

@@ -75,7 +75,10 @@ pub fn quantise(images: &Tensor) -> Tensor {
 fn to_rows(features: &Tensor) -> Result<Array2<f64>> {
     let (n, d) = (features.size()[0] as usize, features.size()[1] as usize);
     let values: Vec<f64> = Vec::<f64>::try_from(
-        features.to_kind(Kind::Double).to_device(Device::Cpu).flatten(0, -1),
+        features
+            .to_kind(Kind::Double)
+            .to_device(Device::Cpu)
+            .flatten(0, -1),
     )
     .map_err(|e| Error::Config {
         detail: format!("features: {e}"),
@@ -197,13 +200,14 @@ pub fn reference(
     if stats.is_file() && (!features_too || features_file.is_file()) {
         let fit = read_stats(&stats)?;
         let features = if features_too {
-            let bytes =
-                std::fs::read(&features_file).map_err(|e| Error::file("read", &features_file, e))?;
-            let array = npy::from_npy(&features_file.display().to_string(), &bytes).map_err(|e| {
-                Error::Data {
-                    detail: e.to_string(),
-                }
-            })?;
+            let bytes = std::fs::read(&features_file)
+                .map_err(|e| Error::file("read", &features_file, e))?;
+            let array =
+                npy::from_npy(&features_file.display().to_string(), &bytes).map_err(|e| {
+                    Error::Data {
+                        detail: e.to_string(),
+                    }
+                })?;
             let values = array.to_f64().unwrap_or_default();
             let d = fit.dims();
             Some(
@@ -232,17 +236,25 @@ pub fn reference(
     let sigma = NpyArray::f64(vec![d, d], &sigma_values);
     write_atomically(&stats, |temp| {
         let file = std::fs::File::create(temp)?;
-        npy::write_npz(std::io::BufWriter::new(file), &[("mu", &mu), ("sigma", &sigma)])?;
+        npy::write_npz(
+            std::io::BufWriter::new(file),
+            &[("mu", &mu), ("sigma", &sigma)],
+        )?;
         Ok(())
     })?;
     if features_too {
-        let as_f32: Vec<u8> = features.iter().flat_map(|v| (*v as f32).to_le_bytes()).collect();
+        let as_f32: Vec<u8> = features
+            .iter()
+            .flat_map(|v| (*v as f32).to_le_bytes())
+            .collect();
         let array = NpyArray {
             dtype: npy::Dtype::F32,
             shape: vec![features.nrows(), d],
             data: as_f32,
         };
-        write_atomically(&features_file, |temp| Ok(std::fs::write(temp, npy::to_npy(&array))?))?;
+        write_atomically(&features_file, |temp| {
+            Ok(std::fs::write(temp, npy::to_npy(&array))?)
+        })?;
     }
     Ok(Reference {
         fit,
@@ -295,7 +307,11 @@ pub fn inception_scores(
     let fit = GaussianFit::from_samples(&generated)?;
     let fid = frechet_distance(&fit, &reference.fit)?;
     let kid = match (&reference.features, config.kid) {
-        (Some(real), true) => Some(kernel_inception_distance(&generated, real, &KidConfig::default())?),
+        (Some(real), true) => Some(kernel_inception_distance(
+            &generated,
+            real,
+            &KidConfig::default(),
+        )?),
         _ => None,
     };
     Ok(InceptionReport {
@@ -328,13 +344,19 @@ mod tests {
         let path = dir.path().join("s.npz");
         let mu = NpyArray::f64(vec![2], &[1.0, 2.0]);
         let sigma = NpyArray::f64(vec![2, 2], &[2.0, 0.5, 0.5, 1.0]);
-        npy::write_npz(std::fs::File::create(&path).unwrap(), &[("mu", &mu), ("sigma", &sigma)])
-            .unwrap();
+        npy::write_npz(
+            std::fs::File::create(&path).unwrap(),
+            &[("mu", &mu), ("sigma", &sigma)],
+        )
+        .unwrap();
         let fit = read_stats(&path).unwrap();
         assert_eq!(fit.mean().to_vec(), [1.0, 2.0]);
         assert_eq!(fit.covariance()[[0, 1]], 0.5);
         npy::write_npz(std::fs::File::create(&path).unwrap(), &[("mu", &mu)]).unwrap();
         let err = read_stats(&path).unwrap_err().to_string();
-        assert!(err.contains("sigma") && err.contains("--save-stats"), "{err}");
+        assert!(
+            err.contains("sigma") && err.contains("--save-stats"),
+            "{err}"
+        );
     }
 }

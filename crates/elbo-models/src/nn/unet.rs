@@ -46,7 +46,10 @@ pub struct UnetConfig {
     pub extra_inputs: i64,
     /// GroupNorm's epsilon: 1e-5 (PyTorch's; absent from checkpoints) for elbo's own
     /// networks, 1e-6 for TensorFlow's (Ho et al.'s, and diffusers' ports of them).
-    #[serde(default = "default_norm_eps", skip_serializing_if = "is_default_norm_eps")]
+    #[serde(
+        default = "default_norm_eps",
+        skip_serializing_if = "is_default_norm_eps"
+    )]
     pub norm_eps: f64,
     /// How the stride-2 convolutions pad: 1 on every side (1, absent from checkpoints),
     /// or 0: one row and one column after the image, TensorFlow's "SAME" (Ho et al.'s

@@ -118,6 +118,82 @@ pub fn frechet_of_checkpoint(
     Ok((restored, report))
 }
 
+/// Where `elbo eval --fid` finds the Inception weights and caches the reference
+/// statistics, and what it compares against.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FidRequest {
+    /// Generated images.
+    pub samples: usize,
+    /// Also KID.
+    pub kid: bool,
+    /// The converted weights (default: `<data folder>/inception/`, where `cargo xtask
+    /// data inception` puts them).
+    pub weights: Option<PathBuf>,
+    /// Compare with the training split (pytorch-fid's and the papers' choice for
+    /// CIFAR-10) or, when false, the test split.
+    pub train_split: bool,
+    /// The seed of the draws.
+    pub seed: u64,
+    /// The sampler and its options (`None`: the model's default).
+    pub sampling: Option<SamplingOptions>,
+    /// Images per batch (sampling and Inception).
+    pub batch: i64,
+}
+
+/// Inception FID (and KID) of the checkpoint at `path` against its data (or `data`),
+/// with the reference statistics cached in `<data folder>/fid-stats/`.
+pub fn fid_of_checkpoint(
+    path: &Path,
+    data: Option<&DataSpec>,
+    request: &FidRequest,
+    device: Device,
+) -> Result<(Restored, crate::eval::fid::InceptionReport)> {
+    let data_dir = elbo_data::default_data_dir().map_err(|e| Error::Data {
+        detail: e.to_string(),
+    })?;
+    let weights = request
+        .weights
+        .clone()
+        .unwrap_or_else(|| elbo_data::inception_weights_path(&data_dir));
+    let inception = crate::eval::inception::FidInception::load(&weights, device)?;
+    let restored = restore(path, device, true)?;
+    if let Some(options) = &request.sampling {
+        sampling_for(
+            restored.model.as_ref(),
+            Some(options.sampler),
+            options.clip_x0,
+            options.guidance,
+        )?;
+    }
+    let spec = data.cloned().unwrap_or_else(|| restored.trained_on());
+    let splits = spec.load()?;
+    let reference = if request.train_split {
+        &splits.train
+    } else {
+        &splits.test
+    };
+    restored
+        .config
+        .check_images(image_shape(reference), &format!("data {spec}"))?;
+    let config = crate::eval::fid::InceptionConfig {
+        samples: request.samples,
+        batch: request.batch,
+        seed: request.seed,
+        sampling: request.sampling,
+        kid: request.kid,
+        cache: data_dir.join("fid-stats"),
+    };
+    let report = crate::eval::fid::inception_scores(
+        restored.model.as_ref(),
+        &inception,
+        &weights,
+        reference,
+        &config,
+        device,
+    )?;
+    Ok((restored, report))
+}
+
 /// What a sweep (over samplers, or over guidance scales) measured, and where it wrote
 /// it.
 #[derive(Clone, Debug)]

@@ -126,7 +126,11 @@ pub fn export_samples(
             Some(Classes::One(k)) => Some(vec![k; len]),
             Some(Classes::All) => {
                 let per = len / classes.max(1) as usize;
-                Some((0..classes).flat_map(|k| std::iter::repeat_n(k, per)).collect())
+                Some(
+                    (0..classes)
+                        .flat_map(|k| std::iter::repeat_n(k, per))
+                        .collect(),
+                )
             }
             None => None,
         }
@@ -180,7 +184,8 @@ pub fn export_samples(
     }
     let manifest = work.join(".elbo-export.json");
     if manifest.is_file() {
-        let text = std::fs::read_to_string(&manifest).map_err(|e| Error::file("read", &manifest, e))?;
+        let text =
+            std::fs::read_to_string(&manifest).map_err(|e| Error::file("read", &manifest, e))?;
         let found: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
         if found != record {
             return Err(Error::Config {
@@ -210,7 +215,9 @@ pub fn export_samples(
     let done = |b: usize| -> bool {
         let (start, end) = bounds(b);
         match request.format {
-            ExportFormat::PngDir => (start..end).all(|i| work.join(format!("{i:06}.png")).is_file()),
+            ExportFormat::PngDir => {
+                (start..end).all(|i| work.join(format!("{i:06}.png")).is_file())
+            }
             ExportFormat::Npz => batch_file(&work, b, "u8").is_file(),
         }
     };
@@ -231,13 +238,25 @@ pub fn export_samples(
             });
         }
         let (start, end) = bounds(b);
-        let images = unit_samples(model, end - start, (end - start) as i64, batch_seed(request.seed, b), sampling.as_ref())?;
+        let images = unit_samples(
+            model,
+            end - start,
+            (end - start) as i64,
+            batch_seed(request.seed, b),
+            sampling.as_ref(),
+        )?;
         let pixels = to_u8_nhwc(&images)?;
         match request.format {
             ExportFormat::PngDir => {
                 let size = (h * w * c) as usize;
                 for (i, image) in pixels.chunks_exact(size).enumerate() {
-                    write_png(&work.join(format!("{:06}.png", start + i)), w as u32, h as u32, c as usize, image)?;
+                    write_png(
+                        &work.join(format!("{:06}.png", start + i)),
+                        w as u32,
+                        h as u32,
+                        c as usize,
+                        image,
+                    )?;
                 }
             }
             ExportFormat::Npz => {
@@ -256,7 +275,14 @@ pub fn export_samples(
         progress(finished, batches);
     }
     if request.format == ExportFormat::Npz {
-        assemble_npz(&work, &request.out, request.n, [h, w, c], batches, request.guidance.is_some())?;
+        assemble_npz(
+            &work,
+            &request.out,
+            request.n,
+            [h, w, c],
+            batches,
+            request.guidance.is_some(),
+        )?;
         std::fs::remove_dir_all(&work).map_err(|e| Error::file("remove", &work, e))?;
     }
     Ok(ExportReport {
@@ -310,14 +336,34 @@ fn assemble_npz(
             ),
         });
     }
-    let labels = if labelled { Some(member("labels")?) } else { None };
+    let labels = if labelled {
+        Some(member("labels")?)
+    } else {
+        None
+    };
     write_atomically(out, |temp| {
         let file = std::io::BufWriter::new(std::fs::File::create(temp)?);
         let mut zip = ZipWriter::new(file);
         let shape = [n, h as usize, w as usize, c as usize];
-        add_npy_member(&mut zip, "arr_0", Dtype::U8, &shape, len, crc, &mut chain("u8")?)?;
+        add_npy_member(
+            &mut zip,
+            "arr_0",
+            Dtype::U8,
+            &shape,
+            len,
+            crc,
+            &mut chain("u8")?,
+        )?;
         if let Some((len, crc)) = labels {
-            add_npy_member(&mut zip, "arr_1", Dtype::I64, &[n], len, crc, &mut chain("labels")?)?;
+            add_npy_member(
+                &mut zip,
+                "arr_1",
+                Dtype::I64,
+                &[n],
+                len,
+                crc,
+                &mut chain("labels")?,
+            )?;
         }
         zip.finish()?;
         Ok(())

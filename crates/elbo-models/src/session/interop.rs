@@ -67,7 +67,10 @@ fn imported_train_config(request: &ImportRequest) -> Result<TrainConfig> {
 /// the weights), and `imported.json` saying where it came from.
 pub fn import_diffusers(request: &ImportRequest) -> Result<ImportReport> {
     let run = RunDir::new(&request.run);
-    if let Some(existing) = checkpoint::list(&run.checkpoints()).ok().and_then(|mut l| l.pop()) {
+    if let Some(existing) = checkpoint::list(&run.checkpoints())
+        .ok()
+        .and_then(|mut l| l.pop())
+    {
         return Err(Error::Config {
             detail: format!(
                 "the run folder {} already holds a run (checkpoint {}): import into a new \

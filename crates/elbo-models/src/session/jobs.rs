@@ -77,6 +77,18 @@ pub trait Job {
     fn model(&self, image: [i64; 3], classes: usize) -> Result<ModelConfig>;
     /// How the run goes.
     fn plan(&self) -> Plan<'_>;
+    /// The model's configuration when resuming a run whose checkpoint records
+    /// `recorded`: by default [`Job::model`], with what no option sets taken from the
+    /// run ([`ModelConfig::adopting_fixed_fields`]); the comparison with the checkpoint
+    /// follows.
+    fn resumed_model(
+        &self,
+        recorded: &ModelConfig,
+        image: [i64; 3],
+        classes: usize,
+    ) -> Result<ModelConfig> {
+        Ok(self.model(image, classes)?.adopting_fixed_fields(recorded))
+    }
 }
 
 /// What the VAE family's jobs share besides the model: its likelihood, the training
@@ -183,8 +195,9 @@ impl Job for HvaeJob {
 /// training settings the options do not give.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct DdpmJob {
-    /// The network.
-    pub preset: DdpmPreset,
+    /// The network (default `ddpm-mnist`; `None` when resuming: the run's own network,
+    /// such as an imported one's).
+    pub preset: Option<DdpmPreset>,
     /// The training settings.
     pub recipe: RecipeName,
     /// The noise schedule (default the preset's linear).
@@ -216,7 +229,14 @@ impl DdpmJob {
     /// The preset for `image` with the job's changes, conditional on `classes` classes
     /// with `cond_drop`.
     pub fn config(&self, image: [i64; 3], classes: usize) -> Result<DdpmConfig> {
-        let mut config = DdpmConfig::preset(self.preset, image)?;
+        self.changing(
+            DdpmConfig::preset(self.preset.unwrap_or_default(), image)?,
+            classes,
+        )
+    }
+
+    /// `config` with the job's changes.
+    fn changing(&self, mut config: DdpmConfig, classes: usize) -> Result<DdpmConfig> {
         if let Some(v) = self.schedule {
             config.schedule = v;
         }
@@ -262,10 +282,24 @@ impl DdpmJob {
 
 impl Job for DdpmJob {
     fn label(&self) -> String {
-        self.preset.to_string()
+        self.preset.unwrap_or_default().to_string()
     }
     fn model(&self, image: [i64; 3], classes: usize) -> Result<ModelConfig> {
         Ok(ModelConfig::Ddpm(self.config(image, classes)?))
+    }
+    /// Without a preset, the run's own network with the job's changes.
+    fn resumed_model(
+        &self,
+        recorded: &ModelConfig,
+        image: [i64; 3],
+        classes: usize,
+    ) -> Result<ModelConfig> {
+        match (self.preset, recorded) {
+            (None, ModelConfig::Ddpm(run)) => {
+                Ok(ModelConfig::Ddpm(self.changing(run.clone(), classes)?))
+            }
+            _ => Ok(self.model(image, classes)?.adopting_fixed_fields(recorded)),
+        }
     }
     fn plan(&self) -> Plan<'_> {
         Plan::diffusion(self.recipe, self.final_examples, &self.train)
@@ -393,16 +427,17 @@ pub fn train_in(
     let [c, h, w] = splits.train.image_shape().map(|d| d as i64);
     let label = job.label();
     let run = train::RunDir::new(run_folder(options.run.as_ref(), &label));
-    let mut model_config = job.model([c, h, w], loaded.classes.len())?;
-    if control.resume {
-        // What no option sets comes from the run (an imported network's conventions).
-        let newest = train::checkpoint::list(&run.checkpoints()).ok().and_then(|mut l| l.pop());
-        if let Some(meta) = newest.and_then(|json| train::checkpoint::read_meta(&json).ok())
-            && let Ok(recorded) = ModelConfig::from_record(&meta.model, &meta.model_config)
-        {
-            model_config = model_config.adopting_fixed_fields(&recorded);
-        }
-    }
+    let newest = control
+        .resume
+        .then(|| train::checkpoint::list(&run.checkpoints()).ok()?.pop())
+        .flatten();
+    let recorded = newest
+        .and_then(|json| train::checkpoint::read_meta(&json).ok())
+        .and_then(|meta| ModelConfig::from_record(&meta.model, &meta.model_config).ok());
+    let model_config = match &recorded {
+        Some(recorded) => job.resumed_model(recorded, [c, h, w], loaded.classes.len())?,
+        None => job.model([c, h, w], loaded.classes.len())?,
+    };
     let config = options.resolve(&plan.defaults, splits.train.len(), plan.aids)?;
     let device = options.device;
     let mut vs = train::var_store(config.seed, device);

@@ -17,8 +17,8 @@ mod sample;
 
 pub use crate::sample::seed_draws;
 pub use evaluate::{
-    SweepReport, evaluate_checkpoint, frechet_of_checkpoint, frechet_sweep, guidance_sweep,
-    sampling_for,
+    FidRequest, SweepReport, evaluate_checkpoint, fid_of_checkpoint, frechet_of_checkpoint,
+    frechet_sweep, guidance_sweep, sampling_for,
 };
 pub use export::{ExportFormat, ExportReport, ExportRequest, export_samples};
 pub use inspect::{DataReport, inspect_data, pack_data};
@@ -42,6 +42,7 @@ pub use crate::dist::{
 pub use crate::eval::classifier::{
     ClassifierJob, ClassifierReport, ClassifierTrainConfig, run_job as train_classifier,
 };
+pub use crate::eval::fid::InceptionReport;
 pub use crate::eval::frechet::{FrechetConfig, FrechetReport, GuidancePoint, SweepPoint};
 pub use crate::eval::{ACTIVE_UNIT_THRESHOLD, ActiveUnits, EvalReport};
 pub use crate::models::ddpm::{

@@ -280,7 +280,10 @@ pub fn read_tensor_file(path: &Path, what: &str) -> Result<Vec<(String, Tensor)>
         detail: match e {
             tensors::ReadError::Io(e) => format!("cannot read {} ({what}): {e}", path.display()),
             tensors::ReadError::Format(why) => {
-                format!("{} is not the safetensors file of {what}: {why}", path.display())
+                format!(
+                    "{} is not the safetensors file of {what}: {why}",
+                    path.display()
+                )
             }
         },
     })
