@@ -1,7 +1,7 @@
 //! The parser: each model's options, their types, and the help's defaults.
 use super::*;
 use clap::FromArgMatches;
-use elbo_models::session::{DdpmPreset, Device, GammaKind, HvaeVariant, Objective};
+use elbo_models::session::{DdpmPreset, Device, GammaKind, HvaeVariant, Job, Objective};
 
 fn parse_args(argv: &[&str]) -> Result<Cli, clap::Error> {
     let matches = command().try_get_matches_from(argv)?;
@@ -122,7 +122,9 @@ fn values_are_parsed_into_the_librarys_types() {
         panic!("expected train ddpm");
     };
     let job = args.job(Device::Cpu);
-    assert_eq!(job.preset, DdpmPreset::Mnist);
+    // No --preset: ddpm-mnist for a new run (a resumed one keeps its own network).
+    assert_eq!(job.preset, None);
+    assert_eq!(job.label(), DdpmPreset::Mnist.to_string());
     assert_eq!(job.recipe, RecipeName::Mnist);
     assert_eq!(job.objective, Some(Objective::V));
     assert_eq!(job.timesteps, Some(500));

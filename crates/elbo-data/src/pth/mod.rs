@@ -269,9 +269,9 @@ pub fn state_dict_from_bytes(file: &str, bytes: &[u8]) -> Result<Vec<(String, Pt
         .run()?;
         let mut storages = HashMap::new();
         for key in tensors.iter().map(|t| t.key.clone()) {
-            if !storages.contains_key(&key) {
-                let data = zip.read_named(&format!("{prefix}data/{key}"))?;
-                storages.insert(key, data);
+            if let std::collections::hash_map::Entry::Vacant(slot) = storages.entry(key) {
+                let data = zip.read_named(&format!("{prefix}data/{}", slot.key()))?;
+                slot.insert(data);
             }
         }
         (top, storages)

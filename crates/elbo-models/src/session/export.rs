@@ -141,7 +141,7 @@ pub fn export_samples(
     }) = request.guidance
     {
         let k = classes.max(1) as usize;
-        if request.batch % k != 0 || request.n % request.batch % k != 0 {
+        if !request.batch.is_multiple_of(k) || !(request.n % request.batch).is_multiple_of(k) {
             return Err(Error::Config {
                 detail: format!(
                     "--class all draws as many of each of the {k} classes in every batch: \
@@ -154,8 +154,7 @@ pub fn export_samples(
     }
     let [c, h, w] = restored.config.image();
     let record = json!({
-        "checkpoint_sha256": restored.meta.tensors_sha256.clone()
-            .map_or_else(|| sha256_of(&restored.path).unwrap_or_default(), |s| s),
+        "checkpoint_sha256": restored.meta.tensors_sha256.clone().unwrap_or_else(|| sha256_of(&restored.path).unwrap_or_default()),
         "step": restored.meta.step,
         "n": request.n,
         "batch": request.batch,
