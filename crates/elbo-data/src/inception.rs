@@ -117,14 +117,7 @@ pub fn convert_to_safetensors(pth: &Path, out: &Path) -> Result<usize> {
             expected: "tensors safetensors can hold".into(),
             found: e.to_string(),
         })?;
-    let temp = out.with_extension(format!("safetensors.partial-{}", std::process::id()));
-    std::fs::write(&temp, &bytes)
-        .and_then(|()| std::fs::File::open(&temp)?.sync_all())
-        .and_then(|()| std::fs::rename(&temp, out))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&temp);
-            DataError::io(out, "writing", e)
-        })?;
+    crate::staging::write_whole(out, &bytes)?;
     Ok(tensors.len())
 }
 
@@ -202,7 +195,7 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert!(names.iter().all(|n| !n.contains("partial")), "{names:?}");
+        assert!(names.iter().all(|n| !n.ends_with(".part")), "{names:?}");
     }
 
     #[test]

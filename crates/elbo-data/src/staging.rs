@@ -95,6 +95,31 @@ impl Staged {
     }
 }
 
+/// Writes `bytes` as the file `dest`, whole or not at all: a temporary file in its
+/// folder, synced, renamed into place (what elbo-data writes besides downloads, e.g. the
+/// converted Inception weights).
+pub(crate) fn write_whole(dest: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut staged = Staged::create(dir, &name)?;
+    staged
+        .file
+        .write_all(bytes)
+        .and_then(|()| staged.file.as_file().sync_all())
+        .map_err(|e| DataError::io(dest, "writing", e))?;
+    staged
+        .file
+        .persist(dest)
+        .map_err(|e| DataError::io(dest, "moving the written file to", e.error))?;
+    sync_parent(dest)
+}
+
 /// Removes the staged files of `name` in `dir` that processes which are gone left behind
 /// (an interrupted download): `.<name>.<pid>.<random>.part` whose `pid` no longer runs
 /// (on Linux, no /proc/<pid>). Returns the files removed.

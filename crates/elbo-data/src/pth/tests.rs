@@ -72,11 +72,24 @@ fn damaged_files_are_refused_naming_the_file() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("text.pth"), "{err}");
+    // A byte of a storage's data changed: its CRC-32 says so, naming the member.
     let zip = std::fs::read(fixture("state-zip.pth")).unwrap();
+    let archive = crate::zip::ZipArchive::new("z", &zip).unwrap();
+    let member = archive
+        .members()
+        .iter()
+        .find(|m| m.name.ends_with("data/0"))
+        .unwrap()
+        .clone();
+    let at = member.header_offset as usize;
+    let name_len = u16::from_le_bytes([zip[at + 26], zip[at + 27]]) as usize;
+    let extra_len = u16::from_le_bytes([zip[at + 28], zip[at + 29]]) as usize;
     let mut damaged = zip.clone();
-    let at = zip.len() / 2;
-    damaged[at] ^= 0x55;
-    assert!(state_dict_from_bytes("damaged.pth", &damaged).is_err());
+    damaged[at + 30 + name_len + extra_len] ^= 0x55;
+    let err = state_dict_from_bytes("damaged.pth", &damaged)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("data/0") && err.contains("CRC-32"), "{err}");
 }
 
 #[test]

@@ -43,6 +43,8 @@ pub use config::{config_from_unet, ddpm_from_scheduler, scheduler_from_ddpm, une
 /// The weights' file names diffusers writes (safetensors) and wrote (torch.save).
 pub const WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
 const WEIGHTS_BIN: &str = "diffusion_pytorch_model.bin";
+/// The `UNet2DModel`'s configuration file (diffusers', not a run folder's).
+const CONFIG: &str = "config.json";
 /// The diffusers version written into exported configurations (the one the parity
 /// checks ran with).
 pub const DIFFUSERS_VERSION: &str = "0.42.1";
@@ -239,7 +241,7 @@ pub fn unet_variables(config: &DdpmConfig) -> Result<Vec<(String, Vec<i64>)>> {
 /// that digest.
 pub fn read_diffusers(folder: &Path, sha256: Option<&str>) -> Result<DiffusersModel> {
     let layout = layout(folder)?;
-    let config_file = layout.unet.join("config.json");
+    let config_file = layout.unet.join(CONFIG);
     let unet = unet_from_config(
         &read_json(&config_file, "a UNet2DModel configuration")?,
         &config_file,
@@ -424,7 +426,7 @@ pub fn write_diffusers(
     }
     std::fs::create_dir_all(out).map_err(|e| Error::file("create", out, e))?;
     let files = [
-        out.join("config.json"),
+        out.join(CONFIG),
         out.join("scheduler_config.json"),
         out.join("model_index.json"),
         out.join(WEIGHTS),
