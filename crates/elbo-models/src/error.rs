@@ -146,3 +146,13 @@ impl Error {
 
 /// The result type of elbo-models.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The first five of `names`, comma-separated, for a message about many.
+pub(crate) fn first_names<'a>(names: impl IntoIterator<Item = &'a String>) -> String {
+    names
+        .into_iter()
+        .take(5)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -93,15 +93,7 @@ pub fn frechet_of_checkpoint(
     config: &FrechetConfig,
     device: Device,
 ) -> Result<(Restored, FrechetReport)> {
-    let restored = restore(path, device, true)?;
-    if let Some(options) = &config.sampling {
-        sampling_for(
-            restored.model.as_ref(),
-            Some(options.sampler),
-            options.clip_x0,
-            options.guidance,
-        )?;
-    }
+    let restored = restore_to_sample(path, device, config.sampling.as_ref())?;
     let features = crate::eval::classifier::restore(classifier, device)?;
     let spec = data.cloned().unwrap_or_else(|| restored.trained_on());
     let splits = spec.load()?;
@@ -116,6 +108,25 @@ pub fn frechet_of_checkpoint(
         device,
     )?;
     Ok((restored, report))
+}
+
+/// Restores the checkpoint at `path` (its EMA weights when kept) and checks that its
+/// model can sample with `sampling` (when given) before any work is done.
+fn restore_to_sample(
+    path: &Path,
+    device: Device,
+    sampling: Option<&SamplingOptions>,
+) -> Result<Restored> {
+    let restored = restore(path, device, true)?;
+    if let Some(options) = sampling {
+        sampling_for(
+            restored.model.as_ref(),
+            Some(options.sampler),
+            options.clip_x0,
+            options.guidance,
+        )?;
+    }
+    Ok(restored)
 }
 
 /// Where `elbo eval --fid` finds the Inception weights and caches the reference
@@ -156,15 +167,7 @@ pub fn fid_of_checkpoint(
         .clone()
         .unwrap_or_else(|| elbo_data::inception_weights_path(&data_dir));
     let inception = crate::eval::inception::FidInception::load(&weights, device)?;
-    let restored = restore(path, device, true)?;
-    if let Some(options) = &request.sampling {
-        sampling_for(
-            restored.model.as_ref(),
-            Some(options.sampler),
-            options.clip_x0,
-            options.guidance,
-        )?;
-    }
+    let restored = restore_to_sample(path, device, request.sampling.as_ref())?;
     let spec = data.cloned().unwrap_or_else(|| restored.trained_on());
     let splits = spec.load()?;
     let reference = if request.train_split {

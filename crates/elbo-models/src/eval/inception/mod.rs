@@ -352,12 +352,7 @@ impl FidInception {
                     "{} tensors are not part of the FID Inception (expected only its \
                      convolutions and BatchNorms, fc.* and num_batches_tracked): {}",
                     unused.len(),
-                    unused
-                        .iter()
-                        .take(5)
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    crate::error::first_names(unused.iter().copied())
                 ),
             });
         }

@@ -501,3 +501,42 @@ pub fn scheduler_from_ddpm(config: &DdpmConfig) -> Result<Value> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::ddpm::{DdpmConfig, DdpmPreset};
+
+    /// Every DDPM preset, unconditional and conditional, and every schedule and
+    /// objective, writes a configuration that reads back as itself (but for the time
+    /// convention: an exported network is read as one counting from 0, its weights
+    /// folded by the export).
+    #[test]
+    fn configurations_round_trip() {
+        let file = Path::new("config.json");
+        for preset in [DdpmPreset::Mnist, DdpmPreset::Cifar10, DdpmPreset::Ddpm64] {
+            let image = match preset {
+                DdpmPreset::Mnist => [1, 28, 28],
+                DdpmPreset::Cifar10 => [3, 32, 32],
+                DdpmPreset::Ddpm64 => [3, 64, 64],
+            };
+            let mut config = DdpmConfig::preset(preset, image).unwrap();
+            config.unet.dropout = 0.0;
+            for (classes, schedule, objective) in [
+                (None, ScheduleKind::Linear, Objective::Eps),
+                (Some(10), ScheduleKind::Cosine, Objective::V),
+                (None, ScheduleKind::Sigmoid, Objective::X0),
+            ] {
+                config.unet.num_classes = classes;
+                config.schedule = schedule;
+                config.objective = objective;
+                let unet = unet_from_config(&config_from_unet(&config.unet), file).unwrap();
+                let back = ddpm_from_scheduler(&scheduler_from_ddpm(&config).unwrap(), file, unet)
+                    .unwrap();
+                let mut expected = config.clone();
+                expected.unet.time_offset = -1;
+                assert_eq!(back, expected, "{preset:?} {classes:?} {schedule:?}");
+            }
+        }
+    }
+}

@@ -360,12 +360,7 @@ fn map_in(
                 "{}: {} tensors have no place in the UNet the configuration describes: {}",
                 file.display(),
                 unused.len(),
-                unused
-                    .iter()
-                    .take(5)
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                crate::error::first_names(unused.iter().copied())
             ),
         });
     }
