@@ -189,6 +189,19 @@ pub fn ensure_installed(
     force: bool,
     fetch: &mut dyn FnMut(&Path) -> Result<()>,
 ) -> Result<Outcome> {
+    ensure_installed_needing(cache, variant, force, fetch, required_bytes(variant))
+}
+
+/// [`ensure_installed`], refusing to start with less than `needed` bytes free (the
+/// tests' fake wheels need kilobytes, not the real install's gigabytes: their outcome
+/// must not depend on the machine's free space).
+fn ensure_installed_needing(
+    cache: &Path,
+    variant: Variant,
+    force: bool,
+    fetch: &mut dyn FnMut(&Path) -> Result<()>,
+    needed: u64,
+) -> Result<Outcome> {
     let dir = install_dir(cache, variant);
     if is_complete(&dir) && !force {
         return Ok(Outcome::AlreadyInstalled);
@@ -205,7 +218,7 @@ pub fn ensure_installed(
         return Ok(Outcome::AlreadyInstalled);
     }
     remove_leftovers(&base)?;
-    check_disk_space(&base, required_bytes(variant))?;
+    check_disk_space(&base, needed)?;
 
     let pid = std::process::id();
     let download = base.join(format!(".download-{pid}"));
@@ -280,6 +293,16 @@ fn check_disk_space(dir: &Path, needed: u64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`ensure_installed`] of the fake wheels: a megabyte of free space is enough.
+    fn install(
+        cache: &Path,
+        variant: Variant,
+        force: bool,
+        fetch: &mut dyn FnMut(&Path) -> Result<()>,
+    ) -> Result<Outcome> {
+        ensure_installed_needing(cache, variant, force, fetch, 1 << 20)
+    }
     use std::io::Write;
 
     fn write_wheel(path: &Path, members: &[(&str, &[u8])]) {
@@ -337,7 +360,7 @@ mod tests {
     #[test]
     fn cpu_install_keeps_exactly_the_cpu_libraries_and_mirrors_site_packages() {
         let cache = tempfile::tempdir().unwrap();
-        let outcome = ensure_installed(cache.path(), Variant::Cpu, false, &mut fake_fetch).unwrap();
+        let outcome = install(cache.path(), Variant::Cpu, false, &mut fake_fetch).unwrap();
         assert_eq!(outcome, Outcome::Installed);
         let dir = install_dir(cache.path(), Variant::Cpu);
         assert!(is_complete(&dir));
@@ -384,7 +407,7 @@ mod tests {
     #[test]
     fn cuda_install_keeps_the_cuda_libraries() {
         let cache = tempfile::tempdir().unwrap();
-        ensure_installed(cache.path(), Variant::Cuda, false, &mut fake_fetch).unwrap();
+        install(cache.path(), Variant::Cuda, false, &mut fake_fetch).unwrap();
         let dir = install_dir(cache.path(), Variant::Cuda);
         assert!(dir.ends_with("2.13.0-cuda"));
         assert!(dir.join("torch/lib/libtorch_cuda.so").is_file());
@@ -406,12 +429,12 @@ mod tests {
             calls.set(calls.get() + 1);
             fake_fetch(dir)
         };
-        ensure_installed(cache.path(), Variant::Cpu, false, &mut counting).unwrap();
-        let second = ensure_installed(cache.path(), Variant::Cpu, false, &mut counting).unwrap();
+        install(cache.path(), Variant::Cpu, false, &mut counting).unwrap();
+        let second = install(cache.path(), Variant::Cpu, false, &mut counting).unwrap();
         assert_eq!(second, Outcome::AlreadyInstalled);
         assert_eq!(calls.get(), 1);
         // --force downloads again and replaces the install.
-        let forced = ensure_installed(cache.path(), Variant::Cpu, true, &mut counting).unwrap();
+        let forced = install(cache.path(), Variant::Cpu, true, &mut counting).unwrap();
         assert_eq!(forced, Outcome::Installed);
         assert_eq!(calls.get(), 2);
         assert!(is_complete(&install_dir(cache.path(), Variant::Cpu)));
@@ -427,7 +450,7 @@ mod tests {
             )?;
             bail!("connection reset")
         };
-        let err = ensure_installed(cache.path(), Variant::Cpu, false, &mut failing).unwrap_err();
+        let err = install(cache.path(), Variant::Cpu, false, &mut failing).unwrap_err();
         assert!(err.to_string().contains("connection reset"));
         let dir = install_dir(cache.path(), Variant::Cpu);
         assert!(
@@ -443,14 +466,14 @@ mod tests {
             )?;
             Ok(())
         };
-        let err = ensure_installed(cache.path(), Variant::Cpu, false, &mut truncated).unwrap_err();
+        let err = install(cache.path(), Variant::Cpu, false, &mut truncated).unwrap_err();
         assert!(
             format!("{err:#}").contains("not a readable wheel"),
             "{err:#}"
         );
         assert!(!dir.exists());
 
-        ensure_installed(cache.path(), Variant::Cpu, false, &mut fake_fetch).unwrap();
+        install(cache.path(), Variant::Cpu, false, &mut fake_fetch).unwrap();
         assert!(is_complete(&dir));
         let leftovers: Vec<String> = fs::read_dir(cache.path().join("libtorch"))
             .unwrap()
