@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use elbo_data::Dataset;
 use elbo_data::npy::{self, Array as NpyArray};
-use elbo_math::frechet::{GaussianFit, frechet_distance};
+use elbo_math::frechet::{GaussianFit, frechet_distance_from_samples};
 use elbo_math::kid::{Kid, KidConfig, kernel_inception_distance};
 use ndarray::{Array1, Array2};
 use tch::{Device, Kind, Tensor};
@@ -304,8 +304,7 @@ pub fn inception_scores(
         config.sampling.as_ref(),
     )?;
     let generated = to_rows(&inception.features(&quantise(&images), config.batch))?;
-    let fit = GaussianFit::from_samples(&generated)?;
-    let fid = frechet_distance(&fit, &reference.fit)?;
+    let fid = frechet_distance_from_samples(&generated, &reference.fit)?;
     let kid = match (&reference.features, config.kid) {
         (Some(real), true) => Some(kernel_inception_distance(
             &generated,
