@@ -553,3 +553,40 @@ fn an_interrupted_export_continues_to_the_same_file() {
     let report = export_samples(&run, &pngs, Device::Cpu, &never, &mut |_, _| {}).unwrap();
     assert_eq!(report.drawn_batches, 1);
 }
+
+/// A run of another family does not export to diffusers: UNet2DModel is a DDPM's.
+#[test]
+fn only_ddpm_runs_export_to_diffusers() {
+    use elbo_models::models::ModelConfig;
+    use elbo_models::train::optim::Adam;
+    use elbo_models::train::{self, RunDir, TrainConfig, checkpoint};
+    let _generator = crate::common::exclusive();
+    // The VAE checkpoint of the format fixture, with today's tensors for it.
+    let json = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-1/vae-mlp-step-3.json"),
+    )
+    .unwrap();
+    let meta: checkpoint::CheckpointMeta = serde_json::from_str(&json).unwrap();
+    let config = ModelConfig::from_record(&meta.model, &meta.model_config).unwrap();
+    let train_config: TrainConfig = serde_json::from_value(meta.train_config.clone()).unwrap();
+    let vs = train::var_store(meta.seed, Device::Cpu);
+    let _model = config.build(&vs.root()).unwrap();
+    let tensors = train::state_tensors(&vs, &Adam::new(&vs, train_config.adam), None);
+    let run = tempfile::tempdir().unwrap();
+    let folder = RunDir::new(run.path());
+    std::fs::create_dir_all(folder.checkpoints()).unwrap();
+    std::fs::write(folder.checkpoints().join("step-000000003.json"), &json).unwrap();
+    Tensor::write_safetensors(
+        &tensors,
+        folder.checkpoints().join("step-000000003.safetensors"),
+    )
+    .unwrap();
+    let err = session::export_diffusers(run.path(), &run.path().join("out"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("holds a vae model") && err.contains("only DDPM runs export"),
+        "{err}"
+    );
+    assert!(!run.path().join("out").exists());
+}
