@@ -29,6 +29,7 @@ fn training_steps(c: &mut Criterion) {
             let config = TrainConfig::default();
             let mut adam = Adam::new(&vs, config.adam);
             let loss = model.train_step().expect("a training step");
+            let mut guard = train::Guard::new(Device::Cpu);
             let mut step = 0u64;
             group.bench_function(
                 format!("{model_name}/batch{BATCH}/cpu/threads{threads}"),
@@ -41,8 +42,9 @@ fn training_steps(c: &mut Criterion) {
                             &config,
                             step,
                             &Replica::alone(),
+                            &mut guard,
                         )
-                        .expect("a finite loss");
+                        .expect("a step");
                         step += 1;
                     })
                 },
@@ -69,6 +71,7 @@ fn ddpm(c: &mut Criterion) {
         let config = TrainConfig::default();
         let mut adam = Adam::new(&vs, config.adam);
         let loss = model.train_step().expect("a training step");
+        let mut guard = train::Guard::new(Device::Cpu);
         let mut step = 0u64;
         group.bench_function(
             format!("train_step/batch{DDPM_BATCH}/cpu/threads{threads}"),
@@ -81,8 +84,9 @@ fn ddpm(c: &mut Criterion) {
                         &config,
                         step,
                         &Replica::alone(),
+                        &mut guard,
                     )
-                    .expect("a finite loss");
+                    .expect("a step");
                     step += 1;
                 })
             },

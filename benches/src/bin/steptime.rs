@@ -408,10 +408,19 @@ fn train_steps(args: &Args, setting: Setting) -> Result<serde_json::Value, Strin
         share: 1.0 / ranks as f64,
         stop_requested: false,
     };
+    let mut guard = train::Guard::new(device);
     let mut one = |step: u64| {
-        train::optimise(loss.as_ref(), &mut adam, &batch, &config, step, &replica)
-            .map(|_| ())
-            .map_err(|failure| format!("{failure:?} at step {}", step + 1))
+        train::optimise(
+            loss.as_ref(),
+            &mut adam,
+            &batch,
+            &config,
+            step,
+            &replica,
+            &mut guard,
+        )
+        .map(|_| ())
+        .map_err(|failure| format!("{failure:?} at step {}", step + 1))
     };
     for step in 0..args.warmup {
         one(step)?;
@@ -422,6 +431,9 @@ fn train_steps(args: &Args, setting: Setting) -> Result<serde_json::Value, Strin
         step_ms,
         faults_per_step,
     } = timed(args, setting, |i| one(args.warmup + i))?;
+    guard
+        .check()
+        .map_err(|(step, value)| format!("the loss of step {step} was {value}"))?;
     if world.as_ref().is_some_and(|w| w.rank != 0) {
         return Ok(serde_json::Value::Null);
     }

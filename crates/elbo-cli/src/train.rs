@@ -204,6 +204,11 @@ fn finish(report: &JobReport) -> Result<ExitCode> {
         }
         Finished::Completed => println!("checkpoint {}", report.train.checkpoint.display()),
     }
+    if let Some(digest) = &report.train.agreed {
+        println!(
+            "every process holds the same final state (weights, Adam moments, EMA): sha256 {digest}"
+        );
+    }
     if let Some(eval) = &report.eval {
         print_eval(eval);
     }

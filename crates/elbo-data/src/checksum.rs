@@ -134,8 +134,8 @@ pub fn parse_sha256sums(name: &str, text: &str) -> Result<Vec<(String, String)>>
     Ok(entries)
 }
 
-/// `bytes` in lowercase hexadecimal.
-fn hex(bytes: &[u8]) -> String {
+/// `bytes` in lowercase hexadecimal (how digests are written everywhere in elbo).
+pub fn hex(bytes: &[u8]) -> String {
     bytes
         .iter()
         .fold(String::with_capacity(2 * bytes.len()), |mut s, b| {

@@ -81,7 +81,7 @@ mod test_support;
 
 pub use batch::{Batch, EpochBatches, Loader, LoaderConfig};
 pub use bundled::{BUNDLED_DIR_ENV, bundled_dir, load_bundled, load_bundled_from};
-pub use checksum::{Digests, digest_bytes, digest_file, parse_sha256sums};
+pub use checksum::{Digests, digest_bytes, digest_file, hex, parse_sha256sums};
 pub use cifar10_archive::load_cifar10_archive;
 pub use dataset::{Dataset, Splits};
 pub use download::{DownloadConfig, fetch};

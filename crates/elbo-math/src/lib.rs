@@ -167,6 +167,7 @@ pub mod diag_gaussian;
 pub mod diffusion;
 pub mod discretized;
 pub mod dpm_solver;
+pub mod edm;
 pub mod eigen;
 pub mod elbo;
 pub mod error;

@@ -51,9 +51,12 @@ void elbo_free_message(char* text) { std::free(text); }
 // libtorch's fused kernel (aten::_fused_adam_ / _fused_adamw_): one pass over each
 // parameter's memory instead of one per elementary operation. `step` is a float tensor
 // holding the step number t (from 1), which the kernel uses for the bias corrections.
+// `held` (may be null) is a one-element float tensor on the parameters' device: when it
+// holds 1 the kernel changes nothing (libtorch's `found_inf`), so that a step can be held
+// back by a flag computed on the device without the host reading it.
 char* elbo_fused_adam(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_avgs,
-                      at::Tensor** exp_avg_sqs, int64_t n, at::Tensor* step, double lr,
-                      double beta1, double beta2, double weight_decay, double eps,
+                      at::Tensor** exp_avg_sqs, int64_t n, at::Tensor* step, at::Tensor* held,
+                      double lr, double beta1, double beta2, double weight_decay, double eps,
                       int decoupled) {
   try {
     std::vector<at::Tensor> p = gather(params, n);
@@ -62,13 +65,17 @@ char* elbo_fused_adam(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_
     std::vector<at::Tensor> v = gather(exp_avg_sqs, n);
     std::vector<at::Tensor> steps(static_cast<size_t>(n), *step);
     std::vector<at::Tensor> no_max;
+    std::optional<at::Tensor> found_inf;
+    if (held != nullptr) {
+      found_inf = *held;
+    }
     at::NoGradGuard no_grad;
     if (decoupled != 0) {
       at::_fused_adamw_(p, g, m, v, no_max, steps, lr, beta1, beta2, weight_decay, eps,
-                        /*amsgrad=*/false, /*maximize=*/false);
+                        /*amsgrad=*/false, /*maximize=*/false, /*grad_scale=*/{}, found_inf);
     } else {
       at::_fused_adam_(p, g, m, v, no_max, steps, lr, beta1, beta2, weight_decay, eps,
-                       /*amsgrad=*/false, /*maximize=*/false);
+                       /*amsgrad=*/false, /*maximize=*/false, /*grad_scale=*/{}, found_inf);
     }
     return nullptr;
   } catch (const std::exception& e) {

@@ -45,7 +45,21 @@ pub fn to_tensor(images: &Array4<f32>, device: Device) -> Tensor {
     let shape: Vec<i64> = images.shape().iter().map(|&d| d as i64).collect();
     let contiguous = images.as_standard_layout();
     let flat = contiguous.as_slice().unwrap_or(&[]);
-    Tensor::from_slice(flat).reshape(shape).to_device(device)
+    upload(Tensor::from_slice(flat).reshape(shape), device)
+}
+
+/// `t` (on the CPU) on `device`. To a GPU through pinned memory and a non-blocking
+/// copy, as PyTorch's `DataLoader(pin_memory=True)` with `.to(device, non_blocking=True)`:
+/// a copy from pageable memory first waits for the device's queue to drain, one from
+/// pinned memory is queued behind the work already there (libtorch's pinned-memory
+/// allocator keeps the buffer until the copy has run).
+pub fn upload(t: Tensor, device: Device) -> Tensor {
+    if device.is_cuda()
+        && let Ok(pinned) = t.f_pin_memory(device)
+    {
+        return pinned.to_device_(device, pinned.kind(), true, false);
+    }
+    t.to_device(device)
 }
 
 /// The whole `dataset` (or its first `limit` examples), transformed once with a fixed

@@ -75,6 +75,7 @@ fn a_ddpm_step_runs_under_bf16_autocast() {
     };
     let before = vs.variables()["unet.input.weight"].copy();
     let step = model.train_step().unwrap();
+    let mut guard = train::Guard::new(Device::Cuda(0));
     let outcome = train::optimise(
         step.as_ref(),
         &mut adam,
@@ -82,9 +83,11 @@ fn a_ddpm_step_runs_under_bf16_autocast() {
         &train_config,
         0,
         &elbo_models::dist::Replica::alone(),
+        &mut guard,
     )
     .unwrap();
-    assert!(outcome.loss.is_finite());
+    assert!(outcome.loss.double_value(&[]).is_finite());
+    assert_eq!(guard.check(), Ok(()));
     assert!(!before.equal(&vs.variables()["unet.input.weight"]));
 }
 

@@ -131,10 +131,13 @@ fn worker(kind: &str) {
         },
         &mut (),
     );
-    if let Err(e) = result {
-        eprintln!("worker error: {e}");
-        std::process::exit(3);
-    }
+    let report = match result {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("worker error: {e}");
+            std::process::exit(3);
+        }
+    };
     // The state as the trainer left it, as the checkpoint names it: the weights, and
     // (from the newest checkpoint's restore) nothing else is in memory here, so the
     // weights and, through a fresh load, the moments are compared by the caller.
@@ -145,6 +148,10 @@ fn worker(kind: &str) {
         .map(|(n, t)| (format!("model.{n}"), t.detach().to_device(Device::Cpu)))
         .collect();
     Tensor::write_safetensors(&named, dir.join(format!("rank-{rank}.safetensors"))).unwrap();
+    // The digest of the final state every process was found to hold (a job only).
+    if let Some(digest) = report.agreed {
+        std::fs::write(dir.join(format!("agreed-{rank}")), digest).unwrap();
+    }
 }
 
 /// Runs a job of `ranks` processes of this binary; returns each rank's exit code and
@@ -338,6 +345,11 @@ fn two_ranks_equal_one_process_averaging_the_same_half_batches(kind: &str) {
         0.0,
         "every rank holds the same weights"
     );
+    // The loop's own end-of-run check found the same: one digest, reported by both.
+    let agreed = |rank: usize| std::fs::read_to_string(dir.path().join(format!("agreed-{rank}")));
+    let digest = agreed(0).expect("rank 0 reports the agreed digest");
+    assert_eq!(digest.len(), 64, "{digest}");
+    assert_eq!(agreed(1).unwrap(), digest);
     let (meta, saved) = checkpoint_weights(dir.path());
     assert_eq!(meta.world_size, Some(2));
     assert_eq!(meta.step, 20);

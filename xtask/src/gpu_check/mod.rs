@@ -3,7 +3,8 @@
 //! builds, runs the `cuda-tests` suite, trains Ho et al.'s ddpm-cifar10 network for 200
 //! steps under bf16 autocast on the bundled data (the loss must fall, a checkpoint must
 //! be written, and a run broken at step 100 and resumed must end where the unbroken one
-//! does: bit-exact, or the difference is stated), samples with DDIM, and runs the CUDA
+//! does: bit-exact, or the difference is stated), with two GPUs trains on both over NCCL
+//! (the processes' final states must agree to the bit), samples with DDIM, and runs the CUDA
 //! bench against PyTorch; everything goes into one report,
 //! `target/gpu-check/report.md`. Every step is the code path the CPU runs, with
 //! `--device cuda`. On a machine without a GPU it says so and does nothing.
@@ -12,6 +13,7 @@ mod plan;
 mod probe;
 mod report;
 mod runner;
+mod runs;
 mod tensors;
 
 use std::path::{Path, PathBuf};
@@ -24,11 +26,14 @@ use crate::bench::{self, BenchArgs, VariantChoice};
 use crate::cargo;
 use crate::libtorch::Variant;
 use crate::setup;
-use plan::{BENCH, BUILD, CIFAR, CUDA_TESTS, DDIM, RESUME, SETUP, TRAIN};
+use plan::{BENCH, BUILD, CIFAR, CUDA_TESTS, DDIM, NCCL, RESUME, SETUP, TRAIN};
 pub use plan::{Planned, plan};
-pub use probe::{GpuProbe, cuda_available, probe};
+pub use probe::{
+    COMPILE_PROBE, GpuProbe, agreed_digest, compile_ready, cuda_available, nccl_compiled, probe,
+};
 pub use report::{CheckReport, Outcome, Step, markdown};
 pub use runner::{Ran, not_run};
+pub use runs::loss_falls;
 pub use tensors::compare;
 
 /// The arguments of `cargo xtask gpu-check`.
@@ -138,6 +143,7 @@ pub fn run(ws: &Path, args: &GpuCheckArgs, probe: GpuProbe) -> Result<()> {
         out: &out,
         plan: steps,
         data: "mnist-sample",
+        gpus: report.gpus.len(),
     };
     check.all(&mut report);
     let path = out.join("report.md");
@@ -173,6 +179,8 @@ struct Check<'a> {
     plan: Vec<Planned>,
     /// The training data: `cifar10` once fetched, else the bundled `mnist-sample`.
     data: &'a str,
+    /// How many GPUs `nvidia-smi` lists.
+    gpus: usize,
 }
 
 impl Check<'_> {
@@ -280,6 +288,8 @@ impl Check<'_> {
                 Ok(details.into())
             });
             if !self.args.quick {
+                let environment = report.environment.join("\n");
+                self.step(report, NCCL, |limit| self.nccl(&environment, limit));
                 self.step(report, DDIM, |limit| {
                     let png = self.out.join("samples.png");
                     let text = self.elbo(
@@ -314,6 +324,18 @@ impl Check<'_> {
             return;
         }
         let mut bench_md = None;
+        // torch.compile's prerequisites, checked before the bench rather than found
+        // missing minutes into it: without them the compiled variants are left out.
+        let compile = if self.args.quick {
+            Ok(())
+        } else {
+            let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+            Command::new(&python)
+                .args(["-c", COMPILE_PROBE])
+                .output()
+                .map_err(|e| format!("{python} could not be run: {e}"))
+                .and_then(|out| compile_ready(&String::from_utf8_lossy(&out.stdout)))
+        };
         self.step(report, BENCH, |_| {
             let args = BenchArgs {
                 with_pytorch: true,
@@ -325,10 +347,10 @@ impl Check<'_> {
                 warmup: 10,
                 reps: 5,
                 steps: 10,
-                variants: if self.args.quick {
-                    vec![]
-                } else {
-                    vec![VariantChoice::Compiled, VariantChoice::ChannelsLast]
+                variants: match (self.args.quick, &compile) {
+                    (true, _) => vec![],
+                    (false, Ok(())) => vec![VariantChoice::Compiled, VariantChoice::ChannelsLast],
+                    (false, Err(_)) => vec![VariantChoice::ChannelsLast],
                 },
                 device: self.args.device.clone(),
                 autocast: "bf16".into(),
@@ -346,7 +368,10 @@ impl Check<'_> {
                 std::fs::read_to_string(&md)
                     .with_context(|| format!("reading {}", md.display()))?,
             );
-            Ok(Found::default())
+            Ok(match &compile {
+                Ok(()) => Found::default(),
+                Err(why) => vec![format!("the compiled variants were left out: {why}")].into(),
+            })
         });
         report.bench = bench_md;
     }
@@ -454,49 +479,6 @@ impl Check<'_> {
         ));
         lines
     }
-
-    /// Trains (or, `resume`, continues) the check's ddpm-cifar10 run in `run` up to
-    /// `steps` steps, with deterministic algorithms.
-    fn train(&self, run: &Path, steps: u32, resume: bool, limit: Duration) -> Result<String> {
-        let total = if self.args.quick { 50 } else { self.args.steps };
-        let steps = steps.to_string();
-        // The same learning-rate warm-up for the whole run and both of its halves (the
-        // recipe's default is capped by --steps, which differs between them, and a
-        // resumed run refuses a changed warm-up).
-        let warmup = (total / 2).min(20).to_string();
-        let mut args = vec![
-            "train",
-            "ddpm",
-            "--preset",
-            "ddpm-cifar10",
-            "--data",
-            self.data,
-            "--warmup",
-            &warmup,
-            "--device",
-            &self.args.device,
-            "--autocast",
-            "bf16",
-            "--deterministic",
-            "--steps",
-            &steps,
-            "--checkpoint-every",
-            "25",
-            "--final-examples",
-            "0",
-            "--seed",
-            "0",
-            "--run",
-            path(run)?,
-        ];
-        if resume {
-            args.push("--resume");
-        } else if run.exists() {
-            std::fs::remove_dir_all(run)
-                .with_context(|| format!("removing the old run {}", run.display()))?;
-        }
-        self.elbo(&args, limit)
-    }
 }
 
 /// `cargo test` of the cuda tests in the release profile (the build's profile), with
@@ -532,47 +514,6 @@ fn skip(report: &mut CheckReport, planned: &Planned, why: &str) {
 fn path(p: &Path) -> Result<&str> {
     p.to_str()
         .with_context(|| format!("{} is not UTF-8", p.display()))
-}
-
-/// The run's first and last logged losses, and an error unless the loss fell.
-pub fn loss_falls(run: &Path) -> Result<Vec<String>> {
-    let file = run.join("metrics.jsonl");
-    let text =
-        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    let losses: Vec<(u64, f64)> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["kind"] == "step")
-        .filter_map(|v| Some((v["step"].as_u64()?, v["loss"].as_f64()?)))
-        .collect();
-    let (Some(first), Some(last)) = (losses.first(), losses.last()) else {
-        bail!("{} has no step with a loss", file.display());
-    };
-    if losses.len() < 2 || last.1 >= first.1 {
-        bail!(
-            "the loss did not fall: {} at step {}, {} at step {}",
-            first.1,
-            first.0,
-            last.1,
-            last.0
-        );
-    }
-    let folder = run.join("checkpoints");
-    let checkpoints = std::fs::read_dir(&folder)
-        .with_context(|| format!("listing {}", folder.display()))?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
-        .count();
-    if checkpoints == 0 {
-        bail!("no checkpoint in {}", folder.display());
-    }
-    Ok(vec![
-        format!(
-            "loss {:.4} at step {} -> {:.4} at step {}",
-            first.1, first.0, last.1, last.0
-        ),
-        format!("{checkpoints} checkpoint(s) in {}", folder.display()),
-    ])
 }
 
 #[cfg(test)]

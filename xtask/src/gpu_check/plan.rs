@@ -23,6 +23,7 @@ pub fn plan(args: &GpuCheckArgs) -> Vec<Planned> {
     steps.push(Planned::new(TRAIN, pick(45, 180), minutes(20)));
     steps.push(Planned::new(RESUME, pick(75, 180), minutes(20)));
     if !quick {
+        steps.push(Planned::new(NCCL, 90, minutes(10)));
         steps.push(Planned::new(DDIM, 60, minutes(10)));
     }
     if !args.no_pytorch {
@@ -58,5 +59,6 @@ pub(super) const CIFAR: &str = "CIFAR-10 (cargo xtask data cifar10)";
 pub(super) const CUDA_TESTS: &str = "cuda-tests suite";
 pub(super) const TRAIN: &str = "train ddpm-cifar10 under bf16 autocast";
 pub(super) const RESUME: &str = "resume (broken at half) vs unbroken, tensor by tensor";
+pub(super) const NCCL: &str = "data parallel on NCCL (elbo train ddpm --nproc 2), ranks compared";
 pub(super) const DDIM: &str = "DDIM-50 sampling";
 pub(super) const BENCH: &str = "CUDA bench against PyTorch (bf16 autocast)";

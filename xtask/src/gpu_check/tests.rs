@@ -215,7 +215,7 @@ fn the_plan_names_every_step_and_quick_leaves_out_what_can_wait() {
     let full = Cli::try_parse_from(["gpu-check"]).unwrap().args;
     let quick = Cli::try_parse_from(["gpu-check", "--quick"]).unwrap().args;
     let names = |args: &GpuCheckArgs| plan(args).iter().map(|p| p.name).collect::<Vec<_>>();
-    assert_eq!(names(&full).len(), 8);
+    assert_eq!(names(&full).len(), 9);
     assert_eq!(
         names(&quick),
         [SETUP, BUILD, CUDA_TESTS, TRAIN, RESUME, BENCH],
@@ -276,6 +276,7 @@ fn check<'a>(ws: &'a Path, out: &'a Path, args: &'a GpuCheckArgs) -> Check<'a> {
         out,
         plan: plan(args),
         data: "mnist-sample",
+        gpus: 1,
     }
 }
 
@@ -471,4 +472,87 @@ fn the_cuda_tests_build_and_run_in_the_release_profile() {
     assert!(run.windows(2).any(|w| w == ["--features", "cuda-tests"]));
     assert!(run.windows(2).any(|w| w == ["--test", "parallel"]));
     assert_eq!(build.len(), run.len() + 1);
+}
+
+/// The two-GPU step: skipped with one GPU or without NCCL in the build (neither a
+/// failure nor a pass), and its verdict read from what `elbo train` prints.
+#[test]
+fn the_nccl_run_is_skipped_without_two_gpus_or_nccl_and_reads_the_agreement() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = Cli::try_parse_from(["gpu-check"]).unwrap().args;
+    let mut check = check(dir.path(), dir.path(), &args);
+    let mut report = CheckReport {
+        gpus: vec!["GPU".into()],
+        device: "cuda:0".into(),
+        commit: None,
+        environment: vec![],
+        steps: vec![],
+        plan: vec![],
+        bench: None,
+    };
+    let info = "compiled in     data-parallel on Gloo yes, NCCL no, CUDA memory peaks yes";
+    assert!(!check.step(&mut report, NCCL, |limit| check.nccl(info, limit)));
+    assert!(
+        matches!(&report.steps[0].outcome, Outcome::Skipped(why) if why.contains("1 GPU here, 2 needed")),
+        "{:?}",
+        report.steps[0].outcome
+    );
+    check.gpus = 2;
+    assert!(!check.step(&mut report, NCCL, |limit| check.nccl(info, limit)));
+    assert!(
+        matches!(&report.steps[1].outcome, Outcome::Skipped(why) if why.contains("no NCCL")),
+        "{:?}",
+        report.steps[1].outcome
+    );
+    assert!(report.passed(), "skips are not failures");
+    assert!(nccl_compiled(
+        "torch version   2.13.0\ncompiled in     data-parallel on Gloo yes, NCCL yes (2.27.3)"
+    ));
+    assert!(!nccl_compiled(info));
+
+    let hex = "0123456789abcdef".repeat(4);
+    let printed = format!(
+        "checkpoint runs/x/checkpoints/step-000000020.json\n\
+         every process holds the same final state (weights, Adam moments, EMA): sha256 {hex}\n"
+    );
+    assert_eq!(agreed_digest(&printed).unwrap(), hex);
+    let err = agreed_digest("checkpoint a\nsamples b").unwrap_err();
+    assert!(
+        err.contains("did not report") && err.contains("checkpoint a | samples b"),
+        "{err}"
+    );
+    let cut = "every process holds the same final state (weights, Adam moments, EMA): sha256 01ab";
+    assert!(
+        agreed_digest(cut).is_err(),
+        "a digest must have 64 hex digits"
+    );
+}
+
+/// torch.compile's prerequisites as the probe script prints them: both there, or each
+/// missing one named with how to get it.
+#[test]
+fn torch_compile_prerequisites_are_named_when_missing() {
+    let ok = "include /usr/include/python3.11 True\ncompiler /usr/bin/cc\n";
+    assert_eq!(compile_ready(ok), Ok(()));
+    let err = compile_ready("include /usr/include/python3.11 False\ncompiler -\n").unwrap_err();
+    assert!(
+        err.contains("no Python.h in /usr/include/python3.11")
+            && err.contains("python3-dev")
+            && err.contains("a C compiler"),
+        "{err}"
+    );
+    let err = compile_ready("").unwrap_err();
+    assert!(err.contains("no include line"), "{err}");
+    // The probe itself runs with this machine's Python, when there is one, and says
+    // something compile_ready reads either way.
+    if let Ok(out) = Command::new("python3").args(["-c", COMPILE_PROBE]).output() {
+        let printed = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            printed.contains("include ") && printed.contains("compiler "),
+            "{printed}"
+        );
+        if let Err(why) = compile_ready(&printed) {
+            assert!(!why.contains("no include line"), "{why}");
+        }
+    }
 }

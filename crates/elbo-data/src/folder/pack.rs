@@ -30,6 +30,7 @@ use ndarray::Array1;
 use sha2::{Digest, Sha256};
 
 use super::{FolderData, FolderOptions, Scanned, decode_scanned, scan};
+use crate::checksum::hex;
 use crate::dataset::{Dataset, Splits};
 use crate::error::{DataError, Result};
 
@@ -47,13 +48,6 @@ fn io(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> DataE
         action,
         source,
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 /// What identifies a pack's content: each of `files`' path, tag (a label, a column),

@@ -336,14 +336,16 @@ impl Parallel {
             .collect())
     }
 
-    /// Checks that every process holds the same `text` (`what` names it in the error),
-    /// naming the ranks that differ from rank 0; a rank that differs adds what
-    /// `explain(rank 0's text)` says (the options that differ, by name).
+    /// Checks that every process holds the same `text` (`what` names it in the error,
+    /// which ends with the sentence `advice`), naming the ranks that differ from rank 0;
+    /// a rank that differs adds what `explain(rank 0's text)` says (the options that
+    /// differ, by name).
     pub fn same_everywhere(
         &self,
         what: &str,
         text: &str,
         explain: &dyn Fn(&str) -> String,
+        advice: &str,
     ) -> Result<()> {
         let device = self.device();
         let bytes = text.as_bytes();
@@ -370,7 +372,7 @@ impl Parallel {
         Err(Error::Config {
             detail: format!(
                 "the {} processes of this job disagree on {what}: rank{} {} differ{} from \
-                 rank 0{}. Every process must run the same command on the same data",
+                 rank 0{}. {advice}",
                 self.size(),
                 if differ.len() > 1 { "s" } else { "" },
                 differ

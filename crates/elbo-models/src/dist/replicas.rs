@@ -22,13 +22,14 @@ pub trait Replicas {
     }
     /// Which ranks report `ok == false`, the same list in every process.
     fn failing_ranks(&self, ok: bool) -> Result<Vec<usize>>;
-    /// Checks that every process holds the same `text` (`what` names it in the error;
-    /// a process that differs adds `explain(rank 0's text)`).
+    /// Checks that every process holds the same `text` (`what` names it in the error,
+    /// `advice` ends it; a process that differs adds `explain(rank 0's text)`).
     fn same_everywhere(
         &self,
         what: &str,
         text: &str,
         explain: &dyn Fn(&str) -> String,
+        advice: &str,
     ) -> Result<()>;
     /// Overwrites every tensor with rank 0's, in place.
     fn broadcast_from_root(&self, tensors: &[Tensor]) -> Result<()>;
@@ -72,6 +73,7 @@ impl Replicas for Alone {
         _what: &str,
         _text: &str,
         _explain: &dyn Fn(&str) -> String,
+        _advice: &str,
     ) -> Result<()> {
         Ok(())
     }
@@ -108,8 +110,9 @@ impl Replicas for Parallel {
         what: &str,
         text: &str,
         explain: &dyn Fn(&str) -> String,
+        advice: &str,
     ) -> Result<()> {
-        Parallel::same_everywhere(self, what, text, explain)
+        Parallel::same_everywhere(self, what, text, explain, advice)
     }
     fn broadcast_from_root(&self, tensors: &[Tensor]) -> Result<()> {
         Parallel::broadcast_from_root(self, tensors)

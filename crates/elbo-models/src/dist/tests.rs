@@ -209,10 +209,10 @@ fn broadcast_gives_every_rank_the_state_of_rank_0_and_disagreement_is_named() {
         let state = [Tensor::from_slice(&[r, r]), Tensor::from_slice(&[5.0 * r])];
         p.broadcast_from_root(&state).unwrap();
         let explain = |root: &str| format!("rank 0 says {root:?}");
-        let same = p.same_everywhere("the job", "same text", &explain);
+        let same = p.same_everywhere("the job", "same text", &explain, "Run the same job");
         let text = if p.rank() == 2 { "other" } else { "same text" };
         let differ = p
-            .same_everywhere("the job", text, &explain)
+            .same_everywhere("the job", text, &explain, "Run the same job")
             .unwrap_err()
             .to_string();
         (

@@ -124,12 +124,7 @@ fn dataset_digest(dataset: &Dataset) -> String {
         Some(bytes) => hasher.update(bytes),
         None => images.iter().for_each(|b| hasher.update([*b])),
     }
-    hasher
-        .finalize()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    elbo_data::hex(&hasher.finalize()[..8])
 }
 
 /// Reference statistics: the fit, and the features when KID needs them.

@@ -43,6 +43,7 @@ pub(crate) mod sys {
             exp_avg_sqs: *const *mut C_tensor,
             n: i64,
             step: *mut C_tensor,
+            held: *mut C_tensor,
             lr: f64,
             beta1: f64,
             beta2: f64,
@@ -105,14 +106,17 @@ pub(crate) mod sys {
 /// same length, every tensor defined, each parameter's companions of its shape), at the
 /// step `step` holds (counted from 1; a one-element float32 tensor on the parameters'
 /// device, so that a GPU step reads it there without a copy from the host, which would
-/// wait for the device). `Err` carries libtorch's message (for example a kind or device
-/// it does not support), or says the kernel was not built.
+/// wait for the device). When `held` is given (a one-element float32 tensor on the same
+/// device) and holds 1, nothing changes, moments included: a step held back by a flag
+/// the host never reads (libtorch's `found_inf`). `Err` carries libtorch's message (for
+/// example a kind or device it does not support), or says the kernel was not built.
 pub fn fused_adam(
     params: &[Tensor],
     grads: &[Tensor],
     m: &[Tensor],
     v: &[Tensor],
     step: &Tensor,
+    held: Option<&Tensor>,
     hyper: FusedAdamStep,
 ) -> Result<(), String> {
     let n = params.len();
@@ -144,6 +148,7 @@ pub fn fused_adam(
                 vv.as_ptr(),
                 n as i64,
                 step.as_ptr() as *mut _,
+                held.map_or(std::ptr::null_mut(), |t| t.as_ptr() as *mut _),
                 hyper.lr,
                 hyper.beta1,
                 hyper.beta2,
@@ -156,7 +161,7 @@ pub fn fused_adam(
     }
     #[cfg(not(elbo_ops))]
     {
-        let _ = (step, hyper);
+        let _ = (step, held, hyper);
         Err("elbo-models was built without libtorch: no fused Adam".to_string())
     }
 }
@@ -538,7 +543,7 @@ mod tests {
             decoupled: false,
         };
         let step = Tensor::from_slice(&[1.0f32]);
-        let err = fused_adam(&p, &[], &p, &p, &step, hyper).unwrap_err();
+        let err = fused_adam(&p, &[], &p, &p, &step, None, hyper).unwrap_err();
         assert!(err.contains("1 parameters, 0 gradients"), "{err}");
     }
 }

@@ -98,6 +98,9 @@ pub struct TrainReport {
     pub checkpoint: PathBuf,
     /// Steps taken in this call.
     pub steps_taken: u64,
+    /// In a data-parallel job that completed: the sha256 of the final state (weights,
+    /// Adam's moments, the EMA), found equal in every process.
+    pub agreed: Option<String>,
 }
 
 /// How a call to [`Trainer::fit`] starts and stops.

@@ -49,7 +49,7 @@ pub use hooks::{EpochEnd, Hook};
 pub use layout::RunDir;
 pub use state::rank_step_seed;
 pub use state::{Ema, load_weights, restore_state, state_tensors, step_seed, var_store};
-pub use step::{Batch, Reported, StepFailure, StepLoss, StepOutcome, TrainStep, optimise};
+pub use step::{Batch, Guard, Reported, StepFailure, StepLoss, StepOutcome, TrainStep, optimise};
 
 use crate::data;
 use crate::dist::{Alone, Replica, Replicas};
@@ -234,6 +234,7 @@ impl<'a> Trainer<'a> {
                 "the model, the training options or the data",
                 &job.to_string(),
                 &explain,
+                "Every process must run the same command on the same data",
             )?;
         }
         // Only the writer touches the run folder; in a data-parallel job the others then
@@ -291,7 +292,7 @@ impl<'a> Trainer<'a> {
         } else {
             None
         };
-        let mut skipped = 0u64;
+        let mut guard = Guard::new(device);
         // Throughput between logged steps (TensorBoard only: metrics.jsonl stays a
         // function of the seed, so a resumed run's log equals an unbroken one's).
         let mut last_log = (Instant::now(), index);
@@ -327,7 +328,7 @@ impl<'a> Trainer<'a> {
                 .collect();
             let batch = Batch {
                 x: data::to_tensor(&images, device),
-                labels: Tensor::from_slice(&labels).to_device(device),
+                labels: data::upload(Tensor::from_slice(&labels), device),
             };
 
             let replica = Replica {
@@ -335,24 +336,16 @@ impl<'a> Trainer<'a> {
                 share,
                 stop_requested: control.stop.load(Ordering::SeqCst),
             };
-            let outcome =
-                optimise(step, &mut adam, &batch, &config, index, &replica).map_err(|failure| {
-                    match failure {
-                        StepFailure::NonFinite(value) => Error::NonFiniteLoss {
-                            step: index + 1,
-                            value,
-                            last_checkpoint: last_checkpoint
-                                .clone()
-                                .or_else(|| checkpoint::list(&self.run.checkpoints()).ok()?.pop()),
-                        },
-                        StepFailure::Sync(e) => e,
-                    }
-                })?;
-            skipped += u64::from(outcome.skipped);
-            if let (false, Some(ema), Some(decay)) =
-                (outcome.skipped, ema.as_mut(), config.ema_decay)
-            {
-                ema.update(vs, decay);
+            let non_finite = |step, value, last: &_| non_finite_loss(&self.run, step, value, last);
+            let outcome = optimise(
+                step, &mut adam, &batch, &config, index, &replica, &mut guard,
+            )
+            .map_err(|failure| match failure {
+                StepFailure::NonFinite(value) => non_finite(index + 1, value, &last_checkpoint),
+                StepFailure::Sync(e) => e,
+            })?;
+            if let (Some(ema), Some(decay)) = (ema.as_mut(), config.ema_decay) {
+                ema.update(vs, decay, Some(&outcome.held));
             }
             index += 1;
 
@@ -373,19 +366,28 @@ impl<'a> Trainer<'a> {
                 }
             }
             let stop_now = replicas.stops(outcome.stop, control.stop.load(Ordering::SeqCst));
+            let checkpoint_now =
+                index % config.cadence.checkpoint_every.max(1) == 0 || index == config.steps;
+            // What the device noted of the steps since the last read (a non-finite loss,
+            // after which nothing was updated) is read where the host looks anyway.
+            if log_now || checkpoint_now || stop_now {
+                guard
+                    .check()
+                    .map_err(|(step, value)| non_finite(step, value, &last_checkpoint))?;
+            }
             if let (true, Some(metrics)) = (log_now, metrics.as_mut()) {
                 let mut line = serde_json::json!({
-                    "kind": "step", "step": index, "epoch": epoch, "loss": outcome.loss,
-                    "lr": outcome.lr,
+                    "kind": "step", "step": index, "epoch": epoch,
+                    "loss": outcome.loss.double_value(&[]), "lr": outcome.lr,
                 });
                 for (name, value) in reported.iter().chain(&outcome.extra) {
                     line[name] = (*value).into();
                 }
-                if let Some(norm) = outcome.grad_norm {
-                    line["grad_norm"] = norm.into();
+                if let Some(norm) = &outcome.grad_norm {
+                    line["grad_norm"] = norm.double_value(&[]).into();
                 }
                 if config.aids.skip_grad_norm.is_some() {
-                    line["skipped_updates"] = skipped.into();
+                    line["skipped_updates"] = guard.skipped().into();
                 }
                 metrics.write(&line)?;
                 if let Some(board) = metrics.board() {
@@ -395,8 +397,6 @@ impl<'a> Trainer<'a> {
                 }
                 last_log = (Instant::now(), index);
             }
-            let checkpoint_now =
-                index % config.cadence.checkpoint_every.max(1) == 0 || index == config.steps;
             if checkpoint_now {
                 last_checkpoint = Some(self.save(
                     index,
@@ -443,17 +443,36 @@ impl<'a> Trainer<'a> {
                     finished: Finished::Interrupted { step: index },
                     checkpoint: path,
                     steps_taken: index - start,
+                    agreed: None,
                 });
             }
+        }
+        if let Err((step, value)) = guard.check() {
+            return Err(non_finite_loss(&self.run, step, value, &last_checkpoint));
         }
         let checkpoint = match last_checkpoint {
             Some(p) => p,
             None => self.save(index, step, &adam, ema.as_ref(), vs, None)?,
         };
+        // The processes of a job apply the same reduced gradients: their states must be
+        // equal to the bit. Checked once, at the end (a digest of every tensor).
+        let agreed = if replicas.size() > 1 {
+            let digest = state::digest(&state_tensors(vs, &adam, ema.as_ref()));
+            replicas.same_everywhere(
+                &format!("the trained state after step {index} (sha256 of every weight, Adam moment and EMA tensor)"),
+                &digest,
+                &|root| format!("rank 0 holds {root}, this rank {digest}"),
+                "The replicas drifted apart: please report it with the command and the launcher",
+            )?;
+            Some(digest)
+        } else {
+            None
+        };
         Ok(TrainReport {
             finished: Finished::Completed,
             checkpoint,
             steps_taken: index - start,
+            agreed,
         })
     }
 
@@ -604,6 +623,18 @@ fn start_from_root(
         restore_state(vs, adam, ema, &tensors, index)?;
     }
     Ok(index)
+}
+
+/// The error of a run stopped by the non-finite loss of `step` (counted from 1): it
+/// names the last checkpoint written, or the newest in the run folder.
+fn non_finite_loss(run: &RunDir, step: u64, value: f64, last: &Option<PathBuf>) -> Error {
+    Error::NonFiniteLoss {
+        step,
+        value,
+        last_checkpoint: last
+            .clone()
+            .or_else(|| checkpoint::list(&run.checkpoints()).ok()?.pop()),
+    }
 }
 
 #[cfg(test)]

@@ -103,38 +103,37 @@ impl Adam {
         }
     }
 
-    /// The global L2 norm of the gradients, before clipping; when it exceeds `max_norm`,
-    /// scales every gradient so that the norm is `max_norm` (as
-    /// `torch.nn.utils.clip_grad_norm_`).
-    pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
-        let norm = tch::no_grad(|| {
-            let squares: Vec<Tensor> = self
+    /// The global L2 norm of the gradients before clipping, as a one-element float32
+    /// tensor on the gradients' device (zero without gradients); every gradient is
+    /// scaled by `min(1, max_norm / (norm + 1e-6))`, on the device, as
+    /// `torch.nn.utils.clip_grad_norm_` does, so that clipping never waits for the
+    /// device. With an infinite `max_norm` the gradients are left as they are.
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> Tensor {
+        tch::no_grad(|| {
+            let grads: Vec<Tensor> = self
                 .params
                 .iter()
                 .map(|p| p.grad())
                 .filter(|g| g.defined())
-                .map(|g| g.square().sum(Kind::Float))
                 .collect();
-            if squares.is_empty() {
-                return 0.0;
+            if grads.is_empty() {
+                let device = self.params.first().map_or(tch::Device::Cpu, Tensor::device);
+                return Tensor::zeros([], (Kind::Float, device));
             }
-            Tensor::stack(&squares, 0)
-                .sum(Kind::Float)
-                .sqrt()
-                .double_value(&[])
-        });
-        if norm.is_finite() && norm > max_norm {
-            let scale = max_norm / (norm + 1e-6);
-            tch::no_grad(|| {
-                for p in &self.params {
-                    let mut g = p.grad();
-                    if g.defined() {
-                        let _ = g.g_mul_scalar_(scale);
-                    }
+            let squares: Vec<Tensor> = grads.iter().map(|g| g.square().sum(Kind::Float)).collect();
+            let norm = Tensor::stack(&squares, 0).sum(Kind::Float).sqrt();
+            if max_norm.is_finite() {
+                // max_norm / (norm + 1e-6) as PyTorch computes a scalar over a tensor.
+                let scale = (&norm + 1e-6)
+                    .reciprocal()
+                    .g_mul_scalar(max_norm)
+                    .clamp_max(1.0);
+                for g in &grads {
+                    let _ = g.shallow_clone().g_mul_(&scale);
                 }
-            });
-        }
-        norm
+            }
+            norm
+        })
     }
 
     /// Counts a step without updating anything (a skipped update), so that the step
@@ -149,6 +148,18 @@ impl Adam {
 
     /// One Adam step at learning rate `lr`, from the current gradients.
     pub fn step(&mut self, lr: f64) {
+        self.step_unless(lr, None);
+    }
+
+    /// One Adam step at learning rate `lr`, unless `held` (a one-element float32 tensor
+    /// on the parameters' device) holds 1; counted as a step either way, as
+    /// [`Adam::skip_step`] counts one. The fused kernel reads the flag on the device, so
+    /// that deciding never waits for it; the unfused step reads it on the host.
+    pub fn step_unless(&mut self, lr: f64, held: Option<&Tensor>) {
+        if !self.fused && held.is_some_and(|h| h.double_value(&[]) != 0.0) {
+            self.skip_step();
+            return;
+        }
         self.steps += 1;
         let AdamConfig {
             beta1,
@@ -194,7 +205,7 @@ impl Adam {
                     Tensor::from_slice(&[self.steps as f32]).to_device(device)
                 }
             };
-            let result = fused_adam(params, grads, m, v, &step, hyper);
+            let result = fused_adam(params, grads, m, v, &step, held, hyper);
             self.step_on_device = Some(step);
             match result {
                 Ok(()) => return,
@@ -203,6 +214,9 @@ impl Adam {
                 Err(message) => {
                     tracing::debug!("fused Adam unavailable ({message}); using tch's operations");
                     self.fused = false;
+                    if held.is_some_and(|h| h.double_value(&[]) != 0.0) {
+                        return;
+                    }
                 }
             }
         }
@@ -438,21 +452,30 @@ mod tests {
         assert!((0.29..=0.3).contains(&moved), "moved {moved}");
     }
 
+    /// Clipping on the device equals `torch.nn.utils.clip_grad_norm_`'s formula: the
+    /// gradient scaled by min(1, max / (norm + 1e-6)), the norm reported before it.
     #[test]
-    fn clipping_scales_the_gradient_to_the_max_norm() {
+    fn clipping_on_the_device_follows_pytorch() {
         let _generator = crate::testing::generator_lock();
         let vs = VarStore::new(tch::Device::Cpu);
         let x = vs.root().var("x", &[2], nn::Init::Const(0.0));
         let mut adam = Adam::new(&vs, AdamConfig::default());
-        // gradient of 3 x0 + 4 x1 is (3, 4): norm 5.
-        (&x * Tensor::from_slice(&[3.0f32, 4.0]))
-            .sum(Kind::Float)
-            .backward();
-        let norm = adam.clip_grad_norm(1.0);
-        assert!((norm - 5.0).abs() < 1e-6);
-        let g = x.grad();
-        let clipped = g.square().sum(Kind::Float).sqrt().double_value(&[]);
-        assert!((clipped - 1.0).abs() < 1e-5, "{clipped}");
-        assert!((g.double_value(&[0]) / g.double_value(&[1]) - 0.75).abs() < 1e-6);
+        let g = Tensor::from_slice(&[30.0f32, 40.0]);
+        (&x * &g).sum(Kind::Float).backward();
+        let norm = adam.clip_grad_norm(2.0).double_value(&[]);
+        assert_eq!(norm, 50.0);
+        let scale = 2.0f32 / (50.0f32 + 1e-6);
+        let expected = [30.0 * scale, 40.0 * scale];
+        let got = Vec::<f32>::try_from(x.grad()).unwrap();
+        for (a, b) in got.iter().zip(expected) {
+            assert!(
+                (a - b).abs() <= 4.0 * f32::EPSILON * b.abs(),
+                "{got:?} vs {expected:?}"
+            );
+        }
+        // Under the limit the gradient is multiplied by exactly 1.
+        let norm = adam.clip_grad_norm(100.0).double_value(&[]);
+        assert!((norm - 2.0).abs() < 1e-5, "{norm}");
+        assert_eq!(Vec::<f32>::try_from(x.grad()).unwrap(), got);
     }
 }

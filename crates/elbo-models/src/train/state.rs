@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use tch::{Device, Tensor, nn::VarStore};
+use tch::{Device, Kind, Tensor, nn::VarStore};
 
 use super::layout::{ADAM, EMA, MODEL};
 use super::optim::Adam;
@@ -58,13 +58,28 @@ impl Ema {
         Ema { names, shadow }
     }
 
-    /// `shadow <- decay shadow + (1 - decay) weights`.
-    pub fn update(&mut self, vs: &VarStore, decay: f64) {
+    /// `shadow <- decay shadow + (1 - decay) weights`, unless `held` (a one-element
+    /// float32 tensor on the weights' device, see [`super::optim::Adam::step_unless`])
+    /// holds 1: then the shadow stays as it is. The weight of the average is computed on
+    /// the device, so that a held step never waits for it.
+    pub fn update(&mut self, vs: &VarStore, decay: f64, held: Option<&Tensor>) {
         let vars = vs.variables();
+        let Some(device) = self.shadow.first().map(Tensor::device) else {
+            return;
+        };
         tch::no_grad(|| {
+            let weight = match held {
+                Some(h) => h
+                    .to_kind(Kind::Float)
+                    .neg()
+                    .g_add_scalar(1.0)
+                    .g_mul_scalar(1.0 - decay),
+                // A fill on the device, not a copy from the host (which would wait).
+                None => Tensor::full([], 1.0 - decay, (Kind::Float, device)),
+            };
             for (name, shadow) in self.names.iter().zip(&mut self.shadow) {
                 if let Some(v) = vars.get(name) {
-                    let _ = shadow.lerp_(v, 1.0 - decay);
+                    let _ = shadow.lerp_tensor_(v, &weight);
                 }
             }
         });
@@ -150,4 +165,49 @@ pub fn restore_state(
         }
     }
     Ok(())
+}
+
+/// The sha256 (hex) of named tensors in the order given: each name, its kind and shape,
+/// and its elements' bytes (from the device, contiguous). Two states with the same digest
+/// are equal to the bit.
+pub fn digest(tensors: &[(String, Tensor)]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for (name, t) in tensors {
+        let t = t.detach().to_device(Device::Cpu).contiguous();
+        hasher.update(format!("{name} {:?} {:?}\n", t.kind(), t.size()).as_bytes());
+        let numel = t.numel();
+        let mut bytes = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+        t.copy_data_u8(&mut bytes, numel);
+        hasher.update(&bytes);
+    }
+    elbo_data::hex(&hasher.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Equal states have equal digests; one ulp in one element, another name or another
+    /// shape of the same bytes change it.
+    #[test]
+    fn the_digest_sees_every_bit_name_and_shape() {
+        let state = |values: &[f32], name: &str, shape: &[i64]| {
+            vec![
+                ("a".to_string(), Tensor::from_slice(&[1i64, 2])),
+                (name.to_string(), Tensor::from_slice(values).reshape(shape)),
+            ]
+        };
+        let base = digest(&state(&[0.5, 1.0, 2.0, 3.0], "w", &[4]));
+        assert_eq!(base.len(), 64);
+        assert_eq!(base, digest(&state(&[0.5, 1.0, 2.0, 3.0], "w", &[4])));
+        let ulp = f32::from_bits(2.0f32.to_bits() + 1);
+        for other in [
+            state(&[0.5, 1.0, ulp, 3.0], "w", &[4]),
+            state(&[0.5, 1.0, 2.0, 3.0], "v", &[4]),
+            state(&[0.5, 1.0, 2.0, 3.0], "w", &[2, 2]),
+        ] {
+            assert_ne!(base, digest(&other));
+        }
+    }
 }

@@ -320,11 +320,7 @@ pub fn sha256_of(path: &Path) -> Result<String> {
     std::io::copy(&mut file, &mut hasher).map_err(|e| Error::Checkpoint {
         detail: format!("cannot read {}: {e}", path.display()),
     })?;
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(elbo_data::hex(&hasher.finalize()))
 }
 
 /// The complete checkpoints in `dir`, oldest first.
