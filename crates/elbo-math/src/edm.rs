@@ -19,7 +19,8 @@
 //! let denoise = |x: f64, sigma: f64| mu + s2 / (s2 + sigma * sigma) * (x - mu);
 //! let sigmas = sigma_steps(18, 0.002, 80.0, 7.0)?;
 //! let x_t = array![80.0 * 1.5];
-//! let out = sample(&x_t, &sigmas, Solver::Heun, &Churn::none(), |x, sigma| Ok(x.mapv(|v| denoise(v, sigma))), || array![0.0])?;
+//! let denoiser = |x: &ndarray::Array1<f64>, sigma: f64| Ok(x.mapv(|v| denoise(v, sigma)));
+//! let out = sample(&x_t, &sigmas, Solver::Heun, &Churn::none(), denoiser, |s| s, |_| array![0.0])?;
 //! // The exact flow keeps (x - mu) / sqrt(s^2 + sigma^2): 35 calls land within 1e-3 of it.
 //! let exact = mu + (x_t[0] - mu) * ((s2 + 0.002f64.powi(2)) / (s2 + 6400.0)).sqrt();
 //! assert!((out[0] - exact).abs() < 1e-3);
@@ -295,20 +296,25 @@ pub fn network_calls(solver: Solver, n: usize) -> usize {
 }
 
 /// Algorithms 1 and 2 of EDM: from `x` at `sigmas[0]` down the falling grid `sigmas`
-/// (ending at 0), with `denoise(x, σ)` the denoiser `D(x; σ)` and `noise()` a standard
-/// normal draw of `x`'s length (called once per step that churns, before its denoiser
-/// call). The probability-flow ODE is `dx/dσ = (x - D(x; σ)) / σ`.
-pub fn sample<D, N>(
+/// (ending at 0), with `denoise(x, σ)` the denoiser `D(x; σ)`, `round(σ)` the noise
+/// level the model has nearest to `σ` (EDM's `round_sigma`: the identity for a model of
+/// continuous σ, the nearest step's for a discrete one; used for the churned level
+/// `σ̂`) and `noise(i)` a standard normal draw of `x`'s length for step `i` (called once
+/// per step that churns, before its denoiser call). The probability-flow ODE is
+/// `dx/dσ = (x - D(x; σ)) / σ`.
+pub fn sample<D, R, N>(
     x: &Array1<f64>,
     sigmas: &[f64],
     solver: Solver,
     churn: &Churn,
     mut denoise: D,
+    round: R,
     mut noise: N,
 ) -> Result<Array1<f64>>
 where
     D: FnMut(&Array1<f64>, f64) -> Result<Array1<f64>>,
-    N: FnMut() -> Array1<f64>,
+    R: Fn(f64) -> f64,
+    N: FnMut(usize) -> Array1<f64>,
 {
     churn.validate()?;
     if sigmas.len() < 2 {
@@ -318,7 +324,10 @@ where
             found: sigmas.len(),
         });
     }
-    if let Some(i) = sigmas.windows(2).position(|w| !(w[1] < w[0])) {
+    if let Some(i) = sigmas
+        .windows(2)
+        .position(|w| w[1].partial_cmp(&w[0]) != Some(std::cmp::Ordering::Less))
+    {
         return Err(MathError::OutOfRange {
             what: "a noise level of the grid (it must fall strictly)",
             expected: "[0, the level before it)",
@@ -339,10 +348,14 @@ where
     for i in 0..n {
         let (sigma, next) = (sigmas[i], sigmas[i + 1]);
         let gamma = churn.gamma(sigma, n);
-        let sigma_hat = sigma * (1.0 + gamma);
-        if gamma > 0.0 {
+        let sigma_hat = if gamma > 0.0 {
+            round(sigma * (1.0 + gamma)).max(sigma)
+        } else {
+            sigma
+        };
+        if sigma_hat > sigma {
             let scale = churn.s_noise * (sigma_hat * sigma_hat - sigma * sigma).sqrt();
-            x = x + noise() * scale;
+            x = x + noise(i) * scale;
         }
         let d = (&x - &denoise(&x, sigma_hat)?) / sigma_hat;
         let euler = &x + &(&d * (next - sigma_hat));
@@ -388,7 +401,8 @@ mod tests {
             solver,
             &Churn::none(),
             |x, s| g.denoise(x, s),
-            || unreachable!("no churn"),
+            |s| s,
+            |_| unreachable!("no churn"),
         )
         .unwrap();
         // The exact result: the flow down to sigma_min, then the last step's jump to D.
@@ -440,6 +454,28 @@ mod tests {
         assert!(sigma_steps(5, 0.0, 1.0, 7.0).is_err());
         assert!(sigma_steps(5, 2.0, 1.0, 7.0).is_err());
         assert!(sigma_steps(5, 0.1, 1.0, f64::NAN).is_err());
+        // The sampler takes only a strictly falling grid that ends at 0.
+        let x = array![1.0];
+        let run = |grid: &[f64]| {
+            sample(
+                &x,
+                grid,
+                Solver::Heun,
+                &Churn::none(),
+                |x, _| Ok(x.clone()),
+                |s| s,
+                |_| array![0.0],
+            )
+        };
+        let err = run(&[2.0, 2.0, 0.0]).unwrap_err().to_string();
+        assert!(
+            err.contains("fall strictly") && err.contains("index 1"),
+            "{err}"
+        );
+        let err = run(&[2.0, 1.0]).unwrap_err().to_string();
+        assert!(err.contains("last noise level"), "{err}");
+        assert!(run(&[0.0]).is_err());
+        assert!(run(&[2.0, 1.0, 0.0]).is_ok());
     }
 
     /// The preconditioning makes the network's effective target unit-variance and its
@@ -514,7 +550,8 @@ mod tests {
             Solver::Heun,
             &churn,
             |x, s| g.denoise(x, s),
-            || {
+            |s| s,
+            |_| {
                 draws += 1;
                 normal(&mut rng, n)
             },

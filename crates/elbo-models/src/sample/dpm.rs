@@ -108,37 +108,10 @@ impl Sampler for DpmSolverPp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sample::gaussian::GaussianDenoiser;
     use crate::sample::{SamplerSpec, ddim::Ddim, unipc::UniPc};
     use elbo_math::NoiseSchedule;
     use tch::{Device, Kind};
-
-    /// Gaussian data N(mu, s^2) in every pixel, and its exact denoiser: the posterior
-    /// mean of x_0 given x_t.
-    struct GaussianDenoiser {
-        schedule: NoiseSchedule,
-        mu: f64,
-        s: f64,
-    }
-
-    impl Denoiser for GaussianDenoiser {
-        fn process(&self) -> &dyn NoiseProcess {
-            &self.schedule
-        }
-        fn device(&self) -> Device {
-            Device::Cpu
-        }
-        fn predict(&self, x_t: &Tensor, t: usize, _clip_x0: ClipX0) -> (Tensor, Tensor) {
-            let ab = NoiseProcess::alpha_bar(&self.schedule, t).unwrap();
-            let (a, sigma) = (ab.sqrt(), (1.0 - ab).sqrt());
-            let shrink = a * self.s * self.s / (a * a * self.s * self.s + sigma * sigma);
-            let x0 = (x_t - a * self.mu) * shrink + self.mu;
-            let eps = (x_t - &x0 * a) / sigma;
-            (x0, eps)
-        }
-        fn reverse_step(&self, _x0: &Tensor, _x_t: &Tensor, _t: usize) -> (Tensor, f64) {
-            unreachable!("the ODE samplers do not take ancestral steps")
-        }
-    }
 
     fn run(sampler: &dyn Sampler, denoiser: &GaussianDenoiser) -> (Tensor, Tensor) {
         tch::manual_seed(11);

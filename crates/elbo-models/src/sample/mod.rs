@@ -1,5 +1,6 @@
 //! Sampling a diffusion model's reverse process: one [`Sampler`] trait, one file per
-//! sampler ([`ancestral`], [`ddim`], [`dpm`]: DPM-Solver++, [`unipc`]), the names users
+//! sampler ([`ancestral`], [`ddim`], [`dpm`]: DPM-Solver++, [`unipc`], [`edm`]: EDM's
+//! Euler and Heun), the names users
 //! type parsed
 //! in one place
 //! ([`SamplerSpec`]), over a [`NoiseProcess`] (alpha, sigma, log-SNR on the model's time
@@ -11,6 +12,9 @@
 pub mod ancestral;
 pub mod ddim;
 pub mod dpm;
+pub mod edm;
+#[cfg(test)]
+mod gaussian;
 mod spec;
 pub mod unipc;
 

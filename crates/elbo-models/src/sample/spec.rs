@@ -8,7 +8,12 @@ use elbo_math::schedule::evenly_spaced_timesteps;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    NoiseProcess, Sampler, ancestral::Ancestral, ddim::Ddim, dpm::DpmSolverPp, unipc::UniPc,
+    NoiseProcess, Sampler,
+    ancestral::Ancestral,
+    ddim::Ddim,
+    dpm::DpmSolverPp,
+    edm::{Edm, EdmChurn, EdmSolver},
+    unipc::UniPc,
 };
 use crate::error::{Error, Result};
 
@@ -42,9 +47,21 @@ impl Spacing {
     }
 
     fn from_suffix(part: &str) -> Option<Spacing> {
+        if part == "uniform" {
+            return Some(Spacing::Uniform);
+        }
         [Spacing::Quadratic, Spacing::LogSnr, Spacing::Karras]
             .into_iter()
             .find(|s| s.suffix().strip_prefix('-') == Some(part))
+    }
+
+    /// The suffix of an EDM sampler's name, whose default is Karras's levels.
+    fn edm_suffix(self) -> &'static str {
+        match self {
+            Spacing::Karras => "",
+            Spacing::Uniform => "-uniform",
+            other => other.suffix(),
+        }
     }
 }
 
@@ -64,6 +81,9 @@ pub enum SamplerSpec {
     DpmSolverPp(DpmSolverPp),
     /// UniPC (bh2, order 2, with its corrector) over `steps` timesteps.
     UniPc(UniPc),
+    /// EDM's Euler (`euler-N`) or Heun (`heun-N`) steps over N noise levels, with the
+    /// optional churn of its stochastic sampler.
+    Edm(Edm),
 }
 
 impl Default for SamplerSpec {
@@ -83,28 +103,40 @@ impl FromStr for SamplerSpec {
 
     /// `ancestral`; `ddim-S` with optional `-eta=E`; `dpm++1-S`, `dpm++2m-S`,
     /// `dpm++3m-S`; `unipc-S`; each with an optional spacing `-quadratic`, `-logsnr`,
-    /// `-karras`: `ddim-50`, `ddim-100-eta=1`, `ddim-50-quadratic`, `dpm++2m-15-karras`.
+    /// `-karras` (`-uniform`, the default); `euler-N` and `heun-N` (EDM; Karras's levels
+    /// by default) with optional `-churn=S`, `-tmin=`, `-tmax=`, `-snoise=`: `ddim-50`,
+    /// `ddim-100-eta=1`, `ddim-50-quadratic`, `dpm++2m-15-karras`, `heun-18`,
+    /// `heun-18-churn=40-tmin=0.05-tmax=50-snoise=1.003`.
     fn from_str(text: &str) -> Result<SamplerSpec> {
         let bad = || Error::Config {
             detail: format!(
                 "unknown sampler {text:?}: expected ancestral, ddim-S[-eta=E], dpm++1-S, \
-                 dpm++2m-S, dpm++3m-S or unipc-S, each with an optional spacing -quadratic, \
-                 -logsnr or -karras (for example ddim-50, dpm++2m-15)"
+                 dpm++2m-S, dpm++3m-S, unipc-S or EDM's euler-N and heun-N \
+                 [-churn=S[-tmin=T][-tmax=T][-snoise=S]], each with an optional spacing \
+                 -uniform, -quadratic, -logsnr or -karras (for example ddim-50, dpm++2m-15, \
+                 heun-18)"
             ),
         };
         if text == "ancestral" {
             return Ok(SamplerSpec::Ancestral);
         }
-        // The name and the step count, then the options: `-eta=E` (DDIM only; E may
+        enum Family {
+            Ddim,
+            UniPc,
+            Dpm(usize),
+            Edm(EdmSolver),
+        }
+        // The name and the step count, then the options: `-KEY=NUMBER` (a number may
         // carry its own minus signs, as in 1e-3) and at most one spacing.
         let (name, rest) = text.split_once('-').ok_or_else(bad)?;
-        // None: DDIM; Some(0): UniPC; Some(k): DPM-Solver++ of order k.
-        let order = match name {
-            "ddim" => None,
-            "unipc" => Some(0),
-            "dpm++1" => Some(1),
-            "dpm++2m" => Some(2),
-            "dpm++3m" => Some(3),
+        let family = match name {
+            "ddim" => Family::Ddim,
+            "unipc" => Family::UniPc,
+            "dpm++1" => Family::Dpm(1),
+            "dpm++2m" => Family::Dpm(2),
+            "dpm++3m" => Family::Dpm(3),
+            "euler" => Family::Edm(EdmSolver::Euler),
+            "heun" => Family::Edm(EdmSolver::Heun),
             _ => return Err(bad()),
         };
         let digits = rest
@@ -112,34 +144,49 @@ impl FromStr for SamplerSpec {
             .unwrap_or(rest.len());
         let steps = rest[..digits].parse::<usize>().map_err(|_| bad())?;
         let mut options = &rest[digits..];
-        let (mut eta, mut spacing) = (None, None);
+        let mut spacing = None;
+        let mut numbers: Vec<(&str, f64, &str)> = Vec::new();
         while !options.is_empty() {
             let option = options.strip_prefix('-').ok_or_else(bad)?;
-            if let Some(value) = option.strip_prefix("eta=") {
-                if order.is_some() || eta.is_some() {
-                    return Err(bad());
-                }
+            if let Some((key, value)) = option.split_once('=')
+                && !key.contains('-')
+            {
                 // The number runs to the next option (a letter after a dash) or the end.
                 let end = value
                     .char_indices()
                     .find(|&(i, c)| c == '-' && value[i + 1..].starts_with(char::is_alphabetic))
                     .map_or(value.len(), |(i, _)| i);
                 let number = &value[..end];
-                let e = number.parse::<f64>().map_err(|_| Error::Config {
-                    detail: format!(
-                        "sampler {text:?}: eta must be a number in [0, 1], found {number:?}"
-                    ),
-                })?;
-                if !(0.0..=1.0).contains(&e) {
+                let Ok(v) = number.parse::<f64>() else {
+                    let range = if key == "eta" { " in [0, 1]" } else { "" };
                     return Err(Error::Config {
                         detail: format!(
-                            "sampler {text:?}: DDIM's eta must be in [0, 1] (0: deterministic, \
-                             1: the posterior's variance), found {number}"
+                            "sampler {text:?}: {key} must be a number{range}, found {number:?}"
                         ),
                     });
+                };
+                let allowed = match family {
+                    Family::Ddim => ["eta"].as_slice(),
+                    Family::Edm(_) => ["churn", "tmin", "tmax", "snoise"].as_slice(),
+                    _ => [].as_slice(),
+                };
+                if !allowed.contains(&key) {
+                    if ["churn", "tmin", "tmax", "snoise"].contains(&key) {
+                        return Err(Error::Config {
+                            detail: format!(
+                                "sampler {text:?}: -{key}= is the churn of EDM's stochastic \
+                                 sampler (euler-N or heun-N with -churn=S); this sampler has \
+                                 none (DDIM's own noise is -eta=E)"
+                            ),
+                        });
+                    }
+                    return Err(bad());
+                }
+                if numbers.iter().any(|(k, _, _)| *k == key) {
+                    return Err(bad());
                 }
                 // -0 is 0.
-                eta = Some(e + 0.0);
+                numbers.push((key, v + 0.0, number));
                 options = &value[end..];
                 continue;
             }
@@ -152,19 +199,68 @@ impl FromStr for SamplerSpec {
             }
             options = &option[end..];
         }
-        let (eta, spacing) = (eta.unwrap_or(0.0), spacing.unwrap_or(Spacing::Uniform));
-        Ok(match order {
-            None => SamplerSpec::Ddim(Ddim {
+        let entry = |key: &str| numbers.iter().find(|(k, _, _)| *k == key);
+        let number = |key: &str| entry(key).map(|(_, v, _)| *v);
+        Ok(match family {
+            Family::Ddim => {
+                let eta = number("eta").unwrap_or(0.0);
+                if !(0.0..=1.0).contains(&eta) {
+                    let typed = entry("eta").map_or("", |(_, _, typed)| typed);
+                    return Err(Error::Config {
+                        detail: format!(
+                            "sampler {text:?}: DDIM's eta must be in [0, 1] (0: deterministic, \
+                             1: the posterior's variance), found {typed}"
+                        ),
+                    });
+                }
+                SamplerSpec::Ddim(Ddim {
+                    steps,
+                    eta,
+                    spacing: spacing.unwrap_or(Spacing::Uniform),
+                })
+            }
+            Family::UniPc => SamplerSpec::UniPc(UniPc {
                 steps,
-                eta,
-                spacing,
+                spacing: spacing.unwrap_or(Spacing::Uniform),
             }),
-            Some(0) => SamplerSpec::UniPc(UniPc { steps, spacing }),
-            Some(order) => SamplerSpec::DpmSolverPp(DpmSolverPp {
+            Family::Dpm(order) => SamplerSpec::DpmSolverPp(DpmSolverPp {
                 steps,
                 order,
-                spacing,
+                spacing: spacing.unwrap_or(Spacing::Uniform),
             }),
+            Family::Edm(solver) => {
+                let churn = match number("churn") {
+                    None => {
+                        if let Some((key, _, _)) = numbers.first() {
+                            return Err(Error::Config {
+                                detail: format!(
+                                    "sampler {text:?}: -{key}= shapes the churn, and there is \
+                                     none: give -churn=S (S > 0) too"
+                                ),
+                            });
+                        }
+                        None
+                    }
+                    Some(churn) => {
+                        let spec = EdmChurn {
+                            churn,
+                            tmin: number("tmin").unwrap_or(0.0),
+                            tmax: number("tmax").filter(|t| t.is_finite()),
+                            noise: number("snoise").unwrap_or(1.0),
+                        };
+                        spec.math().validate().map_err(|e| Error::Config {
+                            detail: format!("sampler {text:?}: {e}"),
+                        })?;
+                        Some(spec)
+                    }
+                };
+                SamplerSpec::Edm(Edm {
+                    steps,
+                    solver,
+                    spacing: spacing.unwrap_or(Spacing::Karras),
+                    churn,
+                })
+            }
         })
     }
 }
@@ -200,8 +296,37 @@ impl fmt::Display for SamplerSpec {
             SamplerSpec::UniPc(UniPc { steps, spacing }) => {
                 write!(f, "unipc-{steps}{}", spacing.suffix())
             }
+            SamplerSpec::Edm(edm) => {
+                write!(f, "{}-{}{}", edm_name(edm), edm.steps, edm_options(edm))
+            }
         }
     }
+}
+
+/// `euler` or `heun`.
+fn edm_name(edm: &Edm) -> &'static str {
+    match edm.solver {
+        EdmSolver::Euler => "euler",
+        EdmSolver::Heun => "heun",
+    }
+}
+
+/// An EDM sampler's options as its name gives them: the churn's, then the spacing.
+fn edm_options(edm: &Edm) -> String {
+    let mut out = String::new();
+    if let Some(c) = edm.churn {
+        out.push_str(&format!("-churn={}", c.churn));
+        if c.tmin != 0.0 {
+            out.push_str(&format!("-tmin={}", c.tmin));
+        }
+        if let Some(tmax) = c.tmax {
+            out.push_str(&format!("-tmax={tmax}"));
+        }
+        if c.noise != 1.0 {
+            out.push_str(&format!("-snoise={}", c.noise));
+        }
+    }
+    out + edm.spacing.edm_suffix()
 }
 
 /// `count` timesteps of `1..=T` (T the process's steps) spaced as asked, strictly
@@ -311,6 +436,7 @@ impl SamplerSpec {
                 format!("dpm++{kind}{}", spacing.suffix())
             }
             SamplerSpec::UniPc(UniPc { spacing, .. }) => format!("unipc{}", spacing.suffix()),
+            SamplerSpec::Edm(ref edm) => format!("{}{}", edm_name(edm), edm_options(edm)),
         }
     }
 
@@ -351,6 +477,7 @@ impl SamplerSpec {
             SamplerSpec::Ddim(sampler) => Box::new(sampler),
             SamplerSpec::DpmSolverPp(sampler) => Box::new(sampler),
             SamplerSpec::UniPc(sampler) => Box::new(sampler),
+            SamplerSpec::Edm(sampler) => Box::new(sampler),
         }
     }
 
@@ -359,7 +486,8 @@ impl SamplerSpec {
         match *self {
             SamplerSpec::Ancestral => {}
             SamplerSpec::Ddim(Ddim { steps, spacing, .. })
-            | SamplerSpec::UniPc(UniPc { steps, spacing }) => {
+            | SamplerSpec::UniPc(UniPc { steps, spacing })
+            | SamplerSpec::Edm(Edm { steps, spacing, .. }) => {
                 kept_timesteps(process, steps, spacing)?;
             }
             SamplerSpec::DpmSolverPp(DpmSolverPp {
@@ -454,6 +582,54 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("eta must be a number in [0, 1]"), "{err}");
+        // EDM's samplers: Karras's levels by default, the churn's options in order.
+        for text in [
+            "heun-18",
+            "euler-50",
+            "heun-10-uniform",
+            "euler-20-logsnr",
+            "heun-18-churn=40-tmin=0.05-tmax=50-snoise=1.003",
+            "heun-18-churn=1",
+        ] {
+            let s: SamplerSpec = text.parse().unwrap();
+            assert_eq!(s.to_string(), text);
+        }
+        assert_eq!(
+            "heun-18-karras".parse::<SamplerSpec>().unwrap().to_string(),
+            "heun-18"
+        );
+        let SamplerSpec::Edm(edm) = "heun-18-churn=40-snoise=1.003".parse().unwrap() else {
+            panic!("not EDM's")
+        };
+        assert_eq!(edm.spacing, Spacing::Karras);
+        assert_eq!(
+            edm.churn,
+            Some(EdmChurn {
+                churn: 40.0,
+                tmin: 0.0,
+                tmax: None,
+                noise: 1.003
+            })
+        );
+        assert_eq!("heun-18".parse::<SamplerSpec>().unwrap().family(), "heun");
+        // Churn only where there is one, shaped only when it is on, within its range.
+        for (bad, says) in [
+            ("ddim-50-churn=40", "churn of EDM's stochastic sampler"),
+            ("unipc-10-tmin=0.1", "churn of EDM's stochastic sampler"),
+            ("heun-18-tmin=0.05", "give -churn=S"),
+            ("heun-18-churn=-1", "S_churn must lie in [0, inf)"),
+            ("heun-18-churn=NaN", "S_churn"),
+            (
+                "heun-18-churn=40-tmin=1-tmax=0.5",
+                "S_tmax must lie in [S_tmin, inf]",
+            ),
+            ("heun-18-churn=40-churn=3", "expected ancestral"),
+            ("heun-18-eta=1", "expected ancestral"),
+            ("heun-18-churn=x", "churn must be a number"),
+        ] {
+            let err = bad.parse::<SamplerSpec>().unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
         let err = "ddim-10-karras-logsnr"
             .parse::<SamplerSpec>()
             .unwrap_err()
