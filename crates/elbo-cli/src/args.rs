@@ -432,6 +432,11 @@ pub struct PlotArgs {
     /// (default: the run folder).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Draw the run's training objective as a weighting w(lambda) of the ELBO over
+    /// log-SNR (Kingma & Gao 2023), beside the ELBO's constant, into weighting.png
+    /// (a diffusion model's run).
+    #[arg(long)]
+    pub weighting: bool,
 }
 
 /// The full command, with each model's real defaults in the help of its training

@@ -296,6 +296,24 @@ pub fn sample(args: SampleArgs) -> Result<()> {
 
 /// `elbo plot`.
 pub fn plot(args: PlotArgs) -> Result<()> {
+    if args.weighting {
+        let out = match args.out.as_deref() {
+            Some(dir) if dir.is_dir() => Some(dir.join("weighting.png")),
+            other => other.map(std::path::Path::to_path_buf),
+        };
+        let (path, weighting) = session::plot_weighting(&args.run, out.as_deref())?;
+        println!("objective {}", weighting.objective);
+        println!(
+            "weighting {} (the ELBO's is 1 everywhere)",
+            if weighting.monotone {
+                "monotone: an ELBO of noise-augmented data (Kingma & Gao 2023)"
+            } else {
+                "not monotone in the noise level"
+            }
+        );
+        println!("wrote {}", path.display());
+        return Ok(());
+    }
     // `--out DIR`: the charts go into it, under their usual names.
     let (out, schedule) = match args.out.as_deref() {
         Some(dir) if dir.is_dir() => (Some(dir.join("curves.png")), Some(dir.join("gamma.png"))),

@@ -183,6 +183,7 @@ pub mod timesteps;
 pub mod unipc;
 mod validate;
 pub mod vdm;
+pub mod weighting;
 
 pub use diag_gaussian::DiagGaussian;
 pub use elbo::ElboTerms;

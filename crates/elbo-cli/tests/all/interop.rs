@@ -90,6 +90,18 @@ fn an_imported_diffusers_model_samples_evaluates_fine_tunes_and_exports() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(grid.is_file());
 
+    // Its objective (L_simple on eps, Ho et al.'s linear schedule) as a weighting of the
+    // ELBO: the density of the levels, not monotone.
+    let out = run_in(dir.path(), &["plot", run_s, "--weighting"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("objective L_simple, eps target, linear schedule")
+            && text(&out).contains("not monotone"),
+        "{}",
+        text(&out)
+    );
+    assert!(run.join("weighting.png").is_file());
+
     let out = run_in(dir.path(), &["eval", run_s, "--examples", "2"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("bits/dim"), "{}", text(&out));

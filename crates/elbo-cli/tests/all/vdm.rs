@@ -74,4 +74,29 @@ fn a_vdm_trains_evaluates_samples_and_plots_its_schedule() {
     let out = run(&["plot", dir]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(std::path::Path::new(dir).join("gamma.png").is_file());
+    // The VDM's objective is the ELBO itself: w = 1, monotone.
+    let out = run(&["plot", dir, "--weighting"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("the VDM's bound") && text(&out).contains("weighting monotone"),
+        "{}",
+        text(&out)
+    );
+    assert!(std::path::Path::new(dir).join("weighting.png").is_file());
+    // EDM's sampler on the VDM, through its noise levels.
+    let png = std::path::Path::new(dir).join("heun.png");
+    let out = run(&[
+        "sample",
+        dir,
+        "--sampler",
+        "heun-3",
+        "--n",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(png.is_file());
 }

@@ -23,7 +23,7 @@ pub use evaluate::{
 pub use export::{ExportFormat, ExportReport, ExportRequest, export_samples};
 pub use inspect::{DataReport, inspect_data, pack_data};
 pub use interop::{ImportReport, ImportRequest, export_diffusers, import_diffusers};
-pub use plot::{plot_run, plot_schedule};
+pub use plot::{Weighting, plot_run, plot_schedule, plot_weighting, weighting_of};
 pub use restore::{Restored, restore};
 pub use sample::{SampleRequest, clipped, sample_checkpoint, write_samples};
 
@@ -78,6 +78,7 @@ pub fn set_threads(threads: i32) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::ModelConfig;
     use crate::train::checkpoint::resolve_checkpoint;
 
     #[test]
@@ -93,5 +94,55 @@ mod tests {
         assert!(err.contains("holds no checkpoint"), "{err}");
         let err = plot_run(dir.path(), None).unwrap_err().to_string();
         assert!(err.contains("has no metrics.jsonl"), "{err}");
+        let err = plot_weighting(dir.path(), None).unwrap_err().to_string();
+        assert!(err.contains("has no checkpoint yet"), "{err}");
+    }
+
+    /// The weightings of a DDPM's objectives: L_simple on eps is not monotone, on v with
+    /// the cosine schedule it is; the bound with the posterior's variance is the ELBO's
+    /// 1 to within its steps; a VAE has none.
+    #[test]
+    fn a_ddpms_objectives_as_weightings() {
+        use crate::models::ddpm::{
+            DdpmConfig, DdpmPreset, LossKind, Objective, ScheduleKind, VarianceKind,
+        };
+        let base = DdpmConfig::preset(DdpmPreset::Mnist, [1, 28, 28]).unwrap();
+        let of = |f: &dyn Fn(&mut DdpmConfig)| {
+            let mut c = base.clone();
+            f(&mut c);
+            weighting_of(&ModelConfig::Ddpm(c)).unwrap()
+        };
+        let eps = of(&|_| {});
+        assert!(
+            !eps.monotone && eps.points.len() == 1000,
+            "{}",
+            eps.objective
+        );
+        let v = of(&|c| {
+            c.objective = Objective::V;
+            c.schedule = ScheduleKind::Cosine;
+        });
+        assert!(v.monotone, "{}", v.objective);
+        let vlb = of(&|c| {
+            c.loss = LossKind::Vlb;
+            c.variance = VarianceKind::FixedSmall;
+        });
+        // From t = 50 on (before it, log-SNR falls fast: 0.79 in the first step) within
+        // 5% of 1.
+        let worst = vlb.points[48..]
+            .iter()
+            .map(|&(_, w)| (w - 1.0).abs())
+            .fold(0.0, f64::max);
+        assert!(worst < 0.05, "{worst}");
+        let vae = crate::models::vae::VaeConfig::preset(
+            crate::models::vae::VaePreset::default(),
+            [1, 28, 28],
+            crate::nn::likelihood::Likelihood::Bernoulli,
+        )
+        .unwrap();
+        let err = weighting_of(&ModelConfig::Vae(vae))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("this run is a vae"), "{err}");
     }
 }

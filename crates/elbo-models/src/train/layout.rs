@@ -73,6 +73,10 @@ impl RunDir {
     pub fn schedule_chart(&self) -> PathBuf {
         self.root.join("gamma.png")
     }
+    /// The chart of the run's objective as a weighting of the ELBO over log-SNR.
+    pub fn weighting_chart(&self) -> PathBuf {
+        self.root.join("weighting.png")
+    }
     /// Where sample grids go.
     pub fn samples(&self) -> PathBuf {
         self.root.join("samples")
