@@ -268,15 +268,21 @@ pub struct DdpmArgs {
     /// What the network predicts: eps (default), x0 or v.
     #[arg(long, value_parser = parse::<Objective>)]
     pub objective: Option<Objective>,
-    /// simple (L_simple, default) or vlb (the bound's own weighting).
+    /// simple (L_simple, default), vlb (the bound's own weighting) or hybrid (improved
+    /// DDPM's L_simple + 0.001 L_vlb, for --variance learned-range).
     #[arg(long, value_parser = parse::<LossKind>)]
     pub loss: Option<LossKind>,
+    /// lambda of --loss hybrid (default 0.001): L_simple + lambda T L_t in bits/dim.
+    #[arg(long, value_name = "LAMBDA")]
+    pub hybrid_weight: Option<f64>,
     /// How training draws timesteps: uniform (default) or loss-second-moment (improved
     /// DDPM's importance sampling, with --loss vlb: p_t proportional to the root mean
     /// square of the last 10 losses at t, each term weighted by 1 / (T p_t)).
     #[arg(long, value_name = "SAMPLER", value_parser = parse::<TimestepSampling>)]
     pub t_sampler: Option<TimestepSampling>,
-    /// The reverse variance: fixed-large (beta, default) or fixed-small (beta-tilde).
+    /// The reverse variance: fixed-large (beta, default), fixed-small (beta-tilde) or
+    /// learned-range (improved DDPM: the network also predicts where each step's
+    /// log-variance lies between the two; trained with --loss hybrid or vlb).
     #[arg(long, value_parser = parse::<VarianceKind>)]
     pub variance: Option<VarianceKind>,
     /// Dropout in the residual blocks (default: the preset's).
@@ -442,6 +448,7 @@ impl DdpmArgs {
             loss: self.loss,
             timestep_sampling: self.t_sampler,
             variance: self.variance,
+            hybrid_weight: self.hybrid_weight,
             dropout: self.dropout,
             cond_drop: self.cond_drop,
             final_examples: self.final_examples,

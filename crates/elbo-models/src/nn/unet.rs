@@ -61,6 +61,11 @@ pub struct UnetConfig {
     /// (diffusers, Ho et al.'s code: time counted from 0).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub time_offset: i64,
+    /// Output channels: `None` (absent from checkpoints) for `in_channels`; twice that
+    /// for a DDPM that also predicts its reverse variances (improved DDPM's learned
+    /// range: the second half of the channels interpolates each step's log-variance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_channels: Option<i64>,
 }
 
 fn is_zero(n: &i64) -> bool {
@@ -119,6 +124,13 @@ impl UnetConfig {
             return bad(format!(
                 "GroupNorm's epsilon must be in (0, 1), found {}",
                 self.norm_eps
+            ));
+        }
+        if let Some(out) = self.out_channels
+            && !(1..=4096).contains(&out)
+        {
+            return bad(format!(
+                "the UNet's output channels must be 1 to 4096, found {out}"
             ));
         }
         if !matches!(self.downsample_padding, 0 | 1) {
@@ -411,7 +423,13 @@ impl Unet {
             middle,
             up,
             out_norm: GroupNorm::with_eps(p / "out_norm", g, c, true, eps),
-            output: conv3(p / "output", c, config.in_channels, 1, true),
+            output: conv3(
+                p / "output",
+                c,
+                config.out_channels.unwrap_or(config.in_channels),
+                1,
+                true,
+            ),
         })
     }
 

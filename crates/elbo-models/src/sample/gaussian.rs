@@ -29,7 +29,13 @@ impl Denoiser for GaussianDenoiser {
         let eps = (x_t - &x0 * a) / sigma;
         (x0, eps)
     }
-    fn reverse_step(&self, _x0: &Tensor, _x_t: &Tensor, _t: usize) -> (Tensor, f64) {
+    fn ancestral_step(
+        &self,
+        _x_t: &Tensor,
+        _t: usize,
+        _prev: usize,
+        _clip_x0: ClipX0,
+    ) -> crate::error::Result<(Tensor, Tensor)> {
         unreachable!("the ODE samplers do not take ancestral steps")
     }
 }

@@ -95,9 +95,18 @@ pub trait Denoiser {
     /// `x_0` and of `eps`; `x_0` clipped as `clip_x0` says (and `eps` then recomputed
     /// from it).
     fn predict(&self, x_t: &Tensor, t: usize, clip_x0: ClipX0) -> (Tensor, Tensor);
-    /// The ancestral reverse step `p(x_{t-1} | x_t)` at the predicted `x_0`: its mean and
-    /// its variance (the model's choice of variance).
-    fn reverse_step(&self, x0_hat: &Tensor, x_t: &Tensor, t: usize) -> (Tensor, f64);
+    /// One ancestral step from `t` to `prev < t` (`t - 1` on the full grid, the previous
+    /// kept step of a respaced sampler), one network call: the mean of `p(x_prev | x_t)`
+    /// (the posterior mean of `q(x_prev | x_t, x_0)` at the predicted `x_0`, clipped as
+    /// `clip_x0` says) and its variance, the model's choice (a scalar tensor, or one per
+    /// pixel for a learned variance; 0 at `prev = 0`).
+    fn ancestral_step(
+        &self,
+        x_t: &Tensor,
+        t: usize,
+        prev: usize,
+        clip_x0: ClipX0,
+    ) -> Result<(Tensor, Tensor)>;
 }
 
 /// A way to run the reverse process from noise to data.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     NoiseProcess, Sampler,
-    ancestral::Ancestral,
+    ancestral::{Ancestral, RespacedAncestral},
     ddim::Ddim,
     dpm::DpmSolverPp,
     edm::{Edm, EdmChurn, EdmSolver},
@@ -73,6 +73,9 @@ impl Spacing {
 pub enum SamplerSpec {
     /// `x_{t-1} ~ N(mu_theta(x_t, t), sigma_t^2)` at every one of the T steps.
     Ancestral,
+    /// Ancestral steps over `steps` kept timesteps (`ancestral-S`), each to the previous
+    /// kept one with the model's variance of that step (improved DDPM's respacing).
+    RespacedAncestral(RespacedAncestral),
     /// DDIM over `steps` timesteps: `eta = 0` is deterministic, `eta = 1` has the
     /// posterior's variance.
     Ddim(Ddim),
@@ -110,7 +113,7 @@ impl FromStr for SamplerSpec {
     fn from_str(text: &str) -> Result<SamplerSpec> {
         let bad = || Error::Config {
             detail: format!(
-                "unknown sampler {text:?}: expected ancestral, ddim-S[-eta=E], dpm++1-S, \
+                "unknown sampler {text:?}: expected ancestral[-S], ddim-S[-eta=E], dpm++1-S, \
                  dpm++2m-S, dpm++3m-S, unipc-S or EDM's euler-N and heun-N \
                  [-churn=S[-tmin=T][-tmax=T][-snoise=S]], each with an optional spacing \
                  -uniform, -quadratic, -logsnr or -karras (for example ddim-50, dpm++2m-15, \
@@ -121,6 +124,7 @@ impl FromStr for SamplerSpec {
             return Ok(SamplerSpec::Ancestral);
         }
         enum Family {
+            Ancestral,
             Ddim,
             UniPc,
             Dpm(usize),
@@ -130,6 +134,7 @@ impl FromStr for SamplerSpec {
         // carry its own minus signs, as in 1e-3) and at most one spacing.
         let (name, rest) = text.split_once('-').ok_or_else(bad)?;
         let family = match name {
+            "ancestral" => Family::Ancestral,
             "ddim" => Family::Ddim,
             "unipc" => Family::UniPc,
             "dpm++1" => Family::Dpm(1),
@@ -202,6 +207,10 @@ impl FromStr for SamplerSpec {
         let entry = |key: &str| numbers.iter().find(|(k, _, _)| *k == key);
         let number = |key: &str| entry(key).map(|(_, v, _)| *v);
         Ok(match family {
+            Family::Ancestral => SamplerSpec::RespacedAncestral(RespacedAncestral {
+                steps,
+                spacing: spacing.unwrap_or(Spacing::Uniform),
+            }),
             Family::Ddim => {
                 let eta = number("eta").unwrap_or(0.0);
                 if !(0.0..=1.0).contains(&eta) {
@@ -269,6 +278,9 @@ impl fmt::Display for SamplerSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SamplerSpec::Ancestral => f.write_str("ancestral"),
+            SamplerSpec::RespacedAncestral(RespacedAncestral { steps, spacing }) => {
+                write!(f, "ancestral-{steps}{}", spacing.suffix())
+            }
             SamplerSpec::Ddim(Ddim {
                 steps,
                 eta,
@@ -419,6 +431,9 @@ impl SamplerSpec {
     pub fn family(&self) -> String {
         match *self {
             SamplerSpec::Ancestral => "ancestral".to_string(),
+            SamplerSpec::RespacedAncestral(RespacedAncestral { spacing, .. }) => {
+                format!("ancestral{}", spacing.suffix())
+            }
             SamplerSpec::Ddim(Ddim { eta, spacing, .. }) => {
                 let eta = if eta == 0.0 {
                     String::new()
@@ -474,6 +489,7 @@ impl SamplerSpec {
     pub fn build(&self) -> Box<dyn Sampler> {
         match *self {
             SamplerSpec::Ancestral => Box::new(Ancestral),
+            SamplerSpec::RespacedAncestral(sampler) => Box::new(sampler),
             SamplerSpec::Ddim(sampler) => Box::new(sampler),
             SamplerSpec::DpmSolverPp(sampler) => Box::new(sampler),
             SamplerSpec::UniPc(sampler) => Box::new(sampler),
@@ -486,6 +502,7 @@ impl SamplerSpec {
         match *self {
             SamplerSpec::Ancestral => {}
             SamplerSpec::Ddim(Ddim { steps, spacing, .. })
+            | SamplerSpec::RespacedAncestral(RespacedAncestral { steps, spacing })
             | SamplerSpec::UniPc(UniPc { steps, spacing })
             | SamplerSpec::Edm(Edm { steps, spacing, .. }) => {
                 kept_timesteps(process, steps, spacing)?;
@@ -526,6 +543,8 @@ mod tests {
             "dpm++2m-20-logsnr",
             "unipc-10",
             "unipc-8-karras",
+            "ancestral-50",
+            "ancestral-25-karras",
         ] {
             let s: SamplerSpec = text.parse().unwrap();
             assert_eq!(s.to_string(), text);
@@ -561,7 +580,10 @@ mod tests {
             "unipc-5-eta=1",
         ] {
             let err = bad.parse::<SamplerSpec>().unwrap_err().to_string();
-            assert!(err.contains("expected ancestral, ddim-S"), "{bad}: {err}");
+            assert!(
+                err.contains("expected ancestral[-S], ddim-S"),
+                "{bad}: {err}"
+            );
         }
         // eta is a number in [0, 1]: outside it, a range error naming the value.
         for (bad, found) in [
@@ -623,8 +645,8 @@ mod tests {
                 "heun-18-churn=40-tmin=1-tmax=0.5",
                 "S_tmax must lie in [S_tmin, inf]",
             ),
-            ("heun-18-churn=40-churn=3", "expected ancestral"),
-            ("heun-18-eta=1", "expected ancestral"),
+            ("heun-18-churn=40-churn=3", "expected ancestral[-S]"),
+            ("heun-18-eta=1", "expected ancestral[-S]"),
             ("heun-18-churn=x", "churn must be a number"),
         ] {
             let err = bad.parse::<SamplerSpec>().unwrap_err().to_string();

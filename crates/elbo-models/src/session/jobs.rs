@@ -211,8 +211,11 @@ pub struct DdpmJob {
     /// How training draws timesteps (default uniform; importance sampling needs
     /// `loss: Vlb`).
     pub timestep_sampling: Option<TimestepSampling>,
-    /// The reverse variance (default fixed-large).
+    /// The reverse variance (default fixed-large; learned-range doubles the network's
+    /// output channels).
     pub variance: Option<VarianceKind>,
+    /// λ of the hybrid loss (`loss: Hybrid`; default improved DDPM's 0.001).
+    pub hybrid_weight: Option<f64>,
     /// Dropout in the residual blocks (default the preset's).
     pub dropout: Option<f64>,
     /// Class-conditional with this label dropout (`--cond-drop`; `None`: unconditional):
@@ -258,7 +261,10 @@ impl DdpmJob {
             config.timestep_sampling = v;
         }
         if let Some(v) = self.variance {
-            config.variance = v;
+            config = config.with_variance(v);
+        }
+        if let Some(w) = self.hybrid_weight {
+            config.hybrid_weight = Some(w);
         }
         if let Some(v) = self.dropout {
             config.unet.dropout = v;

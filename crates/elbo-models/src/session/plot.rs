@@ -136,10 +136,27 @@ pub fn weighting_of(config: &ModelConfig) -> Result<Weighting> {
                     format!("L_simple, {} target, {} schedule", c.objective, c.schedule),
                     weighting::simple(&schedule, target).map_err(math)?,
                 ),
+                // The hybrid loss's L_vlb term does not reach the mean.
+                LossKind::Hybrid => (
+                    format!(
+                        "hybrid (the mean by L_simple, {} target, {} schedule)",
+                        c.objective, c.schedule
+                    ),
+                    weighting::simple(&schedule, target).map_err(math)?,
+                ),
                 LossKind::Vlb => (
-                    format!("L_vlb, {} variance, {} schedule", c.variance, c.schedule),
+                    match c.variance {
+                        VarianceKind::LearnedRange => format!(
+                            "L_vlb, learned variance (drawn at beta_tilde, its optimum's \
+                             limit), {} schedule",
+                            c.schedule
+                        ),
+                        v => format!("L_vlb, {v} variance, {} schedule", c.schedule),
+                    },
                     weighting::vlb(&schedule, |t| match c.variance {
-                        VarianceKind::FixedSmall => schedule.posterior_variance(t),
+                        VarianceKind::FixedSmall | VarianceKind::LearnedRange => {
+                            schedule.posterior_variance(t)
+                        }
                         VarianceKind::FixedLarge => schedule.beta(t),
                     })
                     .map_err(math)?,

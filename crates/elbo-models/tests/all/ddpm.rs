@@ -227,6 +227,9 @@ fn l_simple_falls_in_a_short_run_and_resume_is_exact() {
     );
 }
 
+/// Other objectives, the bound as the loss, and learned variances (improved DDPM's
+/// hybrid loss, and the bound) train; a learned-variance model's bound and respaced
+/// ancestral sampling run.
 #[test]
 fn other_objectives_and_the_vlb_loss_train() {
     let _guard = exclusive();
@@ -240,11 +243,18 @@ fn other_objectives_and_the_vlb_loss_train() {
         (Objective::X0, LossKind::Simple),
         (Objective::V, LossKind::Simple),
         (Objective::Eps, LossKind::Vlb),
+        (Objective::Eps, LossKind::Hybrid),
+        (Objective::V, LossKind::Vlb),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let mut vs = train::var_store(1, Device::Cpu);
-        let mut config = tiny(objective, loss);
-        config.variance = VarianceKind::FixedSmall;
+        let learned =
+            loss == LossKind::Hybrid || (objective, loss) == (Objective::V, LossKind::Vlb);
+        let config = tiny(objective, loss).with_variance(if learned {
+            VarianceKind::LearnedRange
+        } else {
+            VarianceKind::FixedSmall
+        });
         let model = Ddpm::new(&vs.root(), config)
             .unwrap()
             .with_sampling(ddim(5))
@@ -265,11 +275,26 @@ fn other_objectives_and_the_vlb_loss_train() {
         .unwrap();
         assert_eq!(report.steps_taken, 10, "{objective:?} {loss:?}");
         let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
-        let key = match loss {
-            LossKind::Simple => "l_simple",
-            LossKind::Vlb => "vlb_term_per_dim",
+        let keys: &[&str] = match loss {
+            LossKind::Simple => &["l_simple"],
+            LossKind::Vlb => &["vlb_term_per_dim"],
+            LossKind::Hybrid => &["l_simple", "vlb_term_per_dim"],
         };
-        assert!(metrics.contains(key), "{objective:?} {loss:?}: {metrics}");
+        for key in keys {
+            assert!(metrics.contains(key), "{objective:?} {loss:?}: {metrics}");
+        }
+        if learned {
+            // The bound and the samplers with the learned variance: finite.
+            let x = tch::Tensor::rand([2, 1, 28, 28], (tch::Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+            let terms = model.elbo_terms(&x);
+            let elbo = terms.elbo().double_value(&[0]);
+            assert!(elbo.is_finite(), "{objective:?} {loss:?}: {elbo}");
+            for sampler in ["ancestral-5", "ancestral-4-karras"] {
+                let options = SamplingOptions::clipped(sampler.parse().unwrap());
+                let (x, _) = model.sample_with(2, &options, 0).unwrap();
+                assert_eq!(x.isfinite().all().int64_value(&[]), 1, "{sampler}");
+            }
+        }
     }
 }
 
@@ -409,13 +434,23 @@ impl Denoiser for Labelled<'_> {
             .diffusion()
             .predictions(&output, x_t, &t, clip_x0)
     }
-    fn reverse_step(
+    fn ancestral_step(
         &self,
-        x0_hat: &tch::Tensor,
         x_t: &tch::Tensor,
         t: usize,
-    ) -> (tch::Tensor, f64) {
-        self.model.reverse_step(x0_hat, x_t, t)
+        prev: usize,
+        clip_x0: ClipX0,
+    ) -> elbo_models::Result<(tch::Tensor, tch::Tensor)> {
+        let n = x_t.size()[0];
+        let steps = tch::Tensor::full([n], t as i64, (tch::Kind::Int64, Device::Cpu));
+        let labels = tch::Tensor::full([n], self.label, (tch::Kind::Int64, Device::Cpu));
+        let output = self
+            .model
+            .unet()
+            .forward_labelled(x_t, &steps, Some(&labels), false);
+        self.model
+            .diffusion()
+            .ancestral_step(&output, x_t, t, prev, clip_x0)
     }
 }
 

@@ -138,12 +138,13 @@ pub fn unet_from_config(json: &Value, file: &Path) -> Result<UnetConfig> {
     let out_channels = field("out_channels")
         .and_then(Value::as_i64)
         .unwrap_or(in_channels);
-    if out_channels != in_channels {
+    if out_channels != in_channels && out_channels != 2 * in_channels {
         return Err(refuse(
             file,
             format!(
                 "out_channels is {out_channels} and in_channels {in_channels}: elbo's UNet \
-                 predicts as many channels as it reads (a learned variance doubles them)"
+                 predicts as many channels as it reads, or twice as many with learned \
+                 variances (variance_type learned_range)"
             ),
         ));
     }
@@ -274,6 +275,7 @@ pub fn unet_from_config(json: &Value, file: &Path) -> Result<UnetConfig> {
             .and_then(Value::as_i64)
             .unwrap_or(1),
         time_offset: -1,
+        out_channels: (out_channels != in_channels).then_some(out_channels),
     };
     config
         .validate()
@@ -328,7 +330,7 @@ pub fn config_from_unet(u: &UnetConfig) -> Value {
         "norm_num_groups": u.norm_groups,
         "num_class_embeds": u.num_classes.map(|k| k + 1),
         "num_train_timesteps": null,
-        "out_channels": u.in_channels,
+        "out_channels": u.out_channels.unwrap_or(u.in_channels),
         "resnet_time_scale_shift": "default",
         "sample_size": u.image_size,
         "time_embedding_dim": null,
@@ -443,24 +445,47 @@ pub fn ddpm_from_scheduler(json: &Value, file: &Path, unet: UnetConfig) -> Resul
     {
         "fixed_large" | "fixed_large_log" => VarianceKind::FixedLarge,
         "fixed_small" | "fixed_small_log" => VarianceKind::FixedSmall,
+        "learned_range" => VarianceKind::LearnedRange,
         other => {
             return Err(refuse(
                 file,
                 format!(
-                    "variance_type is {other}: elbo's DDPM has fixed variances (fixed_large, fixed_small), not learned ones"
+                    "variance_type is {other}: elbo's DDPM has fixed_large, fixed_small and \
+                     learned_range (improved DDPM's interpolation)"
                 ),
             ));
         }
     };
+    let learned = variance == VarianceKind::LearnedRange;
+    if learned != unet.out_channels.is_some() {
+        return Err(refuse(
+            file,
+            format!(
+                "variance_type is {} with a UNet of {} output channels for {} input channels: \
+                 learned_range needs twice as many outputs (the variances' half), a fixed \
+                 variance as many",
+                if learned { "learned_range" } else { "fixed" },
+                unet.out_channels.unwrap_or(unet.in_channels),
+                unet.in_channels
+            ),
+        ));
+    }
     let config = DdpmConfig {
         unet,
         schedule,
         timesteps,
         objective,
-        loss: LossKind::Simple,
+        // A learned variance is trained by the bound: fine-tuning uses improved DDPM's
+        // hybrid loss.
+        loss: if learned {
+            LossKind::Hybrid
+        } else {
+            LossKind::Simple
+        },
         variance,
         cond_drop: 0.0,
         timestep_sampling: TimestepSampling::Uniform,
+        hybrid_weight: None,
     };
     config.validate()?;
     Ok(config)
@@ -482,6 +507,7 @@ pub fn scheduler_from_ddpm(config: &DdpmConfig) -> Result<Value> {
         "variance_type": match config.variance {
             VarianceKind::FixedLarge => "fixed_large",
             VarianceKind::FixedSmall => "fixed_small",
+            VarianceKind::LearnedRange => "learned_range",
         },
         "trained_betas": null,
     });

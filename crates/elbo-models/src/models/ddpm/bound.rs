@@ -47,8 +47,8 @@ pub fn bound_terms(
         let mut total = Tensor::zeros([b], (Kind::Float, device));
         for t in lo..=hi {
             let tt = Tensor::full([b], t as i64, (Kind::Int64, device));
-            let (x_t, x0_hat) = draw(diffusion, network, x0, &tt);
-            total += diffusion.denoising_matching(x0, &x_t, &tt, &x0_hat);
+            let (x_t, x0_hat, log_var) = draw(diffusion, network, x0, &tt);
+            total += diffusion.denoising_matching(x0, &x_t, &tt, &x0_hat, &log_var);
         }
         layers.push((format!("denoising_matching t={lo}..{hi}"), total));
     }
@@ -57,17 +57,19 @@ pub fn bound_terms(
 
 /// The bound's term of each example at its own timestep `t` (nats): the
 /// denoising-matching KL for t >= 2, the decoder's negative log-likelihood `-L_0` at
-/// t = 1, from `x_t` and the prediction `x0_hat` there. What `--loss vlb` trains on.
+/// t = 1, from `x_t`, the prediction `x0_hat` there and the model's reverse
+/// log-variance `log_var`. What `--loss vlb` trains on.
 pub fn term(
     diffusion: &Diffusion,
     x0: &Tensor,
     x_t: &Tensor,
     t: &Tensor,
     x0_hat: &Tensor,
+    log_var: &Tensor,
     decoder: Decoder,
 ) -> Tensor {
-    let kl = diffusion.denoising_matching(x0, x_t, t, x0_hat);
-    let nll = -diffusion.reconstruction(x0, x_t, t, x0_hat, decoder);
+    let kl = diffusion.denoising_matching(x0, x_t, t, x0_hat, log_var);
+    let nll = -diffusion.reconstruction(x0, x_t, t, x0_hat, log_var, decoder);
     kl.where_self(&t.gt(1), &nll)
 }
 
@@ -81,16 +83,23 @@ pub fn terms_at(
     t: &Tensor,
     decoder: Decoder,
 ) -> Tensor {
-    let (x_t, x0_hat) = draw(diffusion, network, x0, t);
-    term(diffusion, x0, &x_t, t, &x0_hat, decoder)
+    let (x_t, x0_hat, log_var) = draw(diffusion, network, x0, t);
+    term(diffusion, x0, &x_t, t, &x0_hat, &log_var, decoder)
 }
 
-/// `x_t ~ q(x_t | x_0)` at the timesteps `t`, and the network's prediction of `x_0`
-/// there.
-fn draw(diffusion: &Diffusion, network: &Network<'_>, x0: &Tensor, t: &Tensor) -> (Tensor, Tensor) {
+/// `x_t ~ q(x_t | x_0)` at the timesteps `t`, the network's prediction of `x_0` there
+/// and the model's reverse log-variance.
+fn draw(
+    diffusion: &Diffusion,
+    network: &Network<'_>,
+    x0: &Tensor,
+    t: &Tensor,
+) -> (Tensor, Tensor, Tensor) {
     let x_t = diffusion.q_sample(x0, t, &x0.randn_like());
-    let (x0_hat, _) = diffusion.predictions(&network(&x_t, t), &x_t, t, ClipX0::None);
-    (x_t, x0_hat)
+    let output = network(&x_t, t);
+    let (x0_hat, _) = diffusion.predictions(&output, &x_t, t, ClipX0::None);
+    let log_var = diffusion.model_log_var(t, &x_t, &output);
+    (x_t, x0_hat, log_var)
 }
 
 /// The bound's terms from the denoising `layers`, with `L_0` (one draw of `x_1`) and the
@@ -103,9 +112,9 @@ fn with_ends(
     layers: Vec<(String, Tensor)>,
 ) -> ElboTerms {
     let one = Tensor::ones([x0.size()[0]], (Kind::Int64, x0.device()));
-    let (x_1, x0_hat) = draw(diffusion, network, x0, &one);
+    let (x_1, x0_hat, log_var) = draw(diffusion, network, x0, &one);
     ElboTerms {
-        reconstruction: diffusion.reconstruction(x0, &x_1, &one, &x0_hat, decoder),
+        reconstruction: diffusion.reconstruction(x0, &x_1, &one, &x0_hat, &log_var, decoder),
         prior_matching: diffusion.prior_matching(x0),
         layers,
     }
@@ -125,8 +134,8 @@ pub fn sampled_terms(
     let mut layers = Vec::new();
     if big_t >= 2 {
         let t = Tensor::randint_low(2, big_t + 1, [x0.size()[0]], (Kind::Int64, x0.device()));
-        let (x_t, x0_hat) = draw(diffusion, network, x0, &t);
-        let kl = diffusion.denoising_matching(x0, &x_t, &t, &x0_hat) * (big_t - 1) as f64;
+        let (x_t, x0_hat, log_var) = draw(diffusion, network, x0, &t);
+        let kl = diffusion.denoising_matching(x0, &x_t, &t, &x0_hat, &log_var) * (big_t - 1) as f64;
         layers.push(("denoising_matching".to_string(), kl));
     }
     with_ends(diffusion, network, x0, decoder, layers)
@@ -161,12 +170,14 @@ pub fn log_weights(
         let x_t = &mean_q + x_prev.randn_like() * beta.sqrt();
         log_w -= crate::nn::gaussian::log_density(&x_t, &mean_q, &log_var_q);
         let tt = Tensor::full([k * b], t as i64, (Kind::Int64, device));
-        let (x0_hat, _) = diffusion.predictions(&network(&x_t, &tt), &x_t, &tt, ClipX0::None);
+        let output = network(&x_t, &tt);
+        let (x0_hat, _) = diffusion.predictions(&output, &x_t, &tt, ClipX0::None);
+        let log_var = diffusion.model_log_var(&tt, &x_t, &output);
         log_w += if t == 1 {
-            diffusion.reconstruction(&x0k, &x_t, &tt, &x0_hat, decoder)
+            diffusion.reconstruction(&x0k, &x_t, &tt, &x0_hat, &log_var, decoder)
         } else {
             let mean_p = diffusion.reverse_mean(&x0_hat, &x_t, &tt);
-            crate::nn::gaussian::log_density(&x_prev, &mean_p, &diffusion.model_log_var(&tt, &x_t))
+            crate::nn::gaussian::log_density(&x_prev, &mean_p, &log_var)
         };
         x_prev = x_t;
     }

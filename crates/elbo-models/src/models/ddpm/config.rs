@@ -19,6 +19,11 @@ pub enum LossKind {
     /// The bound's own weighting: at a uniform t, the denoising-matching KL (the decoder's
     /// negative log-likelihood at t = 1), in nats per dimension.
     Vlb,
+    /// Improved DDPM's hybrid loss for learned variances: `L_simple + λ L_vlb`, the
+    /// bound's term with the gradient through the mean stopped, so that it trains the
+    /// variances only, and `L_vlb` as improved-diffusion scales it: T times the term at a
+    /// uniform t in bits per dimension (λ = 0.001, [`DdpmConfig::hybrid_weight`]).
+    Hybrid,
 }
 
 /// How training draws each example's timestep.
@@ -105,7 +110,14 @@ pub struct DdpmConfig {
     /// importance-sampled with `--loss vlb`).
     #[serde(default, skip_serializing_if = "TimestepSampling::is_uniform")]
     pub timestep_sampling: TimestepSampling,
+    /// λ of the hybrid loss (`None`, and absent from checkpoints: improved DDPM's 0.001);
+    /// only with `loss: Hybrid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hybrid_weight: Option<f64>,
 }
+
+/// Improved DDPM's λ of the hybrid loss.
+pub const HYBRID_WEIGHT: f64 = 0.001;
 
 fn is_zero(p: &f64) -> bool {
     *p == 0.0
@@ -151,6 +163,7 @@ impl DdpmConfig {
                 norm_eps: crate::nn::unet::DEFAULT_NORM_EPS,
                 downsample_padding: 1,
                 time_offset: 0,
+                out_channels: None,
             },
             schedule: ScheduleKind::Linear,
             timesteps: 1000,
@@ -159,9 +172,25 @@ impl DdpmConfig {
             variance: VarianceKind::FixedLarge,
             cond_drop: 0.0,
             timestep_sampling: TimestepSampling::Uniform,
+            hybrid_weight: None,
         };
         config.validate()?;
         Ok(config)
+    }
+
+    /// The configuration with reverse variances `variance`: a learned range doubles the
+    /// network's output channels (the second half interpolates each step's
+    /// log-variance), a fixed one keeps them those of the image.
+    pub fn with_variance(mut self, variance: VarianceKind) -> DdpmConfig {
+        self.variance = variance;
+        self.unet.out_channels =
+            (variance == VarianceKind::LearnedRange).then_some(2 * self.unet.in_channels);
+        self
+    }
+
+    /// λ of the hybrid loss.
+    pub fn hybrid_weight(&self) -> f64 {
+        self.hybrid_weight.unwrap_or(HYBRID_WEIGHT)
     }
 
     /// The preset made class-conditional on `classes` classes, with label dropout
@@ -206,6 +235,55 @@ impl DdpmConfig {
                     self.loss
                 ),
             });
+        }
+        let learned = self.variance == VarianceKind::LearnedRange;
+        let outputs = self.unet.out_channels.unwrap_or(self.unet.in_channels);
+        let expected = if learned { 2 } else { 1 } * self.unet.in_channels;
+        if outputs != expected {
+            return Err(Error::Config {
+                detail: format!(
+                    "the {} variance needs a network of {expected} output channels for \
+                     {} image channels, found {outputs}",
+                    self.variance, self.unet.in_channels
+                ),
+            });
+        }
+        match (learned, self.loss) {
+            (true, LossKind::Simple) => {
+                return Err(Error::Config {
+                    detail: "learned variances are trained by the bound, which L_simple does \
+                             not contain: use --loss hybrid (L_simple + 0.001 L_vlb, improved \
+                             DDPM's) or --loss vlb with --variance learned-range"
+                        .into(),
+                });
+            }
+            (false, LossKind::Hybrid) => {
+                return Err(Error::Config {
+                    detail: format!(
+                        "the hybrid loss's L_vlb term trains the reverse variances only (the \
+                         gradient through the mean is stopped), and the {} variance is fixed: \
+                         use --variance learned-range with it, or --loss simple or vlb",
+                        self.variance
+                    ),
+                });
+            }
+            _ => {}
+        }
+        if let Some(w) = self.hybrid_weight {
+            if self.loss != LossKind::Hybrid {
+                return Err(Error::Config {
+                    detail: format!(
+                        "--hybrid-weight {w} weighs the hybrid loss's L_vlb term; the loss is \
+                         {}: add --loss hybrid or leave it out",
+                        self.loss
+                    ),
+                });
+            }
+            if !(w.is_finite() && w > 0.0) {
+                return Err(Error::Config {
+                    detail: format!("--hybrid-weight must be a positive number, found {w}"),
+                });
+            }
         }
         if self.cond_drop > 0.0 && self.unet.num_classes.is_none() {
             return Err(Error::Config {

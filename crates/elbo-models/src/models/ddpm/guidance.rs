@@ -102,7 +102,16 @@ impl<'a> Guided<'a> {
                 .forward_labelled(x_t, t, Some(&self.labels), false);
         }
         let (cond, uncond) = self.both(x_t, t);
-        cond * (1.0 + self.scale) - uncond * self.scale
+        let diffusion = &self.model.diffusion;
+        let guided = diffusion.mean_output(&cond, x_t) * (1.0 + self.scale)
+            - diffusion.mean_output(&uncond, x_t) * self.scale;
+        if !diffusion.learns_variance() {
+            return guided;
+        }
+        // A learned variance is the conditional model's (GLIDE's and diffusers' choice):
+        // guidance moves the mean only.
+        let c = x_t.size()[1];
+        Tensor::cat(&[guided, cond.narrow(1, c, c)], 1)
     }
 }
 
@@ -121,7 +130,17 @@ impl Denoiser for Guided<'_> {
         self.model.diffusion.predictions(&output, x_t, &t, clip_x0)
     }
 
-    fn reverse_step(&self, x0_hat: &Tensor, x_t: &Tensor, t: usize) -> (Tensor, f64) {
-        self.model.reverse_step(x0_hat, x_t, t)
+    fn ancestral_step(
+        &self,
+        x_t: &Tensor,
+        t: usize,
+        prev: usize,
+        clip_x0: ClipX0,
+    ) -> crate::error::Result<(Tensor, Tensor)> {
+        let steps = Tensor::full([x_t.size()[0]], t as i64, (Kind::Int64, x_t.device()));
+        let output = self.output(x_t, &steps);
+        self.model
+            .diffusion
+            .ancestral_step(&output, x_t, t, prev, clip_x0)
     }
 }

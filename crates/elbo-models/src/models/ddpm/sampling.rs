@@ -48,12 +48,17 @@ impl Denoiser for Ddpm {
         self.diffusion.predictions(&output, x_t, &t, clip_x0)
     }
 
-    fn reverse_step(&self, x0_hat: &Tensor, x_t: &Tensor, t: usize) -> (Tensor, f64) {
+    fn ancestral_step(
+        &self,
+        x_t: &Tensor,
+        t: usize,
+        prev: usize,
+        clip_x0: ClipX0,
+    ) -> Result<(Tensor, Tensor)> {
         let steps = Tensor::full([x_t.size()[0]], t as i64, (Kind::Int64, x_t.device()));
-        (
-            self.diffusion.reverse_mean(x0_hat, x_t, &steps),
-            self.diffusion.model_variance(t),
-        )
+        let output = self.unet.forward(x_t, &steps, false);
+        self.diffusion
+            .ancestral_step(&output, x_t, t, prev, clip_x0)
     }
 }
 

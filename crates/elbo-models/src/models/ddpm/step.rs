@@ -51,15 +51,21 @@ impl Ddpm {
             .null_label()
             .map(|null| drop_labels(labels, null, self.config.cond_drop));
         let output = self.unet.forward_labelled(&x_t, &t, labels.as_ref(), true);
-        let (name, loss) = match self.config.loss {
-            LossKind::Simple => (
-                "l_simple",
-                (output - d.target(x, &t, &eps)).square().mean(Kind::Float),
-            ),
+        let at = At {
+            x,
+            x_t: &x_t,
+            t: &t,
+            eps: &eps,
+            output: &output,
+        };
+        let (loss, reported) = match self.config.loss {
+            LossKind::Simple => {
+                let loss = at.simple(d);
+                let reported = vec![("l_simple".to_string(), loss.detach())];
+                (loss, reported)
+            }
             LossKind::Vlb => {
-                let dims = (x.numel() as i64 / b.max(1)) as f64;
-                let (x0_hat, _) = d.predictions(&output, &x_t, &t, ClipX0::None);
-                let term = bound::term(d, x, &x_t, &t, &x0_hat, Decoder::Discretized) / dims;
+                let term = at.vlb_term(d, &output);
                 let loss = match (&weights, sampler) {
                     (Some(w), Some(sampler)) => {
                         record_losses(&mut sampler.borrow_mut(), &t, &term);
@@ -67,14 +73,69 @@ impl Ddpm {
                     }
                     _ => term.mean(Kind::Float),
                 };
-                ("vlb_term_per_dim", loss)
+                let reported = vec![("vlb_term_per_dim".to_string(), loss.detach())];
+                (loss, reported)
+            }
+            LossKind::Hybrid => {
+                let (loss, simple, term) = at.hybrid(d, self.config.hybrid_weight());
+                let reported = vec![
+                    ("l_simple".to_string(), simple.detach()),
+                    ("vlb_term_per_dim".to_string(), term.detach()),
+                ];
+                (loss, reported)
             }
         };
         StepLoss {
-            reported: Reported::Scalars(vec![(name.into(), loss.detach())]),
+            reported: Reported::Scalars(reported),
             loss,
             extra: Vec::new(),
         }
+    }
+}
+
+/// A training batch's draws and the network's output there: what each loss is made of.
+struct At<'a> {
+    x: &'a Tensor,
+    x_t: &'a Tensor,
+    t: &'a Tensor,
+    eps: &'a Tensor,
+    output: &'a Tensor,
+}
+
+impl At<'_> {
+    /// `L_simple`: the mean squared error of the output's mean part against its target.
+    fn simple(&self, d: &super::Diffusion) -> Tensor {
+        (d.mean_output(self.output, self.x_t) - d.target(self.x, self.t, self.eps))
+            .square()
+            .mean(Kind::Float)
+    }
+
+    /// The bound's term per example (nats per dimension): its mean from the output
+    /// `for_mean`, its variance from the live output (learned or fixed).
+    fn vlb_term(&self, d: &super::Diffusion, for_mean: &Tensor) -> Tensor {
+        let dims = (self.x.numel() as i64 / self.x.size()[0].max(1)) as f64;
+        let (x0_hat, _) = d.predictions(for_mean, self.x_t, self.t, ClipX0::None);
+        let log_var = d.model_log_var(self.t, self.x_t, self.output);
+        bound::term(
+            d,
+            self.x,
+            self.x_t,
+            self.t,
+            &x0_hat,
+            &log_var,
+            Decoder::Discretized,
+        ) / dims
+    }
+
+    /// Improved DDPM's hybrid loss `L_simple + λ L_vlb`: the bound's term with the mean
+    /// from the detached output (its gradient reaches the variances only), as T times
+    /// the term in bits per dimension (improved-diffusion's scaling). The loss, and its
+    /// two parts (`L_simple`, the term in nats per dimension).
+    fn hybrid(&self, d: &super::Diffusion, weight: f64) -> (Tensor, Tensor, Tensor) {
+        let simple = self.simple(d);
+        let term = self.vlb_term(d, &self.output.detach()).mean(Kind::Float);
+        let scale = weight * d.timesteps() as f64 / std::f64::consts::LN_2;
+        (&simple + &term * scale, simple, term)
     }
 }
 
@@ -230,4 +291,67 @@ pub fn drop_labels(labels: &Tensor, null: i64, p: f64) -> Tensor {
     }
     let dropped = Tensor::rand(labels.size(), (Kind::Float, labels.device())).lt(p);
     labels.masked_fill(&dropped, null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::ddpm::{Diffusion, Objective, ScheduleKind, VarianceKind};
+    use tch::Device;
+
+    /// The hybrid loss is `L_simple + λ T term / ln 2`, and its term's gradient reaches
+    /// the variance channels only: on the mean channels the gradient is `L_simple`'s.
+    #[test]
+    fn the_hybrid_loss_trains_the_mean_by_l_simple_alone() {
+        let _generator = crate::testing::generator_lock();
+        let d = Diffusion::new(
+            ScheduleKind::Linear.build(100).unwrap(),
+            Objective::Eps,
+            VarianceKind::LearnedRange,
+            Device::Cpu,
+        )
+        .unwrap();
+        tch::manual_seed(9);
+        let x = Tensor::rand([3, 2, 4, 4], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+        let t = Tensor::from_slice(&[1i64, 40, 99]);
+        let eps = x.randn_like();
+        let x_t = d.q_sample(&x, &t, &eps);
+        let leaf = || {
+            (Tensor::randn([3, 4, 4, 4], (Kind::Float, Device::Cpu)) * 0.5)
+                .detach()
+                .set_requires_grad(true)
+        };
+        tch::manual_seed(10);
+        let output = leaf();
+        let at = At {
+            x: &x,
+            x_t: &x_t,
+            t: &t,
+            eps: &eps,
+            output: &output,
+        };
+        let (loss, simple, term) = at.hybrid(&d, 0.001);
+        let expected =
+            simple.double_value(&[]) + 0.001 * 100.0 * term.double_value(&[]) / 2f64.ln();
+        assert!((loss.double_value(&[]) - expected).abs() < 1e-5 * expected.abs());
+        let hybrid_grad = Tensor::run_backward(&[&loss], &[&output], false, false).remove(0);
+        tch::manual_seed(10);
+        let same = leaf();
+        let at = At {
+            output: &same,
+            ..at
+        };
+        let simple_grad = Tensor::run_backward(&[&at.simple(&d)], &[&same], false, false).remove(0);
+        let gap = (hybrid_grad.narrow(1, 0, 2) - simple_grad.narrow(1, 0, 2))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert_eq!(gap, 0.0, "the mean channels see L_simple's gradient only");
+        let variance_grad = hybrid_grad.narrow(1, 2, 2).abs().max().double_value(&[]);
+        assert!(variance_grad > 0.0, "the variance channels are trained");
+        assert_eq!(
+            simple_grad.narrow(1, 2, 2).abs().max().double_value(&[]),
+            0.0
+        );
+    }
 }

@@ -43,18 +43,23 @@ impl Denoiser for Vdm {
         (x0, eps)
     }
 
-    /// The posterior `q(z_{s} | z_t, x_0)` at the predicted `x_0`, one grid step back:
-    /// the ancestral step in the learned schedule (its variance, the posterior's), its
-    /// coefficients from elbo-math's posterior between the two steps' `alpha_bar`s (NaN
-    /// off the grid).
-    fn reverse_step(&self, x0_hat: &Tensor, x_t: &Tensor, t: usize) -> (Tensor, f64) {
-        let (coef_x0, coef_xt, variance) = self
-            .gamma
-            .step_posterior(t)
-            .map_or((f64::NAN, f64::NAN, f64::NAN), |p| {
-                (p.coef_x0(), p.coef_xt(), p.variance())
-            });
-        (x0_hat * coef_x0 + x_t * coef_xt, variance)
+    /// The posterior `q(z_prev | z_t, x_0)` at the predicted `x_0`: the ancestral step
+    /// in the learned schedule (its variance, the posterior's), its coefficients from
+    /// elbo-math's posterior between the two steps' `alpha_bar`s.
+    fn ancestral_step(
+        &self,
+        x_t: &Tensor,
+        t: usize,
+        prev: usize,
+        clip_x0: ClipX0,
+    ) -> Result<(Tensor, Tensor)> {
+        let (x0_hat, _) = self.predict(x_t, t, clip_x0);
+        let p = self.gamma.step_posterior(t, prev)?;
+        let variance = if prev == 0 { 0.0 } else { p.variance() };
+        Ok((
+            x0_hat * p.coef_x0() + x_t * p.coef_xt(),
+            Tensor::full([], variance, (Kind::Float, x_t.device())),
+        ))
     }
 }
 

@@ -311,10 +311,10 @@ impl GammaNet {
         })
     }
 
-    /// The posterior `q(z_{t-1} | z_t, x_0)` one grid step back from step `t` (of
-    /// `1..=T`): elbo-math's [`posterior_between`] the two steps' `alpha_bar`s.
-    pub(super) fn step_posterior(&self, t: usize) -> Result<Posterior> {
-        let (ab, ab_prev) = (self.alpha_bar(t)?, self.alpha_bar(t.saturating_sub(1))?);
+    /// The posterior `q(z_prev | z_t, x_0)` from grid step `t` (of `1..=T`) back to
+    /// `prev < t`: elbo-math's [`posterior_between`] the two steps' `alpha_bar`s.
+    pub(super) fn step_posterior(&self, t: usize, prev: usize) -> Result<Posterior> {
+        let (ab, ab_prev) = (self.alpha_bar(t)?, self.alpha_bar(prev.min(t))?);
         posterior_between(ab_prev, ab).map_err(math)
     }
 }
@@ -345,7 +345,7 @@ impl NoiseProcess for GammaNet {
         Ok(elbo_math::vdm::alpha_squared(self.gamma_at_step(t)))
     }
     fn posterior_variance(&self, t: usize) -> Result<f64> {
-        Ok(self.step_posterior(t)?.variance())
+        Ok(self.step_posterior(t, t.saturating_sub(1))?.variance())
     }
     fn respace(&self, kept: &[usize]) -> Result<NoiseSchedule> {
         self.discretized()?.respace(kept).map_err(math)
