@@ -5,6 +5,7 @@ T = 1000, eps objective, L_simple), for the speed comparison of issue 8.
     python ddpm_unet.py check-checkpoint RUN_OR_CHECKPOINT [--threads 1] [--label K --guidance W]
     python ddpm_unet.py compare-samples RUN_OR_CHECKPOINT GRID.png [--n 8] [--label K --guidance W]
     python ddpm_unet.py flops [--batch 4]
+    python ddpm_unet.py bound RUN_OR_CHECKPOINT [--examples 4] [--seed 0] [--weights ema.]
 
 `check-checkpoint` loads an elbo `ddpm` checkpoint into the twin (`load_state_dict`
 with strict=True after asserting every name, shape and the count), then evaluates
@@ -14,6 +15,13 @@ checkpoint). `compare-samples` draws the twin's DDIM samples with the seed, clas
 guidance `elbo sample --seed S --sampler ddim-50 --class K --guidance W` used and
 compares them with elbo's grid, grey level by grey level. `flops` prints the analytic forward FLOPs of one UNet evaluation
 (`unet_flops`) beside torch.utils.flop_counter.FlopCounterMode's count. Both print JSON.
+`bound` evaluates the full T-step bound of the first --examples test images of the
+bundled MNIST sample with the checkpoint's reverse variance (fixed-large, fixed-small,
+or improved DDPM's learned range from the network's second half of channels), seeding
+libtorch's generator with --seed and drawing in the order `elbo eval RUN --examples N
+--seed S` does, so the two print the same terms (the differences are float32 rounding).
+The bound is written out here from Ho et al.'s eq. 5 and Nichol & Dhariwal's eq. 15,
+not from elbo's code.
 
 The module mirrors crates/elbo-models/src/ddpm/{unet.rs,embedding.rs,model.rs,
 schedule.rs,sampler.rs,vlb.rs} (branch `ddpm`) op for op:
@@ -80,6 +88,9 @@ class UnetConfig:
     # unet.rs `extra_inputs`: channels concatenated to the image at the input only (a
     # VDM's Fourier features); absent from a DDPM's checkpoint.
     extra_inputs: int = 0
+    # unet.rs `out_channels`: twice in_channels for learned variances (improved DDPM's
+    # head: the second half is v in [-1, 1]); absent (= in_channels) otherwise.
+    out_channels: int = None
 
 
 def ddpm_mnist_config():
@@ -250,7 +261,7 @@ class UNet(nn.Module):
                 self.up_order.append((name, "up"))
                 side *= 2
         self.out_norm = nn.GroupNorm(g, c)
-        self.output = conv3(c, config.in_channels, zero=True)
+        self.output = conv3(c, config.out_channels or config.in_channels, zero=True)
 
     def forward(self, x, t, train, labels=None):
         """`labels` (B,) int64 in 0..=num_classes of a class-conditional network; None is
@@ -314,11 +325,12 @@ class DDPM(nn.Module):
     """model.rs `Ddpm` with the ddpm-mnist defaults (linear schedule, T = 1000, eps
     objective, L_simple). State-dict names: `unet.*` (an elbo checkpoint's `model.*`)."""
 
-    def __init__(self, config=None, timesteps=1000, cond_drop=0.0):
+    def __init__(self, config=None, timesteps=1000, cond_drop=0.0, variance="fixed-large"):
         super().__init__()
         self.unet = UNet(config)
         self.timesteps = timesteps
         self.cond_drop = cond_drop
+        self.variance = variance
         self.image = (self.unet.config.in_channels, self.unet.config.image_size,
                       self.unet.config.image_size)
         self.lab = log_alpha_bar(linear_betas(timesteps))  # f64, index t - 1
@@ -368,6 +380,85 @@ class DDPM(nn.Module):
         l_prev = self.lab[timesteps[i - 2] - 1] if i >= 2 else 0.0
         beta = -math.expm1(l_i - l_prev)
         return beta * (-math.expm1(l_prev)) / (-math.expm1(l_i))
+
+    # --- The bound (Ho et al. 2020 eq. 5; improved DDPM's learned variance, their eq. 15).
+
+    def reverse_tables(self):
+        """Per step t (index t, entry 0 unused), in float64: beta_t, the posterior
+        variance beta_tilde_t (at t = 1, where it is 0, beta_tilde_2: Ho et al.'s and
+        improved DDPM's clipping) and the posterior mean's coefficients on x_0 and x_t."""
+        betas = linear_betas(self.timesteps)
+        ab = np.exp(self.lab)
+        ab_prev = np.concatenate([[1.0], ab[:-1]])
+        tilde = betas * (1.0 - ab_prev) / (1.0 - ab)
+        tilde[0] = tilde[1]
+        coef_x0 = np.sqrt(ab_prev) * betas / (1.0 - ab)
+        coef_xt = np.sqrt(1.0 - betas) * (1.0 - ab_prev) / (1.0 - ab)
+        pad = lambda v: torch.tensor(np.concatenate([[1.0], v])).float()  # noqa: E731
+        return pad(betas), pad(tilde), pad(coef_x0), pad(coef_xt)
+
+    def reverse(self, x_t, t, tables):
+        """p(x_{t-1} | x_t): its mean (the posterior mean at x0 predicted from the eps
+        half of the output) and log-variance (fixed, or f ln beta + (1 - f) ln
+        beta_tilde with f = (v + 1) / 2 from the second half)."""
+        betas, tilde, coef_x0, coef_xt = tables
+        out = self.unet(x_t, t, False)
+        c = x_t.shape[1]
+        eps_hat = out[:, :c]
+        x0_hat = (x_t - self.at(self.noise, t, x_t) * eps_hat) / self.at(self.signal, t, x_t)
+        mean = self.at(coef_x0, t, x_t) * x0_hat + self.at(coef_xt, t, x_t) * x_t
+        log_beta, log_tilde = self.at(betas, t, x_t).log(), self.at(tilde, t, x_t).log()
+        if self.variance == "learned-range":
+            f = (out[:, c:] + 1.0) / 2.0
+            log_var = f * log_beta + (1.0 - f) * log_tilde
+        elif self.variance == "fixed-small":
+            log_var = log_tilde.expand_as(x_t)
+        else:
+            # fixed-large: beta_t, but beta_tilde_2 at t = 1 (the decoder's variance).
+            first = (t == 1).reshape([-1] + [1] * (x_t.dim() - 1))
+            log_var = torch.where(first, log_tilde, log_beta).expand_as(x_t)
+        return mean, log_var
+
+    @torch.no_grad()
+    def bound(self, x0):
+        """The T-step bound of each example, term by term (nats), drawing as elbo's
+        `bound_terms` does: for t = 2..T in the groups 2..10, 11..100, 101..T one
+        standard normal of x0's shape per step, then one for L_0 at t = 1."""
+        tables = self.reverse_tables()
+        b = x0.shape[0]
+        _, tilde, coef_x0, coef_xt = tables
+
+        def kl(mean_q, log_var_q, mean_p, log_var_p):
+            return 0.5 * (log_var_p - log_var_q
+                          + (log_var_q.exp() + (mean_q - mean_p) ** 2) / log_var_p.exp()
+                          - 1.0).flatten(1).sum(1)
+
+        terms = {}
+        groups, lo, hi = [], 2, 10
+        while lo <= self.timesteps:
+            groups.append((lo, min(hi, self.timesteps)))
+            lo, hi = hi + 1, hi * 10
+        for lo, hi in groups:
+            total = torch.zeros(b)
+            for step in range(lo, hi + 1):
+                t = torch.full((b,), step, dtype=torch.int64)
+                eps = torch.randn_like(x0)
+                x_t = self.at(self.signal, t, x0) * x0 + self.at(self.noise, t, x0) * eps
+                mean_p, log_var_p = self.reverse(x_t, t, tables)
+                mean_q = self.at(coef_x0, t, x0) * x0 + self.at(coef_xt, t, x0) * x_t
+                log_var_q = self.at(tilde, t, x0).log().expand_as(x0)
+                total += kl(mean_q, log_var_q, mean_p, log_var_p)
+            terms[f"denoising_matching t={lo}..{hi}"] = total
+        one = torch.ones(b, dtype=torch.int64)
+        x_1 = self.at(self.signal, one, x0) * x0 + self.at(self.noise, one, x0) * torch.randn_like(x0)
+        mean, log_var = self.reverse(x_1, one, tables)
+        from vdm import discretized_log_prob
+        terms["reconstruction"] = discretized_log_prob(x0, mean, 0.5 * log_var).flatten(1).sum(1)
+        s_T, n_T = self.signal[self.timesteps].item(), self.noise[self.timesteps].item()
+        zeros = torch.zeros_like(x0)
+        terms["prior_matching"] = kl(s_T * x0, torch.full_like(x0, math.log(n_T * n_T)),
+                                     zeros, zeros)
+        return terms
 
     @torch.no_grad()
     def ddim_sample(self, n, steps=50, eta=0.0, clip_x0=True, label=None, w=0.0,
@@ -504,12 +595,14 @@ def load_elbo_checkpoint(path, weights_prefix="model."):
     cfg = meta["model_config"]
     if meta["model"] != "ddpm":
         raise SystemExit(f"{path}: not a ddpm checkpoint ({meta['model']})")
-    expected = {"schedule": "linear", "objective": "eps", "loss": "simple",
-                "variance": "fixed-large"}
-    for key, value in expected.items():
-        if cfg[key] != value:
-            raise SystemExit(f"{path}: {key} {cfg[key]}, the twin has {value}")
-    model = DDPM(UnetConfig(**cfg["unet"]), cfg["timesteps"], cfg.get("cond_drop", 0.0))
+    expected = {"schedule": ["linear"], "objective": ["eps"],
+                "loss": ["simple", "vlb", "hybrid"],
+                "variance": ["fixed-large", "fixed-small", "learned-range"]}
+    for key, values in expected.items():
+        if cfg[key] not in values:
+            raise SystemExit(f"{path}: {key} {cfg[key]}, the twin has {values}")
+    model = DDPM(UnetConfig(**cfg["unet"]), cfg["timesteps"], cfg.get("cond_drop", 0.0),
+                 variance=cfg["variance"])
     weights = {k[len(weights_prefix):]: v for k, v in tensors.items()
                if k.startswith(weights_prefix)}
     result = elbo_compat.load_strict(model, weights)
@@ -604,6 +697,23 @@ def flops_command(args):
                       "relative_difference": (counted - analytic) / analytic}))
 
 
+def bound_command(args):
+    torch.set_num_threads(args.threads)
+    meta, model, info = load_elbo_checkpoint(args.checkpoint, args.weights)
+    model.eval()
+    images = elbo_compat.read_idx_gz(args.data / "t10k-images-idx3-ubyte.gz")
+    x = scale_to_pm1(images[: args.examples])
+    torch.manual_seed(args.seed)
+    terms = model.bound(x)
+    means = {k: v.mean().item() for k, v in terms.items()}
+    elbo = means["reconstruction"] - sum(v for k, v in means.items() if k != "reconstruction")
+    dims = x[0].numel()
+    print(json.dumps({"checkpoint": str(args.checkpoint), "step": meta["step"], **info,
+                      "variance": model.variance, "examples": x.shape[0],
+                      "terms_nats": means, "elbo_nats": elbo,
+                      "bits_per_dim": -elbo / (dims * math.log(2))}, indent=1))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -629,11 +739,18 @@ def main():
     s.add_argument("--guidance", type=float, default=0.0)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--threads", type=int, default=1)
+    b = sub.add_parser("bound", help="the full bound of an elbo ddpm checkpoint, elbo's draws")
+    b.add_argument("checkpoint", type=Path)
+    b.add_argument("--examples", type=int, default=4)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--weights", default="ema.")
+    b.add_argument("--threads", type=int, default=1)
+    b.add_argument("--data", type=Path, default=DEFAULT_DATA)
     f = sub.add_parser("flops", help="analytic vs FlopCounterMode forward FLOPs")
     f.add_argument("--batch", type=int, default=4)
     args = parser.parse_args()
     {"check-checkpoint": check_checkpoint, "compare-samples": compare_samples,
-     "flops": flops_command}[args.command](args)
+     "flops": flops_command, "bound": bound_command}[args.command](args)
 
 
 if __name__ == "__main__":

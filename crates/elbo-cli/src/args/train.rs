@@ -338,6 +338,10 @@ pub struct VdmArgs {
     /// takes the diffusion loss [default: 1000].
     #[arg(long)]
     pub grid: Option<usize>,
+    /// The learning-rate multiplier of the learned schedule's parameters (gamma.*), a
+    /// group of their own (default 1: the network's rate).
+    #[arg(long, value_name = "M")]
+    pub schedule_lr: Option<f64>,
     /// Dropout in the residual blocks (default: the preset's).
     #[arg(long)]
     pub dropout: Option<f64>,
@@ -470,6 +474,7 @@ impl VdmArgs {
             gamma_range,
             timesteps: self.timesteps,
             grid: self.grid,
+            schedule_lr: self.schedule_lr,
             fourier: if self.no_fourier {
                 Some(Vec::new())
             } else {

@@ -308,8 +308,68 @@ fn bad_options_are_refused_with_their_range() {
         assert!(text(&out).contains(expected), "{family}: {}", text(&out));
         assert!(!run_dir.join("checkpoints").exists());
     }
+    // Contradictory learned-variance settings are refused naming what is allowed.
+    for (options, expected) in [
+        (
+            &["--variance", "learned-range"][..],
+            "use --loss hybrid (L_simple + 0.001 L_vlb, improved DDPM's) or --loss vlb",
+        ),
+        (
+            &["--variance", "learned-range", "--loss", "simple"][..],
+            "learned variances are trained by the bound",
+        ),
+        (
+            &["--loss", "hybrid"][..],
+            "use --variance learned-range with it",
+        ),
+        (
+            &[
+                "--variance",
+                "learned-range",
+                "--loss",
+                "vlb",
+                "--hybrid-weight",
+                "0.01",
+            ][..],
+            "add --loss hybrid or leave it out",
+        ),
+        (
+            &[
+                "--variance",
+                "learned-range",
+                "--loss",
+                "hybrid",
+                "--hybrid-weight=-1",
+            ][..],
+            "--hybrid-weight must be a positive number",
+        ),
+    ] {
+        let run_dir = dir.path().join("learned");
+        let mut args = vec!["train", "ddpm", "--run", run_dir.to_str().unwrap()];
+        args.extend_from_slice(options);
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(1), "{options:?}: {}", text(&out));
+        assert!(text(&out).contains(expected), "{options:?}: {}", text(&out));
+        assert!(!run_dir.join("checkpoints").exists());
+    }
+    for (options, expected) in [
+        (
+            &["--schedule", "fixed", "--schedule-lr", "10"][..],
+            "this one is fixed",
+        ),
+        (&["--schedule-lr", "0"][..], "must be positive, found 0"),
+    ] {
+        let run_dir = dir.path().join("vdm-lr");
+        let mut args = vec!["train", "vdm", "--run", run_dir.to_str().unwrap()];
+        args.extend_from_slice(options);
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(1), "{options:?}: {}", text(&out));
+        assert!(text(&out).contains(expected), "{options:?}: {}", text(&out));
+    }
     for args in [
         vec!["sample", "runs/none", "--n", "0"],
+        vec!["sample", "runs/none", "--sampler", "heun-18-tmin=0.1"],
+        vec!["sample", "runs/none", "--sampler", "ddim-50-churn=40"],
         vec!["sample", "runs/none", "--interpolate", "1"],
         vec!["sample", "runs/none", "--sampler", "ddim-x"],
     ] {

@@ -330,6 +330,8 @@ pub struct VdmJob {
     pub grid: Option<usize>,
     /// The Fourier features' exponents (default 6 and 7; empty: none).
     pub fourier: Option<Vec<i64>>,
+    /// The learning-rate multiplier of a learned schedule's parameters (default 1).
+    pub schedule_lr: Option<f64>,
     /// Dropout in the residual blocks (default the preset's).
     pub dropout: Option<f64>,
     /// Test images of the final evaluation of the bound (one network call per image
@@ -358,6 +360,9 @@ impl VdmJob {
         }
         if let Some(v) = self.dropout {
             config.unet.dropout = v;
+        }
+        if self.schedule_lr.is_some() {
+            config.schedule_lr = self.schedule_lr;
         }
         if let Some(exponents) = &self.fourier {
             config = config.with_fourier(exponents.clone())?;

@@ -216,6 +216,16 @@ impl<'a> Trainer<'a> {
         );
         let steps_per_epoch = loader.batches_per_epoch().max(1) as u64;
         let mut adam = Adam::new(vs, config.adam);
+        for (prefix, multiplier) in step.lr_scales() {
+            if adam.scale_lr(&prefix, multiplier) == 0 {
+                return Err(Error::Config {
+                    detail: format!(
+                        "a learning-rate multiplier of {multiplier} for the variables {prefix}* \
+                         names none of the model's trainable variables"
+                    ),
+                });
+            }
+        }
         let mut ema = config.ema_decay.map(|_| Ema::new(vs));
         if replicas.size() > 1 {
             let job = serde_json::json!({

@@ -43,6 +43,8 @@ pub struct Adam {
     v: Vec<Tensor>,
     steps: i64,
     fused: bool,
+    /// Each variable's learning-rate multiplier (1 unless [`Adam::scale_lr`] set one).
+    lr_scale: Vec<f64>,
     /// `steps` as the fused kernel reads it: on the parameters' device, counted there
     /// (made from `steps` when missing, after a restore).
     step_on_device: Option<Tensor>,
@@ -61,7 +63,9 @@ impl Adam {
         let (names, params): (Vec<String>, Vec<Tensor>) = variables.into_iter().unzip();
         let m = params.iter().map(Tensor::zeros_like).collect();
         let v = params.iter().map(Tensor::zeros_like).collect();
+        let lr_scale = vec![1.0; params.len()];
         Adam {
+            lr_scale,
             config,
             names,
             params,
@@ -79,6 +83,20 @@ impl Adam {
     /// and device. Either way a variable without a gradient is left alone.
     pub fn set_fused(&mut self, fused: bool) {
         self.fused = fused;
+    }
+
+    /// Multiplies the learning rate of the variables whose names start with `prefix` by
+    /// `multiplier` (a parameter group of its own, as PyTorch's optimisers have; the
+    /// warm-up and decay scale every group alike); returns how many variables it names.
+    pub fn scale_lr(&mut self, prefix: &str, multiplier: f64) -> usize {
+        let mut named = 0;
+        for (name, scale) in self.names.iter().zip(&mut self.lr_scale) {
+            if name.starts_with(prefix) {
+                *scale = multiplier;
+                named += 1;
+            }
+        }
+        named
     }
 
     /// The variables it updates, in a fixed order (by name).
@@ -173,20 +191,29 @@ impl Adam {
         let step_size = lr / bias1;
         if self.fused {
             // A variable without a gradient (it took no part in the loss) is left alone,
-            // moments included, as PyTorch leaves a parameter whose grad is None.
-            let mut lists: [Vec<Tensor>; 4] = Default::default();
+            // moments included, as PyTorch leaves a parameter whose grad is None. One
+            // kernel call per learning-rate group.
+            let mut groups: Vec<(f64, [Vec<Tensor>; 4])> = Vec::new();
             for (i, p) in self.params.iter().enumerate() {
                 let g = p.grad();
                 if g.defined() {
+                    let scale = self.lr_scale[i];
+                    let at = match groups.iter().position(|(s, _)| *s == scale) {
+                        Some(at) => at,
+                        None => {
+                            groups.push((scale, Default::default()));
+                            groups.len() - 1
+                        }
+                    };
+                    let lists = &mut groups[at].1;
                     lists[0].push(p.shallow_clone());
                     lists[1].push(g);
                     lists[2].push(self.m[i].shallow_clone());
                     lists[3].push(self.v[i].shallow_clone());
                 }
             }
-            let [params, grads, m, v] = &lists;
-            let hyper = FusedAdamStep {
-                lr,
+            let hyper = |scale: f64| FusedAdamStep {
+                lr: lr * scale,
                 beta1,
                 beta2,
                 weight_decay,
@@ -205,7 +232,11 @@ impl Adam {
                     Tensor::from_slice(&[self.steps as f32]).to_device(device)
                 }
             };
-            let result = fused_adam(params, grads, m, v, &step, held, hyper);
+            let result = groups
+                .iter()
+                .try_for_each(|(scale, [params, grads, m, v])| {
+                    fused_adam(params, grads, m, v, &step, held, hyper(*scale))
+                });
             self.step_on_device = Some(step);
             match result {
                 Ok(()) => return,
@@ -222,11 +253,13 @@ impl Adam {
         }
         // Unfused: a variable without a gradient is left alone here too.
         tch::no_grad(|| {
-            for ((p, m), v) in self.params.iter_mut().zip(&mut self.m).zip(&mut self.v) {
+            let vars = self.params.iter_mut().zip(&mut self.m).zip(&mut self.v);
+            for (((p, m), v), scale) in vars.zip(&self.lr_scale) {
                 let g = p.grad();
                 if !g.defined() {
                     continue;
                 }
+                let (lr, step_size) = (lr * scale, step_size * scale);
                 if weight_decay > 0.0 {
                     let _ = p.g_mul_scalar_(1.0 - lr * weight_decay);
                 }
@@ -477,5 +510,28 @@ mod tests {
         let norm = adam.clip_grad_norm(100.0).double_value(&[]);
         assert!((norm - 2.0).abs() < 1e-5, "{norm}");
         assert_eq!(Vec::<f32>::try_from(x.grad()).unwrap(), got);
+    }
+
+    /// A learning-rate group: the variables a prefix names move `multiplier` times as
+    /// far on Adam's first step (whose update is lr m_hat / (sqrt(v_hat) + eps), about
+    /// lr for any gradient), fused or not; an unknown prefix names none.
+    #[test]
+    fn a_learning_rate_group_scales_its_variables_updates() {
+        let _generator = crate::testing::generator_lock();
+        for fused in [true, false] {
+            let vs = VarStore::new(tch::Device::Cpu);
+            let a = vs.root().var("a", &[2], nn::Init::Const(1.0));
+            let b = vs.root().sub("gamma").var("b", &[2], nn::Init::Const(1.0));
+            let mut adam = Adam::new(&vs, AdamConfig::default());
+            adam.set_fused(fused);
+            assert_eq!(adam.scale_lr("gamma.", 10.0), 1);
+            assert_eq!(adam.scale_lr("nothing.", 2.0), 0);
+            (&a * 3.0 + &b * 3.0).sum(Kind::Float).backward();
+            adam.step(0.01);
+            let moved = |t: &Tensor| 1.0 - t.double_value(&[0]);
+            let ratio = moved(&b) / moved(&a);
+            assert!((ratio - 10.0).abs() < 1e-4, "fused {fused}: {ratio}");
+            assert_eq!(adam.fused, fused);
+        }
     }
 }

@@ -78,6 +78,11 @@ pub trait TrainStep {
     /// used: a step may add gradients of its own here (the VDM's variance-minimising
     /// gradient of its schedule's shape). Nothing by default.
     fn after_backward(&self) {}
+    /// Learning-rate multipliers of groups of variables, by name prefix (the VDM's
+    /// schedule): the loop gives Adam one group per prefix. None by default.
+    fn lr_scales(&self) -> Vec<(String, f64)> {
+        Vec::new()
+    }
     /// Restores [`TrainStep::state`] from a checkpoint's tensors (names without the
     /// prefix); an error if they are missing or do not fit.
     fn restore(&self, _tensors: &BTreeMap<String, Tensor>) -> Result<()> {

@@ -57,6 +57,11 @@ pub struct VdmConfig {
     /// The grid the samplers run on, and the number of times at which the exact
     /// evaluation takes the diffusion loss (in discrete time: T).
     pub sampling_steps: usize,
+    /// The learning-rate multiplier of the schedule's parameters (`gamma.*`), a
+    /// parameter group of their own as reimplementations give them (`None`, and absent
+    /// from checkpoints: 1, the network's rate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_lr: Option<f64>,
 }
 
 /// The most steps of a discrete-time VDM: float32 times resolve `2^24` steps (the
@@ -85,6 +90,7 @@ impl VdmConfig {
             fourier_exponents,
             timesteps: None,
             sampling_steps: 1000,
+            schedule_lr: None,
         };
         config.validate()?;
         Ok(config)
@@ -109,6 +115,19 @@ impl VdmConfig {
         let bad = |detail: String| Err(Error::Config { detail });
         if self.unet.num_classes.is_some() {
             return bad("the VDM is unconditional; its network has no classes".into());
+        }
+        if let Some(m) = self.schedule_lr {
+            if !(m.is_finite() && m > 0.0) {
+                return bad(format!(
+                    "the schedule's learning-rate multiplier must be positive, found {m}"
+                ));
+            }
+            if self.gamma == GammaKind::Fixed {
+                return bad(format!(
+                    "--schedule-lr {m} scales the learning rate of a learned schedule; this \
+                     one is fixed (--gamma learned-endpoints or monotone learn it)"
+                ));
+            }
         }
         if let Some(&n) = self
             .fourier_exponents

@@ -67,6 +67,14 @@ impl TrainStep for VdmStep<'_> {
         }
     }
 
+    fn lr_scales(&self) -> Vec<(String, f64)> {
+        self.model
+            .config()
+            .schedule_lr
+            .map(|m| vec![("gamma.".to_string(), m)])
+            .unwrap_or_default()
+    }
+
     fn after_backward(&self) {
         if let Some((split, scale)) = self.pending.borrow_mut().take() {
             GammaNet::shape_backward(&split, &scale);
