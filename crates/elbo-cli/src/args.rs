@@ -491,6 +491,7 @@ pub fn command() -> clap::Command {
             .mut_subcommand("hvae", |c| with_defaults(c, vae_help.clone()))
             .mut_subcommand("ddpm", |c| with_defaults(c, ddpm_help.clone()))
             .mut_subcommand("vdm", |c| with_defaults(c, ddpm_help.clone()))
+            .mut_subcommand("edm", |c| with_defaults(c, ddpm_help.clone()))
     })
 }
 

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use elbo_models::session::{
-    DataSpec, DdpmJob, DdpmPreset, Device, ElboTraining, GammaKind, HvaeArch, HvaeJob, HvaeVariant,
-    Job, Likelihood, LossKind, Objective, RecipeName, ScheduleKind, TimestepSampling, TrainOptions,
-    TrainingAids, VaeJob, VaePreset, VarianceKind, VdmJob, VdmPreset,
+    DataSpec, DdpmJob, DdpmPreset, Device, EdmJob, EdmPreset, ElboTraining, GammaKind, HvaeArch,
+    HvaeJob, HvaeVariant, Job, Likelihood, LossKind, Objective, RecipeName, ScheduleKind,
+    TimestepSampling, TrainOptions, TrainingAids, VaeJob, VaePreset, VarianceKind, VdmJob,
+    VdmPreset,
 };
 
 use super::{DeviceArgs, FolderArgs, parse};
@@ -24,6 +25,9 @@ pub enum TrainModel {
     Ddpm(Box<DdpmArgs>),
     /// A variational diffusion model (VDM): continuous time, a learned noise schedule.
     Vdm(Box<VdmArgs>),
+    /// EDM (Karras et al. 2022): the preconditioned denoiser trained on log-normal noise
+    /// levels, sampled with Heun's method.
+    Edm(Box<EdmArgs>),
     /// The small image classifier whose features `elbo eval --frechet` compares.
     Classifier(Box<ClassifierArgs>),
 }
@@ -50,6 +54,7 @@ impl TrainModel {
             TrainModel::Hvae(args) => Some(args.as_ref()),
             TrainModel::Ddpm(args) => Some(args.as_ref()),
             TrainModel::Vdm(args) => Some(args.as_ref()),
+            TrainModel::Edm(args) => Some(args.as_ref()),
             TrainModel::Classifier(_) => None,
         }
     }
@@ -75,7 +80,7 @@ macro_rules! train_args {
         }
     )*};
 }
-train_args!(VaeArgs, HvaeArgs, DdpmArgs, VdmArgs);
+train_args!(VaeArgs, HvaeArgs, DdpmArgs, VdmArgs, EdmArgs);
 
 /// What every training run has: its data, folder and seed.
 #[derive(Debug, Args)]
@@ -302,6 +307,60 @@ pub struct DdpmArgs {
     pub run: RunArgs,
     #[command(flatten)]
     pub train: LoopArgs,
+}
+
+/// `elbo train edm`.
+#[derive(Debug, Args)]
+pub struct EdmArgs {
+    /// edm-mnist (ddpm-mnist's UNet) or edm-cifar10 (ddpm-cifar10's).
+    #[arg(long, default_value = "edm-mnist", value_parser = parse::<EdmPreset>)]
+    pub preset: EdmPreset,
+    /// The training settings the options below do not give: mnist or ho-cifar10 (the
+    /// DDPM's recipes).
+    #[arg(long, default_value = "mnist", value_parser = parse::<RecipeName>)]
+    pub recipe: RecipeName,
+    /// sigma_data, the data's standard deviation the preconditioning assumes [default:
+    /// 0.5].
+    #[arg(long)]
+    pub sigma_data: Option<f64>,
+    /// The mean of ln(sigma) in training [default: -1.2].
+    #[arg(long, allow_hyphen_values = true)]
+    pub p_mean: Option<f64>,
+    /// The standard deviation of ln(sigma) in training [default: 1.2].
+    #[arg(long)]
+    pub p_std: Option<f64>,
+    /// The noise levels of the grid evaluation and the samplers run on (ln sigma evenly
+    /// from 0.002 to 80) [default: 1000].
+    #[arg(long)]
+    pub levels: Option<usize>,
+    /// Dropout in the residual blocks (default: the preset's).
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    /// After training, evaluate the grid's bound on this many test images (one network
+    /// call per image and level; 0: none).
+    #[arg(long, default_value_t = 100)]
+    pub final_examples: usize,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub train: LoopArgs,
+}
+
+impl EdmArgs {
+    /// The job.
+    pub fn job(&self, device: Device) -> EdmJob {
+        EdmJob {
+            preset: self.preset,
+            recipe: self.recipe,
+            sigma_data: self.sigma_data,
+            p_mean: self.p_mean,
+            p_std: self.p_std,
+            levels: self.levels,
+            dropout: self.dropout,
+            final_examples: self.final_examples,
+            train: self.train.options(&self.run, device),
+        }
+    }
 }
 
 /// `elbo train vdm`.

@@ -4,6 +4,7 @@
 
 mod common;
 mod conditional;
+mod edm;
 mod folders;
 mod hostile;
 mod interop;

@@ -7,6 +7,7 @@ use tch::nn;
 
 use super::ElboModel;
 use super::ddpm::{self, Ddpm, DdpmConfig};
+use super::edm::{self, Edm, EdmConfig};
 use super::hvae::{self, HvaeConfig};
 use super::vae::{Vae, VaeConfig};
 use super::vdm::{self, Vdm, VdmConfig};
@@ -23,6 +24,8 @@ pub enum ModelConfig {
     Ddpm(DdpmConfig),
     /// A variational diffusion model (`vdm`).
     Vdm(VdmConfig),
+    /// EDM (`edm`): Karras et al.'s preconditioned denoiser in the σ-parameterisation.
+    Edm(EdmConfig),
 }
 
 /// The family name of the classifier's checkpoints (not a generative model).
@@ -36,6 +39,7 @@ impl ModelConfig {
             ModelConfig::Hvae(_) => hvae::FAMILY,
             ModelConfig::Ddpm(_) => ddpm::FAMILY,
             ModelConfig::Vdm(_) => vdm::FAMILY,
+            ModelConfig::Edm(_) => edm::FAMILY,
         }
     }
 
@@ -46,6 +50,7 @@ impl ModelConfig {
             ModelConfig::Hvae(c) => serde_json::to_value(c),
             ModelConfig::Ddpm(c) => serde_json::to_value(c),
             ModelConfig::Vdm(c) => serde_json::to_value(c),
+            ModelConfig::Edm(c) => serde_json::to_value(c),
         };
         value.unwrap_or(Value::Null)
     }
@@ -79,6 +84,7 @@ impl ModelConfig {
             hvae::FAMILY => ModelConfig::Hvae(parse(family, config)?),
             ddpm::FAMILY => ModelConfig::Ddpm(parse(family, config)?),
             vdm::FAMILY => ModelConfig::Vdm(parse(family, config)?),
+            edm::FAMILY => ModelConfig::Edm(parse(family, config)?),
             CLASSIFIER => {
                 return Err(Error::Checkpoint {
                     detail: "it holds a classifier (from `elbo train classifier`), expected a \
@@ -91,7 +97,7 @@ impl ModelConfig {
                 return Err(Error::Checkpoint {
                     detail: format!(
                         "it holds a {other:?} model, which this elbo does not know (it knows \
-                         vae, hvae, ddpm and vdm)"
+                         vae, hvae, ddpm, vdm and edm)"
                     ),
                 });
             }
@@ -106,6 +112,7 @@ impl ModelConfig {
             ModelConfig::Hvae(HvaeConfig::Ladder(c)) => c.image,
             ModelConfig::Ddpm(c) => [c.unet.in_channels, c.unet.image_size, c.unet.image_size],
             ModelConfig::Vdm(c) => [c.unet.in_channels, c.unet.image_size, c.unet.image_size],
+            ModelConfig::Edm(c) => [c.unet.in_channels, c.unet.image_size, c.unet.image_size],
         }
     }
 
@@ -130,6 +137,7 @@ impl ModelConfig {
         let unets = match (&mut self, recorded) {
             (ModelConfig::Ddpm(c), ModelConfig::Ddpm(r)) => Some((&mut c.unet, &r.unet)),
             (ModelConfig::Vdm(c), ModelConfig::Vdm(r)) => Some((&mut c.unet, &r.unet)),
+            (ModelConfig::Edm(c), ModelConfig::Edm(r)) => Some((&mut c.unet, &r.unet)),
             _ => None,
         };
         if let Some((ours, theirs)) = unets {
@@ -147,6 +155,7 @@ impl ModelConfig {
             ModelConfig::Hvae(c) => c.build(path)?,
             ModelConfig::Ddpm(c) => Box::new(Ddpm::new(path, c.clone())?),
             ModelConfig::Vdm(c) => Box::new(Vdm::new(path, c.clone())?),
+            ModelConfig::Edm(c) => Box::new(Edm::new(path, c.clone())?),
         })
     }
 }

@@ -14,6 +14,7 @@
 
 pub(crate) mod config;
 pub mod ddpm;
+pub mod edm;
 mod elbo_step;
 pub mod hvae;
 pub mod names;

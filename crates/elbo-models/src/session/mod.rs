@@ -28,8 +28,8 @@ pub use restore::{Restored, restore};
 pub use sample::{SampleRequest, clipped, sample_checkpoint, write_samples};
 
 pub use jobs::{
-    DdpmJob, ElboTraining, FinalEval, HvaeJob, Job, JobReport, Plan, VaeJob, VdmJob, run_folder,
-    train, train_in, utc_stamp,
+    DdpmJob, EdmJob, ElboTraining, FinalEval, HvaeJob, Job, JobReport, Plan, VaeJob, VdmJob,
+    run_folder, train, train_in, utc_stamp,
 };
 pub use options::{Length, TrainDefaults, TrainOptions};
 
@@ -49,6 +49,7 @@ pub use crate::models::ddpm::{
     DdpmPreset, LossKind, Objective, Recipe, RecipeName, ScheduleKind, TimestepSampling,
     VarianceKind,
 };
+pub use crate::models::edm::EdmPreset;
 pub use crate::models::hvae::{HvaeArch, HvaeVariant};
 pub use crate::models::vae::VaePreset;
 pub use crate::models::vdm::{GammaKind, VdmPreset};

@@ -176,11 +176,28 @@ pub fn weighting_of(config: &ModelConfig) -> Result<Weighting> {
                     .collect(),
             )
         }
+        ModelConfig::Edm(c) => {
+            const POINTS: usize = 400;
+            let (lo, hi) = (-2.0 * c.sigma_max.ln(), -2.0 * c.sigma_min.ln());
+            let sigma = c.training_sigma();
+            (
+                format!(
+                    "EDM's loss, ln sigma ~ N({}, {}^2), sigma_data {}",
+                    c.p_mean, c.p_std, c.sigma_data
+                ),
+                (0..=POINTS)
+                    .map(|i| {
+                        let lambda = lo + (hi - lo) * i as f64 / POINTS as f64;
+                        (lambda, weighting::edm(lambda, &sigma, c.sigma_data))
+                    })
+                    .collect(),
+            )
+        }
         other => {
             return Err(Error::Config {
                 detail: format!(
-                    "a weighting over noise levels belongs to a diffusion model (ddpm, vdm); \
-                     this run is a {}",
+                    "a weighting over noise levels belongs to a diffusion model (ddpm, vdm, \
+                     edm); this run is a {}",
                     other.family()
                 ),
             });

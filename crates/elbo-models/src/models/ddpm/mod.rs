@@ -30,7 +30,9 @@ use crate::nn::likelihood::Likelihood;
 pub use crate::nn::unet::{Unet, UnetConfig};
 use crate::sample::{ClipX0, SamplerSpec, SamplingOptions, Spacing};
 use crate::train::TrainStep;
-pub use config::{DdpmConfig, DdpmPreset, LossKind, Recipe, RecipeName, TimestepSampling};
+pub use config::{
+    DdpmConfig, DdpmPreset, LossKind, MAX_TIMESTEPS, Recipe, RecipeName, TimestepSampling,
+};
 pub use diffusion::{Decoder, Diffusion, Objective, ScheduleKind, VarianceKind};
 pub use guidance::Guided;
 use step::DdpmStep;
