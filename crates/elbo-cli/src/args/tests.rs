@@ -145,7 +145,10 @@ fn values_are_parsed_into_the_librarys_types() {
     let err = parse_args(&["elbo", "train", "ddpm", "--variance", "learned"])
         .unwrap_err()
         .to_string();
-    assert!(err.contains("expected fixed-large or fixed-small"), "{err}");
+    assert!(
+        err.contains("expected one of fixed-large, fixed-small, learned-range"),
+        "{err}"
+    );
     let err = parse_args(&["elbo", "train", "vae", "--preset", "vae-big"])
         .unwrap_err()
         .to_string();
