@@ -564,5 +564,34 @@ mod tests {
                 assert_eq!(back, expected, "{preset:?} {classes:?} {schedule:?}");
             }
         }
+        // Learned variances: twice the output channels and variance_type learned_range,
+        // read back with the hybrid loss (what fine-tuning trains them with).
+        let mut learned = DdpmConfig::preset(DdpmPreset::Mnist, [1, 28, 28])
+            .unwrap()
+            .with_variance(VarianceKind::LearnedRange);
+        learned.loss = LossKind::Hybrid;
+        let unet_json = config_from_unet(&learned.unet);
+        assert_eq!(unet_json["out_channels"], 2);
+        let scheduler = scheduler_from_ddpm(&learned).unwrap();
+        assert_eq!(scheduler["variance_type"], "learned_range");
+        let unet = unet_from_config(&unet_json, file).unwrap();
+        let back = ddpm_from_scheduler(&scheduler, file, unet).unwrap();
+        let mut expected = learned.clone();
+        expected.unet.time_offset = -1;
+        assert_eq!(back, expected);
+        // A learned range with as many outputs as inputs (or the reverse) is refused.
+        let fixed_unet =
+            unet_from_config(&config_from_unet(&config_of_mnist().unet), file).unwrap();
+        let err = ddpm_from_scheduler(&scheduler, file, fixed_unet)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("learned_range needs twice as many outputs"),
+            "{err}"
+        );
+    }
+
+    fn config_of_mnist() -> DdpmConfig {
+        DdpmConfig::preset(DdpmPreset::Mnist, [1, 28, 28]).unwrap()
     }
 }
